@@ -1,0 +1,222 @@
+//! The `smelt` command: inspect and run ONNX models.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use smelt::Model;
+use smelt_runtime::{HostTensor, read_npy, write_npy};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "smelt",
+    version,
+    about = "A neural-network compiler: ONNX in, native code out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's IR version, opsets, inputs and outputs, ops and parameters.
+    Inspect {
+        /// The ONNX model file.
+        model: PathBuf,
+    },
+    /// Run a model on .npy inputs and write .npy outputs.
+    Run {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// An input as NAME=FILE.npy (repeatable).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Where to write an output, as NAME=FILE.npy (repeatable).
+        #[arg(
+            long = "output",
+            value_name = "NAME=FILE",
+            conflicts_with = "output_dir"
+        )]
+        outputs: Vec<String>,
+        /// Write every output into DIR, named after the output.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+        /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+        input_shapes: Vec<String>,
+        /// Run on the reference interpreter (the only engine until the CPU back end lands).
+        #[arg(long)]
+        reference: bool,
+    },
+}
+
+fn split_pair<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+    arg.split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| anyhow!("{flag} expects NAME=VALUE, got '{arg}'"))
+}
+
+/// Output file name: every character outside `[A-Za-z0-9_.-]` becomes `_`.
+fn file_name_for(output: &str) -> String {
+    let safe: String = output
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.npy")
+}
+
+fn summary(name: &str, t: &HostTensor) -> String {
+    let v = t.to_f64();
+    let shape = t
+        .shape
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if v.is_empty() {
+        return format!("{name}: {}[{shape}] (empty)", t.elem.name());
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    format!(
+        "{name}: {}[{shape}] min={min:.6} max={max:.6} mean={mean:.6}",
+        t.elem.name()
+    )
+}
+
+fn inspect(path: &PathBuf) -> Result<()> {
+    let model = Model::load(path)?;
+    let info = model.info();
+    println!("model: {}", path.display());
+    println!("ir_version: {}", info.ir_version);
+    let opsets: Vec<String> = info
+        .opsets
+        .iter()
+        .map(|(d, v)| format!("{d} {v}"))
+        .collect();
+    println!("opsets: {}", opsets.join(", "));
+    println!(
+        "producer: {}",
+        if info.producer.is_empty() {
+            "(none)"
+        } else {
+            &info.producer
+        }
+    );
+    println!("graph: {}", info.graph_name);
+    println!("inputs:");
+    for i in &info.inputs {
+        println!("  {}: {}[{}]", i.name, i.dtype, i.dims.join(", "));
+    }
+    println!("outputs:");
+    for o in &info.outputs {
+        println!("  {}: {}[{}]", o.name, o.dtype, o.dims.join(", "));
+    }
+    println!("ops ({} nodes):", info.op_histogram.values().sum::<usize>());
+    for (op, count) in &info.op_histogram {
+        println!("  {op}: {count}");
+    }
+    println!(
+        "parameters: {} ({} bytes)",
+        info.parameter_count, info.parameter_bytes
+    );
+    if info.unsupported.is_empty() {
+        println!("unsupported ops: none");
+        Ok(())
+    } else {
+        let list: Vec<String> = info.unsupported.iter().map(|u| u.to_string()).collect();
+        println!("unsupported ops: {}", list.join(", "));
+        bail!("unsupported ops: {}", list.join(", "))
+    }
+}
+
+fn run(
+    path: &PathBuf,
+    inputs: &[String],
+    outputs: &[String],
+    output_dir: Option<&PathBuf>,
+    input_shapes: &[String],
+) -> Result<()> {
+    let model = Model::load(path)?;
+    let mut feeds = Vec::new();
+    for arg in inputs {
+        let (name, file) = split_pair(arg, "--input")?;
+        feeds.push((name.to_string(), read_npy(file.as_ref())?));
+    }
+    let mut shapes = HashMap::new();
+    for arg in input_shapes {
+        let (name, dims) = split_pair(arg, "--input-shape")?;
+        let dims = dims
+            .split(',')
+            .map(|d| {
+                d.trim()
+                    .parse::<usize>()
+                    .with_context(|| format!("--input-shape {name}: bad dimension '{d}'"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        shapes.insert(name.to_string(), dims);
+    }
+    let mut targets = HashMap::new();
+    for arg in outputs {
+        let (name, file) = split_pair(arg, "--output")?;
+        targets.insert(name.to_string(), PathBuf::from(file));
+    }
+    let results = model.run_reference(&feeds, &shapes)?;
+    for name in targets.keys() {
+        if !results.iter().any(|(n, _)| n == name) {
+            let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
+            bail!(
+                "output '{name}': the model has no such output (outputs: {})",
+                names.join(", ")
+            );
+        }
+    }
+    if let Some(dir) = output_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (name, t) in &results {
+        let dest = match (targets.get(name), output_dir) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(dir)) => Some(dir.join(file_name_for(name))),
+            (None, None) => None,
+        };
+        if let Some(dest) = dest {
+            write_npy(&dest, t)?;
+        }
+        println!("{}", summary(name, t));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Inspect { model } => inspect(model),
+        Command::Run {
+            model,
+            inputs,
+            outputs,
+            output_dir,
+            input_shapes,
+            reference: _,
+        } => run(model, inputs, outputs, output_dir.as_ref(), input_shapes),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the whole cause chain, newlines folded.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("smelt: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}

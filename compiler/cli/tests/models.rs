@@ -1,0 +1,124 @@
+//! End to end: the classic models and the nine ONNX `light` models through
+//! `smelt run` (reference path), compared with onnxruntime's outputs.
+
+use smelt::to_ir_tensor;
+use smelt_runtime::read_npy;
+use smelt_tests::compare::compare;
+use std::path::Path;
+use std::process::Command;
+
+const RTOL: f64 = 1e-4;
+const ATOL: f64 = 1e-5;
+
+fn run_model_case(name: &str) {
+    let dir = smelt_tests::require_data("models").join(name);
+    let io = std::fs::read_to_string(dir.join("io.tsv")).expect("io.tsv");
+    let out_dir = tempdir(name);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
+    cmd.arg("run")
+        .arg(dir.join("model.onnx"))
+        .arg("--output-dir")
+        .arg(&out_dir);
+    let mut expected = Vec::new();
+    for line in io.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["input", n, file] => {
+                cmd.arg("--input")
+                    .arg(format!("{n}={}", dir.join(file).display()));
+            }
+            ["output", n, file] => expected.push((n.to_string(), dir.join(file))),
+            _ => panic!("bad io.tsv line '{line}'"),
+        }
+    }
+    let out = cmd.output().expect("smelt runs");
+    assert!(
+        out.status.success(),
+        "smelt run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!expected.is_empty());
+    for (output, file) in expected {
+        let want = to_ir_tensor(&read_npy(&file).unwrap()).unwrap();
+        let safe: String = output
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let got_path = out_dir.join(format!("{safe}.npy"));
+        let got = to_ir_tensor(&read_npy(&got_path).unwrap_or_else(|e| panic!("{e}"))).unwrap();
+        compare(&want, &got, RTOL, ATOL).unwrap_or_else(|e| panic!("{name}, output {output}: {e}"));
+        assert!(
+            stdout.contains(&format!("{output}: ")),
+            "no summary line for {output} in:\n{stdout}"
+        );
+    }
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("models-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+macro_rules! model_tests {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            run_model_case(stringify!($name));
+        }
+    )*};
+}
+
+model_tests!(
+    mlp_784_64_64_1,
+    mlp_784_128_10,
+    mnist_cnn,
+    lenet5_b1,
+    lenet5_b4,
+    logistic_regression,
+    text_classifier,
+    worked_check,
+    light_bvlc_alexnet,
+    light_densenet121,
+    light_inception_v1,
+    light_inception_v2,
+    light_resnet50,
+    light_shufflenet,
+    light_squeezenet,
+    light_vgg19,
+    light_zfnet512,
+);
+
+/// The brief's worked check: sigmoid(Wᵀx + b) with x = [1, 2], W = [[1, 2], [3, 4]], b = [1, 2] is sigmoid([8, 12]).
+#[test]
+fn worked_check_is_sigmoid_of_8_and_12() {
+    let dir = smelt_tests::require_data("models").join("worked_check");
+    let out_dir = tempdir("worked-check-exact");
+    let status = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("run")
+        .arg(dir.join("model.onnx"))
+        .arg("--input")
+        .arg(format!("x={}", dir.join("input_0.npy").display()))
+        .arg("--output")
+        .arg(format!("y={}", out_dir.join("y.npy").display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let y = to_ir_tensor(&read_npy(&out_dir.join("y.npy")).unwrap())
+        .unwrap()
+        .to_f64();
+    let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+    assert_eq!(y.len(), 2);
+    assert!(
+        (y[0] - sig(8.0)).abs() < 1e-7 && (y[1] - sig(12.0)).abs() < 1e-7,
+        "{y:?}"
+    );
+}

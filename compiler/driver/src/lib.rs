@@ -1,0 +1,155 @@
+//! smelt: the library users call. Loads a model, specializes it to the inputs at
+//! hand and runs it. Until the CPU back end lands, running means the reference
+//! interpreter (`smelt_ir::interp`), reached explicitly through [`Model::run_reference`].
+
+use smelt_ir::{DType, Tensor};
+use smelt_onnx::{ImportOptions, Imported, ModelInfo, OnnxModel};
+use smelt_runtime::{ElemType, HostTensor};
+use std::collections::HashMap;
+use std::path::Path;
+use thiserror::Error;
+
+pub use smelt_ir;
+pub use smelt_onnx;
+pub use smelt_runtime;
+
+/// Errors of loading and running models.
+#[derive(Debug, Error)]
+pub enum SmeltError {
+    #[error(transparent)]
+    Onnx(#[from] smelt_onnx::OnnxError),
+    #[error(transparent)]
+    Ir(#[from] smelt_ir::IrError),
+    #[error("input '{name}': {reason}")]
+    Input { name: String, reason: String },
+    #[error("output '{name}': {reason}")]
+    Output { name: String, reason: String },
+}
+
+pub type Result<T, E = SmeltError> = std::result::Result<T, E>;
+
+/// Converts a runtime host tensor into an IR tensor.
+pub fn to_ir_tensor(t: &HostTensor) -> Result<Tensor, String> {
+    let dtype = DType::from_name(t.elem.name())
+        .ok_or_else(|| format!("unknown element type {}", t.elem.name()))?;
+    Tensor::from_le_bytes(dtype, t.shape.clone(), &t.bytes).map_err(|e| e.to_string())
+}
+
+/// Converts an IR tensor into a runtime host tensor.
+pub fn to_host_tensor(t: &Tensor) -> HostTensor {
+    HostTensor {
+        elem: ElemType::from_name(t.dtype().name()).expect("runtime and IR share dtype names"),
+        shape: t.shape().to_vec(),
+        bytes: t.to_le_bytes(),
+    }
+}
+
+/// A model loaded from an ONNX file.
+#[derive(Debug, Clone)]
+pub struct Model {
+    onnx: OnnxModel,
+}
+
+impl Model {
+    /// Reads and decodes an ONNX file (external data resolves next to it).
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Ok(Model {
+            onnx: OnnxModel::load(path.as_ref())?,
+        })
+    }
+
+    /// Decodes an ONNX model held in memory.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
+        Ok(Model {
+            onnx: OnnxModel::from_bytes(bytes)?,
+        })
+    }
+
+    /// The model's summary (what `smelt inspect` prints).
+    pub fn info(&self) -> ModelInfo {
+        self.onnx.info()
+    }
+
+    /// Imports the model into the Graph IR with the given specialization.
+    pub fn import(&self, opts: &ImportOptions) -> Result<Imported> {
+        Ok(smelt_onnx::import(&self.onnx, opts)?)
+    }
+
+    /// Runs the model on the reference interpreter.
+    ///
+    /// Inputs are specialized: their shapes become the graph's shapes, and inputs
+    /// that decide shapes or attributes are bound to their values. `input_shapes`
+    /// may pin further shapes; they must agree with the inputs given.
+    pub fn run_reference(
+        &self,
+        inputs: &[(String, HostTensor)],
+        input_shapes: &HashMap<String, Vec<usize>>,
+    ) -> Result<Vec<(String, HostTensor)>> {
+        let info = self.info();
+        let mut values = HashMap::new();
+        let mut shapes = input_shapes.clone();
+        for (name, t) in inputs {
+            let declared = info
+                .inputs
+                .iter()
+                .find(|i| &i.name == name)
+                .ok_or_else(|| SmeltError::Input {
+                    name: name.clone(),
+                    reason: format!(
+                        "the model has no such input (inputs: {})",
+                        info.inputs
+                            .iter()
+                            .map(|i| i.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })?;
+            if declared.dtype != t.elem.name() {
+                return Err(SmeltError::Input {
+                    name: name.clone(),
+                    reason: format!("expects dtype {}, got {}", declared.dtype, t.elem.name()),
+                });
+            }
+            if let Some(pinned) = shapes.get(name)
+                && pinned != &t.shape
+            {
+                return Err(SmeltError::Input {
+                    name: name.clone(),
+                    reason: format!(
+                        "--input-shape says {pinned:?} but the data has shape {:?}",
+                        t.shape
+                    ),
+                });
+            }
+            shapes.insert(name.clone(), t.shape.clone());
+            let tensor = to_ir_tensor(t).map_err(|reason| SmeltError::Input {
+                name: name.clone(),
+                reason,
+            })?;
+            values.insert(name.clone(), tensor);
+        }
+        for i in &info.inputs {
+            if !values.contains_key(&i.name) {
+                return Err(SmeltError::Input {
+                    name: i.name.clone(),
+                    reason: format!("missing (expects {}[{}])", i.dtype, i.dims.join(", ")),
+                });
+            }
+        }
+        let imported = self.import(&ImportOptions {
+            input_shapes: shapes,
+            input_values: values.clone(),
+        })?;
+        let feeds: Vec<Tensor> = imported
+            .input_names
+            .iter()
+            .map(|n| values[n].clone())
+            .collect();
+        let outputs = smelt_ir::interp::run(&imported.graph, &feeds)?;
+        Ok(imported
+            .output_names
+            .into_iter()
+            .zip(outputs.iter().map(to_host_tensor))
+            .collect())
+    }
+}

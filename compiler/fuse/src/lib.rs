@@ -1,0 +1,1 @@
+//! Fusion planner and Kernel IR will live here (issue 4). Nothing is implemented yet.

@@ -1,0 +1,463 @@
+//! Data movement: transpose, slice, concat, pad, gathers, scatters, resize.
+
+use super::{Vals, for_each_index, from_vals, strides, vals};
+use crate::error::{IrError, Result};
+use crate::infer::slice_bounds;
+use crate::op::{CoordMode, NearestMode, Op, PadMode, ResizeMode, ScatterReduction};
+use crate::tensor::{FILL, Tensor};
+
+pub(super) fn transpose(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+    let in_strides = strides(x.shape());
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    let mut idx = Vec::with_capacity(x.len());
+    for_each_index(&shape, |_, i| {
+        idx.push(i.iter().zip(perm).map(|(&v, &p)| v * in_strides[p]).sum())
+    });
+    x.take(shape, &idx, None)
+}
+
+pub(super) fn slice(x: &Tensor, starts: &[i64], ends: &[i64], steps: &[i64]) -> Result<Tensor> {
+    let in_strides = strides(x.shape());
+    let mut per_axis: Vec<Vec<usize>> = Vec::with_capacity(x.rank());
+    for (a, &n) in x.shape().iter().enumerate() {
+        let (s, e) = slice_bounds(n, starts[a], ends[a], steps[a]);
+        let mut v = Vec::new();
+        let mut i = s;
+        while (steps[a] > 0 && i < e) || (steps[a] < 0 && i > e) {
+            v.push(i as usize);
+            i += steps[a];
+        }
+        per_axis.push(v);
+    }
+    let shape: Vec<usize> = per_axis.iter().map(Vec::len).collect();
+    let mut idx = Vec::with_capacity(shape.iter().product());
+    for_each_index(&shape, |_, i| {
+        idx.push(
+            (0..i.len())
+                .map(|a| per_axis[a][i[a]] * in_strides[a])
+                .sum(),
+        )
+    });
+    x.take(shape, &idx, None)
+}
+
+pub(super) fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
+    let flat = Tensor::concat_flat(parts)?;
+    let outer: usize = parts[0].shape()[..axis].iter().product();
+    let mut shape = parts[0].shape().to_vec();
+    shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
+    let mut idx = Vec::with_capacity(flat.len());
+    let mut bases = Vec::with_capacity(parts.len());
+    let mut base = 0;
+    for p in parts {
+        bases.push(base);
+        base += p.len();
+    }
+    for o in 0..outer {
+        for (p, &b) in parts.iter().zip(&bases) {
+            let chunk: usize = p.shape()[axis..].iter().product();
+            idx.extend(b + o * chunk..b + (o + 1) * chunk);
+        }
+    }
+    flat.take(shape, &idx, None)
+}
+
+pub(super) fn pad(x: &Tensor, value: &Tensor, pads: &[i64], mode: PadMode) -> Result<Tensor> {
+    let r = x.rank();
+    let in_strides = strides(x.shape());
+    let shape: Vec<usize> = (0..r)
+        .map(|a| (x.shape()[a] as i64 + pads[a] + pads[r + a]) as usize)
+        .collect();
+    if mode != PadMode::Constant && x.shape().iter().zip(&shape).any(|(&n, &m)| n == 0 && m > 0) {
+        return Err(IrError::Eval(format!(
+            "{} padding of an empty axis",
+            mode.name()
+        )));
+    }
+    let mut idx = Vec::with_capacity(shape.iter().product());
+    for_each_index(&shape, |_, i| {
+        let mut lin = 0usize;
+        for a in 0..r {
+            let n = x.shape()[a] as i64;
+            let mut p = i[a] as i64 - pads[a];
+            if p < 0 || p >= n {
+                p = match mode {
+                    PadMode::Constant => {
+                        lin = FILL;
+                        break;
+                    }
+                    PadMode::Edge => p.clamp(0, n - 1),
+                    PadMode::Wrap => p.rem_euclid(n),
+                    PadMode::Reflect => {
+                        if n == 1 {
+                            0
+                        } else {
+                            let period = 2 * (n - 1);
+                            let q = p.rem_euclid(period);
+                            if q < n { q } else { period - q }
+                        }
+                    }
+                };
+            }
+            lin += p as usize * in_strides[a];
+        }
+        idx.push(lin);
+    });
+    x.take(shape, &idx, Some(value))
+}
+
+/// Normalizes a possibly negative index into `[0, n)`, or reports it.
+fn norm_index(i: i64, n: usize, what: &str) -> Result<usize> {
+    let j = if i < 0 { i + n as i64 } else { i };
+    if j < 0 || j >= n as i64 {
+        return Err(IrError::Eval(format!(
+            "{what} index {i} is out of range for axis of size {n}"
+        )));
+    }
+    Ok(j as usize)
+}
+
+pub(super) fn gather(x: &Tensor, indices: &Tensor, axis: usize) -> Result<Tensor> {
+    let (outer, n, inner) = (
+        x.shape()[..axis].iter().product::<usize>(),
+        x.shape()[axis],
+        x.shape()[axis + 1..].iter().product::<usize>(),
+    );
+    let ids: Vec<usize> = indices
+        .to_i64()
+        .into_iter()
+        .map(|i| norm_index(i, n, "gather"))
+        .collect::<Result<_>>()?;
+    let mut shape = x.shape()[..axis].to_vec();
+    shape.extend_from_slice(indices.shape());
+    shape.extend_from_slice(&x.shape()[axis + 1..]);
+    let mut idx = Vec::with_capacity(outer * ids.len() * inner);
+    for o in 0..outer {
+        for &j in &ids {
+            idx.extend((0..inner).map(|i| (o * n + j) * inner + i));
+        }
+    }
+    x.take(shape, &idx, None)
+}
+
+pub(super) fn gather_elements(x: &Tensor, indices: &Tensor, axis: usize) -> Result<Tensor> {
+    let xs = strides(x.shape());
+    let ids = indices.to_i64();
+    let mut idx = Vec::with_capacity(ids.len());
+    let mut err = None;
+    for_each_index(indices.shape(), |lin, i| {
+        let mut off = 0;
+        for a in 0..i.len() {
+            let p = if a == axis {
+                match norm_index(ids[lin], x.shape()[a], "gather_elements") {
+                    Ok(p) => p,
+                    Err(e) => {
+                        err.get_or_insert(e);
+                        0
+                    }
+                }
+            } else {
+                i[a]
+            };
+            off += p * xs[a];
+        }
+        idx.push(off);
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    x.take(indices.shape().to_vec(), &idx, None)
+}
+
+/// Linear offsets of the slices addressed by GatherND/ScatterND indices, and the slice size.
+fn nd_offsets(
+    data_shape: &[usize],
+    indices: &Tensor,
+    batch_dims: usize,
+) -> Result<(Vec<usize>, usize)> {
+    let q = indices.rank();
+    let last = indices.shape()[q - 1];
+    let ds = strides(data_shape);
+    let slice: usize = data_shape[batch_dims + last..].iter().product();
+    let batch_count: usize = indices.shape()[..batch_dims].iter().product();
+    let per_batch: usize = indices.shape()[batch_dims..q - 1].iter().product();
+    let ids = indices.to_i64();
+    let mut offsets = Vec::with_capacity(batch_count * per_batch);
+    for b in 0..batch_count {
+        // The batch index into data, from the multi-index over the batch dims.
+        let mut rem = b;
+        let mut base = 0;
+        for a in (0..batch_dims).rev() {
+            base += (rem % data_shape[a]) * ds[a];
+            rem /= data_shape[a];
+        }
+        for t in 0..per_batch {
+            let tuple = &ids[(b * per_batch + t) * last..][..last];
+            let mut off = base;
+            for (j, &v) in tuple.iter().enumerate() {
+                off += norm_index(v, data_shape[batch_dims + j], "gather_nd")? * ds[batch_dims + j];
+            }
+            offsets.push(off);
+        }
+    }
+    Ok((offsets, slice))
+}
+
+pub(super) fn gather_nd(x: &Tensor, indices: &Tensor, batch_dims: usize) -> Result<Tensor> {
+    let (offsets, slice) = nd_offsets(x.shape(), indices, batch_dims)?;
+    let q = indices.rank();
+    let last = indices.shape()[q - 1];
+    let mut shape = indices.shape()[..q - 1].to_vec();
+    shape.extend_from_slice(&x.shape()[batch_dims + last..]);
+    let idx: Vec<usize> = offsets.iter().flat_map(|&o| o..o + slice).collect();
+    x.take(shape, &idx, None)
+}
+
+fn combine(r: ScatterReduction, old: &mut Vals, at: usize, upd: &Vals, j: usize) {
+    match (old, upd) {
+        (Vals::F(o), Vals::F(u)) => {
+            let (a, b) = (o[at], u[j]);
+            o[at] = match r {
+                ScatterReduction::None => b,
+                ScatterReduction::Add => a + b,
+                ScatterReduction::Mul => a * b,
+                ScatterReduction::Max => a.max(b),
+                ScatterReduction::Min => a.min(b),
+            }
+        }
+        (Vals::I(o), Vals::I(u)) => {
+            let (a, b) = (o[at], u[j]);
+            o[at] = match r {
+                ScatterReduction::None => b,
+                ScatterReduction::Add => a.wrapping_add(b),
+                ScatterReduction::Mul => a.wrapping_mul(b),
+                ScatterReduction::Max => a.max(b),
+                ScatterReduction::Min => a.min(b),
+            }
+        }
+        _ => {}
+    }
+}
+
+pub(super) fn scatter_elements(
+    x: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    axis: usize,
+    r: ScatterReduction,
+) -> Result<Tensor> {
+    let xs = strides(x.shape());
+    let ids = indices.to_i64();
+    let mut out = vals(x);
+    let upd = vals(updates);
+    let mut targets = Vec::with_capacity(ids.len());
+    let mut err = None;
+    for_each_index(indices.shape(), |lin, i| {
+        let mut off = 0;
+        for a in 0..i.len() {
+            let p = if a == axis {
+                norm_index(ids[lin], x.shape()[a], "scatter_elements").unwrap_or_else(|e| {
+                    err.get_or_insert(e);
+                    0
+                })
+            } else {
+                i[a]
+            };
+            off += p * xs[a];
+        }
+        targets.push(off);
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    for (j, &t) in targets.iter().enumerate() {
+        combine(r, &mut out, t, &upd, j);
+    }
+    from_vals(x.dtype(), x.shape().to_vec(), out)
+}
+
+pub(super) fn scatter_nd(
+    x: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    r: ScatterReduction,
+) -> Result<Tensor> {
+    let (offsets, slice) = nd_offsets(x.shape(), indices, 0)?;
+    if updates.len() != offsets.len() * slice {
+        return Err(IrError::Eval(format!(
+            "scatter_nd updates have {} elements, expected {}",
+            updates.len(),
+            offsets.len() * slice
+        )));
+    }
+    let mut out = vals(x);
+    let upd = vals(updates);
+    for (t, &o) in offsets.iter().enumerate() {
+        for s in 0..slice {
+            combine(r, &mut out, o + s, &upd, t * slice + s);
+        }
+    }
+    from_vals(x.dtype(), x.shape().to_vec(), out)
+}
+
+fn cubic_weights(t: f64, a: f64) -> [f64; 4] {
+    let w = |x: f64| {
+        let x = x.abs();
+        if x <= 1.0 {
+            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        } else if x < 2.0 {
+            ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+        } else {
+            0.0
+        }
+    };
+    [w(t + 1.0), w(t), w(1.0 - t), w(2.0 - t)]
+}
+
+/// Input indices and weights that make up one output coordinate of one axis.
+type Taps = Vec<(usize, f64)>;
+
+pub(super) fn resize(op: &Op, x: &Tensor, roi: &Tensor) -> Result<Tensor> {
+    let Op::Resize {
+        sizes,
+        scales,
+        mode,
+        coord,
+        nearest,
+        cubic_coeff,
+        exclude_outside,
+        extrapolation,
+    } = op
+    else {
+        return Err(IrError::Eval("resize called with another op".into()));
+    };
+    let r = x.rank();
+    let roi = roi.to_f64();
+    let xs = strides(x.shape());
+    // Per axis and output index: the contributing (input index, weight) pairs, or None when outside (crop-and-resize).
+    let mut taps: Vec<Vec<Option<Taps>>> = Vec::with_capacity(r);
+    for a in 0..r {
+        let (n_in, n_out, scale) = (x.shape()[a], sizes[a], scales[a]);
+        let mut axis_taps = Vec::with_capacity(n_out);
+        for o in 0..n_out {
+            let of = o as f64;
+            let src = match coord {
+                CoordMode::HalfPixel => (of + 0.5) / scale - 0.5,
+                CoordMode::HalfPixelSymmetric => {
+                    let adj = n_out as f64 / (scale * n_in as f64);
+                    let center = n_in as f64 / 2.0;
+                    let offset = center * (1.0 - adj);
+                    offset + (of + 0.5) / scale - 0.5
+                }
+                CoordMode::PytorchHalfPixel => {
+                    if n_out > 1 {
+                        (of + 0.5) / scale - 0.5
+                    } else {
+                        0.0
+                    }
+                }
+                CoordMode::AlignCorners => {
+                    if n_out > 1 {
+                        of * (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
+                    } else {
+                        0.0
+                    }
+                }
+                CoordMode::Asymmetric => of / scale,
+                CoordMode::TfCropAndResize => {
+                    let (s, e) = if roi.len() == 2 * r {
+                        (roi[a], roi[r + a])
+                    } else {
+                        (0.0, 1.0)
+                    };
+                    if n_out > 1 {
+                        s * (n_in as f64 - 1.0)
+                            + of * (e - s) * (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
+                    } else {
+                        0.5 * (s + e) * (n_in as f64 - 1.0)
+                    }
+                }
+            };
+            if *coord == CoordMode::TfCropAndResize && (src < 0.0 || src > n_in as f64 - 1.0) {
+                axis_taps.push(None);
+                continue;
+            }
+            let last = n_in as i64 - 1;
+            let taps_here = match mode {
+                ResizeMode::Nearest => {
+                    let i = match nearest {
+                        NearestMode::RoundPreferFloor => {
+                            if src.fract() == 0.5 {
+                                src.floor()
+                            } else {
+                                src.round()
+                            }
+                        }
+                        NearestMode::RoundPreferCeil => src.round(),
+                        NearestMode::Floor => src.floor(),
+                        NearestMode::Ceil => src.ceil(),
+                    } as i64;
+                    vec![(i.clamp(0, last) as usize, 1.0)]
+                }
+                ResizeMode::Linear => {
+                    let s = src.clamp(0.0, last as f64);
+                    let lo = s.floor() as i64;
+                    let hi = (lo + 1).min(last);
+                    let t = s - lo as f64;
+                    vec![(lo as usize, 1.0 - t), (hi as usize, t)]
+                }
+                ResizeMode::Cubic => {
+                    let base = src.floor() as i64;
+                    let w = cubic_weights(src - base as f64, *cubic_coeff);
+                    let mut v: Vec<(i64, f64)> =
+                        (0..4).map(|k| (base - 1 + k as i64, w[k])).collect();
+                    if *exclude_outside {
+                        v.retain(|(i, _)| *i >= 0 && *i <= last);
+                        let total: f64 = v.iter().map(|(_, w)| w).sum();
+                        v.iter_mut().for_each(|(_, w)| *w /= total);
+                    }
+                    v.into_iter()
+                        .map(|(i, w)| (i.clamp(0, last) as usize, w))
+                        .collect()
+                }
+            };
+            axis_taps.push(Some(taps_here));
+        }
+        taps.push(axis_taps);
+    }
+    let xv = x.to_f64();
+    let mut out = Vec::with_capacity(sizes.iter().product());
+    for_each_index(sizes, |_, o| {
+        let per: Vec<&Option<Vec<(usize, f64)>>> = (0..r).map(|a| &taps[a][o[a]]).collect();
+        if per.iter().any(|t| t.is_none()) {
+            out.push(*extrapolation);
+            return;
+        }
+        let lists: Vec<&Vec<(usize, f64)>> =
+            per.iter().map(|t| t.as_ref().expect("checked")).collect();
+        let counts: Vec<usize> = lists.iter().map(|l| l.len()).collect();
+        let mut acc = 0.0;
+        for_each_index(&counts, |_, c| {
+            let mut off = 0;
+            let mut w = 1.0;
+            for a in 0..r {
+                let (i, wt) = lists[a][c[a]];
+                off += i * xs[a];
+                w *= wt;
+            }
+            if w != 0.0 {
+                acc += w * xv[off];
+            }
+        });
+        out.push(acc);
+    });
+    if x.dtype().is_float() {
+        from_vals(x.dtype(), sizes.clone(), Vals::F(out))
+    } else {
+        from_vals(
+            x.dtype(),
+            sizes.clone(),
+            Vals::I(out.into_iter().map(|v| v.round() as i64).collect()),
+        )
+    }
+}

@@ -1,0 +1,124 @@
+//! Generator ONNX ops (Constant, ConstantOfShape, Range, EyeLike), folded to constants at import.
+
+use super::{Handler, one};
+use crate::error::Result;
+use crate::import::{Ctx, Node};
+use crate::tensor::{dtype_from_onnx, onnx_type_name};
+use smelt_ir::{DType, Tensor, ValueId};
+
+pub(super) const OPS: &[(&str, Handler)] = &[
+    ("Constant", constant),
+    ("ConstantOfShape", constant_of_shape),
+    ("Range", range),
+    ("EyeLike", eye_like),
+];
+
+fn constant(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let t = if let Some(t) = n.tensor("value")? {
+        t
+    } else if let Some(v) = n.opt_float("value_float")? {
+        Tensor::scalar(DType::F32, v as f64)
+    } else if let Some(v) = n.floats("value_floats")? {
+        Tensor::from_f64(
+            DType::F32,
+            vec![v.len()],
+            v.iter().map(|&x| x as f64).collect(),
+        )
+        .map_err(|e| n.err(e.to_string()))?
+    } else if let Some(v) = n.opt_int("value_int")? {
+        Tensor::from_i64(DType::I64, vec![], vec![v]).map_err(|e| n.err(e.to_string()))?
+    } else if let Some(v) = n.ints("value_ints")? {
+        Tensor::from_i64(DType::I64, vec![v.len()], v).map_err(|e| n.err(e.to_string()))?
+    } else if n.attr("sparse_value").is_some() {
+        return Err(n.err("sparse constants are not supported"));
+    } else if n.attr("value_string").is_some() || n.attr("value_strings").is_some() {
+        return Err(n.err("string constants are not supported"));
+    } else {
+        return Err(n.err("needs one of value, value_float(s), value_int(s)"));
+    };
+    one(cx.constant(t))
+}
+
+fn constant_of_shape(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let dims = cx.require_ints(n.input(0)?, "shape")?;
+    let shape = dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| n.err(format!("negative dimension {d} in shape {dims:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let value = n
+        .tensor("value")?
+        .unwrap_or_else(|| Tensor::scalar(DType::F32, 0.0));
+    if value.len() != 1 {
+        return Err(n.err("value must hold exactly one element"));
+    }
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| n.err(format!("shape {dims:?} overflows")))?;
+    let idx = vec![0usize; count];
+    let t = value
+        .reshaped(vec![1])
+        .and_then(|v| v.take(shape, &idx, None))
+        .map_err(|e| n.err(e.to_string()))?;
+    one(cx.constant(t))
+}
+
+fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let start = cx.require_const(n.input(0)?, "start")?;
+    let limit = cx.require_const(n.input(1)?, "limit")?;
+    let delta = cx.require_const(n.input(2)?, "delta")?;
+    let dtype = start.dtype();
+    let t = if dtype.is_float() {
+        let (s, l, d) = (start.to_f64()[0], limit.to_f64()[0], delta.to_f64()[0]);
+        let count = ((l - s) / d).ceil().max(0.0) as usize;
+        Tensor::from_f64(
+            dtype,
+            vec![count],
+            (0..count).map(|i| s + i as f64 * d).collect(),
+        )
+    } else {
+        let (s, l, d) = (start.to_i64()[0], limit.to_i64()[0], delta.to_i64()[0]);
+        if d == 0 {
+            return Err(n.err("delta must not be zero"));
+        }
+        let count = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+        Tensor::from_i64(
+            dtype,
+            vec![count],
+            (0..count as i64).map(|i| s + i * d).collect(),
+        )
+    };
+    one(cx.constant(t.map_err(|e| n.err(e.to_string()))?))
+}
+
+fn eye_like(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let shape = cx.fixed_shape(x)?;
+    if shape.len() != 2 {
+        return Err(n.err(format!("input must be 2-D, got shape {shape:?}")));
+    }
+    let dtype = match n.opt_int("dtype")? {
+        Some(code) => dtype_from_onnx(code as i32).ok_or_else(|| {
+            n.err(format!(
+                "dtype {} is not supported",
+                onnx_type_name(code as i32)
+            ))
+        })?,
+        None => cx.dtype(x),
+    };
+    let k = n.int("k", 0)?;
+    let (rows, cols) = (shape[0], shape[1]);
+    let v = (0..rows * cols)
+        .map(|i| {
+            if (i % cols) as i64 - (i / cols) as i64 == k {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    one(cx.constant(Tensor::from_f64(dtype, shape, v).map_err(|e| n.err(e.to_string()))?))
+}

@@ -1,0 +1,219 @@
+//! Normalization ONNX ops decomposed into reductions and elementwise ops.
+
+use super::{Handler, one};
+use crate::error::Result;
+use crate::import::{Ctx, Node};
+use smelt_ir::op::{BinaryOp, PoolKind, ReduceKind, UnaryOp};
+use smelt_ir::{Dim, Op, ValueId};
+
+pub(super) const OPS: &[(&str, Handler)] = &[
+    ("BatchNormalization", batch_norm),
+    ("InstanceNormalization", instance_norm),
+    ("LayerNormalization", layer_norm),
+    ("GroupNormalization", group_norm),
+    ("LRN", lrn),
+    ("LpNormalization", lp_norm),
+    ("MeanVarianceNormalization", mvn),
+];
+
+/// Reshapes a per-channel `[C]` vector to broadcast against `[N, C, ...]` of `rank`.
+fn per_channel(cx: &mut Ctx, v: ValueId, rank: usize) -> Result<ValueId> {
+    let c = cx.ty(v).shape.first().cloned().unwrap_or(Dim::Fixed(1));
+    let mut shape = vec![Dim::Fixed(1); rank];
+    if rank > 1 {
+        shape[1] = c;
+    }
+    cx.reshape(v, shape)
+}
+
+/// `y = x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps))`.
+fn batch_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    if n.int("training_mode", 0)? != 0 {
+        return Err(n.err("training_mode is not supported (smelt compiles inference graphs)"));
+    }
+    let (scale, bias, mean, var) = (n.input(1)?, n.input(2)?, n.input(3)?, n.input(4)?);
+    let eps = n.float("epsilon", 1e-5)? as f64;
+    let rank = cx.rank(x);
+    let ve = cx.binary_scalar(BinaryOp::Add, var, eps)?;
+    let sd = cx.unary(UnaryOp::Sqrt, ve)?;
+    let k = cx.binary(BinaryOp::Div, scale, sd)?;
+    let mk = cx.binary(BinaryOp::Mul, mean, k)?;
+    let shift = cx.binary(BinaryOp::Sub, bias, mk)?;
+    let k = per_channel(cx, k, rank)?;
+    let shift = per_channel(cx, shift, rank)?;
+    let xk = cx.binary(BinaryOp::Mul, x, k)?;
+    let y = cx.binary(BinaryOp::Add, xk, shift)?;
+    // Outputs beyond Y (running statistics) exist only in training mode.
+    let mut outs = vec![y];
+    if n.num_outputs > 1 {
+        outs.extend([mean, var]);
+    }
+    Ok(outs)
+}
+
+/// Mean and variance over `axes` (kept), and `(x - mean) / sqrt(var + eps)`.
+fn normalize(
+    cx: &mut Ctx,
+    x: ValueId,
+    axes: Vec<usize>,
+    eps: f64,
+) -> Result<(ValueId, ValueId, ValueId)> {
+    let mean = cx.reduce(ReduceKind::Mean, x, axes.clone(), true)?;
+    let d = cx.binary(BinaryOp::Sub, x, mean)?;
+    let d2 = cx.binary(BinaryOp::Mul, d, d)?;
+    let var = cx.reduce(ReduceKind::Mean, d2, axes, true)?;
+    let ve = cx.binary_scalar(BinaryOp::Add, var, eps)?;
+    let sd = cx.unary(UnaryOp::Sqrt, ve)?;
+    let inv = cx.unary(UnaryOp::Reciprocal, sd)?;
+    let y = cx.binary(BinaryOp::Mul, d, inv)?;
+    Ok((y, mean, inv))
+}
+
+fn instance_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let rank = cx.rank(x);
+    if rank < 3 {
+        return Err(n.err(format!("input must have rank >= 3, got {}", cx.ty(x))));
+    }
+    let (y, _, _) = normalize(cx, x, (2..rank).collect(), n.float("epsilon", 1e-5)? as f64)?;
+    let s = per_channel(cx, n.input(1)?, rank)?;
+    let b = per_channel(cx, n.input(2)?, rank)?;
+    let ys = cx.binary(BinaryOp::Mul, y, s)?;
+    one(cx.binary(BinaryOp::Add, ys, b)?)
+}
+
+fn layer_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let rank = cx.rank(x);
+    let axis = cx.axis(n.int("axis", -1)?, rank)?;
+    let stash = n.int("stash_type", 1)?;
+    let orig = cx.dtype(x);
+    // stash_type 1 computes the statistics in f32 whatever the input type.
+    let xc = if stash == 1 && orig != smelt_ir::DType::F64 {
+        cx.cast(x, smelt_ir::DType::F32)?
+    } else {
+        x
+    };
+    let (y, mean, inv) = normalize(
+        cx,
+        xc,
+        (axis..rank).collect(),
+        n.float("epsilon", 1e-5)? as f64,
+    )?;
+    let y = cx.cast(y, orig)?;
+    let y = cx.binary(BinaryOp::Mul, y, n.input(1)?)?;
+    let y = match n.opt_input(2) {
+        Some(b) => cx.binary(BinaryOp::Add, y, b)?,
+        None => y,
+    };
+    Ok(vec![y, mean, inv])
+}
+
+fn group_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let xs = cx.fixed_shape(x)?;
+    let groups = n
+        .opt_int("num_groups")?
+        .ok_or_else(|| n.err("num_groups is required"))? as usize;
+    if xs.len() < 3 || groups == 0 || xs[1] % groups != 0 {
+        return Err(n.err(format!(
+            "channels of {xs:?} must divide into {groups} groups"
+        )));
+    }
+    let (nb, c) = (xs[0], xs[1]);
+    let rest: usize = xs[2..].iter().product();
+    let grouped = cx.reshape_fixed(x, &[nb, groups, (c / groups) * rest])?;
+    let (y, _, _) = normalize(cx, grouped, vec![2], n.float("epsilon", 1e-5)? as f64)?;
+    let (scale, bias) = (n.input(1)?, n.input(2)?);
+    let per_group = cx.fixed_shape(scale)? == [groups] && groups != c;
+    let y = if per_group {
+        let s = cx.reshape_fixed(scale, &[1, groups, 1])?;
+        let b = cx.reshape_fixed(bias, &[1, groups, 1])?;
+        let ys = cx.binary(BinaryOp::Mul, y, s)?;
+        let yb = cx.binary(BinaryOp::Add, ys, b)?;
+        cx.reshape_fixed(yb, &xs)?
+    } else {
+        let y = cx.reshape_fixed(y, &xs)?;
+        let s = per_channel(cx, scale, xs.len())?;
+        let b = per_channel(cx, bias, xs.len())?;
+        let ys = cx.binary(BinaryOp::Mul, y, s)?;
+        cx.binary(BinaryOp::Add, ys, b)?
+    };
+    one(y)
+}
+
+/// Local response normalization across channels: the sum of squares over a
+/// channel window is an average pool (padding counted) over a `[N, 1, C, H*W]` view.
+fn lrn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let xs = cx.fixed_shape(x)?;
+    let size = n
+        .opt_int("size")?
+        .ok_or_else(|| n.err("size is required"))? as usize;
+    if xs.len() < 3 || size == 0 {
+        return Err(n.err(format!(
+            "needs input of rank >= 3 and a positive size, got {xs:?} and {size}"
+        )));
+    }
+    let (alpha, beta, bias) = (
+        n.float("alpha", 1e-4)? as f64,
+        n.float("beta", 0.75)? as f64,
+        n.float("bias", 1.0)? as f64,
+    );
+    let rest: usize = xs[2..].iter().product();
+    let sq = cx.binary(BinaryOp::Mul, x, x)?;
+    let view = cx.reshape_fixed(sq, &[xs[0], 1, xs[1], rest])?;
+    let (before, after) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
+    let avg = cx.op(
+        Op::Pool {
+            kind: PoolKind::AvgIncludePad,
+            kernel: vec![size, 1],
+            strides: vec![1, 1],
+            pads: vec![before, 0, after, 0],
+            dilations: vec![1, 1],
+        },
+        &[view],
+    )?;
+    let avg = cx.reshape_fixed(avg, &xs)?;
+    // alpha / size * sum = alpha * average.
+    let scaled = cx.binary_scalar(BinaryOp::Mul, avg, alpha)?;
+    let base = cx.binary_scalar(BinaryOp::Add, scaled, bias)?;
+    let denom = cx.binary_scalar(BinaryOp::Pow, base, beta)?;
+    one(cx.binary(BinaryOp::Div, x, denom)?)
+}
+
+fn lp_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let axis = cx.axis(n.int("axis", -1)?, cx.rank(x))?;
+    let norm = match n.int("p", 2)? {
+        1 => {
+            let a = cx.unary(UnaryOp::Abs, x)?;
+            cx.reduce(ReduceKind::Sum, a, vec![axis], true)?
+        }
+        2 => {
+            let sq = cx.binary(BinaryOp::Mul, x, x)?;
+            let s = cx.reduce(ReduceKind::Sum, sq, vec![axis], true)?;
+            cx.unary(UnaryOp::Sqrt, s)?
+        }
+        p => return Err(n.err(format!("p must be 1 or 2, got {p}"))),
+    };
+    one(cx.binary(BinaryOp::Div, x, norm)?)
+}
+
+fn mvn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let rank = cx.rank(x);
+    let axes = n.ints("axes")?.unwrap_or_else(|| vec![0, 2, 3]);
+    let axes = axes
+        .iter()
+        .map(|&a| cx.axis(a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    let mean = cx.reduce(ReduceKind::Mean, x, axes.clone(), true)?;
+    let d = cx.binary(BinaryOp::Sub, x, mean)?;
+    let d2 = cx.binary(BinaryOp::Mul, d, d)?;
+    let var = cx.reduce(ReduceKind::Mean, d2, axes, true)?;
+    let sd = cx.unary(UnaryOp::Sqrt, var)?;
+    let sde = cx.binary_scalar(BinaryOp::Add, sd, 1e-9)?;
+    one(cx.binary(BinaryOp::Div, d, sde)?)
+}

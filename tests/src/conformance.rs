@@ -1,0 +1,314 @@
+//! The ONNX conformance harness: runs the backend node cases through a runtime and
+//! checks the outcome against the checked-in expectations file.
+
+use crate::compare::compare;
+use prost::Message;
+use smelt_ir::Tensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A runtime the harness can run cases on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Reference,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 1] = [Runtime::Reference];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Reference => "reference",
+        }
+    }
+}
+
+/// One node case from the generated manifest.
+#[derive(Debug, Clone)]
+pub struct CaseInfo {
+    pub name: String,
+    pub op: String,
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+/// The status a case is expected to have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail(String),
+    Skip(String),
+}
+
+/// The outcome of running one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub case: CaseInfo,
+    pub outcome: Result<(), String>,
+}
+
+/// Reads `node/manifest.tsv` (case, op, rtol, atol).
+pub fn load_manifest(node_dir: &Path) -> Result<Vec<CaseInfo>, String> {
+    let text = std::fs::read_to_string(node_dir.join("manifest.tsv"))
+        .map_err(|e| format!("manifest: {e}"))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() != 4 {
+                return Err(format!("bad manifest line '{l}'"));
+            }
+            Ok(CaseInfo {
+                name: f[0].to_string(),
+                op: f[1].to_string(),
+                rtol: f[2].parse().map_err(|_| format!("bad rtol in '{l}'"))?,
+                atol: f[3].parse().map_err(|_| format!("bad atol in '{l}'"))?,
+            })
+        })
+        .collect()
+}
+
+/// The expectations file of a runtime.
+pub fn expectations_path(runtime: Runtime) -> PathBuf {
+    crate::workspace_root()
+        .join("tests/conformance")
+        .join(format!("{}.tsv", runtime.name()))
+}
+
+/// Reads an expectations file: `case<TAB>pass` or `case<TAB>fail|skip<TAB>reason`.
+pub fn load_expectations(path: &Path) -> Result<BTreeMap<String, Status>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let mut f = line.splitn(3, '\t');
+        let (name, status, reason) = (
+            f.next().unwrap_or(""),
+            f.next().unwrap_or(""),
+            f.next().unwrap_or("").to_string(),
+        );
+        let s = match status {
+            "pass" => Status::Pass,
+            "fail" if !reason.is_empty() => Status::Fail(reason),
+            "skip" if !reason.is_empty() => Status::Skip(reason),
+            _ => {
+                return Err(format!(
+                    "{}:{}: expected 'pass', or 'fail'/'skip' with a reason",
+                    path.display(),
+                    i + 1
+                ));
+            }
+        };
+        if out.insert(name.to_string(), s).is_some() {
+            return Err(format!(
+                "{}:{}: case '{name}' listed twice",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes an expectations file from a run, failures with their (one-line) reasons.
+pub fn write_expectations(
+    path: &Path,
+    runtime: Runtime,
+    results: &[CaseResult],
+    keep: &BTreeMap<String, Status>,
+) -> Result<(), String> {
+    let mut text = format!(
+        "# Expected status of each ONNX backend node case on the '{}' runtime.\n# Regenerate with `cargo xtask conformance --update`; the test fails when a case marked pass fails.\n",
+        runtime.name()
+    );
+    for r in results {
+        let line = match (&r.outcome, keep.get(&r.case.name)) {
+            (Ok(()), _) => "pass".to_string(),
+            (Err(_), Some(Status::Skip(reason))) => format!("skip\t{reason}"),
+            (Err(e), _) => format!("fail\t{}", one_line(e)),
+        };
+        text.push_str(&format!("{}\t{line}\n", r.case.name));
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.replace(['\n', '\t'], " ");
+    if s.chars().count() > 200 {
+        format!("{}...", s.chars().take(200).collect::<String>())
+    } else {
+        s
+    }
+}
+
+fn read_tensor_pb(path: &Path) -> Result<Tensor, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let proto = smelt_onnx::proto::TensorProto::decode(bytes.as_slice())
+        .map_err(|e| format!("{} is not a TensorProto: {e}", path.display()))?;
+    smelt_onnx::tensor::tensor_from_proto(&proto, None).map_err(|e| e.to_string())
+}
+
+/// Runs one case (all its data sets) on `runtime`.
+pub fn run_case(node_dir: &Path, case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
+    let dir = node_dir.join(&case.name);
+    let model = smelt::Model::load(dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let proto_inputs: Vec<String> = {
+        let bytes = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
+        let m =
+            smelt_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+        let g = m.graph.unwrap_or_default();
+        g.input
+            .iter()
+            .map(|i| i.name.clone().unwrap_or_default())
+            .collect()
+    };
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    sets.sort();
+    for set in sets {
+        let mut inputs = Vec::new();
+        for (j, name) in proto_inputs.iter().enumerate() {
+            let t = read_tensor_pb(&set.join(format!("input_{j}.pb")))?;
+            inputs.push((name.clone(), smelt::to_host_tensor(&t)));
+        }
+        let results = match runtime {
+            Runtime::Reference => model
+                .run_reference(&inputs, &Default::default())
+                .map_err(|e| e.to_string())?,
+        };
+        for (j, (name, actual)) in results.iter().enumerate() {
+            let expected = read_tensor_pb(&set.join(format!("output_{j}.pb")))?;
+            let actual = smelt::to_ir_tensor(actual)?;
+            compare(&expected, &actual, case.rtol, case.atol)
+                .map_err(|e| format!("output '{name}': {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs every case of the manifest on `threads` workers; a panicking case fails rather than aborting the run.
+pub fn run_all(
+    node_dir: &Path,
+    runtime: Runtime,
+    threads: usize,
+) -> Result<Vec<CaseResult>, String> {
+    let cases = load_manifest(node_dir)?;
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new(Vec::with_capacity(cases.len()));
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    let outcome = std::panic::catch_unwind(|| run_case(node_dir, case, runtime))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+                            Err(format!("panic (a bug): {}", msg.unwrap_or_default()))
+                        });
+                    results
+                        .lock()
+                        .expect("no poisoning: panics are caught")
+                        .push(CaseResult {
+                            case: case.clone(),
+                            outcome,
+                        });
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().expect("workers finished");
+    results.sort_by(|a, b| a.case.name.cmp(&b.case.name));
+    Ok(results)
+}
+
+/// How a run disagrees with the expectations.
+#[derive(Debug, Default)]
+pub struct Disagreement {
+    /// Marked pass, but failed (with the reason).
+    pub regressions: Vec<(String, String)>,
+    /// Passed, but not marked pass.
+    pub unexpected_passes: Vec<String>,
+    /// Listed in the expectations but not in the data.
+    pub stale: Vec<String>,
+}
+
+impl Disagreement {
+    pub fn is_empty(&self) -> bool {
+        self.regressions.is_empty() && self.unexpected_passes.is_empty() && self.stale.is_empty()
+    }
+}
+
+pub fn check(results: &[CaseResult], expected: &BTreeMap<String, Status>) -> Disagreement {
+    let mut d = Disagreement::default();
+    for r in results {
+        match (&r.outcome, expected.get(&r.case.name)) {
+            (Err(e), Some(Status::Pass)) => d.regressions.push((r.case.name.clone(), one_line(e))),
+            (Ok(()), Some(Status::Pass)) | (Err(_), _) => {}
+            (Ok(()), _) => d.unexpected_passes.push(r.case.name.clone()),
+        }
+    }
+    for name in expected.keys() {
+        if !results.iter().any(|r| &r.case.name == name) {
+            d.stale.push(name.clone());
+        }
+    }
+    d
+}
+
+/// Markdown table per op: cases, passing, status.
+pub fn conformance_markdown(runtime_results: &[(Runtime, Vec<CaseResult>)]) -> String {
+    let mut s = String::from(
+        "# ONNX conformance\n\nGenerated by `cargo xtask conformance` from the ONNX 1.23.2 backend node cases.\n\n",
+    );
+    for (rt, results) in runtime_results {
+        let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
+        s.push_str(&format!(
+            "- **{}**: {passed} of {} cases pass\n",
+            rt.name(),
+            results.len()
+        ));
+    }
+    s.push_str("\n| op | cases |");
+    for (rt, _) in runtime_results {
+        s.push_str(&format!(" {} passing | status |", rt.name()));
+    }
+    s.push_str("\n|---|---|");
+    for _ in runtime_results {
+        s.push_str("---|---|");
+    }
+    s.push('\n');
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &runtime_results[0].1 {
+        *ops.entry(r.case.op.as_str()).or_insert(0) += 1;
+    }
+    for (op, count) in ops {
+        s.push_str(&format!("| {op} | {count} |"));
+        for (_, results) in runtime_results {
+            let pass = results
+                .iter()
+                .filter(|r| r.case.op == op && r.outcome.is_ok())
+                .count();
+            let status = if pass == count {
+                "full"
+            } else if pass == 0 {
+                "none"
+            } else {
+                "partial"
+            };
+            s.push_str(&format!(" {pass} | {status} |"));
+        }
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,112 @@
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|codegen>`.
+
+mod codegen;
+mod data;
+
+use anyhow::{Context, Result, bail};
+use smelt_tests::conformance::{self, Runtime};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    match args.first().map(String::as_str) {
+        Some("codegen") => codegen::run(&root),
+        Some("conformance") => {
+            data::ensure(&root)?;
+            run_conformance(&root, args.iter().any(|a| a == "--update"))
+        }
+        Some("onnx-data") => data::ensure(&root),
+        Some("setup") => data::ensure(&root),
+        Some("test") => test(&root),
+        other => bail!(
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], codegen"
+        ),
+    }
+}
+
+fn run_conformance(root: &Path, update: bool) -> Result<()> {
+    let node_dir = smelt_tests::require_data("node");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut all = Vec::new();
+    let mut disagree = false;
+    for rt in Runtime::ALL {
+        let results = conformance::run_all(&node_dir, rt, threads).map_err(anyhow::Error::msg)?;
+        let path = conformance::expectations_path(rt);
+        let expected = if path.exists() {
+            conformance::load_expectations(&path).map_err(anyhow::Error::msg)?
+        } else {
+            Default::default()
+        };
+        let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
+        println!(
+            "{}: {passed} of {} node cases pass",
+            rt.name(),
+            results.len()
+        );
+        if update {
+            conformance::write_expectations(&path, rt, &results, &expected)
+                .map_err(anyhow::Error::msg)?;
+            println!("wrote {}", path.display());
+        } else {
+            let d = conformance::check(&results, &expected);
+            for (n, e) in &d.regressions {
+                println!("  REGRESSION {n}: {e}");
+            }
+            for n in &d.unexpected_passes {
+                println!("  passes but not marked pass: {n}");
+            }
+            disagree |= !d.is_empty();
+        }
+        all.push((rt, results));
+    }
+    let md = conformance::conformance_markdown(&all);
+    std::fs::write(root.join("docs/conformance.md"), md).context("writing docs/conformance.md")?;
+    println!("wrote docs/conformance.md");
+    if disagree {
+        bail!(
+            "the run disagrees with the expectations file; fix the regressions or run `cargo xtask conformance --update`"
+        );
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    println!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The README's test command: installs what the tests need, then runs every check CI runs.
+fn test(root: &Path) -> Result<()> {
+    data::ensure(root)?;
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo(root, &["test", "--workspace", "--no-fail-fast"])?;
+    run_conformance(root, false)
+}
