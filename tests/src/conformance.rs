@@ -161,6 +161,18 @@ pub fn run_case(node_dir: &Path, case: &CaseInfo, runtime: Runtime) -> Result<()
         let m =
             smelt_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
         let g = m.graph.unwrap_or_default();
+        for i in g.input.iter().chain(&g.output) {
+            let is_tensor = matches!(
+                i.r#type.as_ref().and_then(|t| t.value.as_ref()),
+                Some(smelt_onnx::proto::type_proto::Value::TensorType(_))
+            );
+            if !is_tensor {
+                let name = i.name.clone().unwrap_or_default();
+                return Err(format!(
+                    "'{name}' is not a tensor (sequence, map and optional values are not supported)"
+                ));
+            }
+        }
         g.input
             .iter()
             .map(|i| i.name.clone().unwrap_or_default())

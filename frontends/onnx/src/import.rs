@@ -10,7 +10,11 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Lowest and highest opset of the default domain the importer accepts.
-pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=24;
+/// Opsets 25 to 28 were reviewed op by op against the ONNX 1.23.2 schemas: apart from
+/// new element types (refused when a tensor is decoded), only Mod (floored modulo of
+/// floats), BitShift (signed types), SpaceToDepth (`mode`) and Range (`stash_type`)
+/// changed, and their handlers implement the new versions. See docs/decisions.md.
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=28;
 /// How deeply local functions may call each other before the importer refuses the model.
 const MAX_FUNCTION_DEPTH: usize = 32;
 

@@ -164,13 +164,16 @@ fn int_binary(op: BinaryOp, a: i64, b: i64, unsigned: bool) -> i64 {
                 (ua << ub) as i64
             }
         }
-        BinaryOp::Shr => {
+        BinaryOp::Shr if unsigned => {
             if ub >= 64 {
                 0
             } else {
                 (ua >> ub) as i64
             }
         }
+        // Signed right shifts are arithmetic; out-of-range amounts leave only the sign fill.
+        BinaryOp::Shr => a >> if (0..64).contains(&b) { b } else { 63 },
+
         BinaryOp::Equal => (a == b) as i64,
         BinaryOp::Less if unsigned => (ua < ub) as i64,
         BinaryOp::Less => (a < b) as i64,

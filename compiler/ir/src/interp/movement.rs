@@ -356,9 +356,11 @@ pub(super) fn resize(op: &Op, x: &Tensor, roi: &Tensor) -> Result<Tensor> {
                         0.0
                     }
                 }
+                // The output length is the unrounded `n_in * scale`, as the ONNX reference has it.
                 CoordMode::AlignCorners => {
-                    if n_out > 1 {
-                        of * (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
+                    let len = n_in as f64 * scale;
+                    if len > 1.0 {
+                        of * (n_in as f64 - 1.0) / (len - 1.0)
                     } else {
                         0.0
                     }

@@ -103,7 +103,7 @@ pub(super) fn window_attr(n: &Node, name: &str, s: usize) -> Result<Vec<usize>> 
 }
 
 /// Adds a per-channel bias `[M]` to an `[N, M, ...]` tensor.
-fn add_channel_bias(cx: &mut Ctx, y: ValueId, bias: ValueId) -> Result<ValueId> {
+pub(super) fn add_channel_bias(cx: &mut Ctx, y: ValueId, bias: ValueId) -> Result<ValueId> {
     let rank = cx.rank(y);
     let m = cx.ty(bias).shape.first().cloned().unwrap_or(Dim::Fixed(1));
     let mut shape = vec![Dim::Fixed(1); rank];
@@ -114,6 +114,15 @@ fn add_channel_bias(cx: &mut Ctx, y: ValueId, bias: ValueId) -> Result<ValueId> 
 
 fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (x, w) = (n.input(0)?, n.input(1)?);
+    let mut y = conv_of(cx, n, x, w)?;
+    if let Some(b) = n.opt_input(2) {
+        y = add_channel_bias(cx, y, b)?;
+    }
+    one(y)
+}
+
+/// The Conv core op for `x` and `w` with the node's window attributes.
+pub(super) fn conv_of(cx: &mut Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<ValueId> {
     let ws = cx.fixed_shape(w)?;
     let xs = cx.fixed_shape(x)?;
     if ws.len() < 3 || xs.len() != ws.len() {
@@ -130,7 +139,7 @@ fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let dilations = window_attr(n, "dilations", s)?;
     let pads = resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?;
     let group = n.int("group", 1)?.max(1) as usize;
-    let mut y = cx.op(
+    cx.op(
         Op::Conv {
             strides,
             pads,
@@ -138,11 +147,7 @@ fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             group,
         },
         &[x, w],
-    )?;
-    if let Some(b) = n.opt_input(2) {
-        y = add_channel_bias(cx, y, b)?;
-    }
-    one(y)
+    )
 }
 
 fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {

@@ -145,10 +145,8 @@ fn binary(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
 
 fn modulo(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
+    // fmod 0 on floats (allowed from opset 28) is the floored modulo, as for integers.
     let fmod = n.int("fmod", 0)? != 0;
-    if !fmod && cx.dtype(x).is_float() {
-        return Err(n.err("fmod must be 1 for floating-point inputs"));
-    }
     one(cx.binary(
         if fmod { BinaryOp::Rem } else { BinaryOp::Mod },
         x,

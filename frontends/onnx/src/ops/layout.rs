@@ -22,6 +22,7 @@ pub(super) const OPS: &[(&str, Handler)] = &[
     ("Size", size),
     ("DepthToSpace", depth_to_space),
     ("SpaceToDepth", space_to_depth),
+    ("CenterCropPad", center_crop_pad),
 ];
 
 fn reshape(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
@@ -450,6 +451,52 @@ fn space_to_depth(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     }
     let (nn, c, h, w) = (s[0], s[1], s[2], s[3]);
     let r = cx.reshape_fixed(x, &[nn, c, h / b, b, w / b, b])?;
-    let t = cx.transpose(r, vec![0, 3, 5, 1, 2, 4])?;
+    // Opset 28 added CRD ordering; DCR (depth-column-row) stays the default.
+    let perm = match n.string("mode", "DCR")?.as_str() {
+        "DCR" => vec![0, 3, 5, 1, 2, 4],
+        "CRD" => vec![0, 1, 3, 5, 2, 4],
+        other => return Err(n.err(format!("mode must be DCR or CRD, got '{other}'"))),
+    };
+    let t = cx.transpose(r, perm)?;
     one(cx.reshape_fixed(t, &[nn, c * b * b, h / b, w / b])?)
+}
+
+/// Crops or pads each listed axis, centered, to the target size.
+fn center_crop_pad(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let shape = cx.fixed_shape(x)?;
+    let rank = shape.len();
+    let target = cx.require_ints(n.input(1)?, "shape")?;
+    let axes = match n.ints("axes")? {
+        Some(a) => a
+            .iter()
+            .map(|&a| cx.axis(a, rank))
+            .collect::<Result<Vec<_>>>()?,
+        None => (0..rank).collect(),
+    };
+    if target.len() != axes.len() || target.iter().any(|&t| t < 0) {
+        return Err(n.err(format!(
+            "shape {target:?} must give a non-negative size per axis {axes:?}"
+        )));
+    }
+    let mut pads = vec![0i64; 2 * rank];
+    for (&a, &t) in axes.iter().zip(&target) {
+        let d = shape[a] as i64;
+        // Cropping removes (d - t) / 2 at the start; padding adds (t - d) / 2 there.
+        let (begin, end) = if t <= d {
+            (-((d - t) / 2), -((d - t) - (d - t) / 2))
+        } else {
+            ((t - d) / 2, (t - d) - (t - d) / 2)
+        };
+        pads[a] = begin;
+        pads[rank + a] = end;
+    }
+    let zero = cx.scalar_like(x, 0.0);
+    one(cx.op(
+        Op::Pad {
+            pads,
+            mode: PadMode::Constant,
+        },
+        &[x, zero],
+    )?)
 }

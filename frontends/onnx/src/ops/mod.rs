@@ -6,12 +6,14 @@ mod elementwise;
 mod generator;
 mod indexing;
 mod layout;
+mod loss;
 mod normalization;
 mod pooling;
 mod quantization;
 mod recurrent;
 mod reduction;
 mod resize;
+mod signal;
 
 use crate::error::Result;
 use crate::import::{Ctx, Node};
@@ -33,6 +35,8 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     recurrent::OPS,
     reduction::OPS,
     resize::OPS,
+    loss::OPS,
+    signal::OPS,
 ];
 
 /// The handler of a default-domain ONNX op type.

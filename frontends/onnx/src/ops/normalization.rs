@@ -14,6 +14,7 @@ pub(super) const OPS: &[(&str, Handler)] = &[
     ("LRN", lrn),
     ("LpNormalization", lp_norm),
     ("MeanVarianceNormalization", mvn),
+    ("RMSNormalization", rms_norm),
 ];
 
 /// Reshapes a per-channel `[C]` vector to broadcast against `[N, C, ...]` of `rank`.
@@ -198,7 +199,31 @@ fn lp_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         }
         p => return Err(n.err(format!("p must be 1 or 2, got {p}"))),
     };
-    one(cx.binary(BinaryOp::Div, x, norm)?)
+    // A zero norm gives zeros, not NaN.
+    let zero = cx.scalar_like(norm, 0.0);
+    let is_zero = cx.binary(BinaryOp::Equal, norm, zero)?;
+    let q = cx.binary(BinaryOp::Div, x, norm)?;
+    one(cx.op(Op::Select, &[is_zero, zero, q])?)
+}
+
+/// `x / sqrt(mean(x^2 over axis..) + eps) * scale`, the statistics in f32 for stash_type 1.
+fn rms_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let x = n.input(0)?;
+    let rank = cx.rank(x);
+    let axis = cx.axis(n.int("axis", -1)?, rank)?;
+    let orig = cx.dtype(x);
+    let xc = if n.int("stash_type", 1)? == 1 && orig != smelt_ir::DType::F64 {
+        cx.cast(x, smelt_ir::DType::F32)?
+    } else {
+        x
+    };
+    let sq = cx.binary(BinaryOp::Mul, xc, xc)?;
+    let ms = cx.reduce(ReduceKind::Mean, sq, (axis..rank).collect(), true)?;
+    let mse = cx.binary_scalar(BinaryOp::Add, ms, n.float("epsilon", 1e-5)? as f64)?;
+    let rms = cx.unary(UnaryOp::Sqrt, mse)?;
+    let y = cx.binary(BinaryOp::Div, xc, rms)?;
+    let y = cx.cast(y, orig)?;
+    one(cx.binary(BinaryOp::Mul, y, n.input(1)?)?)
 }
 
 fn mvn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {

@@ -10,6 +10,9 @@ pub(super) const OPS: &[(&str, Handler)] = &[
     ("QuantizeLinear", quantize),
     ("DequantizeLinear", dequantize),
     ("DynamicQuantizeLinear", dynamic_quantize),
+    ("ConvInteger", conv_integer),
+    ("QLinearConv", qlinear_conv),
+    ("QLinearMatMul", qlinear_matmul),
 ];
 
 fn int_bounds(d: DType) -> Option<(f64, f64)> {
@@ -105,4 +108,108 @@ fn dynamic_quantize(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let y = cx.cast(q, DType::U8)?;
     let zp = cx.cast(zp, DType::U8)?;
     Ok(vec![y, scale, zp])
+}
+
+/// `x - zero_point` in f64 (exact for every 8- to 32-bit integer); `zp_axis` reshapes a 1-D zero point.
+fn centered(
+    cx: &mut Ctx,
+    x: ValueId,
+    zp: Option<ValueId>,
+    zp_shape: Option<Vec<Dim>>,
+) -> Result<ValueId> {
+    let xf = cx.cast(x, DType::F64)?;
+    match zp {
+        Some(z) => {
+            let mut zf = cx.cast(z, DType::F64)?;
+            if let (Some(shape), 1) = (zp_shape, cx.rank(zf)) {
+                zf = cx.reshape(zf, shape)?;
+            }
+            cx.binary(BinaryOp::Sub, xf, zf)
+        }
+        None => Ok(xf),
+    }
+}
+
+/// `[M]` reshaped to `[M, 1, 1, ...]` for a weight of `rank`.
+fn per_filter(cx: &Ctx, v: ValueId, rank: usize) -> Option<Vec<Dim>> {
+    let m = cx.ty(v).shape.first().cloned()?;
+    let mut shape = vec![Dim::Fixed(1); rank];
+    shape[0] = m;
+    Some(shape)
+}
+
+fn conv_integer(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let (x, w) = (n.input(0)?, n.input(1)?);
+    let xc = centered(cx, x, n.opt_input(2), None)?;
+    let wshape = n.opt_input(3).and_then(|z| per_filter(cx, z, cx.rank(w)));
+    let wc = centered(cx, w, n.opt_input(3), wshape)?;
+    let y = super::contraction::conv_of(cx, n, xc, wc)?;
+    one(cx.cast(y, DType::I32)?)
+}
+
+/// Requantizes an f64 accumulator: `round(acc * scale / y_scale) + y_zero_point`, saturated.
+fn requantize(
+    cx: &mut Ctx,
+    n: &Node,
+    acc: ValueId,
+    scale: ValueId,
+    y_scale: ValueId,
+    y_zp: Option<ValueId>,
+) -> Result<ValueId> {
+    let out = y_zp.map_or(DType::U8, |z| cx.dtype(z));
+    let (lo, hi) =
+        int_bounds(out).ok_or_else(|| n.err(format!("quantizing to {out} is not supported")))?;
+    let s = cx.binary(BinaryOp::Mul, acc, scale)?;
+    let ys = cx.cast(y_scale, DType::F64)?;
+    let q = cx.binary(BinaryOp::Div, s, ys)?;
+    let mut q = cx.unary(UnaryOp::Round, q)?;
+    if let Some(z) = y_zp {
+        let zf = cx.cast(z, DType::F64)?;
+        q = cx.binary(BinaryOp::Add, q, zf)?;
+    }
+    let q = cx.binary_scalar(BinaryOp::Max, q, lo)?;
+    let q = cx.binary_scalar(BinaryOp::Min, q, hi)?;
+    cx.cast(q, out)
+}
+
+fn qlinear_conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let (x, w) = (n.input(0)?, n.input(3)?);
+    let rank = cx.rank(w);
+    let xc = centered(cx, x, n.opt_input(2), None)?;
+    let wshape = n.opt_input(5).and_then(|z| per_filter(cx, z, rank));
+    let wc = centered(cx, w, n.opt_input(5), wshape)?;
+    let mut acc = super::contraction::conv_of(cx, n, xc, wc)?;
+    if let Some(b) = n.opt_input(8) {
+        let bf = cx.cast(b, DType::F64)?;
+        acc = super::contraction::add_channel_bias(cx, acc, bf)?;
+    }
+    let xs = cx.cast(n.input(1)?, DType::F64)?;
+    let mut ws = cx.cast(n.input(4)?, DType::F64)?;
+    if cx.rank(ws) == 1 {
+        // A per-filter weight scale applies along the output channels.
+        let mut shape = vec![Dim::Fixed(1); rank];
+        shape[1] = cx.ty(ws).shape[0].clone();
+        ws = cx.reshape(ws, shape)?;
+    }
+    let scale = cx.binary(BinaryOp::Mul, xs, ws)?;
+    one(requantize(cx, n, acc, scale, n.input(6)?, n.opt_input(7))?)
+}
+
+fn qlinear_matmul(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
+    let (a, b) = (n.input(0)?, n.input(3)?);
+    let a_zp_shape = n
+        .opt_input(2)
+        .filter(|&z| cx.rank(z) == 1 && cx.rank(a) >= 2)
+        .map(|z| vec![cx.ty(z).shape[0].clone(), Dim::Fixed(1)]);
+    let ac = centered(cx, a, n.opt_input(2), a_zp_shape)?;
+    let bc = centered(cx, b, n.opt_input(5), None)?;
+    let acc = cx.op(smelt_ir::Op::MatMul, &[ac, bc])?;
+    let mut a_s = cx.cast(n.input(1)?, DType::F64)?;
+    if cx.rank(a_s) == 1 && cx.rank(a) >= 2 {
+        let m = cx.ty(a_s).shape[0].clone();
+        a_s = cx.reshape(a_s, vec![m, Dim::Fixed(1)])?;
+    }
+    let b_s = cx.cast(n.input(4)?, DType::F64)?;
+    let scale = cx.binary(BinaryOp::Mul, a_s, b_s)?;
+    one(requantize(cx, n, acc, scale, n.input(6)?, n.opt_input(7))?)
 }

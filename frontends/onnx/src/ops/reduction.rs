@@ -82,9 +82,26 @@ fn reduce(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             cx.unary(UnaryOp::Log, s)?
         }
         "ReduceLogSumExp" => {
-            let e = cx.unary(UnaryOp::Exp, x)?;
-            let s = sum(cx, e)?;
-            cx.unary(UnaryOp::Log, s)?
+            // log(sum(exp(x - max))) + max: no overflow for large inputs.
+            let m = cx.reduce(ReduceKind::Max, x, axes.clone(), true)?;
+            let shifted = cx.binary(BinaryOp::Sub, x, m)?;
+            let e = cx.unary(UnaryOp::Exp, shifted)?;
+            let s = cx.reduce(ReduceKind::Sum, e, axes.clone(), true)?;
+            let l = cx.unary(UnaryOp::Log, s)?;
+            let y = cx.binary(BinaryOp::Add, l, m)?;
+            if keep {
+                y
+            } else {
+                let shape: Vec<smelt_ir::Dim> = cx
+                    .ty(x)
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, d)| d.clone())
+                    .collect();
+                cx.reshape(y, shape)?
+            }
         }
         _ => {
             let sq = cx.binary(BinaryOp::Mul, x, x)?;
