@@ -1,4 +1,5 @@
-//! The ONNX conformance harness: runs the backend node cases through a runtime and
+//! The ONNX conformance harness: runs the backend node cases and the models of the
+//! `simple`, `pytorch-operator` and `pytorch-converted` suites through a runtime and
 //! checks the outcome against the checked-in expectations file.
 
 use crate::compare::compare;
@@ -25,13 +26,23 @@ impl Runtime {
     }
 }
 
-/// One node case from the generated manifest.
+/// One case: a node case, or a model of the model suites.
 #[derive(Debug, Clone)]
 pub struct CaseInfo {
+    /// `test_abs` for node cases, `pytorch-converted/test_AvgPool1d` for suite models.
     pub name: String,
+    /// The case's directory (model.onnx and test_data_set_*).
+    pub dir: PathBuf,
+    /// The ONNX op a node case tests; `suite:NAME` for suite models.
     pub op: String,
     pub rtol: f64,
     pub atol: f64,
+}
+
+impl CaseInfo {
+    pub fn is_suite(&self) -> bool {
+        self.op.starts_with("suite:")
+    }
 }
 
 /// The status a case is expected to have.
@@ -49,10 +60,10 @@ pub struct CaseResult {
     pub outcome: Result<(), String>,
 }
 
-/// Reads `node/manifest.tsv` (case, op, rtol, atol).
-pub fn load_manifest(node_dir: &Path) -> Result<Vec<CaseInfo>, String> {
-    let text = std::fs::read_to_string(node_dir.join("manifest.tsv"))
-        .map_err(|e| format!("manifest: {e}"))?;
+/// Reads the `manifest.tsv` (case, op, rtol, atol) of a directory of cases.
+pub fn load_manifest(cases_dir: &Path) -> Result<Vec<CaseInfo>, String> {
+    let path = cases_dir.join("manifest.tsv");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -62,6 +73,7 @@ pub fn load_manifest(node_dir: &Path) -> Result<Vec<CaseInfo>, String> {
             }
             Ok(CaseInfo {
                 name: f[0].to_string(),
+                dir: cases_dir.join(f[0]),
                 op: f[1].to_string(),
                 rtol: f[2].parse().map_err(|_| format!("bad rtol in '{l}'"))?,
                 atol: f[3].parse().map_err(|_| format!("bad atol in '{l}'"))?,
@@ -122,7 +134,7 @@ pub fn write_expectations(
     keep: &BTreeMap<String, Status>,
 ) -> Result<(), String> {
     let mut text = format!(
-        "# Expected status of each ONNX backend node case on the '{}' runtime.\n# Regenerate with `cargo xtask conformance --update`; the test fails when a case marked pass fails.\n",
+        "# Expected status of each ONNX node case and suite model on the '{}' runtime.\n# Regenerate with `cargo xtask conformance --update`; the test fails when a case marked pass fails.\n",
         runtime.name()
     );
     for r in results {
@@ -152,41 +164,52 @@ fn read_tensor_pb(path: &Path) -> Result<Tensor, String> {
     smelt_onnx::tensor::tensor_from_proto(&proto, None).map_err(|e| e.to_string())
 }
 
-/// Runs one case (all its data sets) on `runtime`.
-pub fn run_case(node_dir: &Path, case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
-    let dir = node_dir.join(&case.name);
-    let model = smelt::Model::load(dir.join("model.onnx")).map_err(|e| e.to_string())?;
-    let proto_inputs: Vec<String> = {
-        let bytes = std::fs::read(dir.join("model.onnx")).map_err(|e| e.to_string())?;
-        let m =
-            smelt_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-        let g = m.graph.unwrap_or_default();
-        for i in g.input.iter().chain(&g.output) {
-            let is_tensor = matches!(
-                i.r#type.as_ref().and_then(|t| t.value.as_ref()),
-                Some(smelt_onnx::proto::type_proto::Value::TensorType(_))
-            );
-            if !is_tensor {
-                let name = i.name.clone().unwrap_or_default();
-                return Err(format!(
-                    "'{name}' is not a tensor (sequence, map and optional values are not supported)"
-                ));
-            }
+/// Names of the graph inputs fed by data sets (initializers excluded), checking that every input and output is a tensor.
+fn fed_inputs(model_path: &Path) -> Result<Vec<String>, String> {
+    let bytes = std::fs::read(model_path).map_err(|e| e.to_string())?;
+    let m = smelt_onnx::proto::ModelProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    let g = m.graph.unwrap_or_default();
+    for i in g.input.iter().chain(&g.output) {
+        let is_tensor = matches!(
+            i.r#type.as_ref().and_then(|t| t.value.as_ref()),
+            Some(smelt_onnx::proto::type_proto::Value::TensorType(_))
+        );
+        if !is_tensor {
+            let name = i.name.clone().unwrap_or_default();
+            return Err(format!(
+                "'{name}' is not a tensor (sequence, map and optional values are not supported)"
+            ));
         }
-        g.input
-            .iter()
-            .map(|i| i.name.clone().unwrap_or_default())
-            .collect()
-    };
-    let mut sets: Vec<PathBuf> = std::fs::read_dir(&dir)
+    }
+    let inits: Vec<&str> = g
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    Ok(g.input
+        .iter()
+        .filter_map(|i| i.name.clone())
+        .filter(|n| !inits.contains(&n.as_str()))
+        .collect())
+}
+
+/// Runs one case (all its data sets) on `runtime`.
+pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
+    let model_path = case.dir.join("model.onnx");
+    let model = smelt::Model::load(&model_path).map_err(|e| e.to_string())?;
+    let input_names = fed_inputs(&model_path)?;
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(&case.dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     sets.sort();
+    if sets.is_empty() {
+        return Err("no test data sets".into());
+    }
     for set in sets {
         let mut inputs = Vec::new();
-        for (j, name) in proto_inputs.iter().enumerate() {
+        for (j, name) in input_names.iter().enumerate() {
             let t = read_tensor_pb(&set.join(format!("input_{j}.pb")))?;
             inputs.push((name.clone(), smelt::to_host_tensor(&t)));
         }
@@ -205,13 +228,15 @@ pub fn run_case(node_dir: &Path, case: &CaseInfo, runtime: Runtime) -> Result<()
     Ok(())
 }
 
-/// Runs every case of the manifest on `threads` workers; a panicking case fails rather than aborting the run.
+/// Runs every node case and suite model under `data_dir` on `threads` workers; a
+/// panicking case fails rather than aborting the run.
 pub fn run_all(
-    node_dir: &Path,
+    data_dir: &Path,
     runtime: Runtime,
     threads: usize,
 ) -> Result<Vec<CaseResult>, String> {
-    let cases = load_manifest(node_dir)?;
+    let mut cases = load_manifest(&data_dir.join("node"))?;
+    cases.extend(load_manifest(&data_dir.join("suites"))?);
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::with_capacity(cases.len()));
     std::thread::scope(|s| {
@@ -220,7 +245,7 @@ pub fn run_all(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(case) = cases.get(i) else { break };
-                    let outcome = std::panic::catch_unwind(|| run_case(node_dir, case, runtime))
+                    let outcome = std::panic::catch_unwind(|| run_case(case, runtime))
                         .unwrap_or_else(|p| {
                             let msg = p
                                 .downcast_ref::<String>()
@@ -242,6 +267,14 @@ pub fn run_all(
     let mut results = results.into_inner().expect("workers finished");
     results.sort_by(|a, b| a.case.name.cmp(&b.case.name));
     Ok(results)
+}
+
+/// Node cases, passing node cases, suite models, passing suite models.
+pub fn counts(results: &[CaseResult]) -> (usize, usize, usize, usize) {
+    let (suite, node): (Vec<&CaseResult>, Vec<&CaseResult>) =
+        results.iter().partition(|r| r.case.is_suite());
+    let pass = |v: &[&CaseResult]| v.iter().filter(|r| r.outcome.is_ok()).count();
+    (node.len(), pass(&node), suite.len(), pass(&suite))
 }
 
 /// How a run disagrees with the expectations.
@@ -278,20 +311,25 @@ pub fn check(results: &[CaseResult], expected: &BTreeMap<String, Status>) -> Dis
     d
 }
 
-/// Markdown table per op: cases, passing, status.
+/// The `docs/conformance.md` report: totals, the supported op types, a table per op, failing suite models.
 pub fn conformance_markdown(runtime_results: &[(Runtime, Vec<CaseResult>)]) -> String {
     let mut s = String::from(
-        "# ONNX conformance\n\nGenerated by `cargo xtask conformance` from the ONNX 1.23.2 backend node cases.\n\n",
+        "# ONNX conformance\n\nGenerated by `cargo xtask conformance` from the ONNX 1.23.2 backend node cases and model suites.\n\n",
     );
     for (rt, results) in runtime_results {
-        let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
+        let (node, node_pass, suite, suite_pass) = counts(results);
         s.push_str(&format!(
-            "- **{}**: {passed} of {} cases pass\n",
-            rt.name(),
-            results.len()
+            "- **{}**: {node_pass} of {node} node cases pass; {suite_pass} of {suite} models of the `simple`, `pytorch-operator` and `pytorch-converted` suites pass\n",
+            rt.name()
         ));
     }
-    s.push_str("\n| op | cases |");
+    let ops = smelt_onnx::ops::supported_ops();
+    s.push_str(&format!(
+        "\nThe importer handles {} ONNX op types of the default domain (opsets 6 to 28):\n{}\n",
+        ops.len(),
+        ops.join(", ")
+    ));
+    s.push_str("\n## Node cases per op\n\n| op | cases |");
     for (rt, _) in runtime_results {
         s.push_str(&format!(" {} passing | status |", rt.name()));
     }
@@ -300,11 +338,11 @@ pub fn conformance_markdown(runtime_results: &[(Runtime, Vec<CaseResult>)]) -> S
         s.push_str("---|---|");
     }
     s.push('\n');
-    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in &runtime_results[0].1 {
-        *ops.entry(r.case.op.as_str()).or_insert(0) += 1;
+    let mut per_op: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in runtime_results[0].1.iter().filter(|r| !r.case.is_suite()) {
+        *per_op.entry(r.case.op.as_str()).or_insert(0) += 1;
     }
-    for (op, count) in ops {
+    for (op, count) in per_op {
         s.push_str(&format!("| {op} | {count} |"));
         for (_, results) in runtime_results {
             let pass = results
@@ -321,6 +359,14 @@ pub fn conformance_markdown(runtime_results: &[(Runtime, Vec<CaseResult>)]) -> S
             s.push_str(&format!(" {pass} | {status} |"));
         }
         s.push('\n');
+    }
+    for (rt, results) in runtime_results {
+        s.push_str(&format!("\n## Failing suite models on {}\n\n", rt.name()));
+        for r in results.iter().filter(|r| r.case.is_suite()) {
+            if let Err(e) = &r.outcome {
+                s.push_str(&format!("- `{}`: {}\n", r.case.name, one_line(e)));
+            }
+        }
     }
     s
 }

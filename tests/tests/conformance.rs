@@ -4,18 +4,17 @@ use smelt_tests::conformance::{Runtime, check, expectations_path, load_expectati
 
 #[test]
 fn node_cases_match_expectations() {
-    let node_dir = smelt_tests::require_data("node");
+    let data_dir = smelt_tests::require_data("");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for runtime in Runtime::ALL {
-        let results = run_all(&node_dir, runtime, threads).expect("manifest readable");
+        let results = run_all(&data_dir, runtime, threads).expect("manifest readable");
         let expected =
             load_expectations(&expectations_path(runtime)).expect("expectations readable");
         let d = check(&results, &expected);
-        let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
+        let (node, node_pass, suite, suite_pass) = smelt_tests::conformance::counts(&results);
         println!(
-            "{}: {passed} of {} node cases pass",
-            runtime.name(),
-            results.len()
+            "{}: {node_pass} of {node} node cases pass, {suite_pass} of {suite} suite models",
+            runtime.name()
         );
         if !d.unexpected_passes.is_empty() {
             println!(

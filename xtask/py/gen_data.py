@@ -70,9 +70,16 @@ def gen_node(out):
 def gen_suites(out):
     root = os.path.join(out, "suites")
     shutil.rmtree(root, ignore_errors=True)
+    rows = []
     for suite in ["simple", "pytorch-operator", "pytorch-converted", "light"]:
         shutil.copytree(os.path.join(DATA_DIR, suite), os.path.join(root, suite))
-    print("suites copied")
+        if suite == "light":
+            continue  # one file per model, no data sets; run as model tests instead
+        for case in sorted(os.listdir(os.path.join(root, suite))):
+            rows.append(f"{suite}/{case}\tsuite:{suite}\t0.001\t1e-07")
+    with open(os.path.join(root, "manifest.tsv"), "w") as f:
+        f.write("\n".join(rows) + "\n")
+    print(f"suite cases: {len(rows)}")
 
 
 def save_model_case(root, name, model_or_path, feeds):

@@ -34,23 +34,22 @@ fn main() -> Result<()> {
 }
 
 fn run_conformance(root: &Path, update: bool) -> Result<()> {
-    let node_dir = smelt_tests::require_data("node");
+    let data_dir = smelt_tests::require_data("");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut all = Vec::new();
     let mut disagree = false;
     for rt in Runtime::ALL {
-        let results = conformance::run_all(&node_dir, rt, threads).map_err(anyhow::Error::msg)?;
+        let results = conformance::run_all(&data_dir, rt, threads).map_err(anyhow::Error::msg)?;
         let path = conformance::expectations_path(rt);
         let expected = if path.exists() {
             conformance::load_expectations(&path).map_err(anyhow::Error::msg)?
         } else {
             Default::default()
         };
-        let passed = results.iter().filter(|r| r.outcome.is_ok()).count();
+        let (node, node_pass, suite, suite_pass) = smelt_tests::conformance::counts(&results);
         println!(
-            "{}: {passed} of {} node cases pass",
-            rt.name(),
-            results.len()
+            "{}: {node_pass} of {node} node cases pass, {suite_pass} of {suite} suite models",
+            rt.name()
         );
         if update {
             conformance::write_expectations(&path, rt, &results, &expected)

@@ -14,7 +14,10 @@ use std::path::Path;
 /// new element types (refused when a tensor is decoded), only Mod (floored modulo of
 /// floats), BitShift (signed types), SpaceToDepth (`mode`) and Range (`stash_type`)
 /// changed, and their handlers implement the new versions. See docs/decisions.md.
-pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=28;
+/// Opset 6 (the pytorch model suites) differs from 7 in the legacy `broadcast`/`axis`
+/// attributes of binary ops, BatchNormalization's `is_test` and PRelu's slope
+/// alignment, which the handlers implement.
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 6..=28;
 /// How deeply local functions may call each other before the importer refuses the model.
 const MAX_FUNCTION_DEPTH: usize = 32;
 

@@ -46,7 +46,20 @@ fn leaky_relu(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
 
 fn prelu(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
-    let scaled = cx.binary(BinaryOp::Mul, x, n.input(1)?)?;
+    let mut slope = n.input(1)?;
+    // Before opset 7 a 1-D slope of C values applies per channel (axis 1).
+    let xs = cx.ty(x).shape.clone();
+    if n.opset < 7
+        && cx.rank(slope) == 1
+        && xs.len() > 2
+        && cx.ty(slope).shape[0] == xs[1]
+        && !xs[1].is_one()
+    {
+        let mut shape = vec![smelt_ir::Dim::Fixed(1); xs.len() - 1];
+        shape[0] = xs[1].clone();
+        slope = cx.reshape(slope, shape)?;
+    }
+    let scaled = cx.binary(BinaryOp::Mul, x, slope)?;
     one(where_negative(cx, x, scaled)?)
 }
 

@@ -140,7 +140,33 @@ fn binary(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         "BitwiseXor" => BinaryOp::BitXor,
         other => return Err(n.err(format!("{other} is not a binary op"))),
     };
-    one(cx.binary(b, n.input(0)?, n.input(1)?)?)
+    let (x, y) = (n.input(0)?, n.input(1)?);
+    let y = legacy_broadcast(cx, n, x, y)?;
+    one(cx.binary(b, x, y)?)
+}
+
+/// Before opset 7, binary ops broadcast only with `broadcast=1`, aligning B's dims
+/// with A's starting at `axis` (default: the trailing dims); reshaping B to A's rank
+/// turns that into NumPy broadcasting.
+pub(super) fn legacy_broadcast(cx: &mut Ctx, n: &Node, a: ValueId, b: ValueId) -> Result<ValueId> {
+    if n.opset >= 7 || n.int("broadcast", 0)? == 0 {
+        return Ok(b);
+    }
+    let (ra, rb) = (cx.rank(a), cx.rank(b));
+    let axis = match n.opt_int("axis")? {
+        Some(ax) => cx.axis(ax, ra.max(1))?,
+        None => ra.saturating_sub(rb),
+    };
+    if axis + rb > ra {
+        return Err(n.err(format!(
+            "B of rank {rb} does not fit A of rank {ra} at axis {axis}"
+        )));
+    }
+    let mut shape = vec![smelt_ir::Dim::Fixed(1); ra];
+    for (i, d) in cx.ty(b).shape.clone().into_iter().enumerate() {
+        shape[axis + i] = d;
+    }
+    cx.reshape(b, shape)
 }
 
 fn modulo(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {

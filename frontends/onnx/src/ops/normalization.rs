@@ -30,7 +30,8 @@ fn per_channel(cx: &mut Ctx, v: ValueId, rank: usize) -> Result<ValueId> {
 /// `y = x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps))`.
 fn batch_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
-    if n.int("training_mode", 0)? != 0 {
+    // Before opset 7, `is_test = 0` meant training (batch statistics).
+    if n.int("training_mode", 0)? != 0 || (n.opset < 7 && n.int("is_test", 0)? == 0) {
         return Err(n.err("training_mode is not supported (smelt compiles inference graphs)"));
     }
     let (scale, bias, mean, var) = (n.input(1)?, n.input(2)?, n.input(3)?, n.input(4)?);
