@@ -1,6 +1,7 @@
 //! Shared helpers of smelt's integration tests: locating generated test data,
 //! comparing tensors, and the ONNX conformance harness (also used by `cargo xtask conformance`).
 
+pub mod builder;
 pub mod compare;
 pub mod conformance;
 

@@ -91,6 +91,38 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `cargo test`, echoing its output, and returns the passed and failed totals
+/// summed over every test binary (the `test result:` lines).
+fn cargo_test(root: &Path, args: &[&str]) -> Result<(usize, usize, bool)> {
+    use std::io::{BufRead, BufReader};
+    println!("$ cargo {}", args.join(" "));
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)
+                            .and_then(|n| n.trim().parse::<usize>().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    Ok((passed, failed, child.wait()?.success()))
+}
+
 /// The README's test command: installs what the tests need, then runs every check CI runs.
 fn test(root: &Path) -> Result<()> {
     data::ensure(root)?;
@@ -106,6 +138,12 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    cargo(root, &["test", "--workspace", "--no-fail-fast"])?;
-    run_conformance(root, false)
+    let (passed, failed, ok) = cargo_test(root, &["test", "--workspace", "--no-fail-fast"])?;
+    let conformance = run_conformance(root, false);
+    // One closing line with the totals of every test binary.
+    println!("{passed} passed, {failed} failed");
+    if !ok || failed > 0 {
+        bail!("cargo test failed");
+    }
+    conformance
 }

@@ -1,12 +1,8 @@
 //! The CLI's contract: `inspect` and `run` output, and one-line errors with exit status 2.
 
-use prost::Message;
-use smelt_onnx::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_proto, tensor_shape_proto,
-    type_proto,
-};
+use smelt_onnx::proto::{AttributeProto, StringStringEntryProto, TensorProto, tensor_proto};
 use smelt_runtime::{ElemType, HostTensor, read_npy, write_npy};
+use smelt_tests::builder::{f32_info, f32_tensor, model, node};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,79 +20,16 @@ fn workdir(name: &str) -> PathBuf {
     d
 }
 
-fn value_info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| tensor_shape_proto::Dimension {
-            value: Some(tensor_shape_proto::dimension::Value::DimValue(d)),
-            denotation: None,
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            denotation: None,
-        }),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(name.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn model(
-    nodes: Vec<NodeProto>,
-    inputs: Vec<ValueInfoProto>,
-    outputs: Vec<ValueInfoProto>,
-    inits: Vec<TensorProto>,
-) -> Vec<u8> {
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        producer_name: Some("smelt-tests".into()),
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: nodes,
-            input: inputs,
-            output: outputs,
-            initializer: inits,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
-}
-
 /// y = relu(x) + b, x: f32[2, 3].
 fn relu_model(dir: &Path) -> PathBuf {
-    let b = TensorProto {
-        name: Some("b".into()),
-        dims: vec![3],
-        data_type: Some(1),
-        float_data: vec![1.0, 2.0, 3.0],
-        ..Default::default()
-    };
+    let b = f32_tensor("b", &[3], &[1.0, 2.0, 3.0]);
     let bytes = model(
         vec![
             node("Relu", "relu", &["x"], &["r"]),
             node("Add", "add", &["r", "b"], &["y/out:0"]),
         ],
-        vec![value_info("x", 1, &[2, 3])],
-        vec![value_info("y/out:0", 1, &[2, 3])],
+        vec![f32_info("x", &[2, 3])],
+        vec![f32_info("y/out:0", &[2, 3])],
         vec![b],
     );
     let p = dir.join("relu.onnx");
@@ -237,8 +170,8 @@ fn unsupported_ops_are_listed_in_one_message() {
             node("Relu", "ok", &["a"], &["b"]),
             node("FrobnicateB", "second", &["b"], &["y"]),
         ],
-        vec![value_info("x", 1, &[2])],
-        vec![value_info("y", 1, &[2])],
+        vec![f32_info("x", &[2])],
+        vec![f32_info("y", &[2])],
         vec![],
     );
     let p = d.join("unsupported.onnx");
@@ -333,8 +266,8 @@ fn external_model(dir: &Path, location: &str) -> PathBuf {
     };
     let bytes = model(
         vec![node("Add", "add", &["x", "b"], &["y"])],
-        vec![value_info("x", 1, &[3])],
-        vec![value_info("y", 1, &[3])],
+        vec![f32_info("x", &[3])],
+        vec![f32_info("y", &[3])],
         vec![w],
     );
     let p = dir.join("ext.onnx");
@@ -404,8 +337,8 @@ fn attribute_of_the_wrong_type_is_refused() {
     });
     let bytes = model(
         vec![n],
-        vec![value_info("x", 1, &[2])],
-        vec![value_info("y", 1, &[2])],
+        vec![f32_info("x", &[2])],
+        vec![f32_info("y", &[2])],
         vec![],
     );
     let p = d.join("m.onnx");

@@ -1,0 +1,296 @@
+//! Importer behaviour on hand-made models: local functions, nesting limits, every
+//! dtype in typed and raw fields, symbolic dims and specialization.
+
+use prost::Message;
+use smelt_ir::{DType, Dim, Tensor};
+use smelt_onnx::proto::attribute_proto::AttributeType;
+use smelt_onnx::proto::{FunctionProto, TensorProto};
+use smelt_onnx::tensor::{dtype_to_onnx, tensor_from_proto, tensor_to_proto};
+use smelt_onnx::{ImportOptions, OnnxError, OnnxModel, import};
+use smelt_tests::builder::{D, f32_info, float_attr, model_with, node, ref_attr, value_info};
+use std::collections::HashMap;
+
+fn run(m: &OnnxModel, inputs: &[(&str, Tensor)]) -> Result<Vec<Tensor>, String> {
+    let opts = ImportOptions {
+        input_shapes: inputs
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.shape().to_vec()))
+            .collect(),
+        input_values: inputs
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect(),
+    };
+    let imported = import(m, &opts).map_err(|e| e.to_string())?;
+    let feeds: Vec<Tensor> = imported
+        .input_names
+        .iter()
+        .map(|n| inputs.iter().find(|(k, _)| k == n).unwrap().1.clone())
+        .collect();
+    smelt_ir::interp::run(&imported.graph, &feeds).map_err(|e| e.to_string())
+}
+
+fn f32s(shape: Vec<usize>, v: &[f64]) -> Tensor {
+    Tensor::from_f64(DType::F32, shape, v.to_vec()).unwrap()
+}
+
+/// `Scale(x) = x * factor`, with `factor` an attribute of the call.
+fn scale_function() -> FunctionProto {
+    let mut c = node("Constant", "c", &[], &["c"]);
+    c.attribute
+        .push(ref_attr("value_float", "factor", AttributeType::Float));
+    FunctionProto {
+        name: Some("Scale".into()),
+        domain: Some("my.fns".into()),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec!["factor".into()],
+        node: vec![c, node("Mul", "m", &["x", "c"], &["y"])],
+        opset_import: vec![smelt_onnx::proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        ..Default::default()
+    }
+}
+
+fn call(
+    op: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    factor: Option<f32>,
+) -> smelt_onnx::proto::NodeProto {
+    let mut n = node(op, name, inputs, outputs);
+    n.domain = Some("my.fns".into());
+    if let Some(f) = factor {
+        n.attribute.push(float_attr("factor", f));
+    }
+    n
+}
+
+#[test]
+fn local_functions_are_inlined_with_their_attributes() {
+    // Twice(x) = Scale<factor=2>(Scale<factor=@f>(x)), a function calling a function.
+    let mut inner = call("Scale", "inner", &["x"], &["t"], None);
+    inner
+        .attribute
+        .push(ref_attr("factor", "f", AttributeType::Float));
+    let twice = FunctionProto {
+        name: Some("Twice".into()),
+        domain: Some("my.fns".into()),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec!["f".into()],
+        node: vec![inner, call("Scale", "outer", &["t"], &["y"], Some(2.0))],
+        ..Default::default()
+    };
+    let mut top = call("Twice", "top", &["x"], &["y"], None);
+    top.attribute.push(float_attr("f", 3.0));
+    let m = model_with(
+        vec![top],
+        vec![f32_info("x", &[2])],
+        vec![f32_info("y", &[2])],
+        vec![],
+        vec![scale_function(), twice],
+        &["my.fns"],
+    );
+    let m = OnnxModel::from_bytes(&m.encode_to_vec()).unwrap();
+    let out = run(&m, &[("x", f32s(vec![2], &[1.0, -2.0]))]).unwrap();
+    assert_eq!(out[0].to_f64(), vec![6.0, -12.0]);
+}
+
+#[test]
+fn recursive_functions_are_refused_not_overflowing_the_stack() {
+    let looping = FunctionProto {
+        name: Some("Loopy".into()),
+        domain: Some("my.fns".into()),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        node: vec![call("Loopy", "again", &["x"], &["y"], None)],
+        ..Default::default()
+    };
+    let m = model_with(
+        vec![call("Loopy", "top", &["x"], &["y"], None)],
+        vec![f32_info("x", &[2])],
+        vec![f32_info("y", &[2])],
+        vec![],
+        vec![looping],
+        &["my.fns"],
+    );
+    let m = OnnxModel::from_bytes(&m.encode_to_vec()).unwrap();
+    let e = run(&m, &[("x", f32s(vec![2], &[1.0, 2.0]))]).unwrap_err();
+    assert!(
+        e.contains("local functions nest deeper than 32 levels"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unsupported_ops_inside_functions_are_listed() {
+    let f = FunctionProto {
+        name: Some("Odd".into()),
+        domain: Some("my.fns".into()),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        node: vec![node("NoSuchOp", "inside", &["x"], &["y"])],
+        ..Default::default()
+    };
+    let m = model_with(
+        vec![call("Odd", "top", &["x"], &["y"], None)],
+        vec![f32_info("x", &[2])],
+        vec![f32_info("y", &[2])],
+        vec![],
+        vec![f],
+        &["my.fns"],
+    );
+    let m = OnnxModel::from_bytes(&m.encode_to_vec()).unwrap();
+    match import(&m, &ImportOptions::default()) {
+        Err(OnnxError::Unsupported(list)) => {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].op_type, "NoSuchOp");
+            assert_eq!(list[0].node, "inside");
+        }
+        other => panic!("expected unsupported ops, got {other:?}"),
+    }
+}
+
+fn sample(dtype: DType) -> Tensor {
+    let v: Vec<f64> = vec![0.0, 1.0, 2.0, 3.0, 100.0, 7.0];
+    match dtype {
+        DType::Bool => {
+            Tensor::from_bool(vec![2, 3], vec![true, false, true, true, false, false]).unwrap()
+        }
+        d if d.is_float() => {
+            Tensor::from_f64(d, vec![2, 3], vec![-1.5, 0.0, 2.25, 1e-3, 65000.0, -7.0]).unwrap()
+        }
+        d if d.is_signed_int() => {
+            Tensor::from_f64(d, vec![2, 3], vec![-5.0, 0.0, 1.0, 100.0, -100.0, 7.0]).unwrap()
+        }
+        d => Tensor::from_f64(d, vec![2, 3], v).unwrap(),
+    }
+}
+
+/// The same tensor in the typed field ONNX assigns to its dtype.
+fn typed_proto(t: &Tensor) -> TensorProto {
+    let mut p = TensorProto {
+        dims: t.shape().iter().map(|&d| d as i64).collect(),
+        data_type: Some(dtype_to_onnx(t.dtype())),
+        ..Default::default()
+    };
+    let bits16 = |b: Vec<u8>| {
+        b.chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as i32)
+            .collect::<Vec<i32>>()
+    };
+    match t.dtype() {
+        DType::F32 => p.float_data = t.to_f64().iter().map(|&v| v as f32).collect(),
+        DType::F64 => p.double_data = t.to_f64(),
+        DType::I64 => p.int64_data = t.to_i64(),
+        DType::U32 | DType::U64 => p.uint64_data = t.to_i64().iter().map(|&v| v as u64).collect(),
+        DType::F16 | DType::BF16 => p.int32_data = bits16(t.to_le_bytes()),
+        _ => p.int32_data = t.to_i64().iter().map(|&v| v as i32).collect(),
+    }
+    p
+}
+
+#[test]
+fn every_dtype_decodes_from_typed_fields_and_raw_data() {
+    for dtype in DType::ALL {
+        let t = sample(dtype);
+        let from_raw = tensor_from_proto(&tensor_to_proto(&t, "t"), None).unwrap();
+        assert!(from_raw.same_bits(&t), "{dtype} raw: {from_raw:?} vs {t:?}");
+        let from_typed = tensor_from_proto(&typed_proto(&t), None).unwrap();
+        assert!(
+            from_typed.same_bits(&t),
+            "{dtype} typed: {from_typed:?} vs {t:?}"
+        );
+    }
+}
+
+#[test]
+fn short_initializer_data_is_refused() {
+    let mut p = tensor_to_proto(&sample(DType::F32), "w");
+    p.raw_data.as_mut().unwrap().truncate(20);
+    let e = tensor_from_proto(&p, None).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "tensor 'w': raw_data has 20 bytes, shape [2, 3] of f32 needs 24"
+    );
+    let mut q = typed_proto(&sample(DType::I64));
+    q.int64_data.pop();
+    let e = tensor_from_proto(&q, None).unwrap_err().to_string();
+    assert_eq!(e, "tensor '': holds 5 values, shape [2, 3] needs 6");
+}
+
+#[test]
+fn symbolic_dims_survive_import_and_specialize() {
+    let inputs = vec![
+        value_info("a", 1, &[D::S("N"), D::N(3)]),
+        value_info("b", 1, &[D::S("N"), D::N(3)]),
+    ];
+    let m = model_with(
+        vec![node("Add", "add", &["a", "b"], &["y"])],
+        inputs,
+        vec![value_info("y", 1, &[D::S("N"), D::N(3)])],
+        vec![],
+        vec![],
+        &[],
+    );
+    let m = OnnxModel::from_bytes(&m.encode_to_vec()).unwrap();
+    let g = import(&m, &ImportOptions::default()).unwrap().graph;
+    assert_eq!(
+        g.ty(g.outputs[0]).shape,
+        vec![Dim::Sym("N".into()), Dim::Fixed(3)]
+    );
+    let x = f32s(vec![2, 3], &[1.0; 6]);
+    assert_eq!(
+        run(&m, &[("a", x.clone()), ("b", x.clone())]).unwrap()[0].shape(),
+        &[2, 3]
+    );
+    // The same symbol must get the same size in every input.
+    let opts = ImportOptions {
+        input_shapes: HashMap::from([("a".into(), vec![2, 3]), ("b".into(), vec![4, 3])]),
+        ..Default::default()
+    };
+    let e = import(&m, &opts).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "input 'b': dimension 'N' is 4 here but 2 in another input"
+    );
+}
+
+#[test]
+fn shape_inputs_are_bound_to_their_values() {
+    let inputs = vec![f32_info("x", &[2, 3]), value_info("shape", 7, &[D::N(2)])];
+    let m = model_with(
+        vec![node("Reshape", "r", &["x", "shape"], &["y"])],
+        inputs,
+        vec![f32_info("y", &[3, 2])],
+        vec![],
+        vec![],
+        &[],
+    );
+    let m = OnnxModel::from_bytes(&m.encode_to_vec()).unwrap();
+    let shape = Tensor::from_i64(DType::I64, vec![2], vec![3, -1]).unwrap();
+    let x = f32s(vec![2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let opts = ImportOptions {
+        input_values: HashMap::from([("x".into(), x.clone()), ("shape".into(), shape.clone())]),
+        ..Default::default()
+    };
+    let imported = import(&m, &opts).unwrap();
+    assert_eq!(imported.bound_inputs, vec!["shape".to_string()]);
+    assert_eq!(imported.input_names, vec!["x".to_string()]);
+    assert_eq!(
+        run(&m, &[("x", x), ("shape", shape)]).unwrap()[0].shape(),
+        &[3, 2]
+    );
+    // Without the value the importer says what it needs.
+    let e = import(&m, &ImportOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "node 'r' (Reshape): shape ('shape') must be a constant or computable from constants and input values"
+    );
+}
