@@ -1,6 +1,7 @@
 //! ONNX op handlers, one file per op family; each maps ONNX nodes onto core ops.
 
 mod activation;
+mod attention;
 mod contraction;
 mod elementwise;
 mod generator;
@@ -37,6 +38,7 @@ const FAMILIES: &[&[(&str, Handler)]] = &[
     resize::OPS,
     loss::OPS,
     signal::OPS,
+    attention::OPS,
 ];
 
 /// The handler of a default-domain ONNX op type.
