@@ -37,6 +37,24 @@ fn relu_model(dir: &Path) -> PathBuf {
     p
 }
 
+/// Writes `model.onnx` with `nodes` mapping `x: f32[2]` to `y: f32[2]`, and `x.npy`; returns both paths.
+fn vector_model(dir: &Path, nodes: Vec<smelt_onnx::proto::NodeProto>) -> (PathBuf, PathBuf) {
+    let p = dir.join("model.onnx");
+    std::fs::write(
+        &p,
+        model(
+            nodes,
+            vec![f32_info("x", &[2])],
+            vec![f32_info("y", &[2])],
+            vec![],
+        ),
+    )
+    .unwrap();
+    let x = dir.join("x.npy");
+    f32_npy(&x, vec![2], &[1.0, 2.0]);
+    (p, x)
+}
+
 fn f32_npy(path: &Path, shape: Vec<usize>, values: &[f32]) {
     let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     write_npy(
@@ -164,20 +182,14 @@ fn non_onnx_file_is_refused() {
 #[test]
 fn unsupported_ops_are_listed_in_one_message() {
     let d = workdir("unsupported");
-    let bytes = model(
+    let (p, x) = vector_model(
+        &d,
         vec![
             node("FrobnicateA", "first", &["x"], &["a"]),
             node("Relu", "ok", &["a"], &["b"]),
             node("FrobnicateB", "second", &["b"], &["y"]),
         ],
-        vec![f32_info("x", &[2])],
-        vec![f32_info("y", &[2])],
-        vec![],
     );
-    let p = d.join("unsupported.onnx");
-    std::fs::write(&p, bytes).unwrap();
-    let x = d.join("x.npy");
-    f32_npy(&x, vec![2], &[1.0, 2.0]);
     let want = "unsupported ops: FrobnicateA (node 'first', opset 17), FrobnicateB (node 'second', opset 17)";
     assert_error(&smelt(&["inspect", p.to_str().unwrap()]), want);
     assert_error(
@@ -335,16 +347,7 @@ fn attribute_of_the_wrong_type_is_refused() {
         f: Some(1.5),
         ..Default::default()
     });
-    let bytes = model(
-        vec![n],
-        vec![f32_info("x", &[2])],
-        vec![f32_info("y", &[2])],
-        vec![],
-    );
-    let p = d.join("m.onnx");
-    std::fs::write(&p, bytes).unwrap();
-    let x = d.join("x.npy");
-    f32_npy(&x, vec![2], &[1.0, 2.0]);
+    let (p, x) = vector_model(&d, vec![n]);
     assert_error(
         &smelt(&[
             "run",

@@ -225,23 +225,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
             group,
         } => {
             let (x, w) = (inputs[0], inputs[1]);
-            same_dtype(x, w, "conv")?;
-            let s = x
-                .rank()
-                .checked_sub(2)
-                .filter(|&s| s >= 1)
-                .ok_or("input must have rank >= 3")?;
-            if w.rank() != x.rank() {
-                return Err(format!(
-                    "weight rank {} differs from input rank {}",
-                    w.rank(),
-                    x.rank()
-                ));
-            }
-            check_window_attrs(s, strides, pads, dilations)?;
-            if *group == 0 {
-                return Err("group must be positive".into());
-            }
+            let s = conv_operands(x, w, strides, pads, dilations, *group)?;
             if let (Some(c), Some(wc), Some(m)) =
                 (x.shape[1].fixed(), w.shape[1].fixed(), w.shape[0].fixed())
                 && (c != wc * group || m % group != 0)
@@ -271,20 +255,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
             output_padding,
         } => {
             let (x, w) = (inputs[0], inputs[1]);
-            same_dtype(x, w, "conv_transpose")?;
-            let s = x
-                .rank()
-                .checked_sub(2)
-                .filter(|&s| s >= 1)
-                .ok_or("input must have rank >= 3")?;
-            if w.rank() != x.rank() {
-                return Err(format!(
-                    "weight rank {} differs from input rank {}",
-                    w.rank(),
-                    x.rank()
-                ));
-            }
-            check_window_attrs(s, strides, pads, dilations)?;
+            let s = conv_operands(x, w, strides, pads, dilations, *group)?;
             if output_padding.len() != s || *group == 0 {
                 return Err(
                     "output_padding needs one entry per spatial axis and group must be positive"
@@ -588,6 +559,35 @@ fn check_index_dtype(idx: &TensorType) -> InferResult<()> {
     } else {
         Err(format!("indices must be i32 or i64, got {}", idx.dtype))
     }
+}
+
+/// Shared checks of convolution operands; returns the number of spatial axes.
+fn conv_operands(
+    x: &TensorType,
+    w: &TensorType,
+    strides: &[usize],
+    pads: &[usize],
+    dilations: &[usize],
+    group: usize,
+) -> InferResult<usize> {
+    same_dtype(x, w, "conv")?;
+    let s = x
+        .rank()
+        .checked_sub(2)
+        .filter(|&s| s >= 1)
+        .ok_or("input must have rank >= 3")?;
+    if w.rank() != x.rank() {
+        return Err(format!(
+            "weight rank {} differs from input rank {}",
+            w.rank(),
+            x.rank()
+        ));
+    }
+    check_window_attrs(s, strides, pads, dilations)?;
+    if group == 0 {
+        return Err("group must be positive".into());
+    }
+    Ok(s)
 }
 
 fn check_window_attrs(

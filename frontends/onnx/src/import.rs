@@ -340,6 +340,14 @@ impl<'m> Ctx<'m> {
         Ok(a as usize)
     }
 
+    /// The `axes` attribute normalized against `rank`, or every axis when absent.
+    pub fn axes_attr(&self, n: &Node, rank: usize) -> Result<Vec<usize>> {
+        match n.ints("axes")? {
+            Some(a) => a.iter().map(|&a| self.axis(a, rank)).collect(),
+            None => Ok((0..rank).collect()),
+        }
+    }
+
     /// The value of `v` when it is computable at import time (constants, shape
     /// arithmetic, and inputs whose values were supplied for specialization).
     pub fn const_value(&mut self, v: ValueId) -> Result<Option<Tensor>> {

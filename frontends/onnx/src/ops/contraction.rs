@@ -121,15 +121,20 @@ fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     one(y)
 }
 
-/// The Conv core op for `x` and `w` with the node's window attributes.
-pub(super) fn conv_of(cx: &mut Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<ValueId> {
-    let ws = cx.fixed_shape(w)?;
-    let xs = cx.fixed_shape(x)?;
+/// Concrete shapes of a convolution's input and weight, of equal rank >= 3.
+fn conv_shapes(cx: &Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (xs, ws) = (cx.fixed_shape(x)?, cx.fixed_shape(w)?);
     if ws.len() < 3 || xs.len() != ws.len() {
         return Err(n.err(format!(
             "input {xs:?} and weight {ws:?} must have the same rank >= 3"
         )));
     }
+    Ok((xs, ws))
+}
+
+/// The Conv core op for `x` and `w` with the node's window attributes.
+pub(super) fn conv_of(cx: &mut Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<ValueId> {
+    let (xs, ws) = conv_shapes(cx, n, x, w)?;
     let s = ws.len() - 2;
     let kernel = match n.ints("kernel_shape")? {
         Some(k) => k.iter().map(|&v| v as usize).collect(),
@@ -152,13 +157,7 @@ pub(super) fn conv_of(cx: &mut Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<
 
 fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (x, w) = (n.input(0)?, n.input(1)?);
-    let ws = cx.fixed_shape(w)?;
-    let xs = cx.fixed_shape(x)?;
-    if ws.len() < 3 || xs.len() != ws.len() {
-        return Err(n.err(format!(
-            "input {xs:?} and weight {ws:?} must have the same rank >= 3"
-        )));
-    }
+    let (xs, ws) = conv_shapes(cx, n, x, w)?;
     let s = ws.len() - 2;
     let kernel: Vec<usize> = ws[2..].to_vec();
     let strides = window_attr(n, "strides", s)?;

@@ -467,13 +467,7 @@ fn center_crop_pad(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let shape = cx.fixed_shape(x)?;
     let rank = shape.len();
     let target = cx.require_ints(n.input(1)?, "shape")?;
-    let axes = match n.ints("axes")? {
-        Some(a) => a
-            .iter()
-            .map(|&a| cx.axis(a, rank))
-            .collect::<Result<Vec<_>>>()?,
-        None => (0..rank).collect(),
-    };
+    let axes = cx.axes_attr(n, rank)?;
     if target.len() != axes.len() || target.iter().any(|&t| t < 0) {
         return Err(n.err(format!(
             "shape {target:?} must give a non-negative size per axis {axes:?}"

@@ -63,13 +63,7 @@ fn resize(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     } else {
         (n.opt_input(1), n.opt_input(2), n.opt_input(3))
     };
-    let axes = match n.ints("axes")? {
-        Some(a) => a
-            .iter()
-            .map(|&a| cx.axis(a, rank))
-            .collect::<Result<Vec<_>>>()?,
-        None => (0..rank).collect(),
-    };
+    let axes = cx.axes_attr(n, rank)?;
     let mut scales = vec![1.0; rank];
     let mut sizes = in_shape.clone();
     let given_sizes = match sizes_in {
