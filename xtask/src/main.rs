@@ -91,6 +91,22 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Passed and failed counts of a `test result:` line's rest, e.g. `ok. 9 passed; 0 failed; ...`.
+fn result_counts(rest: &str) -> (usize, usize) {
+    let words: Vec<&str> = rest
+        .split(|c: char| c.is_whitespace() || c == ';' || c == '.')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let count = |word: &str| {
+        words
+            .windows(2)
+            .find(|w| w[1] == word)
+            .and_then(|w| w[0].parse().ok())
+            .unwrap_or(0)
+    };
+    (count("passed"), count("failed"))
+}
+
 /// Runs `cargo test`, echoing its output, and returns the passed and failed totals
 /// summed over every test binary (the `test result:` lines).
 fn cargo_test(root: &Path, args: &[&str]) -> Result<(usize, usize, bool)> {
@@ -107,17 +123,9 @@ fn cargo_test(root: &Path, args: &[&str]) -> Result<(usize, usize, bool)> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim()
-                            .strip_suffix(word)
-                            .and_then(|n| n.trim().parse::<usize>().ok())
-                    })
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
+            let (p, f) = result_counts(rest);
+            passed += p;
+            failed += f;
         }
     }
     Ok((passed, failed, child.wait()?.success()))
@@ -146,4 +154,21 @@ fn test(root: &Path) -> Result<()> {
         bail!("cargo test failed");
     }
     conformance
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        assert_eq!(
+            super::result_counts(
+                "ok. 9 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.02s"
+            ),
+            (9, 0)
+        );
+        assert_eq!(
+            super::result_counts("FAILED. 2 passed; 1 failed; 0 ignored"),
+            (2, 1)
+        );
+    }
 }

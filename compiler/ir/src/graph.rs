@@ -278,3 +278,88 @@ impl Graph {
             .collect();
     }
 }
+
+impl Graph {
+    /// Makes every use of `old` (operands and graph outputs) use `new` instead.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        for n in &mut self.nodes {
+            for i in &mut n.inputs {
+                if *i == old {
+                    *i = new;
+                }
+            }
+        }
+        for o in &mut self.outputs {
+            if *o == old {
+                *o = new;
+            }
+        }
+    }
+
+    /// Drops nodes that no graph output depends on, and values no node or
+    /// input defines, renumbering the rest in order. Returns the nodes removed.
+    pub fn compact(&mut self) -> usize {
+        let mut live = vec![false; self.values.len()];
+        for o in &self.outputs {
+            live[o.index()] = true;
+        }
+        let mut keep = vec![false; self.nodes.len()];
+        for (i, n) in self.nodes.iter().enumerate().rev() {
+            if n.outputs.iter().any(|o| live[o.index()]) {
+                keep[i] = true;
+                for v in &n.inputs {
+                    live[v.index()] = true;
+                }
+            }
+        }
+        let removed = keep.iter().filter(|k| !**k).count();
+        let nodes: Vec<Node> = std::mem::take(&mut self.nodes)
+            .into_iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(n, _)| n)
+            .collect();
+        // Renumber: inputs first, then node results in order; unused results of kept nodes stay.
+        let mut map = vec![None; self.values.len()];
+        let mut values = Vec::new();
+        let take = |id: ValueId, values: &mut Vec<Value>, map: &mut Vec<Option<ValueId>>| {
+            if map[id.index()].is_none() {
+                map[id.index()] = Some(ValueId(values.len() as u32));
+                values.push(self.values[id.index()].clone());
+            }
+        };
+        for &i in &self.inputs {
+            take(i, &mut values, &mut map);
+        }
+        for n in &nodes {
+            for &o in &n.outputs {
+                take(o, &mut values, &mut map);
+            }
+        }
+        let m = |id: ValueId| {
+            map[id.index()].expect("every used value is defined by an input or a kept node")
+        };
+        self.nodes = nodes
+            .into_iter()
+            .map(|n| Node {
+                inputs: n.inputs.iter().map(|&v| m(v)).collect(),
+                outputs: n.outputs.iter().map(|&v| m(v)).collect(),
+                ..n
+            })
+            .collect();
+        self.inputs = self.inputs.iter().map(|&v| m(v)).collect();
+        self.outputs = self.outputs.iter().map(|&v| m(v)).collect();
+        self.values = values;
+        self.reindex_names();
+        removed
+    }
+
+    /// Node counts by op mnemonic, sorted by name.
+    pub fn op_histogram(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut h = std::collections::BTreeMap::new();
+        for n in &self.nodes {
+            *h.entry(n.op.mnemonic()).or_insert(0) += 1;
+        }
+        h
+    }
+}
