@@ -215,7 +215,7 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
         }
         let results = match runtime {
             Runtime::Reference => model
-                .run_reference(&inputs, &Default::default())
+                .run_reference(&inputs, &Default::default(), &smelt::RunOptions::default())
                 .map_err(|e| e.to_string())?,
         };
         for (j, (name, actual)) in results.iter().enumerate() {

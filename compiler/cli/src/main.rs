@@ -49,6 +49,23 @@ enum Command {
         /// Run on the reference interpreter (the only engine until the CPU back end lands).
         #[arg(long)]
         reference: bool,
+        /// Skip the optimizer.
+        #[arg(long)]
+        no_opt: bool,
+    },
+    /// Print the graph at a compilation stage and what the optimizer did.
+    Explain {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// The stage to print: import (as imported) or opt (after the optimizer).
+        #[arg(long, default_value = "opt", value_parser = ["import", "opt"])]
+        stage: String,
+        /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+        input_shapes: Vec<String>,
+        /// Print constants in full (the text then parses back).
+        #[arg(long)]
+        full_constants: bool,
     },
 }
 
@@ -139,19 +156,7 @@ fn inspect(path: &PathBuf) -> Result<()> {
     }
 }
 
-fn run(
-    path: &PathBuf,
-    inputs: &[String],
-    outputs: &[String],
-    output_dir: Option<&PathBuf>,
-    input_shapes: &[String],
-) -> Result<()> {
-    let model = Model::load(path)?;
-    let mut feeds = Vec::new();
-    for arg in inputs {
-        let (name, file) = split_pair(arg, "--input")?;
-        feeds.push((name.to_string(), read_npy(file.as_ref())?));
-    }
+fn parse_shapes(input_shapes: &[String]) -> Result<HashMap<String, Vec<usize>>> {
     let mut shapes = HashMap::new();
     for arg in input_shapes {
         let (name, dims) = split_pair(arg, "--input-shape")?;
@@ -165,12 +170,79 @@ fn run(
             .collect::<Result<Vec<_>>>()?;
         shapes.insert(name.to_string(), dims);
     }
+    Ok(shapes)
+}
+
+fn explain(
+    path: &PathBuf,
+    stage: &str,
+    input_shapes: &[String],
+    full_constants: bool,
+) -> Result<()> {
+    let model = Model::load(path)?;
+    let stage = if stage == "import" {
+        smelt::Stage::Import
+    } else {
+        smelt::Stage::Opt
+    };
+    let e = model.explain(stage, &parse_shapes(input_shapes)?)?;
+    let opts = if full_constants {
+        smelt_ir::text::PrintOptions::full()
+    } else {
+        smelt_ir::text::PrintOptions::default()
+    };
+    print!("{}", smelt_ir::text::print_graph(&e.graph, opts));
+    println!();
+    println!("# nodes by op (import -> opt):");
+    let ops: std::collections::BTreeSet<&str> =
+        e.before.keys().chain(e.after.keys()).copied().collect();
+    for op in ops {
+        println!(
+            "#   {op}: {} -> {}",
+            e.before.get(op).unwrap_or(&0),
+            e.after.get(op).unwrap_or(&0)
+        );
+    }
+    println!(
+        "#   total: {} -> {}",
+        e.before.values().sum::<usize>(),
+        e.after.values().sum::<usize>()
+    );
+    println!("# passes:");
+    for p in &e.passes {
+        println!(
+            "#   {}: {} changes, {} -> {} nodes, {:.3} ms",
+            p.name,
+            p.changes,
+            p.nodes_before,
+            p.nodes_after,
+            p.time.as_secs_f64() * 1e3
+        );
+    }
+    Ok(())
+}
+
+fn run(
+    path: &PathBuf,
+    inputs: &[String],
+    outputs: &[String],
+    output_dir: Option<&PathBuf>,
+    input_shapes: &[String],
+    optimize: bool,
+) -> Result<()> {
+    let model = Model::load(path)?;
+    let mut feeds = Vec::new();
+    for arg in inputs {
+        let (name, file) = split_pair(arg, "--input")?;
+        feeds.push((name.to_string(), read_npy(file.as_ref())?));
+    }
+    let shapes = parse_shapes(input_shapes)?;
     let mut targets = HashMap::new();
     for arg in outputs {
         let (name, file) = split_pair(arg, "--output")?;
         targets.insert(name.to_string(), PathBuf::from(file));
     }
-    let results = model.run_reference(&feeds, &shapes)?;
+    let results = model.run_reference(&feeds, &shapes, &smelt::RunOptions { optimize })?;
     for name in targets.keys() {
         if !results.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
@@ -208,7 +280,21 @@ fn main() -> ExitCode {
             output_dir,
             input_shapes,
             reference: _,
-        } => run(model, inputs, outputs, output_dir.as_ref(), input_shapes),
+            no_opt,
+        } => run(
+            model,
+            inputs,
+            outputs,
+            output_dir.as_ref(),
+            input_shapes,
+            !no_opt,
+        ),
+        Command::Explain {
+            model,
+            stage,
+            input_shapes,
+            full_constants,
+        } => explain(model, stage, input_shapes, *full_constants),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

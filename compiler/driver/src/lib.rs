@@ -1,5 +1,5 @@
 //! smelt: the library users call. Loads a model, specializes it to the inputs at
-//! hand and runs it. Until the CPU back end lands, running means the reference
+//! hand, optimizes it (`smelt-opt`) and runs it. Until the CPU back end lands, running means the reference
 //! interpreter (`smelt_ir::interp`), reached explicitly through [`Model::run_reference`].
 
 use smelt_ir::{DType, Tensor};
@@ -24,6 +24,38 @@ pub enum SmeltError {
     Input { name: String, reason: String },
     #[error("output '{name}': {reason}")]
     Output { name: String, reason: String },
+    #[error(transparent)]
+    Opt(#[from] smelt_opt::OptError),
+}
+
+/// How to run a model.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Run the optimizer's pipeline before executing (on by default).
+    pub optimize: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { optimize: true }
+    }
+}
+
+/// The stage whose graph `explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Import,
+    Opt,
+}
+
+/// What `smelt explain` shows: the graph at a stage and what the optimizer did.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The graph text at the requested stage.
+    pub graph: smelt_ir::Graph,
+    pub before: std::collections::BTreeMap<&'static str, usize>,
+    pub after: std::collections::BTreeMap<&'static str, usize>,
+    pub passes: Vec<smelt_opt::PassRecord>,
 }
 
 pub type Result<T, E = SmeltError> = std::result::Result<T, E>;
@@ -75,6 +107,34 @@ impl Model {
         Ok(smelt_onnx::import(&self.onnx, opts)?)
     }
 
+    /// Imports with the given input shapes, optimizes, and reports both stages.
+    pub fn explain(
+        &self,
+        stage: Stage,
+        input_shapes: &HashMap<String, Vec<usize>>,
+    ) -> Result<Explanation> {
+        let imported = self.import(&ImportOptions {
+            input_shapes: input_shapes.clone(),
+            ..Default::default()
+        })?;
+        let mut graph = imported.graph;
+        let before = graph.op_histogram();
+        let import_graph = graph.clone();
+        let passes = smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
+        let after = graph.op_histogram();
+        let graph = if stage == Stage::Import {
+            import_graph
+        } else {
+            graph
+        };
+        Ok(Explanation {
+            graph,
+            before,
+            after,
+            passes,
+        })
+    }
+
     /// Runs the model on the reference interpreter.
     ///
     /// Inputs are specialized: their shapes become the graph's shapes, and inputs
@@ -84,6 +144,7 @@ impl Model {
         &self,
         inputs: &[(String, HostTensor)],
         input_shapes: &HashMap<String, Vec<usize>>,
+        options: &RunOptions,
     ) -> Result<Vec<(String, HostTensor)>> {
         let info = self.info();
         let mut values = HashMap::new();
@@ -145,7 +206,11 @@ impl Model {
             .iter()
             .map(|n| values[n].clone())
             .collect();
-        let outputs = smelt_ir::interp::run(&imported.graph, &feeds)?;
+        let mut graph = imported.graph;
+        if options.optimize {
+            smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
+        }
+        let outputs = smelt_ir::interp::run(&graph, &feeds)?;
         Ok(imported
             .output_names
             .into_iter()

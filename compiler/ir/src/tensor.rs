@@ -428,3 +428,51 @@ fn pick<T: Copy>(v: &[T], idx: &[usize], fill: &[T]) -> Vec<T> {
         .map(|&i| if i == FILL { fill[0] } else { v[i] })
         .collect()
 }
+
+impl Tensor {
+    /// A hash of dtype, shape and element bits, computed without copying the data.
+    pub fn content_hash(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        self.dtype().hash(&mut h);
+        self.shape.hash(&mut h);
+        match &self.data {
+            Data::F16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            Data::BF16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            Data::F32(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            Data::F64(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
+            Data::I8(v) => v.hash(&mut h),
+            Data::I16(v) => v.hash(&mut h),
+            Data::I32(v) => v.hash(&mut h),
+            Data::I64(v) => v.hash(&mut h),
+            Data::U8(v) => v.hash(&mut h),
+            Data::U16(v) => v.hash(&mut h),
+            Data::U32(v) => v.hash(&mut h),
+            Data::U64(v) => v.hash(&mut h),
+            Data::Bool(v) => v.hash(&mut h),
+        }
+        h.finish()
+    }
+
+    /// Bit-exact equality (NaN equal to NaN) without copying the data.
+    pub fn bits_eq(&self, other: &Tensor) -> bool {
+        if self.shape != other.shape {
+            return false;
+        }
+        match (&self.data, &other.data) {
+            (Data::F16(a), Data::F16(b)) => {
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (Data::BF16(a), Data::BF16(b)) => {
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (Data::F32(a), Data::F32(b)) => {
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (Data::F64(a), Data::F64(b)) => {
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            }
+            (a, b) => a == b,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The pass interface and the pipeline that runs passes in order and records what each did.
+
+use crate::error::OptError;
+use smelt_ir::Graph;
+use std::time::{Duration, Instant};
+
+/// One graph transformation.
+pub trait Pass {
+    /// The pass's name, as used by `smelt explain` and the file-based tests.
+    fn name(&self) -> &'static str;
+    /// Transforms the graph in place; returns how many changes it made.
+    fn run(&self, g: &mut Graph) -> Result<usize, OptError>;
+}
+
+/// What one pass did in a pipeline run.
+#[derive(Debug, Clone)]
+pub struct PassRecord {
+    pub name: &'static str,
+    pub changes: usize,
+    pub nodes_before: usize,
+    pub nodes_after: usize,
+    pub time: Duration,
+}
+
+/// An ordered list of passes.
+pub struct Pipeline {
+    passes: Vec<Box<dyn Pass>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.passes.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
+impl Pipeline {
+    pub fn new(passes: Vec<Box<dyn Pass>>) -> Pipeline {
+        Pipeline { passes }
+    }
+
+    /// The standard pipeline; `bindings` pins symbolic dims first when not empty.
+    pub fn standard(bindings: std::collections::HashMap<String, usize>) -> Pipeline {
+        use crate::passes::*;
+        let mut passes: Vec<Box<dyn Pass>> = Vec::new();
+        if !bindings.is_empty() {
+            passes.push(Box::new(Specialize { bindings }));
+        }
+        passes.push(Box::new(Identity));
+        passes.push(Box::new(Fold::default()));
+        passes.push(Box::new(Cse));
+        passes.push(Box::new(Dce));
+        Pipeline { passes }
+    }
+
+    /// Runs every pass in order, verifying the graph after each.
+    pub fn run(&self, g: &mut Graph) -> Result<Vec<PassRecord>, OptError> {
+        let mut records = Vec::with_capacity(self.passes.len());
+        for p in &self.passes {
+            let nodes_before = g.nodes.len();
+            let start = Instant::now();
+            let changes = p.run(g)?;
+            let time = start.elapsed();
+            g.verify().map_err(|source| OptError::Ir {
+                pass: p.name(),
+                source,
+            })?;
+            records.push(PassRecord {
+                name: p.name(),
+                changes,
+                nodes_before,
+                nodes_after: g.nodes.len(),
+                time,
+            });
+        }
+        Ok(records)
+    }
+}
