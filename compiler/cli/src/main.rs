@@ -218,6 +218,9 @@ fn explain(
             p.nodes_after,
             p.time.as_secs_f64() * 1e3
         );
+        for (k, v) in &p.details {
+            println!("#     {k}: {v}");
+        }
     }
     Ok(())
 }

@@ -8,8 +8,24 @@ use std::time::{Duration, Instant};
 pub trait Pass {
     /// The pass's name, as used by `smelt explain` and the file-based tests.
     fn name(&self) -> &'static str;
-    /// Transforms the graph in place; returns how many changes it made.
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError>;
+    /// Transforms the graph in place; reports how many changes it made.
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError>;
+}
+
+/// What a pass reports: a change count and optional named details (e-graph statistics, say).
+#[derive(Debug, Clone, Default)]
+pub struct PassOutcome {
+    pub changes: usize,
+    pub details: Vec<(String, String)>,
+}
+
+impl From<usize> for PassOutcome {
+    fn from(changes: usize) -> Self {
+        PassOutcome {
+            changes,
+            details: vec![],
+        }
+    }
 }
 
 /// What one pass did in a pipeline run.
@@ -20,6 +36,7 @@ pub struct PassRecord {
     pub nodes_before: usize,
     pub nodes_after: usize,
     pub time: Duration,
+    pub details: Vec<(String, String)>,
 }
 
 /// An ordered list of passes.
@@ -50,6 +67,9 @@ impl Pipeline {
         passes.push(Box::new(Identity));
         passes.push(Box::new(Fold::default()));
         passes.push(Box::new(Cse));
+        passes.push(Box::new(crate::egraph::EGraphPass::default()));
+        passes.push(Box::new(Fold::default()));
+        passes.push(Box::new(Cse));
         passes.push(Box::new(Dce));
         Pipeline { passes }
     }
@@ -60,7 +80,7 @@ impl Pipeline {
         for p in &self.passes {
             let nodes_before = g.nodes.len();
             let start = Instant::now();
-            let changes = p.run(g)?;
+            let PassOutcome { changes, details } = p.run(g)?;
             let time = start.elapsed();
             g.verify().map_err(|source| OptError::Ir {
                 pass: p.name(),
@@ -72,6 +92,7 @@ impl Pipeline {
                 nodes_before,
                 nodes_after: g.nodes.len(),
                 time,
+                details,
             });
         }
         Ok(records)

@@ -2,7 +2,7 @@
 //! compute the same values, and constants with the same bits are one constant.
 
 use crate::error::OptError;
-use crate::pass::Pass;
+use crate::pass::{Pass, PassOutcome};
 use smelt_ir::{Graph, Op, ValueId};
 use std::collections::HashMap;
 
@@ -29,7 +29,7 @@ impl Pass for Cse {
         "cse"
     }
 
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError> {
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let mut seen: HashMap<(u64, String), Vec<usize>> = HashMap::new();
         let mut changes = 0;
         for i in 0..g.nodes.len() {
@@ -62,6 +62,6 @@ impl Pass for Cse {
         if changes > 0 {
             g.compact();
         }
-        Ok(changes)
+        Ok(changes.into())
     }
 }

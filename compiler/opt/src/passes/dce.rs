@@ -1,7 +1,7 @@
 //! Dead-code elimination: drops nodes no graph output depends on.
 
 use crate::error::OptError;
-use crate::pass::Pass;
+use crate::pass::{Pass, PassOutcome};
 use smelt_ir::Graph;
 
 #[derive(Debug, Clone, Copy)]
@@ -12,7 +12,7 @@ impl Pass for Dce {
         "dce"
     }
 
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError> {
-        Ok(g.compact())
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
+        Ok(g.compact().into())
     }
 }

@@ -3,7 +3,7 @@
 //! exceed the budget (so folding never blows up memory; the op then runs at run time).
 
 use crate::error::OptError;
-use crate::pass::Pass;
+use crate::pass::{Pass, PassOutcome};
 use smelt_ir::{Graph, Node, Op, Tensor, ValueId};
 use std::collections::HashMap;
 
@@ -28,7 +28,7 @@ impl Pass for Fold {
         "fold"
     }
 
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError> {
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let mut constants: HashMap<ValueId, Tensor> = HashMap::new();
         let mut changes = 0;
         let nodes = std::mem::take(&mut g.nodes);
@@ -75,6 +75,6 @@ impl Pass for Fold {
         if changes > 0 {
             g.compact();
         }
-        Ok(changes)
+        Ok(changes.into())
     }
 }

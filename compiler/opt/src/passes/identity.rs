@@ -5,7 +5,7 @@
 //! to their operand.
 
 use crate::error::OptError;
-use crate::pass::Pass;
+use crate::pass::{Pass, PassOutcome};
 use smelt_ir::{Graph, Op};
 
 #[derive(Debug, Clone, Copy)]
@@ -35,7 +35,7 @@ impl Pass for Identity {
         "identity"
     }
 
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError> {
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let mut changes = 0;
         for i in 0..g.nodes.len() {
             let n = &g.nodes[i];
@@ -48,6 +48,6 @@ impl Pass for Identity {
         if changes > 0 {
             g.compact();
         }
-        Ok(changes)
+        Ok(changes.into())
     }
 }

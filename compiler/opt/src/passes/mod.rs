@@ -2,7 +2,7 @@
 
 mod cse;
 mod dce;
-mod fold;
+pub(crate) mod fold;
 mod identity;
 mod specialize;
 
@@ -22,6 +22,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Pass>, OptError> {
         "fold" => Box::new(Fold::default()),
         "cse" => Box::new(Cse),
         "dce" => Box::new(Dce),
+        "egraph" => Box::new(crate::egraph::EGraphPass::default()),
         other => {
             // `fold:budget=BYTES` sets the folding budget.
             if let Some(b) = other.strip_prefix("fold:budget=") {

@@ -3,7 +3,7 @@
 //! ops of now-concrete operands into constants; `fold` then folds the shape arithmetic.
 
 use crate::error::OptError;
-use crate::pass::Pass;
+use crate::pass::{Pass, PassOutcome};
 use smelt_ir::{DType, Dim, Graph, Op, Tensor};
 use std::collections::HashMap;
 
@@ -29,7 +29,7 @@ impl Pass for Specialize {
         "specialize"
     }
 
-    fn run(&self, g: &mut Graph) -> Result<usize, OptError> {
+    fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let mut changes = 0;
         for &i in &g.inputs.clone() {
             let ty = &mut g.values[i.index()].ty;
@@ -75,6 +75,6 @@ impl Pass for Specialize {
                 g.values[o.index()].ty = ty;
             }
         }
-        Ok(changes)
+        Ok(changes.into())
     }
 }

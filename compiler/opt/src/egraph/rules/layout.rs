@@ -1,0 +1,108 @@
+//! Layout rules: transpose and reshape chains, transposes sunk through elementwise ops.
+
+use super::{add_like, ops_in, rule, var};
+use crate::egraph::convert::try_add;
+use crate::egraph::lang::{Analysis, ENode};
+use egg::Rewrite;
+use smelt_ir::Op;
+use smelt_ir::op::{BinaryOp, UnaryOp};
+
+/// Perms of the transposes in class `t` whose operand is class `x`.
+fn perms(eg: &crate::egraph::lang::EGraph, t: egg::Id, x: egg::Id) -> Vec<Vec<usize>> {
+    ops_in(eg, t, "transpose")
+        .into_iter()
+        .filter(|(_, ch)| eg.find(ch[0]) == eg.find(x))
+        .filter_map(|(op, _)| match op {
+            Op::Transpose { perm } => Some(perm),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
+    let (x, a, b) = (var("?x"), var("?a"), var("?b"));
+    let mut rules = vec![
+        // transpose(transpose(x, p1), p2) = transpose(x, p1 . p2), or x when that is the identity
+        rule(
+            "transpose-transpose",
+            "(transpose ?t)",
+            move |eg, root, s| {
+                let t = s[var("?t")];
+                let outer = ops_in(eg, root, "transpose")
+                    .into_iter()
+                    .find(|(_, ch)| eg.find(ch[0]) == eg.find(t))?;
+                let Op::Transpose { perm: p2 } = outer.0 else {
+                    return None;
+                };
+                let (inner, ch) = ops_in(eg, t, "transpose").into_iter().next()?;
+                let Op::Transpose { perm: p1 } = inner else {
+                    return None;
+                };
+                let q: Vec<usize> = p2.iter().map(|&i| p1[i]).collect();
+                if q.iter().enumerate().all(|(i, &p)| i == p) {
+                    return (eg[ch[0]].data.ty == eg[root].data.ty).then_some(ch[0]);
+                }
+                add_like(eg, root, Op::Transpose { perm: q }, vec![ch[0]])
+            },
+        ),
+        // reshape(reshape(x)) = reshape(x) (squeeze/unsqueeze pairs are reshapes)
+        rule(
+            "reshape-reshape",
+            "(reshape (reshape ?x))",
+            move |eg, root, s| {
+                let shape = eg[root].data.ty.shape.clone();
+                add_like(eg, root, Op::Reshape { shape }, vec![s[x]])
+            },
+        ),
+    ];
+    // f(transpose(x, p)) = transpose(f(x), p): moves transposes towards the outputs,
+    // where they meet and cancel other transposes.
+    for u in [
+        UnaryOp::Exp,
+        UnaryOp::Neg,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Abs,
+        UnaryOp::Sqrt,
+        UnaryOp::Erf,
+    ] {
+        let name = format!("transpose-sink-{}", u.name());
+        rules.push(rule(
+            &name,
+            &format!("({} (transpose ?x))", u.name()),
+            move |eg, root, s| {
+                let (_, ch) = ops_in(eg, root, u.name()).into_iter().next()?;
+                let p = perms(eg, ch[0], s[x]).into_iter().next()?;
+                let inner = try_add(eg, Op::Unary(u), vec![s[x]])?;
+                add_like(eg, root, Op::Transpose { perm: p }, vec![inner])
+            },
+        ));
+    }
+    // f(transpose(a, p), transpose(b, p)) = transpose(f(a, b), p)
+    for bop in [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+    ] {
+        let name = format!("transpose-sink-{}", bop.name());
+        rules.push(rule(
+            &name,
+            &format!("({} (transpose ?a) (transpose ?b))", bop.name()),
+            move |eg, root, s| {
+                let (_, ch) = ops_in(eg, root, bop.name()).into_iter().next()?;
+                let pa = perms(eg, ch[0], s[a]);
+                let pb = perms(eg, ch[1], s[b]);
+                let p = pa.into_iter().find(|p| pb.contains(p))?;
+                if eg[s[a]].data.ty.shape != eg[s[b]].data.ty.shape {
+                    return None;
+                }
+                let inner = try_add(eg, Op::Binary(bop), vec![s[a], s[b]])?;
+                add_like(eg, root, Op::Transpose { perm: p }, vec![inner])
+            },
+        ));
+    }
+    rules
+}
