@@ -97,43 +97,118 @@ impl egg::CostFunction<ENode> for CostFn<'_> {
     type Cost = f64;
 
     fn cost<C: FnMut(Id) -> f64>(&mut self, enode: &ENode, mut costs: C) -> f64 {
-        let own = match &enode.head {
-            Head::Op(..) => {
-                let op = self.egraph.analysis.op(&enode.head).expect("op head");
-                let types: Vec<&TensorType> = enode
-                    .children
-                    .iter()
-                    .map(|&c| &self.egraph[c].data.ty)
-                    .collect();
-                match smelt_ir::infer::infer(op, &types) {
-                    Ok(out) => node_cost(op, &types, &out[0]),
-                    Err(_) => f64::INFINITY,
-                }
-            }
-            _ => 0.0,
-        };
-        enode.children.iter().fold(own, |acc, &c| acc + costs(c))
+        enode
+            .children
+            .iter()
+            .fold(own_cost(self.egraph, enode), |acc, &c| acc + costs(c))
     }
 }
 
-/// Builds the graph of the cheapest choice in every needed class.
-pub fn extract(loaded: &Loaded, original: &Graph) -> Graph {
+/// The own cost of an e-node (its operands excluded).
+fn own_cost(eg: &EGraph, n: &ENode) -> f64 {
+    match &n.head {
+        Head::Op(..) => {
+            let op = eg.analysis.op(&n.head).expect("op head");
+            let types: Vec<&TensorType> = n.children.iter().map(|&c| &eg[c].data.ty).collect();
+            match smelt_ir::infer::infer(op, &types) {
+                Ok(out) => node_cost(op, &types, &out[0]),
+                Err(_) => f64::INFINITY,
+            }
+        }
+        _ => 0.0,
+    }
+}
+
+/// The cost of a selection as a DAG: every chosen node reachable from `roots`, once.
+/// `None` when the selection has a cycle.
+fn dag_cost(eg: &EGraph, choice: &HashMap<Id, ENode>, roots: &[Id]) -> Option<f64> {
+    let mut state: HashMap<Id, bool> = HashMap::new(); // false: on the stack, true: done
+    let mut total = 0.0;
+    let mut stack: Vec<(Id, bool)> = roots.iter().map(|&r| (eg.find(r), false)).collect();
+    while let Some((c, expanded)) = stack.pop() {
+        if expanded {
+            state.insert(c, true);
+            continue;
+        }
+        match state.get(&c) {
+            Some(true) => continue,
+            Some(false) => return None,
+            None => {}
+        }
+        state.insert(c, false);
+        let n = &choice[&c];
+        total += own_cost(eg, n);
+        stack.push((c, true));
+        for &ch in &n.children {
+            let ch = eg.find(ch);
+            match state.get(&ch) {
+                Some(false) => return None,
+                Some(true) => {}
+                None => stack.push((ch, false)),
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Builds the graph of the cheapest choice in every needed class: the tree-cost optimum
+/// from egg's extractor, then each merge group switched as a whole when that lowers
+/// the DAG cost (a tree cost charges a shared node once per use, so it never would).
+pub fn extract(
+    loaded: &Loaded,
+    original: &Graph,
+    groups: &[super::rules::contraction::MergeGroup],
+) -> Graph {
     let eg = &loaded.egraph;
     let extractor = egg::Extractor::new(eg, CostFn { egraph: eg });
+    let mut choice: HashMap<Id, ENode> = eg
+        .classes()
+        .map(|c| (c.id, extractor.find_best_node(c.id).clone()))
+        .collect();
+    let roots: Vec<Id> = original
+        .outputs
+        .iter()
+        .map(|o| eg.find(loaded.class_of[o]))
+        .collect();
+    for group in groups {
+        let mm = eg.find(group.matmul);
+        let mut trial = choice.clone();
+        let mut complete = true;
+        for &m in &group.members {
+            let m = eg.find(m);
+            let slice = eg[m]
+                .nodes
+                .iter()
+                .find(|n| matches!(n.head, Head::Op("slice", _)) && eg.find(n.children[0]) == mm);
+            match slice {
+                Some(n) => {
+                    trial.insert(m, n.clone());
+                }
+                None => complete = false,
+            }
+        }
+        if let (true, Some(now), Some(then)) = (
+            complete,
+            dag_cost(eg, &choice, &roots),
+            dag_cost(eg, &trial, &roots),
+        ) && then < now
+        {
+            choice = trial;
+        }
+    }
     let mut g = Graph::new(original.name.clone());
     for &i in &original.inputs {
         g.add_input(&original.value(i).name, original.ty(i).clone());
     }
     let mut built: HashMap<Id, ValueId> = HashMap::new();
     let mut opaque: HashMap<u32, ValueId> = HashMap::new();
-    let outputs: Vec<ValueId> = original
-        .outputs
+    let outputs: Vec<ValueId> = roots
         .iter()
-        .map(|o| {
+        .map(|&r| {
             build(
                 eg,
-                &extractor,
-                eg.find(loaded.class_of[o]),
+                &choice,
+                r,
                 &mut g,
                 &mut built,
                 &mut opaque,
@@ -154,7 +229,7 @@ pub fn extract(loaded: &Loaded, original: &Graph) -> Graph {
 #[allow(clippy::too_many_arguments)]
 fn build(
     eg: &EGraph,
-    ex: &egg::Extractor<CostFn, ENode, Analysis>,
+    choice: &HashMap<Id, ENode>,
     class: Id,
     g: &mut Graph,
     built: &mut HashMap<Id, ValueId>,
@@ -162,10 +237,11 @@ fn build(
     loaded: &Loaded,
     original: &Graph,
 ) -> ValueId {
+    let class = eg.find(class);
     if let Some(&v) = built.get(&class) {
         return v;
     }
-    let node = ex.find_best_node(class).clone();
+    let node = choice[&class].clone();
     let v = match &node.head {
         Head::Input(i) => g.inputs[*i as usize],
         Head::Const(k) => g
@@ -190,8 +266,8 @@ fn build(
                     .map(|i| {
                         build(
                             eg,
-                            ex,
-                            eg.find(loaded.class_of[i]),
+                            choice,
+                            loaded.class_of[i],
                             g,
                             built,
                             opaque,
@@ -218,7 +294,7 @@ fn build(
             let ins: Vec<ValueId> = node
                 .children
                 .iter()
-                .map(|&c| build(eg, ex, eg.find(c), g, built, opaque, loaded, original))
+                .map(|&c| build(eg, choice, c, g, built, opaque, loaded, original))
                 .collect();
             let op = eg.analysis.op(head).expect("op head").clone();
             g.add("", op, &ins).expect("extracted nodes type-check")

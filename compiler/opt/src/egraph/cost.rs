@@ -18,6 +18,14 @@ fn bytes(t: &TensorType) -> f64 {
     elems(t) * t.dtype.size_bytes() as f64
 }
 
+fn is_view(op: &Op) -> bool {
+    match op {
+        Op::Reshape { .. } => true,
+        Op::Slice { steps, .. } => steps.iter().all(|&s| s == 1),
+        _ => false,
+    }
+}
+
 /// Estimated seconds to run `op` on operands of types `inputs` producing `out`.
 /// Constant operands are free to read only once; they are counted like any operand.
 pub fn node_cost(op: &Op, inputs: &[&TensorType], out: &TensorType) -> f64 {
@@ -45,11 +53,15 @@ pub fn node_cost(op: &Op, inputs: &[&TensorType], out: &TensorType) -> f64 {
         Op::Reduce { .. } | Op::ArgReduce { .. } | Op::CumSum { .. } => elems(inputs[0]),
         Op::Unary(_) => 4.0 * elems(out),
         Op::Binary(_) | Op::Select | Op::Cast { .. } => elems(out),
-        // Reshapes move no data once views exist; charge a token amount.
-        Op::Reshape { .. } => 0.0,
+        // Reshapes and unit-step slices become views (strided access in the Kernel
+        // IR), so they cost a launch at most and move no data.
+        op if is_view(op) => 0.0,
         _ => elems(out),
     };
-    let moved: f64 = if matches!(op, Op::Reshape { .. }) {
+    if is_view(op) {
+        return 0.0;
+    }
+    let moved: f64 = if is_view(op) {
         0.0
     } else {
         inputs.iter().map(|t| bytes(t)).sum::<f64>() + bytes(out)

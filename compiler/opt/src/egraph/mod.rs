@@ -53,7 +53,7 @@ impl Pass for EGraphPass {
     fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let cost_before = cost::graph_cost(g);
         let mut loaded = convert::load(g, self.fold_budget);
-        let merges = Arc::new(Mutex::new((0usize, HashSet::new())));
+        let merges = Arc::new(Mutex::new((Vec::new(), HashSet::new())));
         let hook_merges = merges.clone();
         let egraph = std::mem::replace(
             &mut loaded.egraph,
@@ -68,8 +68,10 @@ impl Pass for EGraphPass {
                 .with_hook(move |runner| {
                     let mut m = hook_merges.lock().map_err(|e| e.to_string())?;
                     let (count, merged) = &mut *m;
-                    *count +=
-                        rules::contraction::merge_parallel_matmuls(&mut runner.egraph, merged);
+                    count.extend(rules::contraction::merge_parallel_matmuls(
+                        &mut runner.egraph,
+                        merged,
+                    ));
                     Ok(())
                 })
                 .run(&rules::all());
@@ -79,9 +81,9 @@ impl Pass for EGraphPass {
                 *applied.entry(name.to_string()).or_insert(0) += n;
             }
         }
-        let merge_count = merges.lock().map(|m| m.0).unwrap_or(0);
-        if merge_count > 0 {
-            applied.insert(rules::contraction::MERGE_RULE.to_string(), merge_count);
+        let groups = merges.lock().map(|m| m.0.clone()).unwrap_or_default();
+        if !groups.is_empty() {
+            applied.insert(rules::contraction::MERGE_RULE.to_string(), groups.len());
         }
         let stop = format!("{:?}", runner.stop_reason.clone().expect("the runner ran"));
         let (nodes, classes) = (
@@ -89,7 +91,7 @@ impl Pass for EGraphPass {
             runner.egraph.number_of_classes(),
         );
         loaded.egraph = runner.egraph;
-        let extracted = convert::extract(&loaded, g);
+        let extracted = convert::extract(&loaded, g, &groups);
         extracted.verify().map_err(|source| OptError::Ir {
             pass: "egraph",
             source,
@@ -132,5 +134,41 @@ impl Pass for EGraphPass {
             changes: applied.values().sum(),
             details,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smelt_ir::text::parse_graph;
+
+    #[test]
+    fn never_worse_keeps_the_cheaper_graph() {
+        let cheap =
+            parse_graph("graph g (%x: f32[64]) {\n  %y = exp(%x) : f32[64]\n  return %y\n}\n")
+                .unwrap();
+        let costly = parse_graph(
+            "graph g (%x: f32[64]) {\n  %a = exp(%x) : f32[64]\n  %b = neg(%a) : f32[64]\n  %y = neg(%b) : f32[64]\n  return %y\n}\n",
+        )
+        .unwrap();
+        let (kept, took) = never_worse(cheap.clone(), costly.clone());
+        assert!(!took);
+        assert_eq!(kept, cheap);
+        let (kept, took) = never_worse(costly, cheap.clone());
+        assert!(took);
+        assert_eq!(kept, cheap);
+    }
+
+    #[test]
+    fn extraction_falls_back_when_the_candidate_costs_more() {
+        // Whatever the e-graph finds, the pass never returns a costlier graph.
+        let mut g = parse_graph(
+            "graph g (%x: f32[8, 8]) {\n  %t = transpose<perm=[1, 0]>(%x) : f32[8, 8]\n  %e = exp(%t) : f32[8, 8]\n  %y = transpose<perm=[1, 0]>(%e) : f32[8, 8]\n  return %y\n}\n",
+        )
+        .unwrap();
+        let before = cost::graph_cost(&g);
+        EGraphPass::default().run(&mut g).unwrap();
+        assert!(cost::graph_cost(&g) <= before);
+        assert_eq!(g.nodes.len(), 1, "the transpose pair cancels: {g:?}");
     }
 }

@@ -13,10 +13,17 @@ use std::collections::{BTreeMap, HashSet};
 /// The name under which merges are counted.
 pub const MERGE_RULE: &str = "merge-parallel-matmuls";
 
+/// One merge: the classes of the original MatMuls, each now also a slice of `matmul`.
+#[derive(Debug, Clone)]
+pub struct MergeGroup {
+    pub members: Vec<Id>,
+    pub matmul: Id,
+}
+
 /// Merges every group of MatMuls with one left operand and constant 2-D right operands
 /// of equal inner size; `merged` remembers the classes this created, so they are not
-/// merged again. Returns how many groups were merged.
-pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> usize {
+/// merged again. Returns the groups merged.
+pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<MergeGroup> {
     let mut groups: BTreeMap<Id, Vec<(Id, Id)>> = BTreeMap::new();
     for class in eg.classes() {
         if merged.contains(&eg.find(class.id)) {
@@ -31,7 +38,7 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> usiz
             }
         }
     }
-    let mut count = 0;
+    let mut done = Vec::new();
     for (left, mut members) in groups {
         members.sort();
         members.dedup_by_key(|m| m.1);
@@ -75,8 +82,11 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> usiz
         }
         merged.insert(eg.find(mm));
         merged.insert(eg.find(concat));
-        count += 1;
+        done.push(MergeGroup {
+            members: members.iter().map(|m| m.0).collect(),
+            matmul: mm,
+        });
     }
     eg.rebuild();
-    count
+    done
 }

@@ -1,0 +1,205 @@
+//! Soundness of the optimizer: on random well-typed graphs, the reference
+//! interpreter's outputs before and after the standard pipeline agree.
+
+use proptest::prelude::*;
+use smelt_ir::op::{BinaryOp, ReduceKind, UnaryOp};
+use smelt_ir::{DType, Dim, Graph, Op, Tensor, TensorType, ValueId};
+use smelt_tests::compare::compare;
+
+#[derive(Debug, Clone)]
+struct Step {
+    kind: u8,
+    a: u16,
+    b: u16,
+    c: u16,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (any::<u8>(), any::<u16>(), any::<u16>(), any::<u16>()).prop_map(|(kind, a, b, c)| Step {
+        kind,
+        a,
+        b,
+        c,
+    })
+}
+
+fn konst(shape: Vec<usize>, seed: u16, special: Option<f64>) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v = (0..n)
+        .map(|i| special.unwrap_or(((i as u64 * 2654435761 + seed as u64) % 17) as f64 / 8.0 - 1.0))
+        .collect();
+    Tensor::from_f64(DType::F32, shape, v).unwrap()
+}
+
+/// Builds a graph over one f32 input of shape [2, 3, 4, 4] from the steps; steps that do not type-check are skipped.
+fn build(steps: &[Step]) -> Graph {
+    let mut g = Graph::new("random");
+    let x = g.add_input(
+        "x",
+        TensorType::new(DType::F32, [2, 3, 4, 4].map(Dim::Fixed).to_vec()),
+    );
+    let mut vals: Vec<ValueId> = vec![x];
+    for s in steps {
+        let v = vals[s.a as usize % vals.len()];
+        let w = vals[s.b as usize % vals.len()];
+        let ty = g.ty(v).clone();
+        let shape = ty.fixed_shape().unwrap();
+        let rank = shape.len();
+        let special = [Some(1.0), Some(0.0), None, None][s.c as usize % 4];
+        let (op, operands) = match s.kind % 12 {
+            0 => (
+                Op::Unary(
+                    [
+                        UnaryOp::Exp,
+                        UnaryOp::Neg,
+                        UnaryOp::Tanh,
+                        UnaryOp::Sigmoid,
+                        UnaryOp::Abs,
+                        UnaryOp::Erf,
+                    ][s.c as usize % 6],
+                ),
+                vec![v],
+            ),
+            1 => (
+                Op::Binary(
+                    [
+                        BinaryOp::Add,
+                        BinaryOp::Sub,
+                        BinaryOp::Mul,
+                        BinaryOp::Max,
+                        BinaryOp::Min,
+                    ][s.c as usize % 5],
+                ),
+                vec![v, w],
+            ),
+            2 => {
+                // A broadcast constant: per-channel, scalar, or full, possibly 0 or 1 everywhere.
+                let cshape = match s.b % 3 {
+                    0 if rank == 4 => vec![1, shape[1], 1, 1],
+                    1 => vec![],
+                    _ => shape.clone(),
+                };
+                let c = g
+                    .add("", Op::Constant(konst(cshape, s.c, special)), &[])
+                    .unwrap();
+                (
+                    Op::Binary(
+                        [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Sub, BinaryOp::Div]
+                            [s.a as usize % 4],
+                    ),
+                    vec![v, c],
+                )
+            }
+            3 if rank > 0 => (
+                Op::Reduce {
+                    kind: [ReduceKind::Sum, ReduceKind::Max, ReduceKind::Mean][s.c as usize % 3],
+                    axes: vec![s.b as usize % rank],
+                    keep_dims: s.c % 2 == 0,
+                },
+                vec![v],
+            ),
+            4 if rank >= 2 => {
+                let mut perm: Vec<usize> = (0..rank).collect();
+                perm.swap(s.b as usize % rank, s.c as usize % rank);
+                (Op::Transpose { perm }, vec![v])
+            }
+            5 => {
+                let n: usize = shape.iter().product();
+                let target = if s.b % 2 == 0 {
+                    vec![n]
+                } else {
+                    vec![shape[0], n / shape[0].max(1)]
+                };
+                (
+                    Op::Reshape {
+                        shape: target.into_iter().map(Dim::Fixed).collect(),
+                    },
+                    vec![v],
+                )
+            }
+            6 if rank >= 2 => {
+                let k = shape[rank - 1];
+                let n = 1 + s.c as usize % 3;
+                let wc = g
+                    .add("", Op::Constant(konst(vec![k, n], s.b, None)), &[])
+                    .unwrap();
+                (Op::MatMul, vec![v, wc])
+            }
+            7 if rank == 4 => {
+                let m = 1 + s.c as usize % 3;
+                let wc = g
+                    .add(
+                        "",
+                        Op::Constant(konst(
+                            vec![m, shape[1], 1 + s.b as usize % 2, 1 + s.b as usize % 2],
+                            s.a,
+                            None,
+                        )),
+                        &[],
+                    )
+                    .unwrap();
+                (
+                    Op::Conv {
+                        strides: vec![1, 1],
+                        pads: vec![0, 0, 0, 0],
+                        dilations: vec![1, 1],
+                        group: 1,
+                    },
+                    vec![v, wc],
+                )
+            }
+            8 if rank >= 2 => {
+                // Three MatMuls sharing their operand, summed (the merge case).
+                let k = shape[rank - 1];
+                let parts: Vec<ValueId> = (0..3)
+                    .map(|i| {
+                        let wc = g
+                            .add("", Op::Constant(konst(vec![k, 2], s.b + i, None)), &[])
+                            .unwrap();
+                        g.add("", Op::MatMul, &[v, wc]).unwrap()
+                    })
+                    .collect();
+                let ab = g
+                    .add("", Op::Binary(BinaryOp::Add), &[parts[0], parts[1]])
+                    .unwrap();
+                (Op::Binary(BinaryOp::Mul), vec![ab, parts[2]])
+            }
+            9 => (Op::Unary(UnaryOp::Neg), vec![v]),
+            10 if rank >= 1 => (
+                Op::Slice {
+                    starts: vec![0; rank],
+                    ends: shape.iter().map(|&d| (d as i64 + 1) / 2).collect(),
+                    steps: vec![1; rank],
+                },
+                vec![v],
+            ),
+            _ => (Op::Cast { to: DType::F32 }, vec![v]),
+        };
+        if let Ok(out) = g.add("", op, &operands) {
+            vals.push(out);
+        }
+    }
+    g.outputs = vec![*vals.last().unwrap()];
+    g
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn optimized_graphs_compute_the_same(steps in prop::collection::vec(step(), 1..16)) {
+        let g = build(&steps);
+        let x = konst(vec![2, 3, 4, 4], 11, None);
+        let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+        let mut opt = g.clone();
+        smelt_opt::Pipeline::standard(Default::default()).run(&mut opt).unwrap();
+        let got = smelt_ir::interp::run(&opt, &[x]).unwrap();
+        for (w, a) in want.iter().zip(&got) {
+            if let Err(e) = compare(w, a, 1e-4, 1e-5) {
+                return Err(TestCaseError::fail(format!("{e}\nbefore:\n{}\nafter:\n{}",
+                    smelt_ir::text::print_graph(&g, smelt_ir::text::PrintOptions::default()),
+                    smelt_ir::text::print_graph(&opt, smelt_ir::text::PrintOptions::default()))));
+            }
+        }
+    }
+}
