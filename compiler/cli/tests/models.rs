@@ -122,3 +122,64 @@ fn worked_check_is_sigmoid_of_8_and_12() {
         "{y:?}"
     );
 }
+
+/// `smelt explain` on the light ResNet-50: BatchNormalization's scales are folded into
+/// the Conv weights, nothing of ConstantOfShape is left, and the e-graph reports.
+#[test]
+fn explain_resnet50_folds_batchnorm_into_conv() {
+    let model = smelt_tests::require_data("models").join("light_resnet50/model.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("explain")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let graph: Vec<&str> = text.lines().take_while(|l| !l.starts_with('#')).collect();
+    let count = |op: &str| {
+        graph
+            .iter()
+            .filter(|l| l.contains(&format!(" = {op}(")) || l.contains(&format!(" = {op}<")))
+            .count()
+    };
+    assert_eq!(count("conv"), 53);
+    assert_eq!(
+        count("mul"),
+        0,
+        "a BatchNormalization scale is left:\n{}",
+        graph.join("\n")
+    );
+    assert_eq!(count("sqrt"), 0);
+    assert!(
+        !text.to_lowercase().contains("constant_of_shape") && !text.contains("ConstantOfShape")
+    );
+    for needle in [
+        "#     stop reason: ",
+        "#     rule conv-scale-into-weights: 53",
+        "#     e-graph: ",
+        "#     estimated cost: ",
+        "#   mul: 106 -> 0",
+    ] {
+        assert!(
+            text.contains(needle),
+            "missing '{needle}' in the summary:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // The import stage still shows the decomposed BatchNormalization.
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("explain")
+        .arg(&model)
+        .args(["--stage", "import"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains(" = mul(")).count(), 106);
+}

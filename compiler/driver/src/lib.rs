@@ -11,6 +11,7 @@ use thiserror::Error;
 
 pub use smelt_ir;
 pub use smelt_onnx;
+pub use smelt_opt;
 pub use smelt_runtime;
 
 /// Errors of loading and running models.

@@ -430,33 +430,45 @@ fn pick<T: Copy>(v: &[T], idx: &[usize], fill: &[T]) -> Vec<T> {
 }
 
 impl Tensor {
-    /// A hash of dtype, shape and element bits, computed without copying the data.
+    /// A hash of dtype, shape and the bits of up to 4096 evenly spaced elements: cheap on
+    /// large weights. Equal tensors hash equal; equal hashes must be confirmed with
+    /// [`Tensor::bits_eq`].
     pub fn content_hash(&self) -> u64 {
         use std::hash::{DefaultHasher, Hash, Hasher};
+        const SAMPLES: usize = 4096;
         let mut h = DefaultHasher::new();
         self.dtype().hash(&mut h);
         self.shape.hash(&mut h);
+        let n = self.len();
+        let stride = n.div_ceil(SAMPLES).max(1);
+        macro_rules! sample {
+            ($v:expr, $bits:expr) => {
+                $v.iter()
+                    .step_by(stride)
+                    .for_each(|x| $bits(x).hash(&mut h))
+            };
+        }
         match &self.data {
-            Data::F16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            Data::BF16(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            Data::F32(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            Data::F64(v) => v.iter().for_each(|x| x.to_bits().hash(&mut h)),
-            Data::I8(v) => v.hash(&mut h),
-            Data::I16(v) => v.hash(&mut h),
-            Data::I32(v) => v.hash(&mut h),
-            Data::I64(v) => v.hash(&mut h),
-            Data::U8(v) => v.hash(&mut h),
-            Data::U16(v) => v.hash(&mut h),
-            Data::U32(v) => v.hash(&mut h),
-            Data::U64(v) => v.hash(&mut h),
-            Data::Bool(v) => v.hash(&mut h),
+            Data::F16(v) => sample!(v, |x: &f16| x.to_bits()),
+            Data::BF16(v) => sample!(v, |x: &bf16| x.to_bits()),
+            Data::F32(v) => sample!(v, |x: &f32| x.to_bits()),
+            Data::F64(v) => sample!(v, |x: &f64| x.to_bits()),
+            Data::I8(v) => sample!(v, |x: &i8| *x),
+            Data::I16(v) => sample!(v, |x: &i16| *x),
+            Data::I32(v) => sample!(v, |x: &i32| *x),
+            Data::I64(v) => sample!(v, |x: &i64| *x),
+            Data::U8(v) => sample!(v, |x: &u8| *x),
+            Data::U16(v) => sample!(v, |x: &u16| *x),
+            Data::U32(v) => sample!(v, |x: &u32| *x),
+            Data::U64(v) => sample!(v, |x: &u64| *x),
+            Data::Bool(v) => sample!(v, |x: &bool| *x),
         }
         h.finish()
     }
 
-    /// Bit-exact equality (NaN equal to NaN) without copying the data.
+    /// Bit-exact equality of dtype, shape and elements (NaN equal to NaN), without copying.
     pub fn bits_eq(&self, other: &Tensor) -> bool {
-        if self.shape != other.shape {
+        if self.shape != other.shape || self.dtype() != other.dtype() {
             return false;
         }
         match (&self.data, &other.data) {
@@ -473,6 +485,28 @@ impl Tensor {
                 a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
             }
             (a, b) => a == b,
+        }
+    }
+}
+
+impl Tensor {
+    /// True when `pred` holds for every element seen as `f64`; stops at the first failure
+    /// and allocates nothing.
+    pub fn all_f64(&self, mut pred: impl FnMut(f64) -> bool) -> bool {
+        match &self.data {
+            Data::F16(v) => v.iter().all(|x| pred(x.to_f64())),
+            Data::BF16(v) => v.iter().all(|x| pred(x.to_f64())),
+            Data::F32(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::F64(v) => v.iter().all(|&x| pred(x)),
+            Data::I8(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::I16(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::I32(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::I64(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::U8(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::U16(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::U32(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::U64(v) => v.iter().all(|&x| pred(x as f64)),
+            Data::Bool(v) => v.iter().all(|&x| pred(if x { 1.0 } else { 0.0 })),
         }
     }
 }

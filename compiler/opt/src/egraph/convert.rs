@@ -11,10 +11,19 @@ use std::collections::HashMap;
 #[derive(Debug)]
 pub struct Loaded {
     pub egraph: EGraph,
-    /// The class of each graph value that the e-graph holds.
+    pub name: String,
+    /// Graph inputs: names and types, in order.
+    pub inputs: Vec<(String, TensorType)>,
+    /// The class of each graph output and its value name.
+    pub outputs: Vec<(Id, String)>,
+    /// The class of each original value the e-graph holds.
     pub class_of: HashMap<ValueId, Id>,
-    /// Multi-result nodes kept outside, by the index of their first result.
+    /// Value names of the results of the nodes kept outside.
+    pub names: HashMap<ValueId, String>,
+    /// Multi-result nodes kept outside the e-graph.
     pub outside: Vec<Node>,
+    /// The e-node each original node became, in original order (the input graph, as a choice).
+    pub original: Vec<(Id, ENode)>,
 }
 
 /// Adds an op node after checking that it type-checks; `None` when it does not.
@@ -34,56 +43,108 @@ pub fn try_add(egraph: &mut EGraph, op: Op, children: Vec<Id>) -> Option<Id> {
     Some(egraph.add(ENode { head, children }))
 }
 
-/// Loads `g` into a fresh e-graph.
-pub fn load(g: &Graph, fold_budget: usize) -> Loaded {
+/// Loads `g` into a fresh e-graph, moving its constants into the analysis.
+pub fn load(g: Graph, fold_budget: usize) -> Loaded {
     let mut egraph = EGraph::new(Analysis::new(
         g.inputs.iter().map(|&i| g.ty(i).clone()).collect(),
         fold_budget,
     ));
     let mut class_of = HashMap::new();
+    let mut original = Vec::new();
     for (i, &v) in g.inputs.iter().enumerate() {
-        class_of.insert(
-            v,
-            egraph.add(ENode {
-                head: Head::Input(i as u32),
-                children: vec![],
-            }),
-        );
+        let node = ENode {
+            head: Head::Input(i as u32),
+            children: vec![],
+        };
+        let id = egraph.add(node.clone());
+        class_of.insert(v, id);
+        original.push((id, node));
     }
     let mut outside = Vec::new();
-    for n in &g.nodes {
+    let mut names = HashMap::new();
+    let inputs = g
+        .inputs
+        .iter()
+        .map(|&i| (g.value(i).name.clone(), g.ty(i).clone()))
+        .collect();
+    for n in g.nodes.iter().filter(|n| n.outputs.len() > 1) {
+        for &o in &n.outputs {
+            names.insert(o, g.value(o).name.clone());
+        }
+    }
+    let output_names: Vec<(ValueId, String)> = g
+        .outputs
+        .iter()
+        .map(|&o| (o, g.value(o).name.clone()))
+        .collect();
+    for (o, name) in &output_names {
+        names.insert(*o, name.clone());
+    }
+    let opaque_types: Vec<(ValueId, TensorType)> = g
+        .nodes
+        .iter()
+        .filter(|n| n.outputs.len() > 1)
+        .flat_map(|n| n.outputs.iter().map(|&o| (o, g.ty(o).clone())))
+        .collect();
+    for (o, ty) in opaque_types {
+        egraph.analysis.opaque_types.insert(o.0, ty);
+    }
+    let graph_name = g.name.clone();
+    for n in g.nodes {
         let children: Vec<Id> = n.inputs.iter().map(|v| class_of[v]).collect();
-        if let Op::Constant(t) = &n.op {
-            let k = egraph.analysis.intern_const(t.clone());
-            class_of.insert(
-                n.outputs[0],
-                egraph.add(ENode {
-                    head: Head::Const(k),
-                    children: vec![],
-                }),
-            );
-        } else if n.outputs.len() == 1 {
-            let head = egraph.analysis.intern_op(n.op.clone());
-            class_of.insert(n.outputs[0], egraph.add(ENode { head, children }));
-        } else {
-            for &o in &n.outputs {
-                egraph.analysis.opaque_types.insert(o.0, g.ty(o).clone());
-                class_of.insert(
-                    o,
-                    egraph.add(ENode {
-                        head: Head::Opaque(o.0),
+        let nodes: Vec<(ValueId, ENode)> = match n.op {
+            Op::Constant(t) => {
+                let k = egraph.analysis.intern_const(t);
+                vec![(
+                    n.outputs[0],
+                    ENode {
+                        head: Head::Const(k),
                         children: vec![],
-                    }),
-                );
+                    },
+                )]
             }
-            outside.push(n.clone());
+            ref op if n.outputs.len() == 1 => {
+                let head = egraph.analysis.intern_op(op.clone());
+                vec![(n.outputs[0], ENode { head, children })]
+            }
+            _ => {
+                let leaves = n
+                    .outputs
+                    .iter()
+                    .map(|&o| {
+                        (
+                            o,
+                            ENode {
+                                head: Head::Opaque(o.0),
+                                children: vec![],
+                            },
+                        )
+                    })
+                    .collect();
+                outside.push(n);
+                leaves
+            }
+        };
+        for (v, node) in nodes {
+            let id = egraph.add(node.clone());
+            class_of.insert(v, id);
+            original.push((id, node));
         }
     }
     egraph.rebuild();
+    let outputs = output_names
+        .into_iter()
+        .map(|(o, name)| (class_of[&o], name))
+        .collect();
     Loaded {
         egraph,
+        name: graph_name,
+        inputs,
+        outputs,
         class_of,
+        names,
         outside,
+        original,
     }
 }
 
@@ -151,36 +212,42 @@ fn dag_cost(eg: &EGraph, choice: &HashMap<Id, ENode>, roots: &[Id]) -> Option<f6
     Some(total)
 }
 
-/// Builds the graph of the cheapest choice in every needed class: the tree-cost optimum
-/// from egg's extractor, then each merge group switched as a whole when that lowers
-/// the DAG cost (a tree cost charges a shared node once per use, so it never would).
-pub fn extract(
+/// The input graph as a choice: for each class, its earliest original e-node (earlier
+/// nodes only use earlier values, so the choice has no cycle even where classes merged).
+pub fn original_choice(loaded: &Loaded) -> HashMap<Id, ENode> {
+    let eg = &loaded.egraph;
+    let mut choice = HashMap::new();
+    for (id, node) in &loaded.original {
+        choice.entry(eg.find(*id)).or_insert_with(|| node.clone());
+    }
+    choice
+}
+
+/// The cheapest choice: egg's tree-cost optimum, then each merge group switched as a
+/// whole when that lowers the DAG cost (a tree cost charges a shared node once per
+/// use, so it never would on its own).
+pub fn best_choice(
     loaded: &Loaded,
-    original: &Graph,
     groups: &[super::rules::contraction::MergeGroup],
-) -> Graph {
+) -> HashMap<Id, ENode> {
     let eg = &loaded.egraph;
     let extractor = egg::Extractor::new(eg, CostFn { egraph: eg });
     let mut choice: HashMap<Id, ENode> = eg
         .classes()
         .map(|c| (c.id, extractor.find_best_node(c.id).clone()))
         .collect();
-    let roots: Vec<Id> = original
-        .outputs
-        .iter()
-        .map(|o| eg.find(loaded.class_of[o]))
-        .collect();
+    let roots = roots(loaded);
     for group in groups {
         let mm = eg.find(group.matmul);
         let mut trial = choice.clone();
         let mut complete = true;
         for &m in &group.members {
             let m = eg.find(m);
-            let slice = eg[m]
+            match eg[m]
                 .nodes
                 .iter()
-                .find(|n| matches!(n.head, Head::Op("slice", _)) && eg.find(n.children[0]) == mm);
-            match slice {
+                .find(|n| matches!(n.head, Head::Op("slice", _)) && eg.find(n.children[0]) == mm)
+            {
                 Some(n) => {
                     trial.insert(m, n.clone());
                 }
@@ -196,110 +263,127 @@ pub fn extract(
             choice = trial;
         }
     }
-    let mut g = Graph::new(original.name.clone());
-    for &i in &original.inputs {
-        g.add_input(&original.value(i).name, original.ty(i).clone());
-    }
-    let mut built: HashMap<Id, ValueId> = HashMap::new();
-    let mut opaque: HashMap<u32, ValueId> = HashMap::new();
-    let outputs: Vec<ValueId> = roots
+    choice
+}
+
+/// The output classes.
+pub fn roots(loaded: &Loaded) -> Vec<Id> {
+    loaded
+        .outputs
         .iter()
-        .map(|&r| {
-            build(
-                eg,
-                &choice,
-                r,
-                &mut g,
-                &mut built,
-                &mut opaque,
-                loaded,
-                original,
-            )
-        })
+        .map(|(c, _)| loaded.egraph.find(*c))
+        .collect()
+}
+
+/// Keeps `candidate` only when its DAG cost is no more than `original`'s (never worse
+/// than the input); returns the choice kept, whether it is the candidate, and both costs.
+pub fn never_worse(
+    eg: &EGraph,
+    roots: &[Id],
+    original: HashMap<Id, ENode>,
+    candidate: HashMap<Id, ENode>,
+) -> (HashMap<Id, ENode>, bool, f64, f64) {
+    let before = dag_cost(eg, &original, roots).unwrap_or(f64::INFINITY);
+    let after = dag_cost(eg, &candidate, roots).unwrap_or(f64::INFINITY);
+    if after <= before * (1.0 + 1e-9) {
+        (candidate, true, before, after)
+    } else {
+        (original, false, before, after)
+    }
+}
+
+/// Builds the graph of a choice, moving the constants out of the e-graph.
+pub fn build_graph(mut loaded: Loaded, choice: &HashMap<Id, ENode>) -> Graph {
+    let mut consts: Vec<Option<smelt_ir::Tensor>> =
+        std::mem::take(&mut loaded.egraph.analysis.consts)
+            .into_iter()
+            .map(Some)
+            .collect();
+    let mut g = Graph::new(loaded.name.clone());
+    for (name, ty) in &loaded.inputs {
+        g.add_input(name, ty.clone());
+    }
+    let mut b = Builder {
+        loaded: &loaded,
+        choice,
+        consts: &mut consts,
+        built: HashMap::new(),
+        opaque: HashMap::new(),
+    };
+    let outputs: Vec<ValueId> = roots(b.loaded)
+        .into_iter()
+        .map(|r| b.build(r, &mut g))
         .collect();
-    g.outputs = outputs;
-    for (&o, &new) in original.outputs.iter().zip(&g.outputs.clone()) {
+    for (&new, (_, name)) in outputs.iter().zip(&loaded.outputs) {
         if !g.inputs.contains(&new) {
-            let _ = g.rename(new, &original.value(o).name);
+            let _ = g.rename(new, name);
         }
     }
+    g.outputs = outputs;
     g
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build(
-    eg: &EGraph,
-    choice: &HashMap<Id, ENode>,
-    class: Id,
-    g: &mut Graph,
-    built: &mut HashMap<Id, ValueId>,
-    opaque: &mut HashMap<u32, ValueId>,
-    loaded: &Loaded,
-    original: &Graph,
-) -> ValueId {
-    let class = eg.find(class);
-    if let Some(&v) = built.get(&class) {
-        return v;
-    }
-    let node = choice[&class].clone();
-    let v = match &node.head {
-        Head::Input(i) => g.inputs[*i as usize],
-        Head::Const(k) => g
-            .add(
-                "",
-                Op::Constant(eg.analysis.consts[*k as usize].clone()),
-                &[],
-            )
-            .expect("constants type-check"),
-        Head::Opaque(o) => {
-            if let Some(&v) = opaque.get(o) {
-                v
-            } else {
-                let n = loaded
-                    .outside
-                    .iter()
-                    .find(|n| n.outputs.iter().any(|x| x.0 == *o))
-                    .expect("opaque node kept");
-                let ins: Vec<ValueId> = n
-                    .inputs
-                    .iter()
-                    .map(|i| {
-                        build(
-                            eg,
-                            choice,
-                            loaded.class_of[i],
-                            g,
-                            built,
-                            opaque,
-                            loaded,
-                            original,
-                        )
-                    })
-                    .collect();
-                let names: Vec<&str> = n
-                    .outputs
-                    .iter()
-                    .map(|&x| original.value(x).name.as_str())
-                    .collect();
-                let outs = g
-                    .add_node(&n.name, n.op.clone(), &ins, &names)
-                    .expect("kept node type-checks");
-                for (x, y) in n.outputs.iter().zip(outs) {
-                    opaque.insert(x.0, y);
-                }
-                opaque[o]
+struct Builder<'a> {
+    loaded: &'a Loaded,
+    choice: &'a HashMap<Id, ENode>,
+    consts: &'a mut Vec<Option<smelt_ir::Tensor>>,
+    built: HashMap<Id, ValueId>,
+    opaque: HashMap<u32, ValueId>,
+}
+
+impl Builder<'_> {
+    fn build(&mut self, class: Id, g: &mut Graph) -> ValueId {
+        let eg = &self.loaded.egraph;
+        let class = eg.find(class);
+        if let Some(&v) = self.built.get(&class) {
+            return v;
+        }
+        let node = self.choice[&class].clone();
+        let v = match &node.head {
+            Head::Input(i) => g.inputs[*i as usize],
+            Head::Const(k) => {
+                // Each constant has one class, built once: it can be moved out.
+                let t = self.consts[*k as usize]
+                    .take()
+                    .expect("each constant is built once");
+                g.add("", Op::Constant(t), &[])
+                    .expect("constants type-check")
             }
-        }
-        head @ Head::Op(..) => {
-            let ins: Vec<ValueId> = node
-                .children
-                .iter()
-                .map(|&c| build(eg, choice, c, g, built, opaque, loaded, original))
-                .collect();
-            let op = eg.analysis.op(head).expect("op head").clone();
-            g.add("", op, &ins).expect("extracted nodes type-check")
-        }
-    };
-    built.insert(class, v);
-    v
+            Head::Opaque(o) => match self.opaque.get(o) {
+                Some(&v) => v,
+                None => {
+                    let n = self
+                        .loaded
+                        .outside
+                        .iter()
+                        .find(|n| n.outputs.iter().any(|x| x.0 == *o))
+                        .expect("opaque node kept");
+                    let ins: Vec<ValueId> = n
+                        .inputs
+                        .iter()
+                        .map(|i| self.build(self.loaded.class_of[i], g))
+                        .collect();
+                    let names: Vec<&str> = n
+                        .outputs
+                        .iter()
+                        .map(|x| self.loaded.names[x].as_str())
+                        .collect();
+                    let outs = g
+                        .add_node(&n.name, n.op.clone(), &ins, &names)
+                        .expect("kept node type-checks");
+                    for (x, y) in n.outputs.iter().zip(outs) {
+                        self.opaque.insert(x.0, y);
+                    }
+                    self.opaque[o]
+                }
+            },
+            head @ Head::Op(..) => {
+                let ins: Vec<ValueId> = node.children.iter().map(|&c| self.build(c, g)).collect();
+                let op = eg.analysis.op(head).expect("op head").clone();
+                g.add("", op, &ins).expect("extracted nodes type-check")
+            }
+        };
+        self.built.insert(class, v);
+        v
+    }
 }

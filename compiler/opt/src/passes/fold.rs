@@ -29,17 +29,17 @@ impl Pass for Fold {
     }
 
     fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
-        let mut constants: HashMap<ValueId, Tensor> = HashMap::new();
+        // Where each constant value's node sits in `out`, so operands are borrowed, not copied.
+        let mut constant_at: HashMap<ValueId, usize> = HashMap::new();
         let mut changes = 0;
         let nodes = std::mem::take(&mut g.nodes);
-        let mut out = Vec::with_capacity(nodes.len());
+        let mut out: Vec<Node> = Vec::with_capacity(nodes.len());
         for node in nodes {
-            if let Op::Constant(t) = &node.op {
-                constants.insert(node.outputs[0], t.clone());
+            if let Op::Constant(_) = &node.op {
+                constant_at.insert(node.outputs[0], out.len());
                 out.push(node);
                 continue;
             }
-            let args: Option<Vec<&Tensor>> = node.inputs.iter().map(|v| constants.get(v)).collect();
             let bytes: Option<usize> = node
                 .outputs
                 .iter()
@@ -49,9 +49,19 @@ impl Pass for Fold {
                         .and_then(|n| n.checked_mul(g.ty(o).dtype.size_bytes()))
                 })
                 .sum();
-            let folded = match (args, bytes) {
-                (Some(args), Some(b)) if b <= self.budget_bytes => {
-                    smelt_ir::interp::eval_op(&node.op, &args).ok()
+            let folded = match bytes {
+                Some(b) if b <= self.budget_bytes => {
+                    let args: Option<Vec<&Tensor>> = node
+                        .inputs
+                        .iter()
+                        .map(|v| {
+                            constant_at.get(v).map(|&i| match &out[i].op {
+                                Op::Constant(t) => t,
+                                _ => unreachable!("constant_at points at constants"),
+                            })
+                        })
+                        .collect();
+                    args.and_then(|a| smelt_ir::interp::eval_op(&node.op, &a).ok())
                 }
                 _ => None,
             };
@@ -59,7 +69,7 @@ impl Pass for Fold {
                 Some(results) => {
                     changes += 1;
                     for (&o, t) in node.outputs.iter().zip(results) {
-                        constants.insert(o, t.clone());
+                        constant_at.insert(o, out.len());
                         out.push(Node {
                             name: node.name.clone(),
                             op: Op::Constant(t),

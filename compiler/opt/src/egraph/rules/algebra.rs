@@ -47,11 +47,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
             move |eg, root, s| {
                 konst(eg, s[c1])?;
                 konst(eg, s[c2])?;
-                let c = crate::egraph::convert::try_add(
-                    eg,
-                    Op::Binary(BinaryOp::Mul),
-                    vec![s[c1], s[c2]],
-                )?;
+                let c = super::add_finite_const(eg, Op::Binary(BinaryOp::Mul), vec![s[c1], s[c2]])?;
                 add_like(eg, root, Op::Binary(BinaryOp::Mul), vec![s[x], c])
             },
         ),
@@ -63,11 +59,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 if !konst(eg, s[c1])?.dtype().is_float() || konst(eg, s[c2]).is_none() {
                     return None;
                 }
-                let c = crate::egraph::convert::try_add(
-                    eg,
-                    Op::Binary(BinaryOp::Div),
-                    vec![s[c1], s[c2]],
-                )?;
+                let c = super::add_finite_const(eg, Op::Binary(BinaryOp::Div), vec![s[c1], s[c2]])?;
                 add_like(eg, root, Op::Binary(BinaryOp::Mul), vec![s[x], c])
             },
         ),
@@ -76,8 +68,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
             if !konst(eg, s[c1])?.dtype().is_float() {
                 return None;
             }
-            let r =
-                crate::egraph::convert::try_add(eg, Op::Unary(UnaryOp::Reciprocal), vec![s[c1]])?;
+            let r = super::add_finite_const(eg, Op::Unary(UnaryOp::Reciprocal), vec![s[c1]])?;
             add_like(eg, root, Op::Binary(BinaryOp::Mul), vec![s[x], r])
         }),
         // log(exp(x)) = x: exact in real arithmetic, and avoids exp's overflow in floats

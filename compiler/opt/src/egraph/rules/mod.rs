@@ -63,9 +63,23 @@ pub fn konst(eg: &EGraph, id: Id) -> Option<&Tensor> {
 
 /// True when the class is a constant whose every element equals `v`.
 pub fn is_splat(eg: &EGraph, id: Id, v: f64) -> bool {
-    konst(eg, id).is_some_and(|t| {
-        t.dtype().is_numeric() && !t.is_empty() && t.to_f64().iter().all(|&x| x == v)
-    })
+    konst(eg, id).is_some_and(|t| t.dtype().is_numeric() && !t.is_empty() && t.all_f64(|x| x == v))
+}
+
+/// True when the class is a constant with only finite elements (folding constants into
+/// other constants is sound only then: `inf * 0` terms would turn into NaN).
+pub fn is_finite_const(eg: &EGraph, id: Id) -> bool {
+    konst(eg, id).is_some_and(|t| !t.dtype().is_float() || t.all_f64(f64::is_finite))
+}
+
+/// Adds `op(children)` over constants when it folds to a constant with only finite
+/// elements; the constant-combining rules use it so that no rule introduces an infinity.
+pub fn add_finite_const(eg: &mut EGraph, op: Op, children: Vec<Id>) -> Option<Id> {
+    if !children.iter().all(|&c| is_finite_const(eg, c)) {
+        return None;
+    }
+    let id = try_add(eg, op, children)?;
+    is_finite_const(eg, id).then_some(id)
 }
 
 /// Adds a constant class.

@@ -46,8 +46,8 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let wr = eg[s[w]].data.ty.rank();
                 let mut shape = vec![Dim::Fixed(1); wr];
                 shape[0] = Dim::Fixed(if scale.len() == 1 { 1 } else { m });
-                let s_r = try_add(eg, Op::Reshape { shape }, vec![s[sc]])?;
-                let w2 = try_add(eg, Op::Binary(BinaryOp::Mul), vec![s[w], s_r])?;
+                let s_r = super::add_finite_const(eg, Op::Reshape { shape }, vec![s[sc]])?;
+                let w2 = super::add_finite_const(eg, Op::Binary(BinaryOp::Mul), vec![s[w], s_r])?;
                 if eg[w2].data.ty != eg[s[w]].data.ty {
                     return None;
                 }
@@ -68,7 +68,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 if !per_channel(&st, 2, 1, n) {
                     return None;
                 }
-                let w2 = try_add(eg, Op::Binary(BinaryOp::Mul), vec![s[w], s[sc]])?;
+                let w2 = super::add_finite_const(eg, Op::Binary(BinaryOp::Mul), vec![s[w], s[sc]])?;
                 if eg[w2].data.ty != eg[s[w]].data.ty {
                     return None;
                 }
@@ -87,7 +87,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                     return None;
                 }
                 let ys = try_add(eg, Op::Binary(BinaryOp::Mul), vec![s[y], s[sc]])?;
-                let bs = try_add(eg, Op::Binary(BinaryOp::Mul), vec![s[b], s[sc]])?;
+                let bs = super::add_finite_const(eg, Op::Binary(BinaryOp::Mul), vec![s[b], s[sc]])?;
                 add_like(eg, root, Op::Binary(BinaryOp::Add), vec![ys, bs])
             },
         ),
@@ -99,7 +99,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let (y, b1, b2) = (var("?y"), var("?b1"), var("?b2"));
                 konst(eg, s[b1])?;
                 konst(eg, s[b2])?;
-                let b = try_add(eg, Op::Binary(BinaryOp::Add), vec![s[b1], s[b2]])?;
+                let b = super::add_finite_const(eg, Op::Binary(BinaryOp::Add), vec![s[b1], s[b2]])?;
                 add_like(eg, root, Op::Binary(BinaryOp::Add), vec![s[y], b])
             },
         ),

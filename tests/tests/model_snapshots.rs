@@ -1,0 +1,53 @@
+//! Snapshots of the optimized graph of every classic and `light` model, so that any
+//! change in what the optimizer produces shows up in review.
+
+use smelt_ir::text::{PrintOptions, print_graph};
+use std::collections::HashMap;
+
+/// Input shapes of a generated model case, read from its `.npy` inputs.
+fn input_shapes(dir: &std::path::Path) -> HashMap<String, Vec<usize>> {
+    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
+    io.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0] == "input").then(|| {
+                (
+                    f[1].to_string(),
+                    smelt_runtime::read_npy(&dir.join(f[2])).unwrap().shape,
+                )
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn optimized_model_graphs() {
+    let models = smelt_tests::require_data("models");
+    let mut names: Vec<String> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        17,
+        "expected the 8 classic and 9 light models, found {names:?}"
+    );
+    for name in names {
+        let dir = models.join(&name);
+        let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
+        let e = model
+            .explain(smelt::Stage::Opt, &input_shapes(&dir))
+            .unwrap();
+        let before: usize = e.before.values().sum();
+        let after: usize = e.after.values().sum();
+        assert!(
+            after <= before,
+            "{name}: optimization grew the graph from {before} to {after} nodes"
+        );
+        insta::assert_snapshot!(
+            format!("optimized_{name}"),
+            print_graph(&e.graph, PrintOptions::default())
+        );
+    }
+}
