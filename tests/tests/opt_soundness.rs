@@ -123,7 +123,7 @@ fn build(steps: &[Step]) -> Graph {
                 let wc = g
                     .add("", Op::Constant(konst(vec![k, n], s.b, None)), &[])
                     .unwrap();
-                (Op::MatMul, vec![v, wc])
+                (Op::MATMUL, vec![v, wc])
             }
             7 if rank == 4 => {
                 let m = 1 + s.c as usize % 3;
@@ -156,7 +156,7 @@ fn build(steps: &[Step]) -> Graph {
                         let wc = g
                             .add("", Op::Constant(konst(vec![k, 2], s.b + i, None)), &[])
                             .unwrap();
-                        g.add("", Op::MatMul, &[v, wc]).unwrap()
+                        g.add("", Op::MATMUL, &[v, wc]).unwrap()
                     })
                     .collect();
                 let ab = g

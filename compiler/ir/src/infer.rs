@@ -217,7 +217,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
                 TensorType::new(DType::I64, shape),
             ])
         }
-        Op::MatMul => infer_matmul(inputs[0], inputs[1]),
+        Op::MatMul { trans_a, trans_b } => {
+            let a = transposed_last_two(inputs[0], *trans_a)?;
+            let b = transposed_last_two(inputs[1], *trans_b)?;
+            infer_matmul(&a, &b)
+        }
         Op::Conv {
             strides,
             pads,
@@ -615,6 +619,20 @@ fn reduced_shape(shape: &[Dim], mask: &[bool], keep_dims: bool) -> Shape {
             (true, false) => None,
         })
         .collect()
+}
+
+/// The type with its last two axes swapped when `swap` (which needs rank >= 2).
+fn transposed_last_two(t: &TensorType, swap: bool) -> InferResult<TensorType> {
+    if !swap {
+        return Ok(t.clone());
+    }
+    let r = t.rank();
+    if r < 2 {
+        return Err(format!("a transposed operand needs rank >= 2, got {t}"));
+    }
+    let mut shape = t.shape.clone();
+    shape.swap(r - 2, r - 1);
+    Ok(TensorType::new(t.dtype, shape))
 }
 
 fn infer_matmul(a: &TensorType, b: &TensorType) -> InferResult<Vec<TensorType>> {

@@ -183,8 +183,12 @@ pub enum Op {
         k: usize,
         largest: bool,
     },
-    /// `(a, b)`: NumPy `matmul` semantics, batch dims broadcast.
-    MatMul,
+    /// `(a, b)`: NumPy `matmul` semantics, batch dims broadcast; `trans_a`/`trans_b`
+    /// swap the last two axes of an operand (rank >= 2) before multiplying.
+    MatMul {
+        trans_a: bool,
+        trans_b: bool,
+    },
     /// `(x: [N, C, spatial..], w: [M, C/group, kernel..])`; pads are all begins then all ends.
     Conv {
         strides: Vec<usize>,
@@ -350,6 +354,12 @@ fn ints(v: &[usize]) -> Attr {
 }
 
 impl Op {
+    /// A MatMul of untransposed operands.
+    pub const MATMUL: Op = Op::MatMul {
+        trans_a: false,
+        trans_b: false,
+    };
+
     /// The op's name in the text form.
     pub fn mnemonic(&self) -> &'static str {
         match self {
@@ -362,7 +372,7 @@ impl Op {
             Op::ArgReduce { kind, .. } => kind.name(),
             Op::CumSum { .. } => "cumsum",
             Op::TopK { .. } => "topk",
-            Op::MatMul => "matmul",
+            Op::MatMul { .. } => "matmul",
             Op::Conv { .. } => "conv",
             Op::ConvTranspose { .. } => "conv_transpose",
             Op::Pool { kind, .. } => kind.name(),
@@ -394,7 +404,7 @@ impl Op {
             Op::TopK { .. } | Op::Pool { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1,
             Op::Slice { .. } | Op::Expand { .. } | Op::Shape => 1,
             Op::Binary(_)
-            | Op::MatMul
+            | Op::MatMul { .. }
             | Op::Conv { .. }
             | Op::ConvTranspose { .. }
             | Op::Pad { .. } => 2,
@@ -418,12 +428,18 @@ impl Op {
     /// Attributes in text-form order (the constant's tensor is printed separately).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {
-            Op::Constant(_)
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Select
-            | Op::MatMul
-            | Op::Shape => vec![],
+            Op::Constant(_) | Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Shape => vec![],
+            // Printed only when set, so plain matmuls read `matmul(%a, %b)`.
+            Op::MatMul { trans_a, trans_b } => {
+                let mut v = vec![];
+                if *trans_a {
+                    v.push(("trans_a", Attr::Bool(true)));
+                }
+                if *trans_b {
+                    v.push(("trans_b", Attr::Bool(true)));
+                }
+                v
+            }
             Op::Cast { to } => vec![("to", Attr::DType(*to))],
             Op::Reduce {
                 axes, keep_dims, ..

@@ -254,7 +254,7 @@ fn printed_form_is_stable() {
         )
         .unwrap();
     g.rename(w, "fc/w").unwrap();
-    let y = g.add("fc", Op::MatMul, &[x, w]).unwrap();
+    let y = g.add("fc", Op::MATMUL, &[x, w]).unwrap();
     let s = g.add("act", Op::Unary(UnaryOp::Sigmoid), &[y]).unwrap();
     g.outputs = vec![s];
     let text = print_graph(&g, PrintOptions::default());

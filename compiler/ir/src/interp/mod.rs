@@ -139,7 +139,22 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
             reverse,
         } => one(reduce::cumsum(inputs[0], *axis, *exclusive, *reverse)),
         Op::TopK { axis, k, largest } => reduce::topk(inputs[0], *axis, *k, *largest),
-        Op::MatMul => one(linalg::matmul(inputs[0], inputs[1])),
+        Op::MatMul { trans_a, trans_b } => {
+            let swap = |t: &Tensor, on: bool| -> Result<Option<Tensor>> {
+                if !on {
+                    return Ok(None);
+                }
+                let r = t.rank();
+                let mut perm: Vec<usize> = (0..r).collect();
+                perm.swap(r - 2, r - 1);
+                movement::transpose(t, &perm).map(Some)
+            };
+            let (ta, tb) = (swap(inputs[0], *trans_a)?, swap(inputs[1], *trans_b)?);
+            one(linalg::matmul(
+                ta.as_ref().unwrap_or(inputs[0]),
+                tb.as_ref().unwrap_or(inputs[1]),
+            ))
+        }
         Op::Conv {
             strides,
             pads,

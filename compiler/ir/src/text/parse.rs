@@ -327,6 +327,14 @@ impl Attrs {
             )),
         }
     }
+    /// A boolean attribute that may be left out (false).
+    fn opt_bool(&mut self, key: &str) -> AResult<bool> {
+        if self.map.contains_key(key) {
+            self.bool(key)
+        } else {
+            Ok(false)
+        }
+    }
     fn word(&mut self, key: &str) -> AResult<String> {
         match self.take(key)? {
             Raw::Word(w) => Ok(w),
@@ -423,7 +431,10 @@ fn build_op(mnemonic: &str, a: &mut Attrs) -> AResult<Op> {
     }
     Ok(match mnemonic {
         "select" => Op::Select,
-        "matmul" => Op::MatMul,
+        "matmul" => Op::MatMul {
+            trans_a: a.opt_bool("trans_a")?,
+            trans_b: a.opt_bool("trans_b")?,
+        },
         "shape" => Op::Shape,
         "cast" => Op::Cast {
             to: a.named("to", DType::from_name)?,

@@ -31,8 +31,14 @@ fn is_view(op: &Op) -> bool {
 pub fn node_cost(op: &Op, inputs: &[&TensorType], out: &TensorType) -> f64 {
     let flops = match op {
         Op::Constant(_) => return 0.0,
-        Op::MatMul => {
-            let k = inputs[0].shape.last().and_then(|d| d.fixed()).unwrap_or(1) as f64;
+        Op::MatMul { trans_a, .. } => {
+            let a = &inputs[0].shape;
+            let axis = if *trans_a {
+                a.len().saturating_sub(2)
+            } else {
+                a.len().saturating_sub(1)
+            };
+            let k = a.get(axis).and_then(|d| d.fixed()).unwrap_or(1) as f64;
             2.0 * elems(out) * k
         }
         Op::Conv { group, .. } => {

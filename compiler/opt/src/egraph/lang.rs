@@ -65,7 +65,7 @@ pub fn static_ops() -> Vec<Op> {
     use smelt_ir::op::{BinaryOp, UnaryOp};
     let mut v: Vec<Op> = UnaryOp::ALL.iter().map(|&u| Op::Unary(u)).collect();
     v.extend(BinaryOp::ALL.iter().map(|&b| Op::Binary(b)));
-    v.extend([Op::Select, Op::MatMul, Op::Shape]);
+    v.extend([Op::Select, Op::MATMUL, Op::Shape]);
     v
 }
 

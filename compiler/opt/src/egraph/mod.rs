@@ -136,34 +136,38 @@ mod tests {
 
     #[test]
     fn never_worse_keeps_the_cheaper_choice() {
-        // One class holds exp(x) (cheap) and neg(neg(exp(x))) (costly).
+        // The output class gets a second, cheaper member: abs(x) beside neg(neg(exp(x))).
+        // (Only the choosing is under test here, not the equivalence.)
         let g = parse_graph(
             "graph g (%x: f32[64]) {\n  %a = exp(%x) : f32[64]\n  %b = neg(%a) : f32[64]\n  %y = neg(%b) : f32[64]\n  return %y\n}\n",
         )
         .unwrap();
         let mut loaded = convert::load(g, 1 << 20);
-        let original = convert::original_choice(&loaded);
+        let x = loaded.class_of[&smelt_ir::ValueId(0)];
+        let abs = convert::try_add(
+            &mut loaded.egraph,
+            smelt_ir::Op::Unary(smelt_ir::op::UnaryOp::Abs),
+            vec![x],
+        )
+        .unwrap();
         let y = convert::roots(&loaded)[0];
-        let a = loaded.class_of[&smelt_ir::ValueId(1)];
-        loaded.egraph.union(y, a);
+        loaded.egraph.union(y, abs);
         loaded.egraph.rebuild();
         let roots = convert::roots(&loaded);
-        let y = roots[0];
-        let exp_node = loaded.egraph[y]
+        let costly = convert::original_choice(&loaded);
+        let abs_node: ENode = loaded.egraph[roots[0]]
             .nodes
             .iter()
-            .find(|n| matches!(n.head, Head::Op("exp", _)))
+            .find(|n| matches!(n.head, Head::Op("abs", _)))
             .unwrap()
             .clone();
-        let mut cheap = original.clone();
-        cheap.insert(y, exp_node);
-        let costly: std::collections::HashMap<egg::Id, ENode> = original
-            .iter()
-            .map(|(k, v)| (loaded.egraph.find(*k), v.clone()))
-            .collect();
-        let (_, took, before, after) =
+        let mut cheap = costly.clone();
+        cheap.insert(roots[0], abs_node);
+        let (kept, took, before, after) =
             convert::never_worse(&loaded.egraph, &roots, costly.clone(), cheap.clone());
-        assert!(took && after < before);
+        assert!(took && after < before, "{before} -> {after}");
+        assert_eq!(kept, cheap);
+        // With the cheap choice as the input, the costly candidate is refused.
         let (kept, took, _, _) =
             convert::never_worse(&loaded.egraph, &roots, cheap.clone(), costly);
         assert!(!took);

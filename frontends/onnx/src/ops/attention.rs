@@ -129,7 +129,7 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let qs_ = cx.binary_scalar(BinaryOp::Mul, q, root)?;
     let ks_ = cx.binary_scalar(BinaryOp::Mul, k, root)?;
     let kt = cx.transpose(ks_, vec![0, 1, 3, 2])?;
-    let mut qk = cx.op(Op::MatMul, &[qs_, kt])?;
+    let mut qk = cx.op(Op::MATMUL, &[qs_, kt])?;
     let softcap = n.float("softcap", 0.0)? as f64;
     if softcap > 0.0 {
         let d = cx.binary_scalar(BinaryOp::Div, qk, softcap)?;
@@ -232,7 +232,7 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         p = cx.op(Op::Select, &[row_masked, pz, p])?;
     }
     let p = cx.cast(p, dtype)?;
-    let mut y = cx.op(Op::MatMul, &[p, v])?;
+    let mut y = cx.op(Op::MATMUL, &[p, v])?;
     if rank == 3 {
         let t = cx.transpose(y, vec![0, 2, 1, 3])?;
         let ts = cx.fixed_shape(t)?;

@@ -16,12 +16,12 @@ pub(super) const OPS: &[(&str, Handler)] = &[
 ];
 
 fn matmul(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
-    one(cx.op(Op::MatMul, &[n.input(0)?, n.input(1)?])?)
+    one(cx.op(Op::MATMUL, &[n.input(0)?, n.input(1)?])?)
 }
 
 /// `alpha * A' B' + beta * C` as MatMul, scale and bias add.
 fn gemm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
-    let (mut a, mut b) = (n.input(0)?, n.input(1)?);
+    let (a, b) = (n.input(0)?, n.input(1)?);
     if cx.rank(a) != 2 || cx.rank(b) != 2 {
         return Err(n.err(format!(
             "A and B must be 2-D, got {} and {}",
@@ -29,13 +29,8 @@ fn gemm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             cx.ty(b)
         )));
     }
-    if n.int("transA", 0)? != 0 {
-        a = cx.transpose(a, vec![1, 0])?;
-    }
-    if n.int("transB", 0)? != 0 {
-        b = cx.transpose(b, vec![1, 0])?;
-    }
-    let mut y = cx.op(Op::MatMul, &[a, b])?;
+    let (trans_a, trans_b) = (n.int("transA", 0)? != 0, n.int("transB", 0)? != 0);
+    let mut y = cx.op(Op::MatMul { trans_a, trans_b }, &[a, b])?;
     let alpha = n.float("alpha", 1.0)? as f64;
     if alpha != 1.0 {
         y = cx.binary_scalar(BinaryOp::Mul, y, alpha)?;
@@ -262,7 +257,7 @@ fn matmul_integer(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         }
         None => b,
     };
-    one(cx.op(Op::MatMul, &[a, b])?)
+    one(cx.op(Op::MATMUL, &[a, b])?)
 }
 
 /// Einsum by transposes, broadcasting multiplies and sums: each operand is

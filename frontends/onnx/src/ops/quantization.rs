@@ -203,7 +203,7 @@ fn qlinear_matmul(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         .map(|z| vec![cx.ty(z).shape[0].clone(), Dim::Fixed(1)]);
     let ac = centered(cx, a, n.opt_input(2), a_zp_shape)?;
     let bc = centered(cx, b, n.opt_input(5), None)?;
-    let acc = cx.op(smelt_ir::Op::MatMul, &[ac, bc])?;
+    let acc = cx.op(smelt_ir::Op::MATMUL, &[ac, bc])?;
     let mut a_s = cx.cast(n.input(1)?, DType::F64)?;
     if cx.rank(a_s) == 1 && cx.rank(a) >= 2 {
         let m = cx.ty(a_s).shape[0].clone();

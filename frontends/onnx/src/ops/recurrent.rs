@@ -182,7 +182,7 @@ fn recurrent(cx: &mut Ctx, n: &Node, cell: Cell) -> Result<Vec<ValueId>> {
         let wt = cx.transpose(wd, vec![1, 0])?;
         let rd = direction_slice(cx, r, d)?;
         let rt = cx.transpose(rd, vec![1, 0])?;
-        let xw = cx.op(Op::MatMul, &[x, wt])?;
+        let xw = cx.op(Op::MATMUL, &[x, wt])?;
         let (wb, rb) = match n.opt_input(3) {
             Some(b) => {
                 let bd = direction_slice(cx, b, d)?;
@@ -252,7 +252,7 @@ fn recurrent(cx: &mut Ctx, n: &Node, cell: Cell) -> Result<Vec<ValueId>> {
         for t in steps {
             let xt = slice_axis(cx, xw, 0, t as i64, t as i64 + 1)?;
             let xt = cx.reshape_fixed(xt, &[batch, g * h])?;
-            let hr = cx.op(Op::MatMul, &[hs, rt])?;
+            let hr = cx.op(Op::MATMUL, &[hs, rt])?;
             match cell {
                 Cell::Rnn => {
                     let pre = cx.binary(BinaryOp::Add, xt, hr)?;
@@ -279,7 +279,7 @@ fn recurrent(cx: &mut Ctx, n: &Node, cell: Cell) -> Result<Vec<ValueId>> {
                         cx.binary(BinaryOp::Add, xh, gated)?
                     } else {
                         let rhs = cx.binary(BinaryOp::Mul, rg, hs)?;
-                        let m = cx.op(Op::MatMul, &[rhs, rh_w])?;
+                        let m = cx.op(Op::MATMUL, &[rhs, rh_w])?;
                         cx.binary(BinaryOp::Add, xh, m)?
                     };
                     let cand = clip(cx, cand, clip_limit)?;

@@ -30,7 +30,9 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<
             continue;
         }
         for n in &class.nodes {
-            if let Head::Op("matmul", _) = n.head {
+            if matches!(n.head, Head::Op("matmul", _))
+                && eg.analysis.op(&n.head) == Some(&Op::MATMUL)
+            {
                 let (l, r) = (eg.find(n.children[0]), eg.find(n.children[1]));
                 if konst(eg, r).is_some_and(|t| t.rank() == 2) && !merged.contains(&r) {
                     groups.entry(l).or_default().push((class.id, r));
@@ -55,7 +57,7 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<
         let Some(concat) = try_add(eg, Op::Concat { axis: 1 }, rights.clone()) else {
             continue;
         };
-        let Some(mm) = try_add(eg, Op::MatMul, vec![left, concat]) else {
+        let Some(mm) = try_add(eg, Op::MATMUL, vec![left, concat]) else {
             continue;
         };
         let rank = eg[mm].data.ty.rank();

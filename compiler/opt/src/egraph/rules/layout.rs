@@ -55,6 +55,44 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
             },
         ),
     ];
+    // matmul(transpose(a), b) = matmul<trans_a>(a, b) when the transpose swaps just the
+    // last two axes (and likewise for b): the contraction reads the operand transposed
+    rules.push(rule(
+        "transpose-into-matmul",
+        "(matmul ?a ?b)",
+        move |eg, root, s| {
+            let (op, _) = ops_in(eg, root, "matmul").into_iter().find(|(_, ch)| {
+                eg.find(ch[0]) == eg.find(s[a]) && eg.find(ch[1]) == eg.find(s[b])
+            })?;
+            let Op::MatMul { trans_a, trans_b } = op else {
+                return None;
+            };
+            let swaps_last_two = |p: &[usize]| {
+                let r = p.len();
+                r >= 2
+                    && p[r - 2] == r - 1
+                    && p[r - 1] == r - 2
+                    && p[..r - 2].iter().enumerate().all(|(i, &x)| i == x)
+            };
+            let inner = |eg: &crate::egraph::lang::EGraph, class: egg::Id| {
+                ops_in(eg, class, "transpose")
+                    .into_iter()
+                    .find_map(|(t, ch)| match t {
+                        Op::Transpose { perm } if swaps_last_two(&perm) => Some(ch[0]),
+                        _ => None,
+                    })
+            };
+            let (na, nb) = (inner(eg, s[a]), inner(eg, s[b]));
+            if na.is_none() && nb.is_none() {
+                return None;
+            }
+            let new = Op::MatMul {
+                trans_a: trans_a ^ na.is_some(),
+                trans_b: trans_b ^ nb.is_some(),
+            };
+            add_like(eg, root, new, vec![na.unwrap_or(s[a]), nb.unwrap_or(s[b])])
+        },
+    ));
     // f(transpose(x, p)) = transpose(f(x), p): moves transposes towards the outputs,
     // where they meet and cancel other transposes.
     for u in [

@@ -62,6 +62,16 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 if konst(eg, s[w])?.rank() != 2 {
                     return None;
                 }
+                // Only an untransposed MatMul scales the columns of its constant operand.
+                let (_, mul_ch) = ops_in(eg, root, "mul")
+                    .into_iter()
+                    .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
+                let (op, _) = ops_in(eg, mul_ch[0], "matmul")
+                    .into_iter()
+                    .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[w]))?;
+                if op != Op::MATMUL {
+                    return None;
+                }
                 let scale = konst(eg, s[sc])?.clone();
                 let n = eg[s[w]].data.ty.shape[1].fixed()?;
                 let st = scale.tensor_type().shape;
@@ -72,7 +82,7 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 if eg[w2].data.ty != eg[s[w]].data.ty {
                     return None;
                 }
-                add_like(eg, root, Op::MatMul, vec![s[x], w2])
+                add_like(eg, root, Op::MATMUL, vec![s[x], w2])
             },
         ),
         // (conv(x, w) + b) * s = conv(x, w * s') + b * s: distributes a constant scale over a constant bias
