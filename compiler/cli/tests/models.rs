@@ -154,12 +154,21 @@ fn explain_resnet50_folds_batchnorm_into_conv() {
         graph.join("\n")
     );
     assert_eq!(count("sqrt"), 0);
+    // What adds remain are the 16 residual connections: every BatchNormalization shift
+    // became a Conv bias epilogue.
+    assert_eq!(
+        count("add"),
+        16,
+        "a BatchNormalization shift is left:\n{}",
+        graph.join("\n")
+    );
     assert!(
         !text.to_lowercase().contains("constant_of_shape") && !text.contains("ConstantOfShape")
     );
     for needle in [
         "#     stop reason: ",
         "#     rule conv-scale-into-weights: 53",
+        "#     rule conv-bias-epilogue: 53",
         "#     e-graph: ",
         "#     estimated cost: ",
         "#   mul: 106 -> 0",

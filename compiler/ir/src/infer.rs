@@ -102,11 +102,13 @@ fn window_out(
 /// Infers the result types of `op` applied to operands of types `inputs`.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
     let arity = op.arity();
-    if arity != usize::MAX && inputs.len() != arity {
-        return Err(format!("expects {arity} operands, got {}", inputs.len()));
-    }
-    if arity == usize::MAX && inputs.is_empty() {
-        return Err("expects at least one operand".into());
+    if !arity.contains(&inputs.len()) {
+        let want = match (*arity.start(), *arity.end()) {
+            (a, b) if a == b => a.to_string(),
+            (a, usize::MAX) => format!("at least {a}"),
+            (a, b) => format!("{a} or {b}"),
+        };
+        return Err(format!("expects {want} operands, got {}", inputs.len()));
     }
     let one = |t: TensorType| Ok(vec![t]);
     match op {
@@ -220,7 +222,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
         Op::MatMul { trans_a, trans_b } => {
             let a = transposed_last_two(inputs[0], *trans_a)?;
             let b = transposed_last_two(inputs[1], *trans_b)?;
-            infer_matmul(&a, &b)
+            let out = infer_matmul(&a, &b)?;
+            if let Some(bias) = inputs.get(2) {
+                let n = out[0].shape.last().cloned().unwrap_or(Dim::Fixed(1));
+                epilogue_bias(bias, out[0].dtype, &n)?;
+            }
+            Ok(out)
         }
         Op::Conv {
             strides,
@@ -248,6 +255,9 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
                     pads[i] + pads[s + i],
                     dilations[i],
                 )?);
+            }
+            if let Some(bias) = inputs.get(2) {
+                epilogue_bias(bias, x.dtype, &w.shape[0])?;
             }
             one(TensorType::new(x.dtype, shape))
         }
@@ -619,6 +629,17 @@ fn reduced_shape(shape: &[Dim], mask: &[bool], keep_dims: bool) -> Shape {
             (true, false) => None,
         })
         .collect()
+}
+
+/// Checks an epilogue bias: one value per output channel (`[n]`), of the output's dtype.
+fn epilogue_bias(bias: &TensorType, dtype: DType, n: &Dim) -> InferResult<()> {
+    if bias.dtype != dtype
+        || bias.rank() != 1
+        || (bias.shape[0] != *n && n.fixed().is_some() && bias.shape[0].fixed().is_some())
+    {
+        return Err(format!("bias must be {dtype}[{n}], got {bias}"));
+    }
+    Ok(())
 }
 
 /// The type with its last two axes swapped when `swap` (which needs rank >= 2).

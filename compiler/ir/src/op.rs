@@ -392,28 +392,26 @@ impl Op {
         }
     }
 
-    /// Number of operands the op takes.
-    pub fn arity(&self) -> usize {
+    /// How many operands the op takes. MatMul and Conv take an optional third, the bias
+    /// of their epilogue (added along the last axis for MatMul, per output channel for Conv).
+    pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
         match self {
-            Op::Constant(_) => 0,
+            Op::Constant(_) => 0..=0,
             Op::Unary(_)
             | Op::Cast { .. }
             | Op::Reduce { .. }
             | Op::ArgReduce { .. }
-            | Op::CumSum { .. } => 1,
-            Op::TopK { .. } | Op::Pool { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1,
-            Op::Slice { .. } | Op::Expand { .. } | Op::Shape => 1,
-            Op::Binary(_)
-            | Op::MatMul { .. }
-            | Op::Conv { .. }
-            | Op::ConvTranspose { .. }
-            | Op::Pad { .. } => 2,
+            | Op::CumSum { .. } => 1..=1,
+            Op::TopK { .. } | Op::Pool { .. } | Op::Reshape { .. } | Op::Transpose { .. } => 1..=1,
+            Op::Slice { .. } | Op::Expand { .. } | Op::Shape => 1..=1,
+            Op::MatMul { .. } | Op::Conv { .. } => 2..=3,
+            Op::Binary(_) | Op::ConvTranspose { .. } | Op::Pad { .. } => 2..=2,
             Op::Gather { .. }
             | Op::GatherElements { .. }
             | Op::GatherNd { .. }
-            | Op::Resize { .. } => 2,
-            Op::Select | Op::ScatterElements { .. } | Op::ScatterNd { .. } => 3,
-            Op::Concat { .. } => usize::MAX,
+            | Op::Resize { .. } => 2..=2,
+            Op::Select | Op::ScatterElements { .. } | Op::ScatterNd { .. } => 3..=3,
+            Op::Concat { .. } => 1..=usize::MAX,
         }
     }
 

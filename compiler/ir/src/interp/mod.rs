@@ -104,6 +104,15 @@ pub(crate) fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// Adds an epilogue bias `[n]` along the axis followed by `trailing` axes.
+fn add_epilogue_bias(y: Tensor, bias: Option<&Tensor>, trailing: usize) -> Result<Tensor> {
+    let Some(b) = bias else { return Ok(y) };
+    let mut shape = vec![b.len()];
+    shape.extend(std::iter::repeat_n(1, trailing));
+    let b = b.clone().reshaped(shape)?;
+    elementwise::binary(crate::op::BinaryOp::Add, &y, &b)
+}
+
 /// Evaluates one op on concrete operands.
 pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
     let types: Vec<_> = inputs.iter().map(|t| t.tensor_type()).collect();
@@ -150,19 +159,22 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
                 movement::transpose(t, &perm).map(Some)
             };
             let (ta, tb) = (swap(inputs[0], *trans_a)?, swap(inputs[1], *trans_b)?);
-            one(linalg::matmul(
+            let y = linalg::matmul(
                 ta.as_ref().unwrap_or(inputs[0]),
                 tb.as_ref().unwrap_or(inputs[1]),
-            ))
+            )?;
+            one(add_epilogue_bias(y, inputs.get(2).copied(), 0))
         }
         Op::Conv {
             strides,
             pads,
             dilations,
             group,
-        } => one(linalg::conv(
-            inputs[0], inputs[1], strides, pads, dilations, *group,
-        )),
+        } => {
+            let y = linalg::conv(inputs[0], inputs[1], strides, pads, dilations, *group)?;
+            let spatial = y.rank().saturating_sub(2);
+            one(add_epilogue_bias(y, inputs.get(2).copied(), spatial))
+        }
         Op::ConvTranspose {
             strides,
             pads,

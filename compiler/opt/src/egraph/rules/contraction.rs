@@ -1,12 +1,17 @@
-//! Contraction rules. Parallel MatMuls that share their left operand and multiply it by
+//! Contraction rules. A constant bias added after a Conv or MatMul becomes the
+//! contraction's epilogue (its optional third operand). Parallel MatMuls that share their left operand and multiply it by
 //! constant weights (the Q, K and V projections) become one MatMul on the concatenated
 //! weights followed by slices. The rewrite spans several e-classes, so it runs as a
 //! runner hook between rule iterations rather than as a pattern rule.
 
-use super::konst;
+use super::weights::per_channel;
+use super::{add_finite_const, konst, ops_in, rule, var};
 use crate::egraph::convert::try_add;
+use crate::egraph::lang::{Analysis, ENode};
 use crate::egraph::lang::{EGraph, Head};
 use egg::Id;
+use egg::Rewrite;
+use smelt_ir::Dim;
 use smelt_ir::Op;
 use std::collections::{BTreeMap, HashSet};
 
@@ -91,4 +96,75 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<
     }
     eg.rebuild();
     done
+}
+
+/// `contraction(x, w) + b = contraction(x, w, b')` for a constant `b` holding one value
+/// per output channel along `axis` (b' is b flattened to `[channels]`).
+fn bias_epilogue(
+    name: &str,
+    pattern: &str,
+    mnemonic: &'static str,
+    bias_first: bool,
+) -> Rewrite<ENode, Analysis> {
+    let (x, w, b) = (var("?x"), var("?w"), var("?b"));
+    rule(name, pattern, move |eg, root, s| {
+        let bias = konst(eg, s[b])?.clone();
+        let out = eg[root].data.ty.clone();
+        let (_, add_ch) = ops_in(eg, root, "add")
+            .into_iter()
+            .find(|(_, ch)| eg.find(ch[usize::from(!bias_first)]) == eg.find(s[b]))?;
+        let contraction = add_ch[usize::from(bias_first)];
+        let (op, _) = ops_in(eg, contraction, mnemonic)
+            .into_iter()
+            .find(|(_, ch)| {
+                ch.len() == 2 && eg.find(ch[0]) == eg.find(s[x]) && eg.find(ch[1]) == eg.find(s[w])
+            })?;
+        let axis = if mnemonic == "conv" {
+            1
+        } else {
+            out.rank().checked_sub(1)?
+        };
+        let channels = out.shape.get(axis)?.fixed()?;
+        if bias.len() != channels
+            || !per_channel(&bias.tensor_type().shape, out.rank(), axis, channels)
+        {
+            return None;
+        }
+        let flat = add_finite_const(
+            eg,
+            Op::Reshape {
+                shape: vec![Dim::Fixed(channels)],
+            },
+            vec![s[b]],
+        )?;
+        crate::egraph::rules::add_like(eg, root, op, vec![s[x], s[w], flat])
+    })
+}
+
+pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
+    vec![
+        // conv(x, w) + b = conv(x, w, b) for a constant per-channel b
+        bias_epilogue("conv-bias-epilogue", "(add (conv ?x ?w) ?b)", "conv", false),
+        // b + conv(x, w) = conv(x, w, b)
+        bias_epilogue(
+            "conv-bias-epilogue-left",
+            "(add ?b (conv ?x ?w))",
+            "conv",
+            true,
+        ),
+        // matmul(x, w) + b = matmul(x, w, b) for a constant b along the last axis
+        bias_epilogue(
+            "matmul-bias-epilogue",
+            "(add (matmul ?x ?w) ?b)",
+            "matmul",
+            false,
+        ),
+        // b + matmul(x, w) = matmul(x, w, b)
+        bias_epilogue(
+            "matmul-bias-epilogue-left",
+            "(add ?b (matmul ?x ?w))",
+            "matmul",
+            true,
+        ),
+    ]
 }

@@ -118,5 +118,6 @@ pub fn all() -> Vec<Rewrite<ENode, super::lang::Analysis>> {
     r.extend(layout::rules());
     r.extend(weights::rules());
     r.extend(activation::rules());
+    r.extend(contraction::rules());
     r
 }

@@ -10,7 +10,7 @@ use smelt_ir::{Dim, Op};
 
 /// The number of output channels `m` when `shape` broadcasts as one value per channel
 /// along `axis` of a rank-`rank` result (all other dims 1).
-fn per_channel(shape: &[Dim], rank: usize, axis: usize, m: usize) -> bool {
+pub(super) fn per_channel(shape: &[Dim], rank: usize, axis: usize, m: usize) -> bool {
     if shape.len() > rank {
         return false;
     }
