@@ -192,3 +192,63 @@ fn explain_resnet50_folds_batchnorm_into_conv() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().filter(|l| l.contains(" = mul(")).count(), 106);
 }
+
+/// `--no-opt` runs the graph as imported and gives the same outputs.
+#[test]
+fn no_opt_runs_the_imported_graph_with_the_same_results() {
+    let dir = smelt_tests::require_data("models").join("mnist_cnn");
+    let run = |extra: &[&str], out: &Path| {
+        let status = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .arg("run")
+            .arg(dir.join("model.onnx"))
+            .arg("--input")
+            .arg(format!("x={}", dir.join("input_0.npy").display()))
+            .arg("--output")
+            .arg(format!("probs={}", out.display()))
+            .args(extra)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        to_ir_tensor(&read_npy(out).unwrap()).unwrap()
+    };
+    let d = tempdir("no-opt");
+    let optimized = run(&[], &d.join("a.npy"));
+    let plain = run(&["--no-opt"], &d.join("b.npy"));
+    compare(&plain, &optimized, 1e-5, 1e-6).unwrap();
+}
+
+/// `explain --input-shape` binds the symbolic batch dim of the MLP.
+#[test]
+fn explain_binds_symbolic_dims_from_input_shapes() {
+    let model = smelt_tests::require_data("models").join("mlp_784_64_64_1/model.onnx");
+    let show = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .arg("explain")
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        show(&[]),
+        "graph main_graph (%x: f32[N, 784]) {".replace("main_graph", &graph_name(&model))
+    );
+    assert_eq!(
+        show(&["--input-shape", "x=3,784"]),
+        "graph main_graph (%x: f32[3, 784]) {".replace("main_graph", &graph_name(&model))
+    );
+}
+
+fn graph_name(model: &Path) -> String {
+    smelt::Model::load(model).unwrap().info().graph_name
+}
