@@ -199,10 +199,10 @@ fn every_dtype_decodes_from_typed_fields_and_raw_data() {
     for dtype in DType::ALL {
         let t = sample(dtype);
         let from_raw = tensor_from_proto(&tensor_to_proto(&t, "t"), None).unwrap();
-        assert!(from_raw.same_bits(&t), "{dtype} raw: {from_raw:?} vs {t:?}");
+        assert!(from_raw.bits_eq(&t), "{dtype} raw: {from_raw:?} vs {t:?}");
         let from_typed = tensor_from_proto(&typed_proto(&t), None).unwrap();
         assert!(
-            from_typed.same_bits(&t),
+            from_typed.bits_eq(&t),
             "{dtype} typed: {from_typed:?} vs {t:?}"
         );
     }

@@ -13,6 +13,16 @@ fn smelt(args: &[&str]) -> Output {
         .expect("smelt runs")
 }
 
+/// `smelt run MODEL --input x=X`.
+fn run_x(model: &Path, x: &Path) -> Output {
+    smelt(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        &format!("x={}", x.display()),
+    ])
+}
+
 fn workdir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
     let _ = std::fs::remove_dir_all(&d);
@@ -192,15 +202,7 @@ fn unsupported_ops_are_listed_in_one_message() {
     );
     let want = "unsupported ops: FrobnicateA (node 'first', opset 17), FrobnicateB (node 'second', opset 17)";
     assert_error(&smelt(&["inspect", p.to_str().unwrap()]), want);
-    assert_error(
-        &smelt(&[
-            "run",
-            p.to_str().unwrap(),
-            "--input",
-            &format!("x={}", x.display()),
-        ]),
-        want,
-    );
+    assert_error(&run_x(&p, &x), want);
 }
 
 #[test]
@@ -220,12 +222,7 @@ fn wrong_shape_and_dtype_are_refused() {
     let x = d.join("x.npy");
     f32_npy(&x, vec![3, 2], &[0.0; 6]);
     assert_error(
-        &smelt(&[
-            "run",
-            m.to_str().unwrap(),
-            "--input",
-            &format!("x={}", x.display()),
-        ]),
+        &run_x(&m, &x),
         "input 'x': expects shape [2, 3] but got [3, 2]",
     );
     let xi = d.join("xi.npy");
@@ -238,15 +235,7 @@ fn wrong_shape_and_dtype_are_refused() {
         },
     )
     .unwrap();
-    assert_error(
-        &smelt(&[
-            "run",
-            m.to_str().unwrap(),
-            "--input",
-            &format!("x={}", xi.display()),
-        ]),
-        "input 'x': expects dtype f32, got i64",
-    );
+    assert_error(&run_x(&m, &xi), "input 'x': expects dtype f32, got i64");
     assert_error(
         &smelt(&[
             "run",
@@ -349,12 +338,7 @@ fn attribute_of_the_wrong_type_is_refused() {
     });
     let (p, x) = vector_model(&d, vec![n]);
     assert_error(
-        &smelt(&[
-            "run",
-            p.to_str().unwrap(),
-            "--input",
-            &format!("x={}", x.display()),
-        ]),
+        &run_x(&p, &x),
         "node 'sm' (Softmax): attribute 'axis' must be INT, got FLOAT",
     );
 }

@@ -157,17 +157,6 @@ impl Graph {
         p
     }
 
-    /// The constant tensor a value holds, when a `Constant` node defines it.
-    pub fn constant(&self, id: ValueId) -> Option<&crate::tensor::Tensor> {
-        self.nodes
-            .iter()
-            .find(|n| n.outputs.contains(&id))
-            .and_then(|n| match &n.op {
-                Op::Constant(t) => Some(t),
-                _ => None,
-            })
-    }
-
     /// Turns a graph input into a constant with the given value (specialization).
     pub fn bind_input(&mut self, id: ValueId, value: crate::tensor::Tensor) -> Result<()> {
         let pos = self

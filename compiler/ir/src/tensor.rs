@@ -300,13 +300,6 @@ impl Tensor {
             other => each_data!(other, v => v.iter().flat_map(le_bytes).collect()),
         }
     }
-
-    /// Bit-exact equality that treats NaN as equal to NaN (for round-trip tests).
-    pub fn same_bits(&self, other: &Tensor) -> bool {
-        self.shape == other.shape
-            && self.dtype() == other.dtype()
-            && self.to_le_bytes() == other.to_le_bytes()
-    }
 }
 
 /// Little-endian bytes of one element of any storage type.

@@ -179,7 +179,7 @@ proptest! {
             prop_assert_eq!(&a.name, &b.name);
             prop_assert_eq!(&a.inputs, &b.inputs);
             match (&a.op, &b.op) {
-                (Op::Constant(x), Op::Constant(y)) => prop_assert!(x.same_bits(y), "constant changed: {:?} vs {:?}", x, y),
+                (Op::Constant(x), Op::Constant(y)) => prop_assert!(x.bits_eq(y), "constant changed: {:?} vs {:?}", x, y),
                 (x, y) => prop_assert_eq!(x, y),
             }
         }
