@@ -28,11 +28,11 @@ fn int_bounds(d: DType) -> Option<(f64, f64)> {
 
 /// A 1-D per-axis parameter reshaped to broadcast along `axis` of a rank-`rank` tensor.
 fn along_axis(cx: &mut Ctx, n: &Node, v: ValueId, rank: usize) -> Result<ValueId> {
-    if cx.rank(v) != 1 || rank == 0 {
-        return Ok(v);
-    }
     if n.int("block_size", 0)? != 0 {
         return Err(n.err("blocked quantization (block_size) is not supported"));
+    }
+    if cx.rank(v) != 1 || rank == 0 {
+        return Ok(v);
     }
     let axis = cx.axis(n.int("axis", 1)?, rank)?;
     let mut shape = vec![Dim::Fixed(1); rank];
