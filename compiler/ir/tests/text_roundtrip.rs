@@ -47,7 +47,7 @@ fn input_type() -> impl Strategy<Value = TensorType> {
         prop::sample::select(vec!["N", "batch", "seq len", "a+b"])
             .prop_map(|s| Dim::Sym(s.to_string()))
     ];
-    (dtype, prop::collection::vec(dim, 0..4)).prop_map(|(d, s)| TensorType::new(d, s))
+    (dtype, prop::collection::vec(dim, 0..5)).prop_map(|(d, s)| TensorType::new(d, s))
 }
 
 fn special_value(i: i64) -> f64 {
@@ -75,7 +75,7 @@ fn build(inputs: &[TensorType], steps: &[Step]) -> Graph {
         let y = pick(s.b);
         let ty = g.ty(x).clone();
         let rank = ty.rank();
-        let op = match s.kind % 12 {
+        let op = match s.kind % 14 {
             0 => Op::Unary(UnaryOp::ALL[s.a as usize % UnaryOp::ALL.len()]),
             1 => Op::Binary(BinaryOp::ALL[s.b as usize % BinaryOp::ALL.len()]),
             2 => {
@@ -132,6 +132,16 @@ fn build(inputs: &[TensorType], steps: &[Step]) -> Graph {
             10 if rank > 0 => Op::Concat {
                 axis: s.b as usize % rank,
             },
+            12 if rank >= 2 => Op::MatMul {
+                trans_a: s.a % 2 == 0,
+                trans_b: s.b % 2 == 0,
+            },
+            13 if rank == 4 => Op::Conv {
+                strides: vec![1, 1],
+                pads: vec![0, 0, 0, 0],
+                dilations: vec![1, 1],
+                group: 1,
+            },
             11 if rank > 0 => Op::TopK {
                 axis: 0,
                 k: 1,
@@ -142,6 +152,57 @@ fn build(inputs: &[TensorType], steps: &[Step]) -> Graph {
         let operands = match &op {
             Op::Constant(_) => vec![],
             Op::Binary(_) | Op::Concat { .. } => vec![x, y],
+            // A weight shaped to fit, and (sometimes) a bias for the epilogue.
+            Op::MatMul { trans_a, trans_b } => {
+                let k = if *trans_a {
+                    ty.shape[rank - 2].clone()
+                } else {
+                    ty.shape[rank - 1].clone()
+                };
+                let kn = k.fixed().unwrap_or(2);
+                let wshape = if *trans_b { vec![3, kn] } else { vec![kn, 3] };
+                let w = g
+                    .add(
+                        &s.name,
+                        Op::Constant(Tensor::full(ty.dtype, wshape, 0.5).unwrap()),
+                        &[],
+                    )
+                    .unwrap();
+                let mut v = vec![x, w];
+                if s.c % 2 == 0 {
+                    v.push(
+                        g.add(
+                            &s.name,
+                            Op::Constant(Tensor::full(ty.dtype, vec![3], 1.0).unwrap()),
+                            &[],
+                        )
+                        .unwrap(),
+                    );
+                }
+                v
+            }
+            Op::Conv { .. } => {
+                let c = ty.shape[1].fixed().unwrap_or(1);
+                let w = g
+                    .add(
+                        &s.name,
+                        Op::Constant(Tensor::full(ty.dtype, vec![2, c, 1, 1], 0.25).unwrap()),
+                        &[],
+                    )
+                    .unwrap();
+                let mut v = vec![x, w];
+                if s.c % 2 == 0 {
+                    v.push(
+                        g.add(
+                            &s.name,
+                            Op::Constant(Tensor::full(ty.dtype, vec![2], -1.0).unwrap()),
+                            &[],
+                        )
+                        .unwrap(),
+                    );
+                }
+                v
+            }
             Op::Pad { .. } => {
                 let v = g
                     .add(
