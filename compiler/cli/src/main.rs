@@ -57,8 +57,8 @@ enum Command {
     Explain {
         /// The ONNX model file.
         model: PathBuf,
-        /// The stage to print: import (as imported) or opt (after the optimizer).
-        #[arg(long, default_value = "opt", value_parser = ["import", "opt"])]
+        /// The stage to print: import (as imported), opt (after the optimizer) or fuse (the kernels fusion plans).
+        #[arg(long, default_value = "opt", value_parser = ["import", "opt", "fuse"])]
         stage: String,
         /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS")]
@@ -180,18 +180,30 @@ fn explain(
     full_constants: bool,
 ) -> Result<()> {
     let model = Model::load(path)?;
+    let fuse = stage == "fuse";
     let stage = if stage == "import" {
         smelt::Stage::Import
     } else {
         smelt::Stage::Opt
     };
     let e = model.explain(stage, &parse_shapes(input_shapes)?)?;
-    let opts = if full_constants {
-        smelt_ir::text::PrintOptions::full()
+    if fuse {
+        let plan = smelt::smelt_fuse::plan(&e.graph);
+        plan.verify(&e.graph)?;
+        print!("{}", plan.print(&e.graph));
+        println!(
+            "# {} kernels for {} nodes",
+            plan.groups.len(),
+            e.graph.nodes.len()
+        );
     } else {
-        smelt_ir::text::PrintOptions::default()
-    };
-    print!("{}", smelt_ir::text::print_graph(&e.graph, opts));
+        let opts = if full_constants {
+            smelt_ir::text::PrintOptions::full()
+        } else {
+            smelt_ir::text::PrintOptions::default()
+        };
+        print!("{}", smelt_ir::text::print_graph(&e.graph, opts));
+    }
     println!();
     println!("# nodes by op (import -> opt):");
     let ops: std::collections::BTreeSet<&str> =

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use thiserror::Error;
 
+pub use smelt_fuse;
 pub use smelt_ir;
 pub use smelt_onnx;
 pub use smelt_opt;

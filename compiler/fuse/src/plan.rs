@@ -1,0 +1,306 @@
+//! The fusion planner: groups the nodes of a graph into kernels.
+//!
+//! Greedy, in topological order. A loop op (elementwise, broadcast, injective) joins a
+//! producer's group when that group takes it: a loop group always, a reduction or
+//! contraction group when the op is pointwise over the group's iteration domain (an
+//! epilogue). A reduction absorbs the loop group that feeds it (input fusion) and joins
+//! a reduction group over the same rows, so softmax and layer normalization become one
+//! kernel. A contraction or opaque op starts a group. A node joins a group only if no
+//! other group it reads depends on that group, so groups stay acyclic.
+
+use crate::classify::{OpClass, classify};
+use smelt_ir::{Dim, Graph, Op, ValueId};
+use std::collections::{BTreeSet, HashMap};
+use thiserror::Error;
+
+/// Why a plan is invalid (a planner bug; plans of verified graphs are always valid).
+#[derive(Debug, Error, PartialEq)]
+pub enum FusionError {
+    #[error("fusion plan: {0}")]
+    Invalid(String),
+}
+
+/// What kind of kernel a group becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// One loop over the output elements.
+    Loop,
+    /// Row reductions with their producers and pointwise consumers.
+    Reduction,
+    /// A contraction microkernel call with a pointwise epilogue.
+    Contraction,
+    /// One op run on its own.
+    Opaque,
+}
+
+impl GroupKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupKind::Loop => "loop",
+            GroupKind::Reduction => "reduction",
+            GroupKind::Contraction => "contraction",
+            GroupKind::Opaque => "opaque",
+        }
+    }
+}
+
+/// One kernel: its nodes (indices into the graph, in order), the values it reads and
+/// the values others read from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub kind: GroupKind,
+    pub nodes: Vec<usize>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<ValueId>,
+}
+
+/// The groups of a graph, in an order where every group comes after those it reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusionPlan {
+    pub groups: Vec<Group>,
+}
+
+struct Building {
+    kind: GroupKind,
+    nodes: Vec<usize>,
+    /// Every group this one reads from, directly or not.
+    deps: BTreeSet<usize>,
+    /// For reduction groups: the shape of the reduced operand and the reduced axes.
+    rows: Option<(Vec<Dim>, Vec<usize>)>,
+    /// For contraction groups: the shape of the contraction's result.
+    domain: Option<Vec<Dim>>,
+}
+
+fn reduce_axes(op: &Op) -> Vec<usize> {
+    match op {
+        Op::Reduce { axes, .. } => axes.clone(),
+        Op::ArgReduce { axis, .. } => vec![*axis],
+        _ => vec![],
+    }
+}
+
+/// Plans the kernels of `g`.
+pub fn plan(g: &Graph) -> FusionPlan {
+    let mut groups: Vec<Building> = Vec::new();
+    let mut group_of: HashMap<ValueId, usize> = HashMap::new();
+    for (i, node) in g.nodes.iter().enumerate() {
+        let class = classify(g, node);
+        if class == OpClass::Constant {
+            continue;
+        }
+        let operand_groups: BTreeSet<usize> = node
+            .inputs
+            .iter()
+            .filter_map(|v| group_of.get(v).copied())
+            .collect();
+        let out_shape = g.ty(node.outputs[0]).shape.clone();
+        // Can `node` join group `gi` without a cycle (no other operand group depends on it)?
+        let acyclic = |gi: usize, groups: &[Building]| {
+            operand_groups
+                .iter()
+                .all(|&h| h == gi || !groups[h].deps.contains(&gi))
+        };
+        let takes = |b: &Building| -> bool {
+            match (b.kind, class) {
+                (GroupKind::Loop, c) if c.is_loop() => true,
+                (GroupKind::Contraction, c) if c.is_pointwise() => {
+                    b.domain.as_ref() == Some(&out_shape)
+                }
+                (GroupKind::Reduction, c) if c.is_pointwise() => {
+                    b.rows.as_ref().is_some_and(|(shape, axes)| {
+                        let kept: Vec<Dim> = shape
+                            .iter()
+                            .enumerate()
+                            .map(|(a, d)| {
+                                if axes.contains(&a) {
+                                    Dim::Fixed(1)
+                                } else {
+                                    d.clone()
+                                }
+                            })
+                            .collect();
+                        out_shape == *shape || out_shape == kept
+                    })
+                }
+                (GroupKind::Loop, OpClass::Reduction) => {
+                    // Input fusion: the loop computes the reduced operand elementwise.
+                    let operand = &g.ty(node.inputs[0]).shape;
+                    b.nodes.iter().all(|&n| {
+                        g.nodes[n]
+                            .outputs
+                            .iter()
+                            .all(|&o| &g.ty(o).shape == operand)
+                    })
+                }
+                (GroupKind::Reduction, OpClass::Reduction) => {
+                    b.rows.as_ref()
+                        == Some(&(g.ty(node.inputs[0]).shape.clone(), reduce_axes(&node.op)))
+                }
+                _ => false,
+            }
+        };
+        let target = if matches!(class, OpClass::Contraction | OpClass::Opaque) {
+            None
+        } else {
+            operand_groups
+                .iter()
+                .copied()
+                .find(|&gi| takes(&groups[gi]) && acyclic(gi, &groups))
+        };
+        let gi = match target {
+            Some(gi) => gi,
+            None => {
+                groups.push(Building {
+                    kind: match class {
+                        OpClass::Contraction => GroupKind::Contraction,
+                        OpClass::Reduction => GroupKind::Reduction,
+                        OpClass::Opaque => GroupKind::Opaque,
+                        _ => GroupKind::Loop,
+                    },
+                    nodes: vec![],
+                    deps: BTreeSet::new(),
+                    rows: None,
+                    domain: (class == OpClass::Contraction).then(|| out_shape.clone()),
+                });
+                groups.len() - 1
+            }
+        };
+        if class == OpClass::Reduction {
+            let b = &mut groups[gi];
+            b.kind = GroupKind::Reduction;
+            b.rows
+                .get_or_insert_with(|| (g.ty(node.inputs[0]).shape.clone(), reduce_axes(&node.op)));
+        }
+        for h in operand_groups.iter().copied().filter(|&h| h != gi) {
+            let inherited = groups[h].deps.clone();
+            groups[gi].deps.insert(h);
+            groups[gi].deps.extend(inherited);
+        }
+        groups[gi].nodes.push(i);
+        for &o in &node.outputs {
+            group_of.insert(o, gi);
+        }
+    }
+    finish(g, groups, &group_of)
+}
+
+/// Orders the groups so that each follows those it reads, and lists inputs and outputs.
+fn finish(g: &Graph, groups: Vec<Building>, group_of: &HashMap<ValueId, usize>) -> FusionPlan {
+    let n = groups.len();
+    let mut order = Vec::with_capacity(n);
+    let mut placed = vec![false; n];
+    while order.len() < n {
+        // Deps are transitive, so a group is ready once all its deps are placed; the
+        // lowest ready index keeps the order close to the graph's.
+        let next = (0..n)
+            .find(|&i| !placed[i] && groups[i].deps.iter().all(|&d| placed[d]))
+            .expect("group dependencies are acyclic");
+        placed[next] = true;
+        order.push(next);
+    }
+    let graph_outputs: BTreeSet<ValueId> = g.outputs.iter().copied().collect();
+    let mut used_by: HashMap<ValueId, BTreeSet<usize>> = HashMap::new();
+    for (gi, b) in groups.iter().enumerate() {
+        for &ni in &b.nodes {
+            for &v in &g.nodes[ni].inputs {
+                used_by.entry(v).or_default().insert(gi);
+            }
+        }
+    }
+    let groups = order
+        .into_iter()
+        .map(|gi| {
+            let b = &groups[gi];
+            let mut inputs = Vec::new();
+            let mut outputs = Vec::new();
+            for &ni in &b.nodes {
+                for &v in &g.nodes[ni].inputs {
+                    if group_of.get(&v) != Some(&gi) && !inputs.contains(&v) {
+                        inputs.push(v);
+                    }
+                }
+                for &o in &g.nodes[ni].outputs {
+                    let outside = used_by.get(&o).is_some_and(|u| u.iter().any(|&x| x != gi));
+                    if outside || graph_outputs.contains(&o) {
+                        outputs.push(o);
+                    }
+                }
+            }
+            Group {
+                kind: b.kind,
+                nodes: b.nodes.clone(),
+                inputs,
+                outputs,
+            }
+        })
+        .collect();
+    FusionPlan { groups }
+}
+
+impl FusionPlan {
+    /// Checks that every non-constant node is in exactly one group and that each group
+    /// only reads graph inputs, constants and values of earlier groups.
+    pub fn verify(&self, g: &Graph) -> Result<(), FusionError> {
+        let mut seen = vec![false; g.nodes.len()];
+        let mut available: BTreeSet<ValueId> = g.inputs.iter().copied().collect();
+        for n in &g.nodes {
+            if let Op::Constant(_) = n.op {
+                available.insert(n.outputs[0]);
+            }
+        }
+        for (k, grp) in self.groups.iter().enumerate() {
+            for &ni in &grp.nodes {
+                if std::mem::replace(&mut seen[ni], true) {
+                    return Err(FusionError::Invalid(format!("node {ni} is in two groups")));
+                }
+            }
+            for v in &grp.inputs {
+                if !available.contains(v) {
+                    return Err(FusionError::Invalid(format!(
+                        "group {k} reads %{} before it is computed",
+                        g.value(*v).name
+                    )));
+                }
+            }
+            for &ni in &grp.nodes {
+                available.extend(g.nodes[ni].outputs.iter().copied());
+            }
+        }
+        for (ni, n) in g.nodes.iter().enumerate() {
+            if !matches!(n.op, Op::Constant(_)) && !seen[ni] {
+                return Err(FusionError::Invalid(format!(
+                    "node {ni} ({}) is in no group",
+                    n.op.mnemonic()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan as text: one block per group with its ops, inputs and outputs.
+    pub fn print(&self, g: &Graph) -> String {
+        let name = |v: &ValueId| format!("%{}", g.value(*v).name);
+        let mut s = String::new();
+        for (k, grp) in self.groups.iter().enumerate() {
+            let ops: Vec<&str> = grp
+                .nodes
+                .iter()
+                .map(|&n| g.nodes[n].op.mnemonic())
+                .collect();
+            s.push_str(&format!(
+                "group {k} ({}): {}\n",
+                grp.kind.name(),
+                ops.join(", ")
+            ));
+            s.push_str(&format!(
+                "  in: {}\n",
+                grp.inputs.iter().map(name).collect::<Vec<_>>().join(", ")
+            ));
+            s.push_str(&format!(
+                "  out: {}\n",
+                grp.outputs.iter().map(name).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        s
+    }
+}

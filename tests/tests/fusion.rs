@@ -1,0 +1,78 @@
+//! The fusion planner: plans of hand-written graphs (snapshots) and a valid plan for
+//! every optimized classic and light model.
+
+use smelt_ir::text::parse_graph;
+
+#[test]
+fn fusion_files() {
+    let dir = smelt_tests::workspace_root().join("tests/fusion");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "graph"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4);
+    for file in files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let g = parse_graph(&std::fs::read_to_string(&file).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = smelt_fuse::plan(&g);
+        plan.verify(&g).unwrap_or_else(|e| panic!("{name}: {e}"));
+        insta::assert_snapshot!(format!("fusion_{name}"), plan.print(&g));
+    }
+}
+
+#[test]
+fn softmax_and_layernorm_are_one_kernel_each() {
+    for name in ["softmax", "layernorm"] {
+        let path = smelt_tests::workspace_root().join(format!("tests/fusion/{name}.graph"));
+        let g = parse_graph(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let plan = smelt_fuse::plan(&g);
+        assert_eq!(plan.groups.len(), 1, "{name}:\n{}", plan.print(&g));
+        assert_eq!(plan.groups[0].kind, smelt_fuse::GroupKind::Reduction);
+    }
+}
+
+#[test]
+fn every_model_gets_a_valid_plan() {
+    let models = smelt_tests::require_data("models");
+    let mut names: Vec<String> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let model = smelt::Model::load(models.join(&name).join("model.onnx")).unwrap();
+        let e = model
+            .explain(smelt::Stage::Opt, &Default::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan = smelt_fuse::plan(&e.graph);
+        plan.verify(&e.graph)
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let kernels = plan.groups.len();
+        let nodes = e
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| !matches!(n.op, smelt_ir::Op::Constant(_)))
+            .count();
+        assert!(
+            kernels <= nodes,
+            "{name}: {kernels} kernels for {nodes} nodes"
+        );
+        if name == "mnist_cnn" {
+            let text = plan.print(&e.graph);
+            // Conv + bias + ReLU is one contraction group; the softmax at the end is one reduction group.
+            assert_eq!(
+                text.matches("(contraction): conv, max").count(),
+                2,
+                "{text}"
+            );
+            assert!(
+                text.contains("(reduction): reduce_max, sub, exp, reduce_sum, div"),
+                "{text}"
+            );
+        }
+    }
+}
