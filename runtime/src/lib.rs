@@ -1,7 +1,8 @@
-//! smelt's runtime: what a deployed model carries. For now it holds host tensors and
-//! their `.npy` codec; the program format, memory arena, thread pool and kernels
-//! arrive with the CPU back end. It depends on no compiler crate.
+//! smelt's runtime: what a deployed model carries. For now: host tensors, their `.npy`
+//! codec, and the contraction kernels (`kernels`); the program format, memory arena and
+//! thread pool arrive with the CPU back end. It depends on no compiler crate.
 
+pub mod kernels;
 pub mod npy;
 pub mod tensor;
 
