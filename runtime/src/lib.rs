@@ -3,6 +3,7 @@
 //! thread pool arrive with the CPU back end. It depends on no compiler crate.
 
 pub mod kernels;
+pub mod memory;
 pub mod npy;
 pub mod tensor;
 

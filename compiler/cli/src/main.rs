@@ -196,6 +196,18 @@ fn explain(
             plan.groups.len(),
             e.graph.nodes.len()
         );
+        let lives: Vec<_> = plan
+            .buffer_lives(&e.graph)
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        let arena = smelt_runtime::memory::plan_arena(&lives);
+        println!(
+            "# memory plan: {} intermediates in an arena of {} bytes ({} bytes without reuse)",
+            lives.len(),
+            arena.arena_bytes,
+            arena.total_bytes
+        );
     } else {
         let opts = if full_constants {
             smelt_ir::text::PrintOptions::full()

@@ -252,3 +252,37 @@ fn explain_binds_symbolic_dims_from_input_shapes() {
 fn graph_name(model: &Path) -> String {
     smelt::Model::load(model).unwrap().info().graph_name
 }
+
+/// `smelt explain --stage fuse` on ResNet-50: one kernel per conv (with its epilogue)
+/// and a memory plan far below the sum of the intermediates.
+#[test]
+fn explain_fuse_plans_kernels_and_memory() {
+    let model = smelt_tests::require_data("models").join("light_resnet50/model.onnx");
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("explain")
+        .arg(&model)
+        .args(["--stage", "fuse"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let contractions = text
+        .lines()
+        .filter(|l| l.starts_with("group ") && l.contains("(contraction): conv"))
+        .count();
+    assert_eq!(contractions, 53, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("# memory plan: "))
+        .expect("a memory plan line");
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (arena, total) = (numbers[1], numbers[2]);
+    assert!(arena * 2 < total, "no reuse: {line}");
+}

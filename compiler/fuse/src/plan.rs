@@ -304,3 +304,34 @@ impl FusionPlan {
         s
     }
 }
+
+impl FusionPlan {
+    /// The intermediate buffers (group outputs that are not graph outputs) with the
+    /// kernels that write and last read them, for the memory plan.
+    pub fn buffer_lives(&self, g: &Graph) -> Vec<(ValueId, smelt_runtime::memory::BufferLife)> {
+        let graph_outputs: BTreeSet<ValueId> = g.outputs.iter().copied().collect();
+        let mut lives = Vec::new();
+        for (k, grp) in self.groups.iter().enumerate() {
+            for &o in grp.outputs.iter().filter(|o| !graph_outputs.contains(o)) {
+                let last = self
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| h.inputs.contains(&o))
+                    .map(|(j, _)| j)
+                    .max()
+                    .unwrap_or(k);
+                let bytes = g.ty(o).num_elements().unwrap_or(0) * g.ty(o).dtype.size_bytes();
+                lives.push((
+                    o,
+                    smelt_runtime::memory::BufferLife {
+                        bytes,
+                        first: k,
+                        last,
+                    },
+                ));
+            }
+        }
+        lives
+    }
+}
