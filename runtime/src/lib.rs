@@ -1,10 +1,12 @@
-//! smelt's runtime: what a deployed model carries. For now: host tensors, their `.npy`
-//! codec, and the contraction kernels (`kernels`); the program format, memory arena and
-//! thread pool arrive with the CPU back end. It depends on no compiler crate.
+//! smelt's runtime: what a deployed model carries. For now: host tensors and their `.npy`
+//! codec, the contraction kernels (`kernels`), the memory plan (`memory`) and the thread
+//! pool (`pool`); the program format arrives with the CPU back end. It depends on no
+//! compiler crate.
 
 pub mod kernels;
 pub mod memory;
 pub mod npy;
+pub mod pool;
 pub mod tensor;
 
 pub use npy::{NpyError, read_npy, write_npy};

@@ -1,0 +1,248 @@
+//! The thread pool that runs kernels: a fixed set of workers (default: the available
+//! cores) splits a kernel's outer range `[0, n)` into chunks; the calling thread works
+//! too, and `run` returns when every chunk is done.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// The work of one `run`: the range, chunk size, and the body with its lifetime erased.
+struct Job {
+    body: *const (dyn Fn(std::ops::Range<usize>) + Sync),
+    total: usize,
+    chunk: usize,
+    next: AtomicUsize,
+}
+
+// SAFETY: `body` points at a `Sync` closure that `run` keeps alive until every worker
+// has finished with the job (it waits for `active == 0` before returning).
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Claims and runs chunks until none are left; false if the body panicked.
+    fn work(&self) -> bool {
+        loop {
+            let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            if start >= self.total {
+                return true;
+            }
+            let end = (start + self.chunk).min(self.total);
+            // SAFETY: see `unsafe impl Sync for Job`: the closure outlives the job.
+            let body = unsafe { &*self.body };
+            if catch_unwind(AssertUnwindSafe(|| body(start..end))).is_err() {
+                self.next.store(self.total, Ordering::Relaxed);
+                return false;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    job: Option<Arc<Job>>,
+    generation: u64,
+    /// Workers still inside the current job.
+    active: usize,
+    panicked: bool,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    done: Condvar,
+}
+
+/// A fixed pool of worker threads.
+pub struct ThreadPool {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    /// Serializes `run` calls from several threads.
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ThreadPool({} threads)", self.threads())
+    }
+}
+
+impl ThreadPool {
+    /// A pool of `threads` threads in all (the caller counts as one); 0 means the available cores.
+    pub fn new(threads: usize) -> ThreadPool {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let workers = (1..threads)
+            .map(|i| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("smelt-worker-{i}"))
+                    .spawn(move || worker(&shared))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        ThreadPool {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Threads that work on a `run`, the caller included.
+    pub fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `body` over `[0, total)` in chunks of at least `min_chunk`, on every thread,
+    /// and returns when all chunks are done. A panic in `body` is re-raised here.
+    pub fn run(
+        &self,
+        total: usize,
+        min_chunk: usize,
+        body: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    ) {
+        if total == 0 {
+            return;
+        }
+        let chunk = total.div_ceil(self.threads() * 4).max(min_chunk.max(1));
+        if self.workers.is_empty() || chunk >= total {
+            body(0..total);
+            return;
+        }
+        let _serial = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the erased reference is only used while this call waits below.
+        let body: *const (dyn Fn(std::ops::Range<usize>) + Sync) =
+            unsafe { std::mem::transmute(body) };
+        let job = Arc::new(Job {
+            body,
+            total,
+            chunk,
+            next: AtomicUsize::new(0),
+        });
+        {
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.job = Some(job.clone());
+            st.generation += 1;
+            st.active = self.workers.len();
+            st.panicked = false;
+        }
+        self.shared.wake.notify_all();
+        let mine_ok = job.work();
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        while st.active > 0 {
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.job = None;
+        let panicked = st.panicked || !mine_ok;
+        drop(st);
+        if panicked {
+            panic!("a kernel panicked on a worker thread");
+        }
+    }
+}
+
+fn worker(shared: &Shared) {
+    let mut seen = 0u64;
+    loop {
+        let job = {
+            let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            while !st.shutdown && st.generation == seen {
+                st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.shutdown {
+                return;
+            }
+            seen = st.generation;
+            st.job.clone()
+        };
+        let ok = job.as_ref().is_none_or(|j| j.work());
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.panicked |= !ok;
+        st.active -= 1;
+        if st.active == 0 {
+            shared.done.notify_all();
+        }
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown = true;
+        self.shared.wake.notify_all();
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn every_index_runs_exactly_once() {
+        for threads in [1, 2, 3, 8] {
+            let pool = ThreadPool::new(threads);
+            for total in [0, 1, 7, 1000, 100_003] {
+                let hits: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+                pool.run(total, 1, &|r| {
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "threads {threads}, total {total}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn runs_from_several_threads_at_once() {
+        let pool = Arc::new(ThreadPool::new(3));
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let pool = pool.clone();
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        let sum = AtomicU64::new(0);
+                        pool.run(1000, 10, &|r| {
+                            sum.fetch_add(r.map(|i| i as u64 * t).sum(), Ordering::Relaxed);
+                        });
+                        assert_eq!(sum.load(Ordering::Relaxed), t * 999 * 1000 / 2);
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn a_panicking_body_is_reported_and_the_pool_survives() {
+        let pool = ThreadPool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run(100, 1, &|r| assert!(!r.contains(&57), "bad index"))
+        }));
+        assert!(r.is_err());
+        let sum = AtomicU64::new(0);
+        pool.run(100, 1, &|r| {
+            sum.fetch_add(r.len() as u64, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 100);
+    }
+}
