@@ -32,3 +32,31 @@ pub fn require_data(sub: &str) -> PathBuf {
     );
     dir
 }
+
+/// The `.graph` files of `tests/<dir>`, sorted (the file-based tests' cases).
+pub fn graph_files(dir: &str) -> Vec<PathBuf> {
+    let dir = workspace_root().join("tests").join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "graph"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The generated model cases (classic and light models), sorted by name.
+pub fn model_names() -> Vec<String> {
+    let models = require_data("models");
+    let mut names: Vec<String> = std::fs::read_dir(&models)
+        .unwrap_or_else(|e| panic!("{}: {e}", models.display()))
+        .map(|e| {
+            e.expect("readable directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}

@@ -5,13 +5,7 @@ use smelt_ir::text::parse_graph;
 
 #[test]
 fn fusion_files() {
-    let dir = smelt_tests::workspace_root().join("tests/fusion");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "graph"))
-        .collect();
-    files.sort();
+    let files = smelt_tests::graph_files("fusion");
     assert!(files.len() >= 4);
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
@@ -37,11 +31,7 @@ fn softmax_and_layernorm_are_one_kernel_each() {
 #[test]
 fn every_model_gets_a_valid_plan() {
     let models = smelt_tests::require_data("models");
-    let mut names: Vec<String> = std::fs::read_dir(&models)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = smelt_tests::model_names();
     for name in names {
         let model = smelt::Model::load(models.join(&name).join("model.onnx")).unwrap();
         let e = model

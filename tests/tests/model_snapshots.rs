@@ -23,11 +23,7 @@ fn input_shapes(dir: &std::path::Path) -> HashMap<String, Vec<usize>> {
 #[test]
 fn optimized_model_graphs() {
     let models = smelt_tests::require_data("models");
-    let mut names: Vec<String> = std::fs::read_dir(&models)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = smelt_tests::model_names();
     assert_eq!(
         names.len(),
         17,

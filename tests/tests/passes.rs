@@ -25,14 +25,8 @@ fn inputs_for(g: &Graph) -> Option<Vec<Tensor>> {
 
 #[test]
 fn pass_files() {
-    let dir = smelt_tests::workspace_root().join("tests/passes");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "graph"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 6, "pass files missing in {}", dir.display());
+    let files = smelt_tests::graph_files("passes");
+    assert!(files.len() >= 6, "pass files missing");
     for file in files {
         let name = file.file_stem().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(&file).unwrap();

@@ -128,17 +128,7 @@ fn worked_check_is_sigmoid_of_8_and_12() {
 #[test]
 fn explain_resnet50_folds_batchnorm_into_conv() {
     let model = smelt_tests::require_data("models").join("light_resnet50/model.onnx");
-    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("explain")
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = explain(&model, &[]);
     let graph: Vec<&str> = text.lines().take_while(|l| !l.starts_with('#')).collect();
     let count = |op: &str| {
         graph
@@ -183,13 +173,7 @@ fn explain_resnet50_folds_batchnorm_into_conv() {
         );
     }
     // The import stage still shows the decomposed BatchNormalization.
-    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("explain")
-        .arg(&model)
-        .args(["--stage", "import"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = explain(&model, &["--stage", "import"]);
     assert_eq!(text.lines().filter(|l| l.contains(" = mul(")).count(), 106);
 }
 
@@ -222,18 +206,7 @@ fn no_opt_runs_the_imported_graph_with_the_same_results() {
 fn explain_binds_symbolic_dims_from_input_shapes() {
     let model = smelt_tests::require_data("models").join("mlp_784_64_64_1/model.onnx");
     let show = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .arg("explain")
-            .arg(&model)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
+        explain(&model, extra)
             .lines()
             .next()
             .unwrap_or("")
@@ -258,18 +231,7 @@ fn graph_name(model: &Path) -> String {
 #[test]
 fn explain_fuse_plans_kernels_and_memory() {
     let model = smelt_tests::require_data("models").join("light_resnet50/model.onnx");
-    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("explain")
-        .arg(&model)
-        .args(["--stage", "fuse"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = explain(&model, &["--stage", "fuse"]);
     let contractions = text
         .lines()
         .filter(|l| l.starts_with("group ") && l.contains("(contraction): conv"))
@@ -285,4 +247,20 @@ fn explain_fuse_plans_kernels_and_memory() {
         .collect();
     let (arena, total) = (numbers[1], numbers[2]);
     assert!(arena * 2 < total, "no reuse: {line}");
+}
+
+/// `smelt explain MODEL ARGS...`, asserting success; returns stdout.
+fn explain(model: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("explain")
+        .arg(model)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
