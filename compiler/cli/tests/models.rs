@@ -102,19 +102,7 @@ model_tests!(
 fn worked_check_is_sigmoid_of_8_and_12() {
     let dir = smelt_tests::require_data("models").join("worked_check");
     let out_dir = tempdir("worked-check-exact");
-    let status = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("run")
-        .arg(dir.join("model.onnx"))
-        .arg("--input")
-        .arg(format!("x={}", dir.join("input_0.npy").display()))
-        .arg("--output")
-        .arg(format!("y={}", out_dir.join("y.npy").display()))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let y = to_ir_tensor(&read_npy(&out_dir.join("y.npy")).unwrap())
-        .unwrap()
-        .to_f64();
+    let y = run_single(&dir, "x", "y", &out_dir.join("y.npy"), &[]).to_f64();
     let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
     assert_eq!(y.len(), 2);
     assert!(
@@ -181,20 +169,7 @@ fn explain_resnet50_folds_batchnorm_into_conv() {
 #[test]
 fn no_opt_runs_the_imported_graph_with_the_same_results() {
     let dir = smelt_tests::require_data("models").join("mnist_cnn");
-    let run = |extra: &[&str], out: &Path| {
-        let status = Command::new(env!("CARGO_BIN_EXE_smelt"))
-            .arg("run")
-            .arg(dir.join("model.onnx"))
-            .arg("--input")
-            .arg(format!("x={}", dir.join("input_0.npy").display()))
-            .arg("--output")
-            .arg(format!("probs={}", out.display()))
-            .args(extra)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        to_ir_tensor(&read_npy(out).unwrap()).unwrap()
-    };
+    let run = |extra: &[&str], out: &Path| run_single(&dir, "x", "probs", out, extra);
     let d = tempdir("no-opt");
     let optimized = run(&[], &d.join("a.npy"));
     let plain = run(&["--no-opt"], &d.join("b.npy"));
@@ -263,4 +238,27 @@ fn explain(model: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `smelt run` on a generated model case with one input (`input_0.npy`), writing output
+/// `output` to `out`; asserts success and returns the output.
+fn run_single(
+    dir: &Path,
+    input: &str,
+    output: &str,
+    out: &Path,
+    extra: &[&str],
+) -> smelt_ir::Tensor {
+    let status = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("run")
+        .arg(dir.join("model.onnx"))
+        .arg("--input")
+        .arg(format!("{input}={}", dir.join("input_0.npy").display()))
+        .arg("--output")
+        .arg(format!("{output}={}", out.display()))
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    to_ir_tensor(&read_npy(out).unwrap()).unwrap()
 }
