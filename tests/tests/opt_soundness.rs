@@ -105,10 +105,12 @@ fn build(steps: &[Step]) -> Graph {
             }
             5 => {
                 let n: usize = shape.iter().product();
+                // Rank-0 values (full reductions) have no leading axis to keep.
+                let lead = shape.first().copied().unwrap_or(1);
                 let target = if s.b % 2 == 0 {
                     vec![n]
                 } else {
-                    vec![shape[0], n / shape[0].max(1)]
+                    vec![lead, n / lead.max(1)]
                 };
                 (
                     Op::Reshape {
@@ -154,7 +156,7 @@ fn build(steps: &[Step]) -> Graph {
                 let parts: Vec<ValueId> = (0..3)
                     .map(|i| {
                         let wc = g
-                            .add("", Op::Constant(konst(vec![k, 2], s.b + i, None)), &[])
+                            .add("", Op::Constant(konst(vec![k, 2], s.b.wrapping_add(i), None)), &[])
                             .unwrap();
                         g.add("", Op::MATMUL, &[v, wc]).unwrap()
                     })
