@@ -156,7 +156,11 @@ fn build(steps: &[Step]) -> Graph {
                 let parts: Vec<ValueId> = (0..3)
                     .map(|i| {
                         let wc = g
-                            .add("", Op::Constant(konst(vec![k, 2], s.b.wrapping_add(i), None)), &[])
+                            .add(
+                                "",
+                                Op::Constant(konst(vec![k, 2], s.b.wrapping_add(i), None)),
+                                &[],
+                            )
                             .unwrap();
                         g.add("", Op::MATMUL, &[v, wc]).unwrap()
                     })
