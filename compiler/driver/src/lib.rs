@@ -121,14 +121,11 @@ impl Model {
         })?;
         let mut graph = imported.graph;
         let before = graph.op_histogram();
-        let import_graph = graph.clone();
+        // Only the import stage needs the graph as imported; copying it would copy every weight.
+        let import_graph = (stage == Stage::Import).then(|| graph.clone());
         let passes = smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
         let after = graph.op_histogram();
-        let graph = if stage == Stage::Import {
-            import_graph
-        } else {
-            graph
-        };
+        let graph = import_graph.unwrap_or(graph);
         Ok(Explanation {
             graph,
             before,
