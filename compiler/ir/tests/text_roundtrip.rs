@@ -62,6 +62,38 @@ fn special_value(i: i64) -> f64 {
     }
 }
 
+/// Operands of a contraction: `x`, a constant weight of `wshape` filled with `fill`, and,
+/// when given, a constant bias of `channels` values all equal to `value`.
+fn operands(
+    g: &mut Graph,
+    name: &str,
+    x: ValueId,
+    dtype: DType,
+    wshape: Vec<usize>,
+    fill: f64,
+    bias: Option<(usize, f64)>,
+) -> Vec<ValueId> {
+    let w = g
+        .add(
+            name,
+            Op::Constant(Tensor::full(dtype, wshape, fill).unwrap()),
+            &[],
+        )
+        .unwrap();
+    let mut v = vec![x, w];
+    if let Some((channels, value)) = bias {
+        v.push(
+            g.add(
+                name,
+                Op::Constant(Tensor::full(dtype, vec![channels], value).unwrap()),
+                &[],
+            )
+            .unwrap(),
+        );
+    }
+    v
+}
+
 fn build(inputs: &[TensorType], steps: &[Step]) -> Graph {
     let mut g = Graph::new("random graph");
     let mut vals: Vec<ValueId> = inputs
@@ -155,53 +187,33 @@ fn build(inputs: &[TensorType], steps: &[Step]) -> Graph {
             // A weight shaped to fit, and (sometimes) a bias for the epilogue.
             Op::MatMul { trans_a, trans_b } => {
                 let k = if *trans_a {
-                    ty.shape[rank - 2].clone()
+                    &ty.shape[rank - 2]
                 } else {
-                    ty.shape[rank - 1].clone()
+                    &ty.shape[rank - 1]
                 };
                 let kn = k.fixed().unwrap_or(2);
                 let wshape = if *trans_b { vec![3, kn] } else { vec![kn, 3] };
-                let w = g
-                    .add(
-                        &s.name,
-                        Op::Constant(Tensor::full(ty.dtype, wshape, 0.5).unwrap()),
-                        &[],
-                    )
-                    .unwrap();
-                let mut v = vec![x, w];
-                if s.c % 2 == 0 {
-                    v.push(
-                        g.add(
-                            &s.name,
-                            Op::Constant(Tensor::full(ty.dtype, vec![3], 1.0).unwrap()),
-                            &[],
-                        )
-                        .unwrap(),
-                    );
-                }
-                v
+                operands(
+                    &mut g,
+                    &s.name,
+                    x,
+                    ty.dtype,
+                    wshape,
+                    0.5,
+                    (s.c % 2 == 0).then_some((3, 1.0)),
+                )
             }
             Op::Conv { .. } => {
                 let c = ty.shape[1].fixed().unwrap_or(1);
-                let w = g
-                    .add(
-                        &s.name,
-                        Op::Constant(Tensor::full(ty.dtype, vec![2, c, 1, 1], 0.25).unwrap()),
-                        &[],
-                    )
-                    .unwrap();
-                let mut v = vec![x, w];
-                if s.c % 2 == 0 {
-                    v.push(
-                        g.add(
-                            &s.name,
-                            Op::Constant(Tensor::full(ty.dtype, vec![2], -1.0).unwrap()),
-                            &[],
-                        )
-                        .unwrap(),
-                    );
-                }
-                v
+                operands(
+                    &mut g,
+                    &s.name,
+                    x,
+                    ty.dtype,
+                    vec![2, c, 1, 1],
+                    0.25,
+                    (s.c % 2 == 0).then_some((2, -1.0)),
+                )
             }
             Op::Pad { .. } => {
                 let v = g
