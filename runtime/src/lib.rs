@@ -4,9 +4,11 @@
 //! compiler crate.
 
 pub mod kernels;
+pub mod mathfns;
 pub mod memory;
 pub mod npy;
 pub mod pool;
+pub mod program;
 pub mod tensor;
 
 pub use npy::{NpyError, read_npy, write_npy};

@@ -1,4 +1,6 @@
-//! The `smelt` command: inspect and run ONNX models.
+//! The `smelt` command: inspect, run, explain and benchmark ONNX models.
+
+mod bench;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
@@ -46,19 +48,49 @@ enum Command {
         /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS")]
         input_shapes: Vec<String>,
-        /// Run on the reference interpreter (the only engine until the CPU back end lands).
+        /// Run on the reference interpreter instead of compiled code.
         #[arg(long)]
         reference: bool,
         /// Skip the optimizer.
         #[arg(long)]
         no_opt: bool,
+        /// Threads for compiled code (default: every available core).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+    /// Measure a model's latency on compiled code.
+    Bench {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// An input as NAME=FILE.npy (repeatable); inputs not given are generated.
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
+        #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+        input_shapes: Vec<String>,
+        /// Threads (default: every available core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs.
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+        /// Untimed runs first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Also print the time per kernel.
+        #[arg(long)]
+        profile: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the graph at a compilation stage and what the optimizer did.
     Explain {
         /// The ONNX model file.
         model: PathBuf,
-        /// The stage to print: import (as imported), opt (after the optimizer) or fuse (the kernels fusion plans).
-        #[arg(long, default_value = "opt", value_parser = ["import", "opt", "fuse"])]
+        /// The stage to print: import (as imported), opt (after the optimizer), fuse (the
+        /// kernels fusion plans), kernel (their Kernel IR) or clif (their Cranelift IR).
+        #[arg(long, default_value = "opt", value_parser = ["import", "opt", "fuse", "kernel", "clif"])]
         stage: String,
         /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS")]
@@ -69,7 +101,14 @@ enum Command {
     },
 }
 
-fn split_pair<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
+/// Which engine `smelt run` uses.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Reference,
+    Compiled { threads: Option<usize> },
+}
+
+pub(crate) fn split_pair<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
     arg.split_once('=')
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .ok_or_else(|| anyhow!("{flag} expects NAME=VALUE, got '{arg}'"))
@@ -156,7 +195,7 @@ fn inspect(path: &PathBuf) -> Result<()> {
     }
 }
 
-fn parse_shapes(input_shapes: &[String]) -> Result<HashMap<String, Vec<usize>>> {
+pub(crate) fn parse_shapes(input_shapes: &[String]) -> Result<HashMap<String, Vec<usize>>> {
     let mut shapes = HashMap::new();
     for arg in input_shapes {
         let (name, dims) = split_pair(arg, "--input-shape")?;
@@ -180,6 +219,34 @@ fn explain(
     full_constants: bool,
 ) -> Result<()> {
     let model = Model::load(path)?;
+    if stage == "kernel" || stage == "clif" {
+        let compiled = model.compile(&smelt::Options::default())?;
+        let exe = compiled.executable_for_shapes(&parse_shapes(input_shapes)?)?;
+        for k in &exe.kernels {
+            if stage == "kernel" {
+                println!("{}", k.kernel.print());
+            } else {
+                let text = smelt::smelt_cpu::clif(&k.kernel)?;
+                if text.is_empty() {
+                    println!(
+                        "; {}: contraction only, run by the runtime's microkernels\n",
+                        k.kernel.name
+                    );
+                } else {
+                    println!("; {}\n{text}", k.kernel.name);
+                }
+            }
+        }
+        println!(
+            "# {} kernels, {} launches; arena {} bytes ({} bytes of intermediates without reuse); compiled in {:.1} ms",
+            exe.kernels.len(),
+            exe.program.launches.len(),
+            exe.program.arena_bytes,
+            exe.program.intermediate_bytes,
+            exe.compile_time.as_secs_f64() * 1e3
+        );
+        return Ok(());
+    }
     let fuse = stage == "fuse";
     let stage = if stage == "import" {
         smelt::Stage::Import
@@ -256,6 +323,7 @@ fn run(
     output_dir: Option<&PathBuf>,
     input_shapes: &[String],
     optimize: bool,
+    engine: Engine,
 ) -> Result<()> {
     let model = Model::load(path)?;
     let mut feeds = Vec::new();
@@ -269,7 +337,18 @@ fn run(
         let (name, file) = split_pair(arg, "--output")?;
         targets.insert(name.to_string(), PathBuf::from(file));
     }
-    let results = model.run_reference(&feeds, &shapes, &smelt::RunOptions { optimize })?;
+    let results = match engine {
+        Engine::Reference => {
+            model.run_reference(&feeds, &shapes, &smelt::RunOptions { optimize })?
+        }
+        Engine::Compiled { threads } => model
+            .compile(&smelt::Options {
+                threads,
+                optimize,
+                input_shapes: shapes,
+            })?
+            .run_named(&feeds)?,
+    };
     for name in targets.keys() {
         if !results.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
@@ -306,8 +385,9 @@ fn main() -> ExitCode {
             outputs,
             output_dir,
             input_shapes,
-            reference: _,
+            reference,
             no_opt,
+            threads,
         } => run(
             model,
             inputs,
@@ -315,7 +395,31 @@ fn main() -> ExitCode {
             output_dir.as_ref(),
             input_shapes,
             !no_opt,
+            if *reference {
+                Engine::Reference
+            } else {
+                Engine::Compiled { threads: *threads }
+            },
         ),
+        Command::Bench {
+            model,
+            inputs,
+            input_shapes,
+            threads,
+            iterations,
+            warmup,
+            profile,
+            json,
+        } => bench::bench(&bench::BenchArgs {
+            model,
+            inputs,
+            input_shapes,
+            threads: *threads,
+            iterations: *iterations,
+            warmup: *warmup,
+            profile: *profile,
+            json: *json,
+        }),
         Command::Explain {
             model,
             stage,

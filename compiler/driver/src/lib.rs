@@ -1,14 +1,38 @@
 //! smelt: the library users call. Loads a model, specializes it to the inputs at
-//! hand, optimizes it (`smelt-opt`) and runs it. Until the CPU back end lands, running means the reference
-//! interpreter (`smelt_ir::interp`), reached explicitly through [`Model::run_reference`].
+//! hand, optimizes it (`smelt-opt`), fuses and lowers it to Kernel IR (`smelt-fuse`),
+//! generates machine code (`smelt-cpu`) and runs it on the runtime.
+//!
+//! ```
+//! use smelt::{Model, Options, Tensor};
+//! # fn main() -> Result<(), smelt::SmeltError> {
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/examples/lenet5/model.onnx");
+//! let model = Model::load(path)?;
+//! let compiled = model.compile(&Options { threads: Some(2), ..Default::default() })?;
+//! let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 3, 32, 32]));
+//! let outputs = compiled.run(&[Tensor::from(x)])?;
+//! let logits = ndarray::ArrayD::<f32>::try_from(&outputs[0])?;
+//! assert_eq!(logits.shape(), &[1, 10]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The reference interpreter stays reachable through [`Model::run_reference`]; it is the
+//! oracle of the tests, not the product's execution path.
 
-use smelt_ir::{DType, Tensor};
+mod compile;
+mod jit;
+
+pub use compile::Executable;
+pub use jit::{Compiled, Element, Options, Tensor};
+
+use smelt_ir::{DType, Tensor as IrTensor};
 use smelt_onnx::{ImportOptions, Imported, ModelInfo, OnnxModel};
 use smelt_runtime::{ElemType, HostTensor};
 use std::collections::HashMap;
 use std::path::Path;
 use thiserror::Error;
 
+pub use smelt_cpu;
 pub use smelt_fuse;
 pub use smelt_ir;
 pub use smelt_onnx;
@@ -28,6 +52,14 @@ pub enum SmeltError {
     Output { name: String, reason: String },
     #[error(transparent)]
     Opt(#[from] smelt_opt::OptError),
+    #[error(transparent)]
+    Kernel(#[from] smelt_fuse::KernelError),
+    #[error(transparent)]
+    Cpu(#[from] smelt_cpu::CpuError),
+    #[error(transparent)]
+    Runtime(#[from] smelt_runtime::program::RuntimeError),
+    #[error("{0}")]
+    Compile(String),
 }
 
 /// How to run a model.
@@ -63,14 +95,14 @@ pub struct Explanation {
 pub type Result<T, E = SmeltError> = std::result::Result<T, E>;
 
 /// Converts a runtime host tensor into an IR tensor.
-pub fn to_ir_tensor(t: &HostTensor) -> Result<Tensor, String> {
+pub fn to_ir_tensor(t: &HostTensor) -> Result<IrTensor, String> {
     let dtype = DType::from_name(t.elem.name())
         .ok_or_else(|| format!("unknown element type {}", t.elem.name()))?;
-    Tensor::from_le_bytes(dtype, t.shape.clone(), &t.bytes).map_err(|e| e.to_string())
+    IrTensor::from_le_bytes(dtype, t.shape.clone(), &t.bytes).map_err(|e| e.to_string())
 }
 
 /// Converts an IR tensor into a runtime host tensor.
-pub fn to_host_tensor(t: &Tensor) -> HostTensor {
+pub fn to_host_tensor(t: &IrTensor) -> HostTensor {
     HostTensor {
         elem: ElemType::from_name(t.dtype().name()).expect("runtime and IR share dtype names"),
         shape: t.shape().to_vec(),
@@ -200,7 +232,7 @@ impl Model {
             input_shapes: shapes,
             input_values: values.clone(),
         })?;
-        let feeds: Vec<Tensor> = imported
+        let feeds: Vec<IrTensor> = imported
             .input_names
             .iter()
             .map(|n| values[n].clone())

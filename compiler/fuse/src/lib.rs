@@ -1,9 +1,13 @@
-//! Fusion: classifies ops and groups nodes into kernels (elementwise and injective chains
+//! Fusion: classifies ops, groups nodes into kernels (elementwise and injective chains
 //! into one loop, producers and epilogues around reductions, elementwise epilogues into
-//! contractions). The Kernel IR that the back ends lower arrives next (issue 4).
+//! contractions) and lowers each group to Kernel IR, which both back ends consume.
 
 pub mod classify;
+pub mod kernel;
+pub mod lower;
 pub mod plan;
 
 pub use classify::{OpClass, classify};
+pub use kernel::{Body, Kernel, KernelError, LoopNest};
+pub use lower::{LoweredKernel, lower};
 pub use plan::{FusionError, FusionPlan, Group, GroupKind, plan};

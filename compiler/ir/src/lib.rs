@@ -16,6 +16,10 @@ pub mod text;
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, Value, ValueId};
-pub use op::Op;
+pub use infer::slice_bounds;
+pub use op::{
+    ArgKind, BinaryOp, CoordMode, NearestMode, Op, PadMode, PoolKind, ReduceKind, ResizeMode,
+    ScatterReduction, UnaryOp,
+};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Data, Tensor};

@@ -22,6 +22,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Pass>, OptError> {
         "fold" => Box::new(Fold::default()),
         "cse" => Box::new(Cse),
         "dce" => Box::new(Dce),
+        "specialize" => Box::new(Specialize::default()),
         "egraph" => Box::new(crate::egraph::EGraphPass::default()),
         other => {
             // `fold:budget=BYTES` sets the folding budget.

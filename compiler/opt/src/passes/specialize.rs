@@ -7,7 +7,7 @@ use crate::pass::{Pass, PassOutcome};
 use smelt_ir::{DType, Dim, Graph, Op, Tensor};
 use std::collections::HashMap;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Specialize {
     pub bindings: HashMap<String, usize>,
 }

@@ -1,0 +1,152 @@
+//! `smelt bench`: latency of compiled code after warm-up, and a per-kernel profile.
+
+use crate::{parse_shapes, split_pair};
+use anyhow::{Result, bail};
+use smelt::Model;
+use smelt_runtime::{ElemType, HostTensor, read_npy};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct BenchArgs<'a> {
+    pub model: &'a PathBuf,
+    pub inputs: &'a [String],
+    pub input_shapes: &'a [String],
+    pub threads: Option<usize>,
+    pub iterations: usize,
+    pub warmup: usize,
+    pub profile: bool,
+    pub json: bool,
+}
+
+/// A deterministic input: uniform values in [-1, 1) for floats, zeros otherwise.
+fn synthetic(elem: ElemType, shape: Vec<usize>, seed: u64) -> HostTensor {
+    let n: usize = shape.iter().product();
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
+    };
+    let bytes = match elem {
+        ElemType::F32 => (0..n).flat_map(|_| (next() as f32).to_le_bytes()).collect(),
+        ElemType::F64 => (0..n).flat_map(|_| next().to_le_bytes()).collect(),
+        e => vec![0u8; n * e.size_bytes()],
+    };
+    HostTensor { elem, shape, bytes }
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    if a.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let model = Model::load(a.model)?;
+    let shapes = parse_shapes(a.input_shapes)?;
+    let mut feeds = Vec::new();
+    for arg in a.inputs {
+        let (name, file) = split_pair(arg, "--input")?;
+        feeds.push((name.to_string(), read_npy(file.as_ref())?));
+    }
+    for (k, i) in model.info().inputs.iter().enumerate() {
+        if feeds.iter().any(|(n, _)| n == &i.name) {
+            continue;
+        }
+        let shape = match shapes.get(&i.name) {
+            Some(s) => s.clone(),
+            None => i
+                .dims
+                .iter()
+                .map(|d| d.parse::<usize>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "input '{}' has shape [{}]: give --input or --input-shape",
+                        i.name,
+                        i.dims.join(", ")
+                    )
+                })?,
+        };
+        let elem = ElemType::from_name(&i.dtype)
+            .ok_or_else(|| anyhow::anyhow!("input '{}': unsupported dtype {}", i.name, i.dtype))?;
+        feeds.push((i.name.clone(), synthetic(elem, shape, k as u64)));
+    }
+    let compiled = model.compile(&smelt::Options {
+        threads: a.threads,
+        optimize: true,
+        input_shapes: shapes,
+    })?;
+    let exe = compiled.prepare(&feeds)?;
+    let compile_ms = exe.compile_time.as_secs_f64() * 1e3;
+    for _ in 0..a.warmup {
+        compiled.run_named(&feeds)?;
+    }
+    let mut times = Vec::with_capacity(a.iterations);
+    let mut profile: Vec<Duration> = Vec::new();
+    for _ in 0..a.iterations {
+        let start = Instant::now();
+        if a.profile {
+            compiled.run_profiled(&feeds, Some(&mut profile))?;
+        } else {
+            compiled.run_named(&feeds)?;
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    };
+    let (min, max) = (times[0], times[times.len() - 1]);
+    if a.json {
+        println!(
+            "{{\"model\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}}}",
+            a.model.display().to_string(),
+            a.iterations,
+            compiled.threads(),
+            exe.program.arena_bytes
+        );
+    } else {
+        println!("model: {}", a.model.display());
+        println!(
+            "threads: {}, iterations: {} after {} warm-up",
+            compiled.threads(),
+            a.iterations,
+            a.warmup
+        );
+        println!("median: {median:.3} ms  min: {min:.3} ms  max: {max:.3} ms");
+        println!(
+            "compile: {compile_ms:.1} ms; {} kernels, {} launches; arena {} bytes",
+            exe.kernels.len(),
+            exe.program.launches.len(),
+            exe.program.arena_bytes
+        );
+    }
+    if a.profile {
+        let total: f64 = profile.iter().map(Duration::as_secs_f64).sum();
+        let mut rows: Vec<(usize, f64)> = profile
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i, d.as_secs_f64() / a.iterations as f64 * 1e3))
+            .collect();
+        rows.sort_by(|x, y| y.1.total_cmp(&x.1));
+        println!("profile (mean ms per run, by launch, slowest first):");
+        for (i, ms) in rows {
+            let l = &exe.program.launches[i];
+            let kind = match l {
+                smelt_runtime::program::Launch::Loop { .. } => "loop",
+                smelt_runtime::program::Launch::MatMul { .. } => "matmul",
+                smelt_runtime::program::Launch::Conv { .. } => "conv",
+                smelt_runtime::program::Launch::Copy { .. } => "copy",
+            };
+            println!(
+                "  {ms:9.4} ms {:5.1}%  {kind:<6} {}",
+                ms / (total / a.iterations as f64 * 1e3).max(1e-12) * 100.0,
+                l.name()
+            );
+        }
+    }
+    Ok(())
+}

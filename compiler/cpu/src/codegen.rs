@@ -1,0 +1,1321 @@
+//! Lowers one Kernel IR loop nest to a CLIF function `fn(args: *const *mut u8, begin, end)`.
+//!
+//! Every expression is placed in the outermost scope where its variables are defined
+//! (kernel entry, row loop, inner loop, or the body of a reduction), so reductions over a
+//! row are computed once per row and constants once per call. The innermost loop runs
+//! four f32 lanes at a time when every expression in it vectorizes (f32 arithmetic,
+//! contiguous loads and stores, index arithmetic evaluated for lane 0), then a scalar
+//! tail; otherwise it runs scalar.
+
+use crate::CpuError;
+use crate::math::Math;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{
+    AbiParam, FuncRef, Function, InstBuilder, MemFlags, Signature, Type, Value, types,
+};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_module::{Linkage, Module};
+use smelt_fuse::kernel::{Combine, Const, Expr, ExprId, Kernel, LoopNest};
+use smelt_ir::{BinaryOp, DType, UnaryOp};
+use std::collections::HashMap;
+
+/// The kernel ABI: argument pointer table, then the `[begin, end)` outer range.
+pub fn kernel_signature(module: &impl Module) -> Signature {
+    let mut sig = module.make_signature();
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Scope {
+    Entry,
+    Row,
+    Inner,
+    Reduce(u32),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Val {
+    /// A scalar (uniform across lanes in vector mode; lane 0 for index arithmetic).
+    S(Value),
+    /// Four f32 lanes, or an i32x4 mask for bools.
+    V(Value),
+}
+
+const LANES: i64 = 4;
+
+/// Register type of a dtype's values: ints compute in i64, bools in i8, halves in f32.
+fn reg(dtype: DType) -> Type {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => types::F32,
+        DType::F64 => types::F64,
+        DType::Bool => types::I8,
+        _ => types::I64,
+    }
+}
+
+fn mem() -> MemFlags {
+    MemFlags::new().with_notrap()
+}
+
+struct Gen<'a, 'm, M: Module> {
+    b: FunctionBuilder<'a>,
+    module: &'m mut M,
+    helpers: HashMap<String, FuncRef>,
+    kernel: &'a Kernel,
+    nest: &'a LoopNest,
+    place: Vec<Scope>,
+    members: HashMap<Scope, Vec<ExprId>>,
+    stores_at: HashMap<Scope, Vec<usize>>,
+    params: Vec<Value>,
+    row_coords: Vec<Value>,
+    inner: Option<Value>,
+    rvars: HashMap<u32, Value>,
+    frames: Vec<HashMap<ExprId, Val>>,
+    vector: bool,
+    fma: bool,
+}
+
+/// Whether the host has FMA (Cranelift may emit `fma` only then).
+pub fn host_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Builds the CLIF of `nest` (the loop nest of `kernel`) into `func`.
+pub fn build<M: Module>(
+    module: &mut M,
+    func: &mut Function,
+    fctx: &mut FunctionBuilderContext,
+    kernel: &Kernel,
+    nest: &LoopNest,
+    fma: bool,
+) -> Result<(), CpuError> {
+    let rank = nest.domain.len();
+    let live = nest.live();
+    let (place, reduce_of) = placement(nest, &live);
+    let mut members: HashMap<Scope, Vec<ExprId>> = HashMap::new();
+    for (e, &l) in live.iter().enumerate() {
+        if l {
+            members.entry(place[e]).or_default().push(e as ExprId);
+        }
+    }
+    let depth = |s: Scope, place: &[Scope]| scope_depth(s, place, &reduce_of);
+    let mut stores_at: HashMap<Scope, Vec<usize>> = HashMap::new();
+    for (i, s) in nest.stores.iter().enumerate() {
+        let (a, b) = (place[s.index as usize], place[s.value as usize]);
+        let at = if depth(a, &place) >= depth(b, &place) {
+            a
+        } else {
+            b
+        };
+        stores_at.entry(at).or_default().push(i);
+    }
+    let vectorize = vectorizable(nest, &live, &place);
+    let b = FunctionBuilder::new(func, fctx);
+    let mut g = Gen {
+        b,
+        module,
+        helpers: HashMap::new(),
+        kernel,
+        nest,
+        place,
+        members,
+        stores_at,
+        params: vec![],
+        row_coords: vec![],
+        inner: None,
+        rvars: HashMap::new(),
+        frames: vec![HashMap::new()],
+        vector: false,
+        fma,
+    };
+    let entry = g.b.create_block();
+    g.b.append_block_params_for_function_params(entry);
+    g.b.switch_to_block(entry);
+    let args = g.b.block_params(entry).to_vec();
+    let (argv, begin, end) = (args[0], args[1], args[2]);
+    for i in 0..kernel.params.len() {
+        let p = g.b.ins().load(types::I64, mem(), argv, (i * 8) as i32);
+        g.params.push(p);
+    }
+    g.emit_scope(Scope::Entry)?;
+    if rank >= 2 {
+        let inner_dims = &nest.domain[..rank - 1];
+        let (header, body, exit) = (g.b.create_block(), g.b.create_block(), g.b.create_block());
+        let r = g.b.append_block_param(header, types::I64);
+        g.b.ins().jump(header, &[begin.into()]);
+        g.b.switch_to_block(header);
+        let more = g.b.ins().icmp(IntCC::SignedLessThan, r, end);
+        g.b.ins().brif(more, body, &[], exit, &[]);
+        g.b.switch_to_block(body);
+        // Row coordinates from the flat row index.
+        let mut coords = Vec::with_capacity(rank - 1);
+        for k in 0..inner_dims.len() {
+            let stride: usize = inner_dims[k + 1..].iter().product();
+            let q = if stride == 1 {
+                r
+            } else {
+                g.b.ins().udiv_imm(r, stride as i64)
+            };
+            let c = if k == 0 {
+                q
+            } else {
+                g.b.ins().urem_imm(q, inner_dims[k] as i64)
+            };
+            coords.push(c);
+        }
+        g.row_coords = coords;
+        g.frames.push(HashMap::new());
+        g.emit_scope(Scope::Row)?;
+        let zero = g.b.ins().iconst(types::I64, 0);
+        let n = g.b.ins().iconst(types::I64, nest.domain[rank - 1] as i64);
+        g.inner_loop(zero, n, vectorize)?;
+        g.frames.pop();
+        let next = g.b.ins().iadd_imm(r, 1);
+        g.b.ins().jump(header, &[next.into()]);
+        g.b.switch_to_block(exit);
+    } else {
+        g.inner_loop(begin, end, vectorize)?;
+    }
+    g.b.ins().return_(&[]);
+    g.b.seal_all_blocks();
+    g.b.finalize();
+    Ok(())
+}
+
+fn scope_depth(s: Scope, place: &[Scope], reduce_of: &HashMap<u32, ExprId>) -> usize {
+    match s {
+        Scope::Entry => 0,
+        Scope::Row => 1,
+        Scope::Inner => 2,
+        Scope::Reduce(v) => 1 + scope_depth(place[reduce_of[&v] as usize], place, reduce_of),
+    }
+}
+
+/// The scope of every expression, and the reduction expression binding each variable.
+fn placement(nest: &LoopNest, live: &[bool]) -> (Vec<Scope>, HashMap<u32, ExprId>) {
+    let rank = nest.domain.len() as u32;
+    let n = nest.nodes.len();
+    let mut reduce_of = HashMap::new();
+    for (i, node) in nest.nodes.iter().enumerate() {
+        if let Expr::Reduce { var, .. } = node.expr {
+            reduce_of.insert(var, i as ExprId);
+        }
+    }
+    // Free reduction variables and the deepest domain level used, per expression.
+    let mut free: Vec<Vec<u32>> = Vec::with_capacity(n);
+    let mut level: Vec<u8> = Vec::with_capacity(n);
+    for (i, node) in nest.nodes.iter().enumerate() {
+        let ops = nest.operands(i as ExprId);
+        let mut f: Vec<u32> = ops.iter().flat_map(|&o| free[o as usize].clone()).collect();
+        let mut l = ops.iter().map(|&o| level[o as usize]).max().unwrap_or(0);
+        match node.expr {
+            Expr::Var(k) => l = l.max(if k + 1 == rank { 2 } else { 1 }),
+            Expr::RVar(v) => f.push(v),
+            Expr::Reduce { var, .. } => f.retain(|&x| x != var),
+            _ => {}
+        }
+        f.sort_unstable();
+        f.dedup();
+        free.push(f);
+        level.push(l);
+    }
+    // Resolve scopes from the outside in: a reduction's scope must be known before the
+    // scopes nested in it, and reductions come after their bodies, so iterate to a fixpoint.
+    let mut place = vec![Scope::Entry; n];
+    let base = |l: u8| match l {
+        0 => Scope::Entry,
+        1 => Scope::Row,
+        _ => Scope::Inner,
+    };
+    for i in 0..n {
+        place[i] = base(level[i]);
+    }
+    let mut depth_memo: HashMap<u32, usize> = HashMap::new();
+    fn depth_of(
+        v: u32,
+        free: &[Vec<u32>],
+        level: &[u8],
+        reduce_of: &HashMap<u32, ExprId>,
+        memo: &mut HashMap<u32, usize>,
+    ) -> usize {
+        if let Some(&d) = memo.get(&v) {
+            return d;
+        }
+        let r = reduce_of[&v] as usize;
+        let mut d = level[r] as usize;
+        for &w in &free[r] {
+            d = d.max(depth_of(w, free, level, reduce_of, memo));
+        }
+        let d = d + 1;
+        memo.insert(v, d);
+        d
+    }
+    for i in 0..n {
+        if !live[i] && !matches!(nest.nodes[i].expr, Expr::RVar(_)) {
+            continue;
+        }
+        let mut best = place[i];
+        let mut best_depth = level[i] as usize;
+        for &v in &free[i] {
+            let d = depth_of(v, &free, &level, &reduce_of, &mut depth_memo);
+            if d > best_depth {
+                best_depth = d;
+                best = Scope::Reduce(v);
+            }
+        }
+        place[i] = best;
+    }
+    (place, reduce_of)
+}
+
+/// The coefficient of the innermost domain variable in an index expression, if affine.
+fn inner_coef(nest: &LoopNest, e: ExprId, memo: &mut HashMap<ExprId, Option<i64>>) -> Option<i64> {
+    if let Some(&c) = memo.get(&e) {
+        return c;
+    }
+    let rank = nest.domain.len() as u32;
+    let node = nest.node(e);
+    let c = match node.expr {
+        Expr::Var(k) => Some(i64::from(k + 1 == rank)),
+        Expr::RVar(_) | Expr::Const(_) => Some(0),
+        Expr::Binary(BinaryOp::Add, a, b) => {
+            Some(inner_coef(nest, a, memo)? + inner_coef(nest, b, memo)?)
+        }
+        Expr::Binary(BinaryOp::Sub, a, b) => {
+            Some(inner_coef(nest, a, memo)? - inner_coef(nest, b, memo)?)
+        }
+        Expr::Binary(BinaryOp::Mul, a, b) if node.dtype == DType::I64 => {
+            let (ca, cb) = (inner_coef(nest, a, memo)?, inner_coef(nest, b, memo)?);
+            let konst = |x: ExprId| match nest.node(x).expr {
+                Expr::Const(Const::Int(v)) => Some(v),
+                _ => None,
+            };
+            match (ca, cb) {
+                (0, 0) => Some(0),
+                (0, _) => konst(a).map(|k| k * cb),
+                (_, 0) => konst(b).map(|k| k * ca),
+                _ => None,
+            }
+        }
+        _ => {
+            let ops = nest.operands(e);
+            let mut all_zero = true;
+            for o in ops {
+                if inner_coef(nest, o, memo) != Some(0) {
+                    all_zero = false;
+                }
+            }
+            all_zero.then_some(0)
+        }
+    };
+    memo.insert(e, c);
+    c
+}
+
+/// Whether the inner loop of `nest` can run four f32 lanes at a time.
+fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
+    if nest.inner_extent() < LANES as usize && nest.domain.len() >= 2 {
+        return false;
+    }
+    let mut coef = HashMap::new();
+    let inner = |e: ExprId| place[e as usize] == Scope::Inner;
+    // Users of each expression inside the inner loop.
+    let mut users: Vec<Vec<ExprId>> = vec![vec![]; nest.nodes.len()];
+    for (i, &l) in live.iter().enumerate() {
+        if l {
+            for o in nest.operands(i as ExprId) {
+                users[o as usize].push(i as ExprId);
+            }
+        }
+    }
+    for s in &nest.stores {
+        if !inner(s.value) && !inner(s.index) {
+            continue;
+        }
+        if nest.node(s.value).dtype != DType::F32 || inner_coef(nest, s.index, &mut coef) != Some(1)
+        {
+            return false;
+        }
+    }
+    let mut index_only = vec![false; nest.nodes.len()];
+    for e in (0..nest.nodes.len()).rev() {
+        let id = e as ExprId;
+        if !live[e] || !inner(id) {
+            continue;
+        }
+        let node = nest.node(id);
+        let ok = match (node.dtype, node.expr) {
+            (DType::I64, _) => {
+                let only = users[e].iter().all(|&u| match nest.node(u).expr {
+                    Expr::Load { index, .. } => index == id && nest.node(u).dtype == DType::F32,
+                    _ => index_only[u as usize],
+                });
+                let is_store_index = nest.stores.iter().any(|s| s.index == id);
+                let used_as_data = nest.stores.iter().any(|s| s.value == id);
+                index_only[e] = (only || is_store_index) && !used_as_data;
+                index_only[e] && !matches!(node.expr, Expr::Reduce { .. } | Expr::Load { .. })
+            }
+            (DType::F32, Expr::Load { index, .. }) => inner_coef(nest, index, &mut coef) == Some(1),
+            (DType::F32, Expr::Unary(op, _)) => matches!(
+                op,
+                UnaryOp::Neg
+                    | UnaryOp::Abs
+                    | UnaryOp::Exp
+                    | UnaryOp::Log
+                    | UnaryOp::Sqrt
+                    | UnaryOp::Reciprocal
+                    | UnaryOp::Tanh
+                    | UnaryOp::Sigmoid
+                    | UnaryOp::Erf
+                    | UnaryOp::Floor
+                    | UnaryOp::Ceil
+                    | UnaryOp::Round
+            ),
+            (DType::F32, Expr::Binary(op, _, _)) => matches!(
+                op,
+                BinaryOp::Add
+                    | BinaryOp::Sub
+                    | BinaryOp::Mul
+                    | BinaryOp::Div
+                    | BinaryOp::Max
+                    | BinaryOp::Min
+            ),
+            (DType::F32, Expr::Select(..)) => true,
+            (DType::Bool, Expr::Binary(op, a, _)) if op.is_comparison() => {
+                nest.node(a).dtype == DType::F32
+            }
+            (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
+                nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
+            }
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+impl<M: Module> Gen<'_, '_, M> {
+    fn get(&self, e: ExprId) -> Val {
+        for f in self.frames.iter().rev() {
+            if let Some(&v) = f.get(&e) {
+                return v;
+            }
+        }
+        panic!("expression e{e} used before it was emitted (placement bug)")
+    }
+
+    fn scalar(&self, e: ExprId) -> Value {
+        match self.get(e) {
+            Val::S(v) => v,
+            Val::V(_) => panic!("e{e} is a vector where a scalar is needed"),
+        }
+    }
+
+    /// `e` as lanes: vectors as they are, uniform scalars splatted.
+    fn lanes(&mut self, e: ExprId) -> Value {
+        match self.get(e) {
+            Val::V(v) => v,
+            Val::S(s) => {
+                if self.nest.node(e).dtype == DType::Bool {
+                    let t = self.b.ins().iconst(types::I32, -1);
+                    let f = self.b.ins().iconst(types::I32, 0);
+                    let m = self.b.ins().select(s, t, f);
+                    self.b.ins().splat(types::I32X4, m)
+                } else {
+                    self.b.ins().splat(types::F32X4, s)
+                }
+            }
+        }
+    }
+
+    fn set(&mut self, e: ExprId, v: Val) {
+        self.frames.last_mut().expect("a frame").insert(e, v);
+    }
+
+    fn helper(&mut self, name: &str, params: &[Type], ret: Type) -> Result<FuncRef, CpuError> {
+        if let Some(&f) = self.helpers.get(name) {
+            return Ok(f);
+        }
+        let mut sig = self.module.make_signature();
+        for &p in params {
+            sig.params.push(AbiParam::new(p));
+        }
+        sig.returns.push(AbiParam::new(ret));
+        let id = self
+            .module
+            .declare_function(name, Linkage::Import, &sig)
+            .map_err(|e| CpuError::Codegen(format!("declaring {name}: {e}")))?;
+        let f = self.module.declare_func_in_func(id, self.b.func);
+        self.helpers.insert(name.to_string(), f);
+        Ok(f)
+    }
+
+    fn call(&mut self, name: &str, args: &[Value], ret: Type) -> Result<Value, CpuError> {
+        let params: Vec<Type> = args
+            .iter()
+            .map(|&a| self.b.func.dfg.value_type(a))
+            .collect();
+        let f = self.helper(name, &params, ret)?;
+        let inst = self.b.ins().call(f, args);
+        Ok(self.b.inst_results(inst)[0])
+    }
+
+    fn emit_scope(&mut self, scope: Scope) -> Result<(), CpuError> {
+        let exprs = self.members.get(&scope).cloned().unwrap_or_default();
+        for e in exprs {
+            if matches!(self.nest.node(e).expr, Expr::Reduce { .. }) {
+                self.emit_reduce(e)?;
+            } else {
+                self.emit_op(e)?;
+            }
+        }
+        let stores = self.stores_at.get(&scope).cloned().unwrap_or_default();
+        for i in stores {
+            self.emit_store(i)?;
+        }
+        Ok(())
+    }
+
+    fn inner_loop(&mut self, lo: Value, hi: Value, vectorize: bool) -> Result<(), CpuError> {
+        let mut start = lo;
+        if vectorize {
+            let (header, body, exit) = (
+                self.b.create_block(),
+                self.b.create_block(),
+                self.b.create_block(),
+            );
+            let i = self.b.append_block_param(header, types::I64);
+            let done = self.b.append_block_param(exit, types::I64);
+            self.b.ins().jump(header, &[lo.into()]);
+            self.b.switch_to_block(header);
+            let last = self.b.ins().iadd_imm(i, LANES);
+            let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi);
+            self.b.ins().brif(more, body, &[], exit, &[i.into()]);
+            self.b.switch_to_block(body);
+            self.inner = Some(i);
+            self.vector = true;
+            self.frames.push(HashMap::new());
+            self.emit_scope(Scope::Inner)?;
+            self.frames.pop();
+            self.vector = false;
+            self.b.ins().jump(header, &[last.into()]);
+            self.b.switch_to_block(exit);
+            start = done;
+        }
+        let (header, body, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let i = self.b.append_block_param(header, types::I64);
+        self.b.ins().jump(header, &[start.into()]);
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
+        self.b.ins().brif(more, body, &[], exit, &[]);
+        self.b.switch_to_block(body);
+        self.inner = Some(i);
+        self.frames.push(HashMap::new());
+        self.emit_scope(Scope::Inner)?;
+        self.frames.pop();
+        let next = self.b.ins().iadd_imm(i, 1);
+        self.b.ins().jump(header, &[next.into()]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    fn emit_reduce(&mut self, e: ExprId) -> Result<(), CpuError> {
+        let Expr::Reduce {
+            combine,
+            extent,
+            var,
+            body,
+        } = self.nest.node(e).expr
+        else {
+            unreachable!("emit_reduce of a reduction")
+        };
+        let dtype = self.nest.node(body).dtype;
+        let ty = reg(dtype);
+        let arg = matches!(combine, Combine::ArgMax { .. } | Combine::ArgMin { .. });
+        let init = self.identity(combine, dtype);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let (header, bb, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let i = self.b.append_block_param(header, types::I64);
+        let acc = self.b.append_block_param(header, ty);
+        let best = self.b.append_block_param(header, types::I64);
+        let out_acc = self.b.append_block_param(exit, ty);
+        let out_best = self.b.append_block_param(exit, types::I64);
+        self.b
+            .ins()
+            .jump(header, &[zero.into(), init.into(), zero.into()]);
+        self.b.switch_to_block(header);
+        let more = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
+        self.b
+            .ins()
+            .brif(more, bb, &[], exit, &[acc.into(), best.into()]);
+        self.b.switch_to_block(bb);
+        self.rvars.insert(var, i);
+        let was_vector = self.vector;
+        // Reductions never vectorize (see `vectorizable`), so their bodies are scalar.
+        self.vector = false;
+        self.frames.push(HashMap::new());
+        self.emit_scope(Scope::Reduce(var))?;
+        let x = self.scalar(body);
+        self.frames.pop();
+        self.vector = was_vector;
+        let (acc2, best2) = if arg {
+            let better = self.arg_better(combine, dtype, x, acc);
+            let a = self.b.ins().select(better, x, acc);
+            let bi = self.b.ins().select(better, i, best);
+            (a, bi)
+        } else {
+            (self.combine(combine, dtype, acc, x), best)
+        };
+        let next = self.b.ins().iadd_imm(i, 1);
+        self.b
+            .ins()
+            .jump(header, &[next.into(), acc2.into(), best2.into()]);
+        self.b.switch_to_block(exit);
+        let result = if arg {
+            out_best
+        } else {
+            let r = self.wrap(out_acc, dtype);
+            self.round_half(r, dtype)?
+        };
+        self.set(e, Val::S(result));
+        Ok(())
+    }
+
+    fn identity(&mut self, combine: Combine, dtype: DType) -> Value {
+        let ty = reg(dtype);
+        let float = |b: &mut FunctionBuilder, v: f64| {
+            if ty == types::F64 {
+                b.ins().f64const(v)
+            } else {
+                b.ins().f32const(v as f32)
+            }
+        };
+        let unsigned = dtype.is_unsigned_int() || dtype == DType::Bool;
+        let (lowest, highest): (i64, i64) = if unsigned {
+            (0, -1)
+        } else {
+            (i64::MIN, i64::MAX)
+        };
+        let int = |b: &mut FunctionBuilder, v: i64| {
+            b.ins()
+                .iconst(ty, if ty == types::I8 { v & 0xff } else { v })
+        };
+        let is_float = ty == types::F32 || ty == types::F64;
+        match (combine, is_float) {
+            (Combine::Sum, true) => float(&mut self.b, 0.0),
+            (Combine::Sum, false) => int(&mut self.b, 0),
+            (Combine::Prod, true) => float(&mut self.b, 1.0),
+            (Combine::Prod, false) => int(&mut self.b, 1),
+            (Combine::Max | Combine::ArgMax { .. }, true) => float(&mut self.b, f64::NEG_INFINITY),
+            (Combine::Max | Combine::ArgMax { .. }, false) => int(&mut self.b, lowest),
+            (Combine::Min | Combine::ArgMin { .. }, true) => float(&mut self.b, f64::INFINITY),
+            (Combine::Min | Combine::ArgMin { .. }, false) => int(&mut self.b, highest),
+        }
+    }
+
+    fn combine(&mut self, combine: Combine, dtype: DType, acc: Value, x: Value) -> Value {
+        let float = dtype.is_float();
+        let unsigned = dtype.is_unsigned_int() || dtype == DType::Bool;
+        let b = &mut self.b;
+        match (combine, float) {
+            (Combine::Sum, true) => b.ins().fadd(acc, x),
+            (Combine::Sum, false) => b.ins().iadd(acc, x),
+            (Combine::Prod, true) => b.ins().fmul(acc, x),
+            (Combine::Prod, false) => b.ins().imul(acc, x),
+            (Combine::Max, true) => b.ins().fmax(acc, x),
+            (Combine::Min, true) => b.ins().fmin(acc, x),
+            (Combine::Max, false) if unsigned => b.ins().umax(acc, x),
+            (Combine::Max, false) => b.ins().smax(acc, x),
+            (Combine::Min, false) if unsigned => b.ins().umin(acc, x),
+            (Combine::Min, false) => b.ins().smin(acc, x),
+            _ => unreachable!("arg reductions combine through arg_better"),
+        }
+    }
+
+    /// Whether `x` replaces the current best of an arg reduction.
+    fn arg_better(&mut self, combine: Combine, dtype: DType, x: Value, best: Value) -> Value {
+        let unsigned = dtype.is_unsigned_int() || dtype == DType::Bool;
+        let (max, last) = match combine {
+            Combine::ArgMax { last } => (true, last),
+            Combine::ArgMin { last } => (false, last),
+            _ => unreachable!("only arg reductions"),
+        };
+        if dtype.is_float() {
+            let cc = match (max, last) {
+                (true, false) => FloatCC::GreaterThan,
+                (true, true) => FloatCC::GreaterThanOrEqual,
+                (false, false) => FloatCC::LessThan,
+                (false, true) => FloatCC::LessThanOrEqual,
+            };
+            self.b.ins().fcmp(cc, x, best)
+        } else {
+            let cc = match (max, last, unsigned) {
+                (true, false, false) => IntCC::SignedGreaterThan,
+                (true, true, false) => IntCC::SignedGreaterThanOrEqual,
+                (false, false, false) => IntCC::SignedLessThan,
+                (false, true, false) => IntCC::SignedLessThanOrEqual,
+                (true, false, true) => IntCC::UnsignedGreaterThan,
+                (true, true, true) => IntCC::UnsignedGreaterThanOrEqual,
+                (false, false, true) => IntCC::UnsignedLessThan,
+                (false, true, true) => IntCC::UnsignedLessThanOrEqual,
+            };
+            self.b.ins().icmp(cc, x, best)
+        }
+    }
+
+    /// Wraps an i64 register to the range of `dtype` (two's complement, as a cast does).
+    fn wrap(&mut self, v: Value, dtype: DType) -> Value {
+        let narrow = match dtype {
+            DType::I8 | DType::U8 => types::I8,
+            DType::I16 | DType::U16 => types::I16,
+            DType::I32 | DType::U32 => types::I32,
+            _ => return v,
+        };
+        let r = self.b.ins().ireduce(narrow, v);
+        if dtype.is_unsigned_int() {
+            self.b.ins().uextend(types::I64, r)
+        } else {
+            self.b.ins().sextend(types::I64, r)
+        }
+    }
+
+    fn round_half(&mut self, v: Value, dtype: DType) -> Result<Value, CpuError> {
+        match dtype {
+            DType::F16 => self.call("smelt_rt_round_f16", &[v], types::F32),
+            DType::BF16 => self.call("smelt_rt_round_bf16", &[v], types::F32),
+            _ => Ok(v),
+        }
+    }
+
+    fn address(&mut self, param: u32, index: Value) -> (Value, DType) {
+        let p = &self.kernel.params[param as usize];
+        let (dtype, len) = (p.dtype, p.len().max(1) as i64);
+        // Clamp (unsigned, so negatives clamp too) to keep every load in bounds.
+        let max = self.b.ins().iconst(types::I64, len - 1);
+        let idx = self.b.ins().umin(index, max);
+        let scaled = self.b.ins().imul_imm(idx, dtype.size_bytes() as i64);
+        (
+            self.b.ins().iadd(self.params[param as usize], scaled),
+            dtype,
+        )
+    }
+
+    fn load_scalar(&mut self, param: u32, index: Value) -> Result<Value, CpuError> {
+        let (addr, dtype) = self.address(param, index);
+        let f = mem();
+        let b = &mut self.b;
+        Ok(match dtype {
+            DType::F32 => b.ins().load(types::F32, f, addr, 0),
+            DType::F64 => b.ins().load(types::F64, f, addr, 0),
+            DType::I8 => b.ins().sload8(types::I64, f, addr, 0),
+            DType::U8 => b.ins().uload8(types::I64, f, addr, 0),
+            DType::Bool => b.ins().load(types::I8, f, addr, 0),
+            DType::I16 => b.ins().sload16(types::I64, f, addr, 0),
+            DType::U16 => b.ins().uload16(types::I64, f, addr, 0),
+            DType::I32 => b.ins().sload32(f, addr, 0),
+            DType::U32 => b.ins().uload32(f, addr, 0),
+            DType::I64 | DType::U64 => b.ins().load(types::I64, f, addr, 0),
+            DType::F16 | DType::BF16 => {
+                let bits = b.ins().uload16(types::I32, f, addr, 0);
+                let name = if dtype == DType::F16 {
+                    "smelt_rt_f16_to_f32"
+                } else {
+                    "smelt_rt_bf16_to_f32"
+                };
+                self.call(name, &[bits], types::F32)?
+            }
+        })
+    }
+
+    fn emit_store(&mut self, i: usize) -> Result<(), CpuError> {
+        let s = self.nest.stores[i];
+        let p = &self.kernel.params[s.param as usize];
+        let dtype = p.dtype;
+        if self.vector {
+            let base = self.scalar(s.index);
+            let v = self.lanes(s.value);
+            let scaled = self.b.ins().imul_imm(base, 4);
+            let addr = self.b.ins().iadd(self.params[s.param as usize], scaled);
+            self.b.ins().store(mem(), v, addr, 0);
+            return Ok(());
+        }
+        let index = self.scalar(s.index);
+        let v = match self.get(s.value) {
+            Val::S(v) => v,
+            Val::V(_) => unreachable!("vector values only in vector mode"),
+        };
+        let (addr, _) = self.address(s.param, index);
+        let f = mem();
+        match dtype {
+            DType::F32 | DType::F64 | DType::Bool | DType::I64 | DType::U64 => {
+                self.b.ins().store(f, v, addr, 0);
+            }
+            DType::I8 | DType::U8 => {
+                self.b.ins().istore8(f, v, addr, 0);
+            }
+            DType::I16 | DType::U16 => {
+                self.b.ins().istore16(f, v, addr, 0);
+            }
+            DType::I32 | DType::U32 => {
+                self.b.ins().istore32(f, v, addr, 0);
+            }
+            DType::F16 | DType::BF16 => {
+                let name = if dtype == DType::F16 {
+                    "smelt_rt_f32_to_f16"
+                } else {
+                    "smelt_rt_f32_to_bf16"
+                };
+                let bits = self.call(name, &[v], types::I32)?;
+                self.b.ins().istore16(f, bits, addr, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_op(&mut self, e: ExprId) -> Result<(), CpuError> {
+        let node = *self.nest.node(e);
+        if self.vector && self.place[e as usize] == Scope::Inner && node.dtype != DType::I64 {
+            let v = self.emit_vector(e)?;
+            self.set(e, Val::V(v));
+            return Ok(());
+        }
+        let v = self.emit_scalar(e)?;
+        self.set(e, Val::S(v));
+        Ok(())
+    }
+
+    fn emit_vector(&mut self, e: ExprId) -> Result<Value, CpuError> {
+        let node = *self.nest.node(e);
+        let m = Math {
+            ty: types::F32X4,
+            fma: self.fma,
+        };
+        Ok(match node.expr {
+            Expr::Load { param, index } => {
+                let base = self.scalar(index);
+                self.vector_load(param, base)?
+            }
+            Expr::Unary(op, a) => {
+                let x = self.lanes(a);
+                let b = &mut self.b;
+                match op {
+                    UnaryOp::Neg => b.ins().fneg(x),
+                    UnaryOp::Abs => b.ins().fabs(x),
+                    UnaryOp::Sqrt => b.ins().sqrt(x),
+                    UnaryOp::Floor => b.ins().floor(x),
+                    UnaryOp::Ceil => b.ins().ceil(x),
+                    UnaryOp::Round => b.ins().nearest(x),
+                    UnaryOp::Reciprocal => {
+                        let one = m.f(b, 1.0);
+                        b.ins().fdiv(one, x)
+                    }
+                    UnaryOp::Exp => m.exp(b, x),
+                    UnaryOp::Log => m.log(b, x),
+                    UnaryOp::Tanh => m.tanh(b, x),
+                    UnaryOp::Sigmoid => m.sigmoid(b, x),
+                    UnaryOp::Erf => m.erf(b, x),
+                    _ => unreachable!("vectorizable() admits these unary ops only"),
+                }
+            }
+            Expr::Binary(op, a, c) => {
+                let (x, y) = (self.lanes(a), self.lanes(c));
+                let b = &mut self.b;
+                match op {
+                    BinaryOp::Add => b.ins().fadd(x, y),
+                    BinaryOp::Sub => b.ins().fsub(x, y),
+                    BinaryOp::Mul => b.ins().fmul(x, y),
+                    BinaryOp::Div => b.ins().fdiv(x, y),
+                    BinaryOp::Max => b.ins().fmax(x, y),
+                    BinaryOp::Min => b.ins().fmin(x, y),
+                    BinaryOp::And => b.ins().band(x, y),
+                    BinaryOp::Or => b.ins().bor(x, y),
+                    cmp => b.ins().fcmp(float_cc(cmp), x, y),
+                }
+            }
+            Expr::Select(c, a, d) => {
+                let (x, y) = (self.lanes(a), self.lanes(d));
+                match self.get(c) {
+                    Val::S(s) => self.b.ins().select(s, x, y),
+                    Val::V(mask) => {
+                        let mask = self.b.ins().bitcast(
+                            types::F32X4,
+                            MemFlags::new()
+                                .with_endianness(cranelift_codegen::ir::Endianness::Little),
+                            mask,
+                        );
+                        self.b.ins().bitselect(mask, x, y)
+                    }
+                }
+            }
+            _ => unreachable!("vectorizable() admits no other expressions"),
+        })
+    }
+
+    /// Four contiguous f32 from `base`, falling back to clamped lane loads at the edges.
+    fn vector_load(&mut self, param: u32, base: Value) -> Result<Value, CpuError> {
+        let len = self.kernel.params[param as usize].len() as i64;
+        let ptr = self.params[param as usize];
+        let (fast, slow, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let out = self.b.append_block_param(join, types::F32X4);
+        let ge0 = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedGreaterThanOrEqual, base, 0);
+        let fits = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedLessThanOrEqual, base, len - LANES);
+        let ok = self.b.ins().band(ge0, fits);
+        self.b.ins().brif(ok, fast, &[], slow, &[]);
+        self.b.switch_to_block(fast);
+        let scaled = self.b.ins().imul_imm(base, 4);
+        let addr = self.b.ins().iadd(ptr, scaled);
+        let v = self.b.ins().load(types::F32X4, mem(), addr, 0);
+        self.b.ins().jump(join, &[v.into()]);
+        self.b.switch_to_block(slow);
+        let zero = self.b.ins().f32const(0.0);
+        let mut acc = self.b.ins().splat(types::F32X4, zero);
+        for lane in 0..LANES {
+            let idx = self.b.ins().iadd_imm(base, lane);
+            let x = self.load_scalar(param, idx)?;
+            acc = self.b.ins().insertlane(acc, x, lane as u8);
+        }
+        self.b.ins().jump(join, &[acc.into()]);
+        self.b.switch_to_block(join);
+        Ok(out)
+    }
+
+    fn emit_scalar(&mut self, e: ExprId) -> Result<Value, CpuError> {
+        let node = *self.nest.node(e);
+        let dtype = node.dtype;
+        let rank = self.nest.domain.len() as u32;
+        Ok(match node.expr {
+            Expr::Var(k) => {
+                if k + 1 == rank {
+                    self.inner.expect("inner variable inside the inner loop")
+                } else {
+                    self.row_coords[k as usize]
+                }
+            }
+            Expr::RVar(v) => self.rvars[&v],
+            Expr::Const(c) => match reg(dtype) {
+                t if t == types::F32 => self.b.ins().f32const(c.as_f64() as f32),
+                t if t == types::F64 => self.b.ins().f64const(c.as_f64()),
+                t if t == types::I8 => self.b.ins().iconst(types::I8, (c.as_i64() != 0) as i64),
+                _ => self.b.ins().iconst(types::I64, c.as_i64()),
+            },
+            Expr::Load { param, index } => {
+                let idx = self.scalar(index);
+                self.load_scalar(param, idx)?
+            }
+            Expr::Unary(op, a) => {
+                let x = self.scalar(a);
+                let src = self.nest.node(a).dtype;
+                self.unary(op, src, x)?
+            }
+            Expr::Binary(op, a, c) => {
+                let (x, y) = (self.scalar(a), self.scalar(c));
+                let src = self.nest.node(a).dtype;
+                self.binary(op, src, dtype, x, y)?
+            }
+            Expr::Select(c, a, d) => {
+                let (cv, x, y) = (self.scalar(c), self.scalar(a), self.scalar(d));
+                self.b.ins().select(cv, x, y)
+            }
+            Expr::Cast(a) => {
+                let x = self.scalar(a);
+                let src = self.nest.node(a).dtype;
+                self.cast(x, src, dtype)?
+            }
+            Expr::Reduce { .. } => unreachable!("reductions are emitted by emit_reduce"),
+        })
+    }
+
+    fn unary(&mut self, op: UnaryOp, dtype: DType, x: Value) -> Result<Value, CpuError> {
+        if dtype == DType::Bool {
+            return Ok(match op {
+                UnaryOp::Not | UnaryOp::BitNot => self.b.ins().bxor_imm(x, 1),
+                _ => x,
+            });
+        }
+        if !dtype.is_float() {
+            let unsigned = dtype.is_unsigned_int();
+            let b = &mut self.b;
+            let v = match op {
+                UnaryOp::Neg => b.ins().ineg(x),
+                UnaryOp::Abs if unsigned => x,
+                UnaryOp::Abs => b.ins().iabs(x),
+                UnaryOp::Sign if unsigned => {
+                    let nz = b.ins().icmp_imm(IntCC::NotEqual, x, 0);
+                    b.ins().uextend(types::I64, nz)
+                }
+                UnaryOp::Sign => {
+                    let pos = b.ins().icmp_imm(IntCC::SignedGreaterThan, x, 0);
+                    let neg = b.ins().icmp_imm(IntCC::SignedLessThan, x, 0);
+                    let p = b.ins().uextend(types::I64, pos);
+                    let n = b.ins().uextend(types::I64, neg);
+                    b.ins().isub(p, n)
+                }
+                UnaryOp::Not => {
+                    let z = b.ins().icmp_imm(IntCC::Equal, x, 0);
+                    b.ins().uextend(types::I64, z)
+                }
+                UnaryOp::BitNot => b.ins().bnot(x),
+                _ => {
+                    return Err(CpuError::Unsupported(format!(
+                        "{} of {}",
+                        op.name(),
+                        dtype.name()
+                    )));
+                }
+            };
+            return Ok(self.wrap(v, dtype));
+        }
+        let ty = reg(dtype);
+        let f32_math = ty == types::F32;
+        let m = Math {
+            ty: types::F32,
+            fma: self.fma,
+        };
+        let suffix = if f32_math { "f32" } else { "f64" };
+        let fconst = |b: &mut FunctionBuilder, v: f64| {
+            if f32_math {
+                b.ins().f32const(v as f32)
+            } else {
+                b.ins().f64const(v)
+            }
+        };
+        let v = match op {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Abs => self.b.ins().fabs(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Floor => self.b.ins().floor(x),
+            UnaryOp::Ceil => self.b.ins().ceil(x),
+            UnaryOp::Round => self.b.ins().nearest(x),
+            UnaryOp::Reciprocal => {
+                let one = fconst(&mut self.b, 1.0);
+                self.b.ins().fdiv(one, x)
+            }
+            UnaryOp::Exp if f32_math => m.exp(&mut self.b, x),
+            UnaryOp::Log if f32_math => m.log(&mut self.b, x),
+            UnaryOp::Tanh if f32_math => m.tanh(&mut self.b, x),
+            UnaryOp::Sigmoid if f32_math && dtype == DType::F32 => m.sigmoid(&mut self.b, x),
+            UnaryOp::Erf if f32_math => m.erf(&mut self.b, x),
+            UnaryOp::Sign => {
+                let (one, neg, zero) = (
+                    fconst(&mut self.b, 1.0),
+                    fconst(&mut self.b, -1.0),
+                    fconst(&mut self.b, 0.0),
+                );
+                let pos = self.b.ins().fcmp(FloatCC::GreaterThan, x, zero);
+                let lt = self.b.ins().fcmp(FloatCC::LessThan, x, zero);
+                let t = self.b.ins().select(lt, neg, x);
+                self.b.ins().select(pos, one, t)
+            }
+            UnaryOp::IsNan => return Ok(self.b.ins().fcmp(FloatCC::Unordered, x, x)),
+            UnaryOp::IsInf => {
+                let a = self.b.ins().fabs(x);
+                let inf = fconst(&mut self.b, f64::INFINITY);
+                return Ok(self.b.ins().fcmp(FloatCC::Equal, a, inf));
+            }
+            UnaryOp::Not | UnaryOp::BitNot => {
+                return Err(CpuError::Unsupported(format!(
+                    "{} of {}",
+                    op.name(),
+                    dtype.name()
+                )));
+            }
+            other => {
+                let name = format!("smelt_rt_{}_{suffix}", other.name());
+                self.call(&name, &[x], ty)?
+            }
+        };
+        self.round_half(v, dtype)
+    }
+
+    fn binary(
+        &mut self,
+        op: BinaryOp,
+        src: DType,
+        out: DType,
+        x: Value,
+        y: Value,
+    ) -> Result<Value, CpuError> {
+        if src.is_float() {
+            let ty = reg(src);
+            let suffix = if ty == types::F32 { "f32" } else { "f64" };
+            let v = match op {
+                BinaryOp::Add => self.b.ins().fadd(x, y),
+                BinaryOp::Sub => self.b.ins().fsub(x, y),
+                BinaryOp::Mul => self.b.ins().fmul(x, y),
+                BinaryOp::Div => self.b.ins().fdiv(x, y),
+                BinaryOp::Max => self.b.ins().fmax(x, y),
+                BinaryOp::Min => self.b.ins().fmin(x, y),
+                BinaryOp::Pow => self.call(&format!("smelt_rt_pow_{suffix}"), &[x, y], ty)?,
+                BinaryOp::Rem => self.call(&format!("smelt_rt_fmod_{suffix}"), &[x, y], ty)?,
+                BinaryOp::Mod => {
+                    let r = self.call(&format!("smelt_rt_fmod_{suffix}"), &[x, y], ty)?;
+                    let zero = if ty == types::F32 {
+                        self.b.ins().f32const(0.0)
+                    } else {
+                        self.b.ins().f64const(0.0)
+                    };
+                    let nz = self.b.ins().fcmp(FloatCC::NotEqual, r, zero);
+                    let rneg = self.b.ins().fcmp(FloatCC::LessThan, r, zero);
+                    let yneg = self.b.ins().fcmp(FloatCC::LessThan, y, zero);
+                    let differ = self.b.ins().bxor(rneg, yneg);
+                    let fix = self.b.ins().band(nz, differ);
+                    let shifted = self.b.ins().fadd(r, y);
+                    self.b.ins().select(fix, shifted, r)
+                }
+                c if c.is_comparison() => return Ok(self.b.ins().fcmp(float_cc(c), x, y)),
+                _ => {
+                    return Err(CpuError::Unsupported(format!(
+                        "{} of {}",
+                        op.name(),
+                        src.name()
+                    )));
+                }
+            };
+            return self.round_half(v, out);
+        }
+        if src == DType::Bool {
+            let b = &mut self.b;
+            return Ok(match op {
+                BinaryOp::And | BinaryOp::BitAnd => b.ins().band(x, y),
+                BinaryOp::Or | BinaryOp::BitOr => b.ins().bor(x, y),
+                BinaryOp::Xor | BinaryOp::BitXor => b.ins().bxor(x, y),
+                c if c.is_comparison() => b.ins().icmp(int_cc(c, true), x, y),
+                BinaryOp::Max => b.ins().umax(x, y),
+                BinaryOp::Min => b.ins().umin(x, y),
+                _ => {
+                    return Err(CpuError::Unsupported(format!("{} of bool", op.name())));
+                }
+            });
+        }
+        let unsigned = src.is_unsigned_int();
+        if op == BinaryOp::Pow {
+            let v = self.call("smelt_rt_pow_i64", &[x, y], types::I64)?;
+            return Ok(self.wrap(v, out));
+        }
+        let b = &mut self.b;
+        let zero = b.ins().iconst(types::I64, 0);
+        let one = b.ins().iconst(types::I64, 1);
+        let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
+        // Divisors of 0 (and -1, whose MIN / -1 traps) are replaced before dividing.
+        let y_neg1 = b.ins().icmp_imm(IntCC::Equal, y, -1);
+        let v = match op {
+            BinaryOp::Add => b.ins().iadd(x, y),
+            BinaryOp::Sub => b.ins().isub(x, y),
+            BinaryOp::Mul => b.ins().imul(x, y),
+            BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod if unsigned => {
+                let safe = b.ins().select(y_zero, one, y);
+                let r = if op == BinaryOp::Div {
+                    b.ins().udiv(x, safe)
+                } else {
+                    b.ins().urem(x, safe)
+                };
+                b.ins().select(y_zero, zero, r)
+            }
+            BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod => {
+                let special = b.ins().bor(y_zero, y_neg1);
+                let safe = b.ins().select(special, one, y);
+                let r = match op {
+                    BinaryOp::Div => {
+                        let q = b.ins().sdiv(x, safe);
+                        let neg = b.ins().ineg(x);
+                        b.ins().select(y_neg1, neg, q)
+                    }
+                    BinaryOp::Rem => {
+                        let r = b.ins().srem(x, safe);
+                        b.ins().select(y_neg1, zero, r)
+                    }
+                    _ => {
+                        let r = b.ins().srem(x, safe);
+                        let r = b.ins().select(y_neg1, zero, r);
+                        let nz = b.ins().icmp_imm(IntCC::NotEqual, r, 0);
+                        let rneg = b.ins().icmp_imm(IntCC::SignedLessThan, r, 0);
+                        let yneg = b.ins().icmp_imm(IntCC::SignedLessThan, y, 0);
+                        let differ = b.ins().bxor(rneg, yneg);
+                        let fix = b.ins().band(nz, differ);
+                        let shifted = b.ins().iadd(r, y);
+                        b.ins().select(fix, shifted, r)
+                    }
+                };
+                b.ins().select(y_zero, zero, r)
+            }
+            BinaryOp::Max if unsigned => b.ins().umax(x, y),
+            BinaryOp::Max => b.ins().smax(x, y),
+            BinaryOp::Min if unsigned => b.ins().umin(x, y),
+            BinaryOp::Min => b.ins().smin(x, y),
+            BinaryOp::BitAnd => b.ins().band(x, y),
+            BinaryOp::BitOr => b.ins().bor(x, y),
+            BinaryOp::BitXor => b.ins().bxor(x, y),
+            BinaryOp::Shl | BinaryOp::Shr => {
+                let big = b.ins().icmp_imm(IntCC::UnsignedGreaterThanOrEqual, y, 64);
+                if op == BinaryOp::Shl || unsigned {
+                    let s = if op == BinaryOp::Shl {
+                        b.ins().ishl(x, y)
+                    } else {
+                        b.ins().ushr(x, y)
+                    };
+                    b.ins().select(big, zero, s)
+                } else {
+                    let sixty3 = b.ins().iconst(types::I64, 63);
+                    let amt = b.ins().select(big, sixty3, y);
+                    b.ins().sshr(x, amt)
+                }
+            }
+            BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => {
+                let xa = b.ins().icmp_imm(IntCC::NotEqual, x, 0);
+                let ya = b.ins().icmp_imm(IntCC::NotEqual, y, 0);
+                return Ok(match op {
+                    BinaryOp::And => b.ins().band(xa, ya),
+                    BinaryOp::Or => b.ins().bor(xa, ya),
+                    _ => b.ins().bxor(xa, ya),
+                });
+            }
+            c => return Ok(b.ins().icmp(int_cc(c, unsigned), x, y)),
+        };
+        Ok(self.wrap(v, out))
+    }
+
+    fn cast(&mut self, x: Value, src: DType, dst: DType) -> Result<Value, CpuError> {
+        if src == dst {
+            return Ok(x);
+        }
+        let (st, dt) = (reg(src), reg(dst));
+        let b = &mut self.b;
+        if src.is_float() {
+            if dst.is_float() {
+                let v = if st == dt {
+                    x
+                } else if dt == types::F64 {
+                    b.ins().fpromote(types::F64, x)
+                } else {
+                    b.ins().fdemote(types::F32, x)
+                };
+                return self.round_half(v, dst);
+            }
+            if dst == DType::Bool {
+                let zero = if st == types::F32 {
+                    b.ins().f32const(0.0)
+                } else {
+                    b.ins().f64const(0.0)
+                };
+                return Ok(b.ins().fcmp(FloatCC::NotEqual, x, zero));
+            }
+            let wide = if st == types::F32 {
+                b.ins().fpromote(types::F64, x)
+            } else {
+                x
+            };
+            if dst == DType::U64 {
+                return Ok(b.ins().fcvt_to_uint_sat(types::I64, wide));
+            }
+            if dst.is_unsigned_int() {
+                let v = b.ins().fcvt_to_uint_sat(types::I64, wide);
+                let max = b.ins().iconst(types::I64, unsigned_max(dst));
+                return Ok(b.ins().umin(v, max));
+            }
+            let v = b.ins().fcvt_to_sint_sat(types::I64, wide);
+            let (lo, hi) = signed_range(dst);
+            let lo = b.ins().iconst(types::I64, lo);
+            let hi = b.ins().iconst(types::I64, hi);
+            let v = b.ins().smax(v, lo);
+            return Ok(b.ins().smin(v, hi));
+        }
+        // Integer or bool source, as i64.
+        let (wide, unsigned) = if src == DType::Bool {
+            (b.ins().uextend(types::I64, x), true)
+        } else {
+            (x, src.is_unsigned_int())
+        };
+        if dst == DType::Bool {
+            return Ok(b.ins().icmp_imm(IntCC::NotEqual, wide, 0));
+        }
+        if dst.is_float() {
+            let ft = if dt == types::F64 {
+                types::F64
+            } else {
+                types::F32
+            };
+            let v = if unsigned {
+                b.ins().fcvt_from_uint(ft, wide)
+            } else {
+                b.ins().fcvt_from_sint(ft, wide)
+            };
+            return self.round_half(v, dst);
+        }
+        Ok(self.wrap(wide, dst))
+    }
+}
+
+fn unsigned_max(d: DType) -> i64 {
+    match d {
+        DType::U8 => u8::MAX as i64,
+        DType::U16 => u16::MAX as i64,
+        DType::U32 => u32::MAX as i64,
+        _ => -1,
+    }
+}
+
+fn signed_range(d: DType) -> (i64, i64) {
+    match d {
+        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
+fn float_cc(op: BinaryOp) -> FloatCC {
+    match op {
+        BinaryOp::Equal => FloatCC::Equal,
+        BinaryOp::Less => FloatCC::LessThan,
+        BinaryOp::LessEqual => FloatCC::LessThanOrEqual,
+        BinaryOp::Greater => FloatCC::GreaterThan,
+        _ => FloatCC::GreaterThanOrEqual,
+    }
+}
+
+fn int_cc(op: BinaryOp, unsigned: bool) -> IntCC {
+    match (op, unsigned) {
+        (BinaryOp::Equal, _) => IntCC::Equal,
+        (BinaryOp::Less, false) => IntCC::SignedLessThan,
+        (BinaryOp::LessEqual, false) => IntCC::SignedLessThanOrEqual,
+        (BinaryOp::Greater, false) => IntCC::SignedGreaterThan,
+        (BinaryOp::GreaterEqual, false) => IntCC::SignedGreaterThanOrEqual,
+        (BinaryOp::Less, true) => IntCC::UnsignedLessThan,
+        (BinaryOp::LessEqual, true) => IntCC::UnsignedLessThanOrEqual,
+        (BinaryOp::Greater, true) => IntCC::UnsignedGreaterThan,
+        _ => IntCC::UnsignedGreaterThanOrEqual,
+    }
+}

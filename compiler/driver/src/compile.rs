@@ -1,0 +1,319 @@
+//! The compile pipeline of one shape signature: optimize, plan fusion, lower to Kernel
+//! IR, generate code, and assemble the runtime `Program` (buffers, memory plan, launches).
+
+use crate::SmeltError;
+use smelt_fuse::kernel::{Body, Contraction, Role};
+use smelt_fuse::{FusionPlan, LoweredKernel};
+use smelt_ir::{Graph, Op, ValueId};
+use smelt_runtime::kernels::ConvGeometry;
+use smelt_runtime::memory::{BufferLife, plan_arena};
+use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
+use smelt_runtime::{ElemType, HostTensor};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Everything compiled for one shape signature.
+#[derive(Debug)]
+pub struct Executable {
+    /// The optimized, shape-specialized graph.
+    pub graph: Graph,
+    pub plan: FusionPlan,
+    pub kernels: Vec<LoweredKernel>,
+    pub program: Program,
+    pub(crate) code: smelt_cpu::JitCode,
+    /// ONNX names of the program's inputs and outputs, in order.
+    pub input_names: Vec<String>,
+    pub output_names: Vec<String>,
+    /// Wall time from import to runnable code.
+    pub compile_time: Duration,
+}
+
+impl Executable {
+    /// Runs the program; `profile` collects the time of every launch.
+    pub fn run(
+        &self,
+        pool: &smelt_runtime::pool::ThreadPool,
+        inputs: &[HostTensor],
+        profile: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<HostTensor>, SmeltError> {
+        let functions = |i: usize| self.code.function(i);
+        Ok(self.program.run(&functions, pool, inputs, profile)?)
+    }
+
+    /// The Kernel IR of every kernel, in launch order.
+    pub fn kernel_text(&self) -> String {
+        self.kernels
+            .iter()
+            .map(|k| k.kernel.print())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn elem(g: &Graph, v: ValueId) -> ElemType {
+    ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
+}
+
+/// Compiles an optimized graph whose shapes are all fixed.
+pub(crate) fn compile_graph(
+    graph: Graph,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+    started: Instant,
+) -> Result<Executable, SmeltError> {
+    for (i, v) in graph.values.iter().enumerate() {
+        if v.ty.fixed_shape().is_none() {
+            let _ = i;
+            return Err(SmeltError::Compile(format!(
+                "value {} has shape {} after specialization; give its inputs' shapes (--input-shape)",
+                v.name, v.ty
+            )));
+        }
+    }
+    let plan = smelt_fuse::plan(&graph);
+    let kernels = smelt_fuse::lower(&graph, &plan)?;
+    let refs: Vec<&smelt_fuse::Kernel> = kernels.iter().map(|k| &k.kernel).collect();
+    let code = smelt_cpu::compile(&refs)?;
+    let program = build_program(&graph, &input_names, &output_names, &kernels)?;
+    Ok(Executable {
+        graph,
+        plan,
+        kernels,
+        program,
+        code,
+        input_names,
+        output_names,
+        compile_time: started.elapsed(),
+    })
+}
+
+/// Elements of work per chunk that make a thread hand-off worth it.
+const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
+
+fn build_program(
+    g: &Graph,
+    input_names: &[String],
+    output_names: &[String],
+    kernels: &[LoweredKernel],
+) -> Result<Program, SmeltError> {
+    let producer = g.producers();
+    let mut buffers: Vec<BufferSpec> = Vec::new();
+    let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
+    let mut constants: Vec<u8> = Vec::new();
+    let shape = |v: ValueId| g.ty(v).fixed_shape().expect("shapes are fixed");
+    let mut buffer =
+        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut Vec<u8>| -> usize {
+            if let Some(&b) = buffer_of.get(&v) {
+                return b;
+            }
+            let place = match producer[v.index()].map(|n| &g.nodes[n].op) {
+                Some(Op::Constant(t)) => {
+                    let offset = constants.len().div_ceil(64) * 64;
+                    constants.resize(offset, 0);
+                    constants.extend_from_slice(&t.to_le_bytes());
+                    Place::Constant { offset }
+                }
+                _ => Place::Arena { offset: 0 },
+            };
+            buffers.push(BufferSpec {
+                name: g.value(v).name.clone(),
+                elem: elem(g, v),
+                shape: shape(v),
+                place,
+            });
+            buffer_of.insert(v, buffers.len() - 1);
+            buffers.len() - 1
+        };
+    let inputs: Vec<IoSpec> = g
+        .inputs
+        .iter()
+        .zip(input_names)
+        .map(|(&v, name)| IoSpec {
+            name: name.clone(),
+            elem: elem(g, v),
+            shape: shape(v),
+            buffer: buffer(v, &mut buffers, &mut constants),
+        })
+        .collect();
+    let mut launches = Vec::new();
+    for (ki, lk) in kernels.iter().enumerate() {
+        let k = &lk.kernel;
+        let args: Vec<usize> = lk
+            .args
+            .iter()
+            .map(|&v| buffer(v, &mut buffers, &mut constants))
+            .collect();
+        let loop_launch = |nest: &smelt_fuse::LoopNest| Launch::Loop {
+            name: k.name.clone(),
+            function: ki,
+            args: args.clone(),
+            extent: nest.outer_extent(),
+            min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1)),
+        };
+        match &k.body {
+            Body::Loop(nest) => launches.push(loop_launch(nest)),
+            Body::Contraction {
+                call,
+                out,
+                epilogue,
+            } => {
+                let p = |i: u32| args[i as usize];
+                let pshape = |i: u32| k.params[i as usize].shape.clone();
+                launches.push(match call {
+                    Contraction::MatMul {
+                        a,
+                        b,
+                        bias,
+                        trans_a,
+                        trans_b,
+                    } => {
+                        // Rank-1 operands are matrices of one row (a) or one column (b).
+                        let mut a_shape = pshape(*a);
+                        if a_shape.len() == 1 {
+                            a_shape.insert(0, 1);
+                        }
+                        let mut b_shape = pshape(*b);
+                        if b_shape.len() == 1 {
+                            b_shape.push(1);
+                        }
+                        Launch::MatMul {
+                            name: k.name.clone(),
+                            a: p(*a),
+                            b: p(*b),
+                            bias: bias.map(p),
+                            out: p(*out),
+                            a_shape,
+                            b_shape,
+                            trans_a: *trans_a,
+                            trans_b: *trans_b,
+                        }
+                    }
+                    Contraction::Conv {
+                        x,
+                        w,
+                        bias,
+                        strides,
+                        pads,
+                        dilations,
+                        group,
+                    } => Launch::Conv {
+                        name: k.name.clone(),
+                        x: p(*x),
+                        w: p(*w),
+                        bias: bias.map(p),
+                        out: p(*out),
+                        geometry: ConvGeometry {
+                            input: pshape(*x),
+                            weight: pshape(*w),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                            dilations: dilations.clone(),
+                            group: *group,
+                        },
+                    },
+                });
+                if let Some(nest) = epilogue {
+                    launches.push(loop_launch(nest));
+                }
+            }
+        }
+        debug_assert!(
+            k.params
+                .iter()
+                .all(|p| p.role == Role::Input || p.role == Role::Output)
+        );
+    }
+    // Outputs: values that are inputs or constants are copied into a buffer of their own,
+    // so that every output is written by the program.
+    let mut outputs = Vec::new();
+    for (&v, name) in g.outputs.iter().zip(output_names) {
+        let src = buffer(v, &mut buffers, &mut constants);
+        let computed =
+            !g.inputs.contains(&v) && !matches!(buffers[src].place, Place::Constant { .. });
+        let buf = if computed {
+            src
+        } else {
+            buffers.push(BufferSpec {
+                name: format!("{name}.copy"),
+                ..buffers[src].clone()
+            });
+            let dst = buffers.len() - 1;
+            buffers[dst].place = Place::Arena { offset: 0 };
+            launches.push(Launch::Copy {
+                name: format!("copy_{name}"),
+                src,
+                dst,
+            });
+            dst
+        };
+        outputs.push(IoSpec {
+            name: name.clone(),
+            elem: elem(g, v),
+            shape: shape(v),
+            buffer: buf,
+        });
+    }
+    // Lifetimes over launches, then one arena for every non-constant buffer.
+    let n = launches.len();
+    let mut first = vec![usize::MAX; buffers.len()];
+    let mut last = vec![0usize; buffers.len()];
+    let mut touch = |b: usize, i: usize| {
+        first[b] = first[b].min(i);
+        last[b] = last[b].max(i);
+    };
+    for (i, l) in launches.iter().enumerate() {
+        let used: Vec<usize> = match l {
+            Launch::Loop { args, .. } => args.clone(),
+            Launch::MatMul {
+                a, b, bias, out, ..
+            } => [Some(*a), Some(*b), *bias, Some(*out)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Launch::Conv {
+                x, w, bias, out, ..
+            } => [Some(*x), Some(*w), *bias, Some(*out)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Launch::Copy { src, dst, .. } => vec![*src, *dst],
+        };
+        for b in used {
+            touch(b, i);
+        }
+    }
+    for io in &inputs {
+        touch(io.buffer, 0);
+    }
+    for io in &outputs {
+        touch(io.buffer, n);
+    }
+    let arena_ids: Vec<usize> = (0..buffers.len())
+        .filter(|&b| matches!(buffers[b].place, Place::Arena { .. }))
+        .collect();
+    let lives: Vec<BufferLife> = arena_ids
+        .iter()
+        .map(|&b| BufferLife {
+            bytes: buffers[b].bytes(),
+            first: if first[b] == usize::MAX { 0 } else { first[b] },
+            last: last[b].max(if first[b] == usize::MAX { 0 } else { first[b] }),
+        })
+        .collect();
+    let plan = plan_arena(&lives);
+    for (j, &b) in arena_ids.iter().enumerate() {
+        buffers[b].place = Place::Arena {
+            offset: plan.offsets[j],
+        };
+    }
+    let mut blob = AlignedBytes::zeroed(constants.len());
+    blob.as_mut_slice().copy_from_slice(&constants);
+    Ok(Program {
+        inputs,
+        outputs,
+        buffers,
+        constants: blob,
+        arena_bytes: plan.arena_bytes,
+        intermediate_bytes: plan.total_bytes,
+        launches,
+    })
+}

@@ -1,0 +1,478 @@
+//! Kernel IR: one kernel as either back end sees it (buffers, iteration domain, scalar DAG).
+//!
+//! A kernel has typed buffer parameters (row-major, contiguous, so strides follow from
+//! shapes) and a body. A loop body iterates a domain (the shape of its outputs) and stores
+//! scalar expressions. Expressions form a hash-consed DAG: loads take a flat element index
+//! that is itself an expression (affine in the domain variables, with div/mod for
+//! reshapes and broadcasts, or data-dependent for gathers); reductions accumulate a body
+//! over a reduction variable. Every expression is pure and total (loads clamp their index,
+//! integer division by zero gives 0), so a back end may evaluate any of them eagerly and
+//! hoist them out of loops whose variables they do not use.
+//!
+//! Back ends run a loop body over an outer range `[begin, end)`: the rows (the domain
+//! without its innermost axis) for rank >= 2, the elements for rank 1.
+
+use smelt_ir::{BinaryOp, DType, UnaryOp};
+use std::fmt::Write as _;
+use thiserror::Error;
+
+/// Why a kernel cannot be built or is malformed.
+#[derive(Debug, Error, PartialEq)]
+pub enum KernelError {
+    #[error("kernel {kernel}: {reason}")]
+    Invalid { kernel: String, reason: String },
+    #[error("node {node} ({op}): {reason}")]
+    Unsupported {
+        node: String,
+        op: String,
+        reason: String,
+    },
+}
+
+/// Index of an expression in its loop body.
+pub type ExprId = u32;
+
+/// Whether the kernel reads or writes a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Input,
+    Output,
+}
+
+/// A buffer parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// The graph value it holds.
+    pub value: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub role: Role,
+}
+
+impl Param {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Row-major element strides.
+    pub fn strides(&self) -> Vec<usize> {
+        contiguous_strides(&self.shape)
+    }
+}
+
+pub fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for a in (0..shape.len().saturating_sub(1)).rev() {
+        s[a] = s[a + 1] * shape[a + 1];
+    }
+    s
+}
+
+/// How a reduction combines its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Combine {
+    Sum,
+    Prod,
+    /// NaN-propagating maximum.
+    Max,
+    Min,
+    /// Index (i64) of the first (or last) maximum.
+    ArgMax {
+        last: bool,
+    },
+    ArgMin {
+        last: bool,
+    },
+}
+
+impl Combine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Combine::Sum => "sum",
+            Combine::Prod => "prod",
+            Combine::Max => "max",
+            Combine::Min => "min",
+            Combine::ArgMax { last: false } => "argmax",
+            Combine::ArgMax { last: true } => "argmax_last",
+            Combine::ArgMin { last: false } => "argmin",
+            Combine::ArgMin { last: true } => "argmin_last",
+        }
+    }
+}
+
+/// A scalar constant, stored exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Const {
+    /// A float, as the bits of its f64 value.
+    Float(u64),
+    Int(i64),
+}
+
+impl Const {
+    pub fn float(v: f64) -> Const {
+        Const::Float(v.to_bits())
+    }
+
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Const::Float(b) => f64::from_bits(b),
+            Const::Int(i) => i as f64,
+        }
+    }
+
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Const::Float(b) => f64::from_bits(b) as i64,
+            Const::Int(i) => i,
+        }
+    }
+}
+
+/// One node of the scalar DAG. Operands always have smaller ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expr {
+    /// Domain variable `k` (0 = outermost).
+    Var(u32),
+    /// Reduction variable `v` (bound by the one `Reduce` whose `var` is `v`).
+    RVar(u32),
+    Const(Const),
+    /// Element `index` (i64, clamped to the buffer) of parameter `param`.
+    Load {
+        param: u32,
+        index: ExprId,
+    },
+    Unary(UnaryOp, ExprId),
+    Binary(BinaryOp, ExprId, ExprId),
+    /// `cond` (bool) ? `a` : `b`.
+    Select(ExprId, ExprId, ExprId),
+    Cast(ExprId),
+    /// Combines `body` over `RVar(var)` in `0..extent`.
+    Reduce {
+        combine: Combine,
+        extent: u64,
+        var: u32,
+        body: ExprId,
+    },
+}
+
+/// An expression with its dtype (integers and bools compute in i64 and wrap to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Node {
+    pub expr: Expr,
+    pub dtype: DType,
+}
+
+/// Writes `value` to element `index` of output parameter `param`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Store {
+    pub param: u32,
+    pub index: ExprId,
+    pub value: ExprId,
+}
+
+/// A loop over `domain` (never empty: rank 0 becomes `[1]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LoopNest {
+    pub domain: Vec<usize>,
+    pub nodes: Vec<Node>,
+    pub stores: Vec<Store>,
+}
+
+impl LoopNest {
+    /// The extent of the `[begin, end)` range that the runtime splits.
+    pub fn outer_extent(&self) -> usize {
+        match self.domain.len() {
+            0 => 1,
+            1 => self.domain[0],
+            n => self.domain[..n - 1].iter().product(),
+        }
+    }
+
+    /// Elements computed per unit of the outer range.
+    pub fn inner_extent(&self) -> usize {
+        match self.domain.len() {
+            0 | 1 => 1,
+            n => self.domain[n - 1],
+        }
+    }
+
+    pub fn node(&self, e: ExprId) -> &Node {
+        &self.nodes[e as usize]
+    }
+
+    /// The operands of `e`.
+    pub fn operands(&self, e: ExprId) -> Vec<ExprId> {
+        match self.nodes[e as usize].expr {
+            Expr::Var(_) | Expr::RVar(_) | Expr::Const(_) => vec![],
+            Expr::Load { index, .. } => vec![index],
+            Expr::Unary(_, a) | Expr::Cast(a) => vec![a],
+            Expr::Binary(_, a, b) => vec![a, b],
+            Expr::Select(c, a, b) => vec![c, a, b],
+            Expr::Reduce { body, .. } => vec![body],
+        }
+    }
+
+    /// Which expressions the stores need.
+    pub fn live(&self) -> Vec<bool> {
+        let mut live = vec![false; self.nodes.len()];
+        for s in &self.stores {
+            live[s.index as usize] = true;
+            live[s.value as usize] = true;
+        }
+        for e in (0..self.nodes.len()).rev() {
+            if live[e] {
+                for o in self.operands(e as ExprId) {
+                    live[o as usize] = true;
+                }
+            }
+        }
+        live
+    }
+}
+
+/// A contraction run by the runtime's microkernels.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Contraction {
+    /// NumPy matmul of params `a` and `b` (transposes of their last two axes), plus an
+    /// optional bias over the last output axis.
+    MatMul {
+        a: u32,
+        b: u32,
+        bias: Option<u32>,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    /// Convolution of `x` with `w`, plus an optional per-filter bias.
+    Conv {
+        x: u32,
+        w: u32,
+        bias: Option<u32>,
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        group: usize,
+    },
+}
+
+/// What a kernel does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Loop(LoopNest),
+    /// The contraction writes `out`; the epilogue (if any) then reads it back, element
+    /// for element, while the runtime still has the rows it just wrote.
+    Contraction {
+        call: Contraction,
+        out: u32,
+        epilogue: Option<LoopNest>,
+    },
+}
+
+/// One kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    pub name: String,
+    pub params: Vec<Param>,
+    pub body: Body,
+}
+
+impl Kernel {
+    /// The loop nest the back ends generate code for, if any.
+    pub fn loop_nest(&self) -> Option<&LoopNest> {
+        match &self.body {
+            Body::Loop(l) => Some(l),
+            Body::Contraction { epilogue, .. } => epilogue.as_ref(),
+        }
+    }
+
+    /// Checks the invariants the back ends rely on.
+    pub fn verify(&self) -> Result<(), KernelError> {
+        let bad = |reason: String| KernelError::Invalid {
+            kernel: self.name.clone(),
+            reason,
+        };
+        let param = |p: u32| {
+            self.params
+                .get(p as usize)
+                .ok_or_else(|| bad(format!("parameter {p} does not exist")))
+        };
+        if let Body::Contraction { call, out, .. } = &self.body {
+            let operands = match call {
+                Contraction::MatMul { a, b, bias, .. } => [Some(*a), Some(*b), *bias],
+                Contraction::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias],
+            };
+            for p in operands.into_iter().flatten() {
+                param(p)?;
+            }
+            if param(*out)?.role != Role::Output {
+                return Err(bad("contraction result is not an output".into()));
+            }
+        }
+        let Some(nest) = self.loop_nest() else {
+            return Ok(());
+        };
+        if nest.domain.is_empty() {
+            return Err(bad("empty domain".into()));
+        }
+        let rank = nest.domain.len() as u32;
+        // Reduction variables may be used only inside their reduction's body: track,
+        // for every expression, the reduction variables it uses.
+        let mut free: Vec<Vec<u32>> = Vec::with_capacity(nest.nodes.len());
+        for (i, n) in nest.nodes.iter().enumerate() {
+            let id = i as ExprId;
+            let ops = nest.operands(id);
+            if let Some(&o) = ops.iter().find(|&&o| o >= id) {
+                return Err(bad(format!("e{i} uses e{o}, which does not precede it")));
+            }
+            let mut f: Vec<u32> = ops.iter().flat_map(|&o| free[o as usize].clone()).collect();
+            let ty = |e: ExprId| nest.nodes[e as usize].dtype;
+            match n.expr {
+                Expr::Var(k) if k >= rank => {
+                    return Err(bad(format!("e{i}: domain variable {k} out of range")));
+                }
+                Expr::RVar(v) => f.push(v),
+                Expr::Load { param: p, index } => {
+                    let p = param(p)?;
+                    if p.dtype != n.dtype || ty(index) != DType::I64 {
+                        return Err(bad(format!("e{i}: load types disagree")));
+                    }
+                }
+                Expr::Select(c, a, b)
+                    if (ty(c) != DType::Bool || ty(a) != n.dtype || ty(b) != n.dtype) =>
+                {
+                    return Err(bad(format!("e{i}: select types disagree")));
+                }
+                Expr::Reduce { var, .. } => f.retain(|&v| v != var),
+                _ => {}
+            }
+            f.sort_unstable();
+            f.dedup();
+            free.push(f);
+        }
+        for s in &nest.stores {
+            let p = param(s.param)?;
+            if p.role != Role::Output || p.dtype != nest.node(s.value).dtype {
+                return Err(bad(format!(
+                    "store of e{} into {} ({}) disagrees",
+                    s.value,
+                    p.value,
+                    p.dtype.name()
+                )));
+            }
+            if !free[s.value as usize].is_empty() || !free[s.index as usize].is_empty() {
+                return Err(bad("a store uses a reduction variable".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stable text form.
+    pub fn print(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "kernel {} {{", self.name);
+        for (i, p) in self.params.iter().enumerate() {
+            let role = match p.role {
+                Role::Input => "in",
+                Role::Output => "out",
+            };
+            let dims: Vec<String> = p.shape.iter().map(usize::to_string).collect();
+            let strides: Vec<String> = p.strides().iter().map(usize::to_string).collect();
+            let _ = writeln!(
+                s,
+                "  p{i}: {role} {}[{}] strides [{}]  // {}",
+                p.dtype.name(),
+                dims.join(", "),
+                strides.join(", "),
+                p.value
+            );
+        }
+        match &self.body {
+            Body::Loop(nest) => print_nest(&mut s, nest, "  "),
+            Body::Contraction {
+                call,
+                out,
+                epilogue,
+            } => {
+                let opt = |b: &Option<u32>| b.map(|b| format!(", bias p{b}")).unwrap_or_default();
+                match call {
+                    Contraction::MatMul {
+                        a,
+                        b,
+                        bias,
+                        trans_a,
+                        trans_b,
+                    } => {
+                        let _ = writeln!(
+                            s,
+                            "  p{out} = matmul(p{a}{}, p{b}{}{})",
+                            if *trans_a { "ᵀ" } else { "" },
+                            if *trans_b { "ᵀ" } else { "" },
+                            opt(bias)
+                        );
+                    }
+                    Contraction::Conv {
+                        x,
+                        w,
+                        bias,
+                        strides,
+                        pads,
+                        dilations,
+                        group,
+                    } => {
+                        let _ = writeln!(
+                            s,
+                            "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}",
+                            opt(bias)
+                        );
+                    }
+                }
+                if let Some(nest) = epilogue {
+                    let _ = writeln!(s, "  epilogue:");
+                    print_nest(&mut s, nest, "    ");
+                }
+            }
+        }
+        s.push_str("}\n");
+        s
+    }
+}
+
+fn print_nest(s: &mut String, nest: &LoopNest, indent: &str) {
+    let dims: Vec<String> = nest.domain.iter().map(usize::to_string).collect();
+    let _ = writeln!(s, "{indent}for [{}] {{", dims.join(", "));
+    let live = nest.live();
+    for (i, n) in nest.nodes.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let text = match n.expr {
+            Expr::Var(k) => format!("i{k}"),
+            Expr::RVar(v) => format!("r{v}"),
+            Expr::Const(Const::Int(v)) => v.to_string(),
+            Expr::Const(Const::Float(b)) => format!("{:?}", f64::from_bits(b)),
+            Expr::Load { param, index } => format!("load p{param}[e{index}]"),
+            Expr::Unary(op, a) => format!("{} e{a}", op.name()),
+            Expr::Binary(op, a, b) => format!("{} e{a}, e{b}", op.name()),
+            Expr::Select(c, a, b) => format!("select e{c}, e{a}, e{b}"),
+            Expr::Cast(a) => format!("cast e{a}"),
+            Expr::Reduce {
+                combine,
+                extent,
+                var,
+                body,
+            } => format!("reduce_{} r{var} < {extent}: e{body}", combine.name()),
+        };
+        let _ = writeln!(s, "{indent}  e{i}: {} = {text}", n.dtype.name());
+    }
+    for st in &nest.stores {
+        let _ = writeln!(
+            s,
+            "{indent}  store p{}[e{}] = e{}",
+            st.param, st.index, st.value
+        );
+    }
+    let _ = writeln!(s, "{indent}}}");
+}

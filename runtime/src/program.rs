@@ -1,0 +1,394 @@
+//! The compiled `Program` and its executor: buffers in one arena, constants, and the
+//! ordered launches (generated loop kernels split over the thread pool, contraction
+//! microkernels, copies).
+
+use crate::kernels::{ConvGeometry, KernelError, batched_matmul, conv};
+use crate::pool::ThreadPool;
+use crate::tensor::{ElemType, HostTensor};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// A generated loop kernel: `args` holds one pointer per parameter, `[begin, end)` is the
+/// share of the outer range to compute.
+pub type KernelFn = unsafe extern "C" fn(args: *const *mut u8, begin: i64, end: i64);
+
+#[derive(Debug, Error, PartialEq)]
+pub enum RuntimeError {
+    #[error("the model takes {expected} inputs, {got} were given")]
+    InputCount { expected: usize, got: usize },
+    #[error("input {name}: expected {expected}, got {got}")]
+    InputMismatch {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error("kernel {name}: {reason}")]
+    Kernel { name: String, reason: String },
+}
+
+/// A model input or output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IoSpec {
+    pub name: String,
+    pub elem: ElemType,
+    pub shape: Vec<usize>,
+    pub buffer: usize,
+}
+
+/// Where a buffer lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Arena { offset: usize },
+    Constant { offset: usize },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BufferSpec {
+    pub name: String,
+    pub elem: ElemType,
+    pub shape: Vec<usize>,
+    pub place: Place,
+}
+
+impl BufferSpec {
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.elem.size_bytes()
+    }
+}
+
+/// One step of a program.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    /// Generated kernel `function` over `[0, extent)`, in chunks of at least `min_chunk`.
+    Loop {
+        name: String,
+        function: usize,
+        args: Vec<usize>,
+        extent: usize,
+        min_chunk: usize,
+    },
+    MatMul {
+        name: String,
+        a: usize,
+        b: usize,
+        bias: Option<usize>,
+        out: usize,
+        a_shape: Vec<usize>,
+        b_shape: Vec<usize>,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    Conv {
+        name: String,
+        x: usize,
+        w: usize,
+        bias: Option<usize>,
+        out: usize,
+        geometry: ConvGeometry,
+    },
+    Copy {
+        name: String,
+        src: usize,
+        dst: usize,
+    },
+}
+
+impl Launch {
+    pub fn name(&self) -> &str {
+        match self {
+            Launch::Loop { name, .. }
+            | Launch::MatMul { name, .. }
+            | Launch::Conv { name, .. }
+            | Launch::Copy { name, .. } => name,
+        }
+    }
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+/// Bytes aligned to 64 (so every buffer offset that is a multiple of 64 is too).
+#[derive(Clone)]
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl std::fmt::Debug for AlignedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBytes({} bytes)", self.len)
+    }
+}
+
+impl AlignedBytes {
+    pub fn zeroed(len: usize) -> AlignedBytes {
+        AlignedBytes {
+            lines: vec![Line([0; 64]); len.div_ceil(64).max(1)],
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the lines are plain bytes, at least `len` of them.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn base(&self) -> *mut u8 {
+        self.lines.as_ptr().cast::<u8>().cast_mut()
+    }
+}
+
+/// A compiled model, ready to run.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub inputs: Vec<IoSpec>,
+    pub outputs: Vec<IoSpec>,
+    pub buffers: Vec<BufferSpec>,
+    pub constants: AlignedBytes,
+    pub arena_bytes: usize,
+    /// What the arena buffers would take without reuse.
+    pub intermediate_bytes: usize,
+    pub launches: Vec<Launch>,
+}
+
+/// Pointers that the pool's threads share; each launch writes disjoint elements.
+struct Args(Vec<*mut u8>);
+// SAFETY: the kernels write disjoint parts of their outputs per range, and the buffers
+// outlive the launch, which waits for all threads.
+unsafe impl Sync for Args {}
+
+impl Program {
+    /// Runs the program on `inputs` (in declaration order). With `profile`, the time of
+    /// every launch is added to it (one entry per launch).
+    pub fn run(
+        &self,
+        functions: &dyn Fn(usize) -> Option<KernelFn>,
+        pool: &ThreadPool,
+        inputs: &[HostTensor],
+        mut profile: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            if spec.elem != t.elem || spec.shape != t.shape {
+                return Err(RuntimeError::InputMismatch {
+                    name: spec.name.clone(),
+                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+                    got: format!("{}{:?}", t.elem.name(), t.shape),
+                });
+            }
+            if t.bytes.len() != t.num_elements() * t.elem.size_bytes() {
+                return Err(RuntimeError::InputMismatch {
+                    name: spec.name.clone(),
+                    expected: format!("{} bytes", t.num_elements() * t.elem.size_bytes()),
+                    got: format!("{} bytes", t.bytes.len()),
+                });
+            }
+        }
+        let mut arena = AlignedBytes::zeroed(self.arena_bytes);
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            let off = self.arena_offset(spec.buffer);
+            arena.as_mut_slice()[off..off + t.bytes.len()].copy_from_slice(&t.bytes);
+        }
+        if let Some(p) = profile.as_deref_mut() {
+            p.resize(self.launches.len(), Duration::ZERO);
+        }
+        for (li, launch) in self.launches.iter().enumerate() {
+            let start = Instant::now();
+            self.launch(launch, functions, pool, &mut arena)?;
+            if let Some(p) = profile.as_deref_mut() {
+                p[li] += start.elapsed();
+            }
+        }
+        Ok(self
+            .outputs
+            .iter()
+            .map(|spec| {
+                let b = &self.buffers[spec.buffer];
+                let bytes = b.bytes();
+                let src = match b.place {
+                    Place::Arena { offset } => &arena.as_slice()[offset..offset + bytes],
+                    Place::Constant { offset } => {
+                        &self.constants.as_slice()[offset..offset + bytes]
+                    }
+                };
+                HostTensor {
+                    elem: spec.elem,
+                    shape: spec.shape.clone(),
+                    bytes: src.to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    fn arena_offset(&self, buffer: usize) -> usize {
+        match self.buffers[buffer].place {
+            Place::Arena { offset } => offset,
+            Place::Constant { .. } => unreachable!("inputs live in the arena"),
+        }
+    }
+
+    fn ptr(&self, arena: &AlignedBytes, buffer: usize) -> *mut u8 {
+        match self.buffers[buffer].place {
+            // SAFETY (both): offsets and sizes were planned inside the allocations.
+            Place::Arena { offset } => unsafe { arena.base().add(offset) },
+            Place::Constant { offset } => unsafe { self.constants.base().add(offset) },
+        }
+    }
+
+    fn launch(
+        &self,
+        launch: &Launch,
+        functions: &dyn Fn(usize) -> Option<KernelFn>,
+        pool: &ThreadPool,
+        arena: &mut AlignedBytes,
+    ) -> Result<(), RuntimeError> {
+        let fail = |reason: String| RuntimeError::Kernel {
+            name: launch.name().to_string(),
+            reason,
+        };
+        match launch {
+            Launch::Loop {
+                function,
+                args,
+                extent,
+                min_chunk,
+                ..
+            } => {
+                let f = functions(*function)
+                    .ok_or_else(|| fail(format!("no code for function {function}")))?;
+                let args = Args(args.iter().map(|&b| self.ptr(arena, b)).collect());
+                let body = |r: std::ops::Range<usize>| {
+                    let a = &args;
+                    // SAFETY: the kernel reads and writes inside its planned buffers.
+                    unsafe { f(a.0.as_ptr(), r.start as i64, r.end as i64) }
+                };
+                pool.run(*extent, *min_chunk, &body);
+            }
+            Launch::MatMul {
+                a,
+                b,
+                bias,
+                out,
+                a_shape,
+                b_shape,
+                trans_a,
+                trans_b,
+                ..
+            } => match self.buffers[*out].elem {
+                ElemType::F32 => {
+                    let (av, bv, bias, ov) = self.slices::<f32>(arena, *a, *b, *bias, *out);
+                    batched_matmul(
+                        av,
+                        a_shape,
+                        *trans_a,
+                        bv,
+                        b_shape,
+                        *trans_b,
+                        bias,
+                        ov,
+                        pool.threads(),
+                    )
+                    .map_err(|e| fail(e.to_string()))?
+                }
+                ElemType::F64 => {
+                    let (av, bv, bias, ov) = self.slices::<f64>(arena, *a, *b, *bias, *out);
+                    batched_matmul(
+                        av,
+                        a_shape,
+                        *trans_a,
+                        bv,
+                        b_shape,
+                        *trans_b,
+                        bias,
+                        ov,
+                        pool.threads(),
+                    )
+                    .map_err(|e| fail(e.to_string()))?
+                }
+                e => return Err(fail(format!("matmul of {}", e.name()))),
+            },
+            Launch::Conv {
+                x,
+                w,
+                bias,
+                out,
+                geometry,
+                ..
+            } => match self.buffers[*out].elem {
+                ElemType::F32 => {
+                    let (xv, wv, bias, ov) = self.slices::<f32>(arena, *x, *w, *bias, *out);
+                    conv(xv, wv, bias, geometry, ov, pool.threads())
+                        .map_err(|e: KernelError| fail(e.to_string()))?
+                }
+                ElemType::F64 => {
+                    let (xv, wv, bias, ov) = self.slices::<f64>(arena, *x, *w, *bias, *out);
+                    conv(xv, wv, bias, geometry, ov, pool.threads())
+                        .map_err(|e: KernelError| fail(e.to_string()))?
+                }
+                e => return Err(fail(format!("conv of {}", e.name()))),
+            },
+            Launch::Copy { src, dst, .. } => {
+                let n = self.buffers[*src].bytes();
+                if self.buffers[*dst].bytes() != n {
+                    return Err(fail("copy between buffers of different sizes".into()));
+                }
+                let (s, d) = (self.ptr(arena, *src), self.ptr(arena, *dst));
+                // SAFETY: distinct planned buffers of `n` bytes each.
+                unsafe { std::ptr::copy(s, d, n) };
+            }
+        }
+        Ok(())
+    }
+
+    /// Typed views of a contraction's operands. The output never overlaps an operand:
+    /// the memory plan keeps buffers that are live together apart.
+    #[allow(clippy::type_complexity)]
+    fn slices<'a, T>(
+        &self,
+        arena: &'a mut AlignedBytes,
+        a: usize,
+        b: usize,
+        bias: Option<usize>,
+        out: usize,
+    ) -> (&'a [T], &'a [T], Option<&'a [T]>, &'a mut [T]) {
+        let view = |buf: usize| {
+            let n = self.buffers[buf].shape.iter().product::<usize>();
+            (self.ptr(arena, buf).cast::<T>(), n)
+        };
+        let (pa, na) = view(a);
+        let (pb, nb) = view(b);
+        let (po, no) = view(out);
+        // SAFETY: aligned (offsets are multiples of 64), in bounds, and `out` is disjoint
+        // from the operands, so the one mutable view aliases nothing.
+        unsafe {
+            (
+                std::slice::from_raw_parts(pa, na),
+                std::slice::from_raw_parts(pb, nb),
+                bias.map(|bb| {
+                    let (p, n) = view(bb);
+                    std::slice::from_raw_parts(p as *const T, n)
+                }),
+                std::slice::from_raw_parts_mut(po, no),
+            )
+        }
+    }
+}
