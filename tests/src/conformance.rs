@@ -13,15 +13,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A runtime the harness can run cases on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
+    /// The reference interpreter (after the optimizer).
     Reference,
+    /// Compiled code on the CPU, one thread per case (the harness runs cases in parallel).
+    Cpu,
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 1] = [Runtime::Reference];
+    pub const ALL: [Runtime; 2] = [Runtime::Reference, Runtime::Cpu];
 
     pub fn name(self) -> &'static str {
         match self {
             Runtime::Reference => "reference",
+            Runtime::Cpu => "cpu",
         }
     }
 }
@@ -207,6 +211,17 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
     if sets.is_empty() {
         return Err("no test data sets".into());
     }
+    let compiled = match runtime {
+        Runtime::Cpu => Some(
+            model
+                .compile(&smelt::Options {
+                    threads: Some(1),
+                    ..Default::default()
+                })
+                .map_err(|e| e.to_string())?,
+        ),
+        Runtime::Reference => None,
+    };
     for set in sets {
         let mut inputs = Vec::new();
         for (j, name) in input_names.iter().enumerate() {
@@ -216,6 +231,11 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
         let results = match runtime {
             Runtime::Reference => model
                 .run_reference(&inputs, &Default::default(), &smelt::RunOptions::default())
+                .map_err(|e| e.to_string())?,
+            Runtime::Cpu => compiled
+                .as_ref()
+                .expect("compiled for the cpu runtime")
+                .run_named(&inputs)
                 .map_err(|e| e.to_string())?,
         };
         for (j, (name, actual)) in results.iter().enumerate() {

@@ -13,7 +13,8 @@ use crate::kernel::{
 };
 use crate::plan::{FusionPlan, Group, GroupKind};
 use smelt_ir::{
-    ArgKind, BinaryOp, DType, Graph, Op, PadMode, PoolKind, ReduceKind, ValueId, slice_bounds,
+    ArgKind, BinaryOp, DType, Graph, Op, PadMode, PoolKind, ReduceKind, ScatterReduction, ValueId,
+    slice_bounds,
 };
 use std::collections::HashMap;
 
@@ -142,7 +143,10 @@ fn lower_contraction(
     let mut b = Builder::new(g, producer, grp, name);
     // The epilogue reads the contraction's result from its buffer.
     b.in_group[grp.nodes[0]] = false;
-    let in_place = grp.nodes.len() > 1 && grp.outputs.len() == 1 && grp.outputs[0] != cv;
+    let in_place = grp.nodes.len() > 1
+        && grp.outputs.len() == 1
+        && grp.outputs[0] != cv
+        && g.ty(grp.outputs[0]).dtype == g.ty(cv).dtype;
     let out = if in_place {
         // The epilogue rewrites the contraction's result into the group's only output.
         let p = b.param(grp.outputs[0], Role::Output)?;
@@ -589,6 +593,23 @@ impl<'g> Builder<'g> {
         let dtype = self.g.ty(v).dtype;
         Ok(match &self.g.nodes[n].op {
             Op::Unary(u) => self.add(Expr::Unary(*u, ops[0]), dtype),
+            Op::Binary(BinaryOp::Pow)
+                if self.nest.nodes[ops[0] as usize].dtype
+                    != self.nest.nodes[ops[1] as usize].dtype =>
+            {
+                // Mixed-type powers compute in f64 (or the float base's type), as the
+                // reference does, and convert back.
+                let base_ty = self.nest.nodes[ops[0] as usize].dtype;
+                let wide = if base_ty.is_float() {
+                    base_ty
+                } else {
+                    DType::F64
+                };
+                let a = self.convert(ops[0], wide);
+                let b = self.convert(ops[1], wide);
+                let p = self.add(Expr::Binary(BinaryOp::Pow, a, b), wide);
+                self.convert(p, dtype)
+            }
             Op::Binary(b) => self.add(Expr::Binary(*b, ops[0], ops[1]), dtype),
             Op::Select => self.add(Expr::Select(ops[0], ops[1], ops[2]), dtype),
             Op::Cast { .. } => {
@@ -600,6 +621,15 @@ impl<'g> Builder<'g> {
             }
             op => return Err(self.unsupported(v, format!("{} is not pointwise", op.mnemonic()))),
         })
+    }
+
+    /// `e` converted to `dtype` (no-op when it already has it).
+    fn convert(&mut self, e: ExprId, dtype: DType) -> ExprId {
+        if self.nest.nodes[e as usize].dtype == dtype {
+            e
+        } else {
+            self.add(Expr::Cast(e), dtype)
+        }
     }
 
     /// `v` at `coords` (one expression per axis of `v`).
@@ -925,6 +955,101 @@ impl<'g> Builder<'g> {
                 group,
                 ..
             } => self.conv_transpose(v, &ins, coords, strides, pads, dilations, *group),
+            Op::ScatterElements { axis, reduction } => {
+                let (x, u) = (shape_of(0)?, shape_of(1)?);
+                let axis = *axis;
+                let (var, rv) = self.fresh_var(u[axis]);
+                let mut uc = coords.to_vec();
+                uc[axis] = rv;
+                let mut ok: Option<ExprId> = None;
+                for a in (0..x.len()).filter(|&a| a != axis) {
+                    let inside = self.in_range(coords[a], 0, u[a] as i64);
+                    ok = Some(match ok {
+                        None => inside,
+                        Some(p) => self.bin(BinaryOp::And, p, inside),
+                    });
+                }
+                let idx = self.at(ins[1], &uc)?;
+                let idx = self.index_value(idx, x[axis]);
+                let hit = self.bin(BinaryOp::Equal, idx, coords[axis]);
+                let hit = match ok {
+                    Some(p) => self.bin(BinaryOp::And, p, hit),
+                    None => hit,
+                };
+                let base = self.at(ins[0], coords)?;
+                let update_at = |b: &mut Self, pos: ExprId| {
+                    let mut c = coords.to_vec();
+                    c[axis] = pos;
+                    b.at(ins[2], &c)
+                };
+                self.scatter(*reduction, base, var, rv, u[axis], hit, update_at)
+            }
+            Op::ScatterNd { reduction } => {
+                let (x, idx) = (shape_of(0)?, shape_of(1)?);
+                let k = *idx.last().unwrap_or(&0);
+                let q = idx[..idx.len() - 1].to_vec();
+                let count: usize = q.iter().product();
+                let (var, rv) = self.fresh_var(count);
+                let qc = self.unflatten(rv, &q);
+                let mut hit: Option<ExprId> = None;
+                for j in 0..k {
+                    let mut ic = qc.clone();
+                    ic.push(self.int(j as i64));
+                    let i = self.at(ins[1], &ic)?;
+                    let i = self.index_value(i, x[j]);
+                    let eq = self.bin(BinaryOp::Equal, i, coords[j]);
+                    hit = Some(match hit {
+                        None => eq,
+                        Some(p) => self.bin(BinaryOp::And, p, eq),
+                    });
+                }
+                let hit = hit.unwrap_or_else(|| self.add(Expr::Const(Const::Int(1)), DType::Bool));
+                let base = self.at(ins[0], coords)?;
+                let update_at = |b: &mut Self, pos: ExprId| {
+                    let mut c = b.unflatten(pos, &q);
+                    c.extend_from_slice(&coords[k..]);
+                    b.at(ins[2], &c)
+                };
+                self.scatter(*reduction, base, var, rv, count, hit, update_at)
+            }
+            Op::TopK { axis, largest, .. } => {
+                let out_index = node.outputs.iter().position(|&o| o == v).unwrap_or(0);
+                let axis = *axis;
+                if out_index == 0 {
+                    let idx = self.at(node.outputs[1], coords)?;
+                    let mut c = coords.to_vec();
+                    c[axis] = idx;
+                    return self.at(ins[0], &c);
+                }
+                // The element of rank coords[axis]: rank(j) counts the elements that sort
+                // before j (better, or equal at a lower index).
+                let n = shape_of(0)?[axis];
+                let (jv, j) = self.fresh_var(n);
+                let (mv, m) = self.fresh_var(n);
+                let mut cj = coords.to_vec();
+                cj[axis] = j;
+                let mut cm = coords.to_vec();
+                cm[axis] = m;
+                let xj = self.at(ins[0], &cj)?;
+                let xm = self.at(ins[0], &cm)?;
+                let cmp = if *largest {
+                    BinaryOp::Greater
+                } else {
+                    BinaryOp::Less
+                };
+                let strictly = self.bin(cmp, xm, xj);
+                let eq = self.bin(BinaryOp::Equal, xm, xj);
+                let lower = self.bin(BinaryOp::Less, m, j);
+                let tie = self.bin(BinaryOp::And, eq, lower);
+                let before = self.bin(BinaryOp::Or, strictly, tie);
+                let (one, zero) = (self.int(1), self.int(0));
+                let count = self.select(before, one, zero);
+                let rank = self.reduce(Combine::Sum, n, mv, count);
+                let is_r = self.bin(BinaryOp::Equal, rank, coords[axis]);
+                let pick = self.select(is_r, j, zero);
+                Ok(self.reduce(Combine::Sum, n, jv, pick))
+            }
+            Op::Resize { .. } => self.resize(v, &node.op, &ins, coords),
             op => Err(self.unsupported(
                 v,
                 format!(
@@ -933,6 +1058,350 @@ impl<'g> Builder<'g> {
                 ),
             )),
         }
+    }
+
+    /// The result of a scatter at one element: `base` combined with the updates that hit
+    /// it (`hit` over reduction variable `rv` in `0..extent`); without a reduction the
+    /// last update that hits wins.
+    #[allow(clippy::too_many_arguments)]
+    fn scatter(
+        &mut self,
+        reduction: ScatterReduction,
+        base: ExprId,
+        var: u32,
+        rv: ExprId,
+        extent: usize,
+        hit: ExprId,
+        update_at: impl Fn(&mut Self, ExprId) -> Result<ExprId, KernelError>,
+    ) -> Result<ExprId, KernelError> {
+        let dtype = self.nest.nodes[base as usize].dtype;
+        if reduction == ScatterReduction::None {
+            let none = self.int(-1);
+            let candidate = self.select(hit, rv, none);
+            let last = self.reduce(Combine::Max, extent, var, candidate);
+            let zero = self.int(0);
+            let found = self.bin(BinaryOp::GreaterEqual, last, zero);
+            let update = update_at(self, last)?;
+            return Ok(self.select(found, update, base));
+        }
+        let update = update_at(self, rv)?;
+        let (combine, identity, op) = match reduction {
+            ScatterReduction::Add => (Combine::Sum, 0.0, BinaryOp::Add),
+            ScatterReduction::Mul => (Combine::Prod, 1.0, BinaryOp::Mul),
+            ScatterReduction::Max => (Combine::Max, f64::NEG_INFINITY, BinaryOp::Max),
+            _ => (Combine::Min, f64::INFINITY, BinaryOp::Min),
+        };
+        let identity = if dtype.is_float() {
+            self.constant(dtype, identity)
+        } else {
+            let v = match reduction {
+                ScatterReduction::Max if dtype.is_unsigned_int() => 0,
+                ScatterReduction::Max => i64::MIN,
+                ScatterReduction::Min if dtype.is_unsigned_int() => -1,
+                ScatterReduction::Min => i64::MAX,
+                _ => identity as i64,
+            };
+            self.add(Expr::Const(Const::Int(v)), dtype)
+        };
+        let body = self.select(hit, update, identity);
+        let acc = self.reduce(combine, extent, var, body);
+        Ok(self.add(Expr::Binary(op, base, acc), dtype))
+    }
+
+    /// Resize as arithmetic on the output coordinates, in f64 as the reference computes
+    /// it: per axis the source coordinate, then the taps (input index, weight), then the
+    /// weighted sum over every combination of taps.
+    fn resize(
+        &mut self,
+        v: ValueId,
+        op: &Op,
+        ins: &[ValueId],
+        coords: &[ExprId],
+    ) -> Result<ExprId, KernelError> {
+        let Op::Resize {
+            sizes,
+            scales,
+            mode,
+            coord,
+            nearest,
+            cubic_coeff,
+            exclude_outside,
+            extrapolation,
+        } = op
+        else {
+            unreachable!("resize lowering of a resize")
+        };
+        let x = fixed(self.g, ins[0])?;
+        let r = x.len();
+        let roi: Vec<f64> = match ins.get(1).and_then(|&i| self.producer[i.index()]) {
+            Some(n) => match &self.g.nodes[n].op {
+                Op::Constant(t) => t.to_f64(),
+                _ => return Err(self.unsupported(v, "a resize roi that is not constant")),
+            },
+            None if ins.len() > 1 => {
+                return Err(self.unsupported(v, "a resize roi that is not constant"));
+            }
+            None => vec![],
+        };
+        let f = |b: &mut Self, c: f64| b.constant(DType::F64, c);
+        let mut valid: Option<ExprId> = None;
+        let mut per_axis: Vec<Vec<(ExprId, ExprId)>> = Vec::with_capacity(r);
+        for a in 0..r {
+            let (n_in, n_out, scale) = (x[a], sizes[a], scales[a]);
+            let last = n_in as i64 - 1;
+            let o = coords[a];
+            if n_in == n_out
+                && scale == 1.0
+                && *mode != smelt_ir::ResizeMode::Cubic
+                && *coord != smelt_ir::CoordMode::TfCropAndResize
+            {
+                let one = f(self, 1.0);
+                per_axis.push(vec![(o, one)]);
+                continue;
+            }
+            let of = self.convert(o, DType::F64);
+            let fb = |b: &mut Self, op: BinaryOp, x: ExprId, y: ExprId| {
+                b.add(Expr::Binary(op, x, y), DType::F64)
+            };
+            let half_pixel = |b: &mut Self| {
+                let h = f(b, 0.5);
+                let sc = f(b, scale);
+                let t = fb(b, BinaryOp::Add, of, h);
+                let t = fb(b, BinaryOp::Div, t, sc);
+                fb(b, BinaryOp::Sub, t, h)
+            };
+            use smelt_ir::CoordMode as C;
+            let src = match coord {
+                C::HalfPixel => half_pixel(self),
+                C::HalfPixelSymmetric => {
+                    let adj = n_out as f64 / (scale * n_in as f64);
+                    let center = n_in as f64 / 2.0;
+                    let off = f(self, center * (1.0 - adj));
+                    let hp = half_pixel(self);
+                    fb(self, BinaryOp::Add, off, hp)
+                }
+                C::PytorchHalfPixel if n_out > 1 => half_pixel(self),
+                C::PytorchHalfPixel => f(self, 0.0),
+                C::AlignCorners => {
+                    let len = n_in as f64 * scale;
+                    if len > 1.0 {
+                        let m = f(self, n_in as f64 - 1.0);
+                        let d = f(self, len - 1.0);
+                        let t = fb(self, BinaryOp::Mul, of, m);
+                        fb(self, BinaryOp::Div, t, d)
+                    } else {
+                        f(self, 0.0)
+                    }
+                }
+                C::Asymmetric => {
+                    let sc = f(self, scale);
+                    fb(self, BinaryOp::Div, of, sc)
+                }
+                C::TfCropAndResize => {
+                    let (s0, e0) = if roi.len() == 2 * r {
+                        (roi[a], roi[r + a])
+                    } else {
+                        (0.0, 1.0)
+                    };
+                    let span = n_in as f64 - 1.0;
+                    let src = if n_out > 1 {
+                        let start = f(self, s0 * span);
+                        let k1 = f(self, e0 - s0);
+                        let k2 = f(self, span);
+                        let k3 = f(self, n_out as f64 - 1.0);
+                        let t = fb(self, BinaryOp::Mul, of, k1);
+                        let t = fb(self, BinaryOp::Mul, t, k2);
+                        let t = fb(self, BinaryOp::Div, t, k3);
+                        fb(self, BinaryOp::Add, start, t)
+                    } else {
+                        f(self, 0.5 * (s0 + e0) * span)
+                    };
+                    let (lo, hi) = (f(self, 0.0), f(self, span));
+                    let ge = self.bin(BinaryOp::GreaterEqual, src, lo);
+                    let le = self.bin(BinaryOp::LessEqual, src, hi);
+                    let ok = self.bin(BinaryOp::And, ge, le);
+                    valid = Some(match valid {
+                        None => ok,
+                        Some(p) => self.bin(BinaryOp::And, p, ok),
+                    });
+                    src
+                }
+            };
+            let floor = |b: &mut Self, e: ExprId| {
+                b.add(Expr::Unary(smelt_ir::UnaryOp::Floor, e), DType::F64)
+            };
+            let clamp_index = |b: &mut Self, i: ExprId| {
+                let (lo, hi) = (b.int(0), b.int(last));
+                let t = b.bin(BinaryOp::Max, i, lo);
+                b.bin(BinaryOp::Min, t, hi)
+            };
+            let taps = match mode {
+                smelt_ir::ResizeMode::Nearest => {
+                    use smelt_ir::NearestMode as N;
+                    let h = f(self, 0.5);
+                    let rounded = |b: &mut Self| {
+                        let t = fb(b, BinaryOp::Add, src, h);
+                        floor(b, t)
+                    };
+                    let pos = match nearest {
+                        N::RoundPreferFloor => {
+                            let fl = floor(self, src);
+                            let frac = fb(self, BinaryOp::Sub, src, fl);
+                            let is_half = self.bin(BinaryOp::Equal, frac, h);
+                            let rd = rounded(self);
+                            self.select(is_half, fl, rd)
+                        }
+                        N::RoundPreferCeil => rounded(self),
+                        N::Floor => floor(self, src),
+                        N::Ceil => self.add(Expr::Unary(smelt_ir::UnaryOp::Ceil, src), DType::F64),
+                    };
+                    let i = self.convert(pos, DType::I64);
+                    let one = f(self, 1.0);
+                    vec![(clamp_index(self, i), one)]
+                }
+                smelt_ir::ResizeMode::Linear => {
+                    let (z, l) = (f(self, 0.0), f(self, last as f64));
+                    let s = fb(self, BinaryOp::Max, src, z);
+                    let s = fb(self, BinaryOp::Min, s, l);
+                    let fl = floor(self, s);
+                    let lo = self.convert(fl, DType::I64);
+                    let lo1 = self.iadd_c(lo, 1);
+                    let lastc = self.int(last);
+                    let hi = self.bin(BinaryOp::Min, lo1, lastc);
+                    let lof = self.convert(lo, DType::F64);
+                    let t = fb(self, BinaryOp::Sub, s, lof);
+                    let one = f(self, 1.0);
+                    let wlo = fb(self, BinaryOp::Sub, one, t);
+                    vec![(lo, wlo), (hi, t)]
+                }
+                smelt_ir::ResizeMode::Cubic => {
+                    let fl = floor(self, src);
+                    let base = self.convert(fl, DType::I64);
+                    let t = fb(self, BinaryOp::Sub, src, fl);
+                    let a_ = *cubic_coeff;
+                    let one = f(self, 1.0);
+                    let two = f(self, 2.0);
+                    let args = [
+                        fb(self, BinaryOp::Add, t, one),
+                        t,
+                        fb(self, BinaryOp::Sub, one, t),
+                        fb(self, BinaryOp::Sub, two, t),
+                    ];
+                    let mut taps = Vec::with_capacity(4);
+                    let mut inside = Vec::with_capacity(4);
+                    for (k, &xarg) in args.iter().enumerate() {
+                        let w = self.cubic_weight(xarg, a_);
+                        let i = self.iadd_c(base, k as i64 - 1);
+                        inside.push(self.in_range(i, 0, last + 1));
+                        taps.push((clamp_index(self, i), w));
+                    }
+                    if *exclude_outside {
+                        let zero = f(self, 0.0);
+                        let kept: Vec<ExprId> = taps
+                            .iter()
+                            .zip(&inside)
+                            .map(|(&(_, w), &ok)| self.select(ok, w, zero))
+                            .collect();
+                        let mut total = kept[0];
+                        for &w in &kept[1..] {
+                            total = fb(self, BinaryOp::Add, total, w);
+                        }
+                        for (tap, &w) in taps.iter_mut().zip(&kept) {
+                            tap.1 = fb(self, BinaryOp::Div, w, total);
+                        }
+                    }
+                    taps
+                }
+            };
+            per_axis.push(taps);
+        }
+        // Sum over every combination of taps.
+        let combos: usize = per_axis.iter().map(Vec::len).product();
+        let mut acc: Option<ExprId> = None;
+        for combo in 0..combos {
+            let mut rest = combo;
+            let mut c = Vec::with_capacity(r);
+            let mut w: Option<ExprId> = None;
+            for taps in &per_axis {
+                let (i, wt) = taps[rest % taps.len()];
+                rest /= taps.len();
+                c.push(i);
+                w = Some(match w {
+                    None => wt,
+                    Some(p) => self.add(Expr::Binary(BinaryOp::Mul, p, wt), DType::F64),
+                });
+            }
+            let xv = self.at(ins[0], &c)?;
+            let xv = self.convert(xv, DType::F64);
+            let term = match w {
+                Some(w) => {
+                    // Zero-weight taps are skipped, so an inf there does not make a NaN.
+                    let product = self.add(Expr::Binary(BinaryOp::Mul, xv, w), DType::F64);
+                    let zero = self.constant(DType::F64, 0.0);
+                    let nonzero = self.bin(BinaryOp::Equal, w, zero);
+                    self.select(nonzero, zero, product)
+                }
+                None => xv,
+            };
+            acc = Some(match acc {
+                None => term,
+                Some(p) => self.add(Expr::Binary(BinaryOp::Add, p, term), DType::F64),
+            });
+        }
+        let mut out = acc.ok_or_else(|| self.unsupported(v, "resize of an empty tensor"))?;
+        if let Some(ok) = valid {
+            let e = self.constant(DType::F64, *extrapolation);
+            out = self.select(ok, out, e);
+        }
+        let dtype = self.g.ty(v).dtype;
+        if !dtype.is_float() {
+            // Integers round half away from zero, as the reference does.
+            let (h, z) = (
+                self.constant(DType::F64, 0.5),
+                self.constant(DType::F64, 0.0),
+            );
+            let up = self.add(Expr::Binary(BinaryOp::Add, out, h), DType::F64);
+            let up = self.add(Expr::Unary(smelt_ir::UnaryOp::Floor, up), DType::F64);
+            let down = self.add(Expr::Binary(BinaryOp::Sub, out, h), DType::F64);
+            let down = self.add(Expr::Unary(smelt_ir::UnaryOp::Ceil, down), DType::F64);
+            let pos = self.bin(BinaryOp::GreaterEqual, out, z);
+            out = self.select(pos, up, down);
+        }
+        Ok(self.convert(out, dtype))
+    }
+
+    /// The cubic convolution kernel at distance `x` (coefficient `a`).
+    fn cubic_weight(&mut self, x: ExprId, a: f64) -> ExprId {
+        let fb = |b: &mut Self, op: BinaryOp, x: ExprId, y: ExprId| {
+            b.add(Expr::Binary(op, x, y), DType::F64)
+        };
+        let c = |b: &mut Self, v: f64| b.constant(DType::F64, v);
+        let x = self.add(Expr::Unary(smelt_ir::UnaryOp::Abs, x), DType::F64);
+        // ((a + 2) x - (a + 3)) x x + 1
+        let (k1, k2, one) = (c(self, a + 2.0), c(self, a + 3.0), c(self, 1.0));
+        let t = fb(self, BinaryOp::Mul, k1, x);
+        let t = fb(self, BinaryOp::Sub, t, k2);
+        let t = fb(self, BinaryOp::Mul, t, x);
+        let t = fb(self, BinaryOp::Mul, t, x);
+        let near = fb(self, BinaryOp::Add, t, one);
+        // ((a x - 5a) x + 8a) x - 4a
+        let (ka, k5, k8, k4) = (
+            c(self, a),
+            c(self, 5.0 * a),
+            c(self, 8.0 * a),
+            c(self, 4.0 * a),
+        );
+        let t = fb(self, BinaryOp::Mul, ka, x);
+        let t = fb(self, BinaryOp::Sub, t, k5);
+        let t = fb(self, BinaryOp::Mul, t, x);
+        let t = fb(self, BinaryOp::Add, t, k8);
+        let t = fb(self, BinaryOp::Mul, t, x);
+        let far = fb(self, BinaryOp::Sub, t, k4);
+        let (one_c, two_c, zero) = (c(self, 1.0), c(self, 2.0), c(self, 0.0));
+        let is_near = self.bin(BinaryOp::LessEqual, x, one_c);
+        let is_far = self.bin(BinaryOp::Less, x, two_c);
+        let w = self.select(is_far, far, zero);
+        self.select(is_near, near, w)
     }
 
     /// A gather index made non-negative (ONNX counts negative indices from the end).
@@ -973,6 +1442,18 @@ impl<'g> Builder<'g> {
         c
     }
 
+    /// Contraction operands in their accumulation type: halves accumulate in f32, as
+    /// the reference accumulates without rounding each product.
+    fn widen(&mut self, v: ValueId, x: ExprId, y: ExprId) -> (ExprId, ExprId) {
+        let dtype = self.g.ty(v).dtype;
+        if matches!(dtype, DType::F16 | DType::BF16) {
+            (self.convert(x, DType::F32), self.convert(y, DType::F32))
+        } else {
+            (x, y)
+        }
+    }
+
+    /// Adds the optional bias operand to an accumulated sum and converts to `v`'s dtype.
     fn add_bias(
         &mut self,
         v: ValueId,
@@ -980,14 +1461,16 @@ impl<'g> Builder<'g> {
         sum: ExprId,
         channel: ExprId,
     ) -> Result<ExprId, KernelError> {
-        match ins.get(2) {
+        let acc = self.nest.nodes[sum as usize].dtype;
+        let sum = match ins.get(2) {
             Some(&b) => {
                 let bias = self.at(b, &[channel])?;
-                let dtype = self.g.ty(v).dtype;
-                Ok(self.add(Expr::Binary(BinaryOp::Add, sum, bias), dtype))
+                let bias = self.convert(bias, acc);
+                self.add(Expr::Binary(BinaryOp::Add, sum, bias), acc)
             }
-            None => Ok(sum),
-        }
+            None => sum,
+        };
+        Ok(self.convert(sum, self.g.ty(v).dtype))
     }
 
     fn matmul(
@@ -1029,8 +1512,9 @@ impl<'g> Builder<'g> {
         let cb = operand(self, &b, j, false, trans_b);
         let x = self.at(ins[0], &ca)?;
         let y = self.at(ins[1], &cb)?;
-        let dtype = self.g.ty(v).dtype;
-        let prod = self.add(Expr::Binary(BinaryOp::Mul, x, y), dtype);
+        let (x, y) = self.widen(v, x, y);
+        let acc = self.nest.nodes[x as usize].dtype;
+        let prod = self.add(Expr::Binary(BinaryOp::Mul, x, y), acc);
         let sum = self.reduce(Combine::Sum, k, var, prod);
         let channel = j.unwrap_or_else(|| self.int(0));
         self.add_bias(v, ins, sum, channel)
@@ -1078,11 +1562,12 @@ impl<'g> Builder<'g> {
         wc.extend_from_slice(&r);
         let xv = self.at(ins[0], &xc)?;
         let wv = self.at(ins[1], &wc)?;
-        let dtype = self.g.ty(v).dtype;
-        let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), dtype);
+        let (xv, wv) = self.widen(v, xv, wv);
+        let acc = self.nest.nodes[xv as usize].dtype;
+        let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), acc);
         let body = match valid {
             Some(ok) => {
-                let zero = self.constant(dtype, 0.0);
+                let zero = self.constant(acc, 0.0);
                 self.select(ok, prod, zero)
             }
             None => prod,
@@ -1143,11 +1628,12 @@ impl<'g> Builder<'g> {
         wc.extend_from_slice(&r[1..]);
         let xv = self.at(ins[0], &xc)?;
         let wv = self.at(ins[1], &wc)?;
-        let dtype = self.g.ty(v).dtype;
-        let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), dtype);
+        let (xv, wv) = self.widen(v, xv, wv);
+        let acc = self.nest.nodes[xv as usize].dtype;
+        let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), acc);
         let body = match valid {
             Some(ok) => {
-                let zero = self.constant(dtype, 0.0);
+                let zero = self.constant(acc, 0.0);
                 self.select(ok, prod, zero)
             }
             None => prod,
