@@ -4,6 +4,7 @@
 pub mod builder;
 pub mod compare;
 pub mod conformance;
+pub mod random_graph;
 
 use std::path::PathBuf;
 

@@ -122,8 +122,13 @@ pub fn compile(kernels: &[&Kernel]) -> Result<JitCode, CpuError> {
 }
 
 /// The CLIF text of a kernel's loop nest (empty for a bare contraction), as generated
-/// before Cranelift optimizes it.
+/// for this host before Cranelift optimizes it.
 pub fn clif(kernel: &Kernel) -> Result<String, CpuError> {
+    clif_for(kernel, codegen::host_fma())
+}
+
+/// As [`clif`], choosing whether FMA is used (so that snapshots do not depend on the host).
+pub fn clif_for(kernel: &Kernel, fma: bool) -> Result<String, CpuError> {
     let Some(nest) = kernel.loop_nest() else {
         return Ok(String::new());
     };
@@ -133,13 +138,6 @@ pub fn clif(kernel: &Kernel) -> Result<String, CpuError> {
     let mut fctx = FunctionBuilderContext::new();
     ctx.func.signature = codegen::kernel_signature(&module);
     ctx.func.name = cranelift_codegen::ir::UserFuncName::testcase(&kernel.name);
-    codegen::build(
-        &mut module,
-        &mut ctx.func,
-        &mut fctx,
-        kernel,
-        nest,
-        codegen::host_fma(),
-    )?;
+    codegen::build(&mut module, &mut ctx.func, &mut fctx, kernel, nest, fma)?;
     Ok(ctx.func.display().to_string())
 }

@@ -29,6 +29,23 @@ pub struct Executable {
 }
 
 impl Executable {
+    /// Optimizes (optionally) and compiles a graph whose inputs have fixed shapes; its
+    /// inputs and outputs keep their value names.
+    pub fn from_graph(mut graph: Graph, optimize: bool) -> Result<Executable, SmeltError> {
+        let started = Instant::now();
+        if optimize {
+            smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
+        } else {
+            smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
+                .run(&mut graph)?;
+        }
+        let names = |ids: &[ValueId]| -> Vec<String> {
+            ids.iter().map(|&v| graph.value(v).name.clone()).collect()
+        };
+        let (inputs, outputs) = (names(&graph.inputs), names(&graph.outputs));
+        compile_graph(graph, inputs, outputs, started)
+    }
+
     /// Runs the program; `profile` collects the time of every launch.
     pub fn run(
         &self,
