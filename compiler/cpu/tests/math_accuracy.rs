@@ -71,6 +71,9 @@ fn max_error(op: UnaryOp, xs: &[f32], reference: fn(f64) -> f64, floor: f64) -> 
     worst
 }
 
+/// An f64 reference implementation.
+type Reference = fn(f64) -> f64;
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -127,7 +130,7 @@ fn special_values() {
         100.0,
         -100.0,
     ];
-    let reference: [(UnaryOp, fn(f64) -> f64); 5] = [
+    let reference: [(UnaryOp, Reference); 5] = [
         (UnaryOp::Exp, f64::exp),
         (UnaryOp::Log, f64::ln),
         (UnaryOp::Tanh, f64::tanh),
