@@ -342,3 +342,20 @@ fn attribute_of_the_wrong_type_is_refused() {
         "node 'sm' (Softmax): attribute 'axis' must be INT, got FLOAT",
     );
 }
+
+#[test]
+fn zero_threads_are_refused() {
+    let d = workdir("zero-threads");
+    let m = relu_model(&d);
+    let x = d.join("x.npy");
+    f32_npy(&x, vec![2, 3], &[0.0; 6]);
+    let out = smelt(&[
+        "run",
+        m.to_str().unwrap(),
+        "--input",
+        &format!("x={}", x.display()),
+        "--threads",
+        "0",
+    ]);
+    assert_error(&out, "--threads must be at least 1");
+}

@@ -1,5 +1,6 @@
 //! End to end: the classic models and the nine ONNX `light` models through
-//! `smelt run` (reference path), compared with onnxruntime's outputs.
+//! `smelt run` (compiled code, and the reference interpreter for some), compared with
+//! onnxruntime's outputs; `explain` and `bench` on real models.
 
 use smelt::to_ir_tensor;
 use smelt_runtime::read_npy;
@@ -11,14 +12,19 @@ const RTOL: f64 = 1e-4;
 const ATOL: f64 = 1e-5;
 
 fn run_model_case(name: &str) {
+    run_model_case_with(name, &[]);
+}
+
+fn run_model_case_with(name: &str, extra: &[&str]) {
     let dir = smelt_tests::require_data("models").join(name);
     let io = std::fs::read_to_string(dir.join("io.tsv")).expect("io.tsv");
-    let out_dir = tempdir(name);
+    let out_dir = tempdir(&format!("{name}{}", extra.join("")));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
     cmd.arg("run")
         .arg(dir.join("model.onnx"))
         .arg("--output-dir")
-        .arg(&out_dir);
+        .arg(&out_dir)
+        .args(extra);
     let mut expected = Vec::new();
     for line in io.lines() {
         let f: Vec<&str> = line.split('\t').collect();
@@ -96,6 +102,97 @@ model_tests!(
     light_vgg19,
     light_zfnet512,
 );
+
+/// The reference interpreter stays available behind `--reference`, and so do thread counts.
+#[test]
+fn reference_and_single_thread_runs_match_onnxruntime() {
+    for name in ["mnist_cnn", "lenet5_b4", "worked_check"] {
+        run_model_case_with(name, &["--reference"]);
+        run_model_case_with(name, &["--threads", "1"]);
+    }
+}
+
+/// `smelt explain --stage kernel` on the MNIST CNN: Conv + bias + ReLU are one contraction
+/// with an epilogue, and the softmax is at most two kernels.
+#[test]
+fn explain_kernel_shows_conv_epilogues_and_one_softmax_kernel() {
+    let model = smelt_tests::require_data("models").join("mnist_cnn/model.onnx");
+    let text = explain(&model, &["--stage", "kernel"]);
+    let kernels: Vec<&str> = text.split("kernel ").skip(1).collect();
+    let conv_epilogues = kernels
+        .iter()
+        .filter(|k| {
+            k.contains("= conv(")
+                && k.contains(", bias p")
+                && k.contains("epilogue:")
+                && k.contains(" = max ")
+        })
+        .count();
+    assert_eq!(conv_epilogues, 2, "{text}");
+    let softmax = kernels.iter().filter(|k| k.contains(" = exp ")).count();
+    assert!((1..=2).contains(&softmax), "{text}");
+    let clif = explain(&model, &["--stage", "clif"]);
+    assert!(clif.contains("function %k0_conv(i64, i64, i64)"), "{clif}");
+}
+
+/// `smelt bench --json` prints one object with the documented fields.
+#[test]
+fn bench_prints_json_figures() {
+    let dir = smelt_tests::require_data("models").join("lenet5_b1");
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("bench")
+        .arg(dir.join("model.onnx"))
+        .args([
+            "--threads",
+            "2",
+            "--iterations",
+            "5",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.trim();
+    assert!(
+        line.starts_with('{') && line.ends_with('}') && !line.contains('\n'),
+        "{text}"
+    );
+    for field in [
+        "median_ms",
+        "min_ms",
+        "max_ms",
+        "iterations",
+        "threads",
+        "compile_ms",
+    ] {
+        assert!(
+            line.contains(&format!("\"{field}\": ")),
+            "{field} missing: {line}"
+        );
+    }
+    assert!(
+        line.contains("\"threads\": 2") && line.contains("\"iterations\": 5"),
+        "{line}"
+    );
+    let profile = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("bench")
+        .arg(dir.join("model.onnx"))
+        .args(["--iterations", "3", "--profile"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&profile.stdout);
+    assert!(
+        text.contains("profile (mean ms per run") && text.contains(" conv "),
+        "{text}"
+    );
+}
 
 /// The brief's worked check: sigmoid(Wᵀx + b) with x = [1, 2], W = [[1, 2], [3, 4]], b = [1, 2] is sigmoid([8, 12]).
 #[test]

@@ -241,6 +241,22 @@ impl Compiled {
     /// Compiles (or finds) the code for these inputs.
     pub fn prepare(&self, inputs: &[(String, HostTensor)]) -> Result<Arc<Executable>> {
         let info = self.model.info();
+        if let Some((name, _)) = inputs
+            .iter()
+            .find(|(n, _)| !info.inputs.iter().any(|i| &i.name == n))
+        {
+            return Err(SmeltError::Input {
+                name: name.clone(),
+                reason: format!(
+                    "the model has no such input (inputs: {})",
+                    info.inputs
+                        .iter()
+                        .map(|i| i.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let mut ordered: Vec<&HostTensor> = Vec::with_capacity(info.inputs.len());
         for i in &info.inputs {
             let t = inputs
@@ -269,22 +285,6 @@ impl Compiled {
                 });
             }
             ordered.push(t);
-        }
-        if let Some((name, _)) = inputs
-            .iter()
-            .find(|(n, _)| !info.inputs.iter().any(|i| &i.name == n))
-        {
-            return Err(SmeltError::Input {
-                name: name.clone(),
-                reason: format!(
-                    "the model has no such input (inputs: {})",
-                    info.inputs
-                        .iter()
-                        .map(|i| i.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
         }
         let shapes: Vec<Vec<usize>> = ordered.iter().map(|t| t.shape.clone()).collect();
         {
