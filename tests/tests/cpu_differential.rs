@@ -40,3 +40,45 @@ proptest! {
         check(&g, false, &pool)?;
     }
 }
+
+/// `a + gather(a, perm_k)` twenty times over, with a different constant permutation at
+/// each level, reads each value at twice as many coordinates per level; fused, that is
+/// 2^20 expressions, so the group is lowered node by node instead, and still computes
+/// the same.
+#[test]
+fn groups_too_large_to_fuse_are_split() {
+    use smelt_ir::{DType, Dim, Graph, Op, Tensor, TensorType};
+    let mut g = Graph::new("doubling");
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![Dim::Fixed(8)]));
+    let mut a = x;
+    for k in 0..20i64 {
+        let perm: Vec<i64> = (0..8).map(|i| (i * 3 + k) % 8).collect();
+        let idx = g
+            .add(
+                "",
+                Op::Constant(Tensor::from_i64(DType::I64, vec![8], perm).unwrap()),
+                &[],
+            )
+            .unwrap();
+        let t = g.add("", Op::Gather { axis: 0 }, &[a, idx]).unwrap();
+        let s = g
+            .add("", Op::Binary(smelt_ir::BinaryOp::Add), &[a, t])
+            .unwrap();
+        // Keep magnitudes small so the comparison stays meaningful.
+        let half = g
+            .add("", Op::Constant(konst(vec![], 0, Some(0.5))), &[])
+            .unwrap();
+        a = g
+            .add("", Op::Binary(smelt_ir::BinaryOp::Mul), &[s, half])
+            .unwrap();
+    }
+    g.outputs = vec![a];
+    let exe = Executable::from_graph(g.clone(), false).unwrap();
+    assert!(exe.kernels.len() > 20, "{}", exe.kernel_text());
+    let xin = konst(vec![8], 3, None);
+    let want = smelt_ir::interp::run(&g, std::slice::from_ref(&xin)).unwrap();
+    let got = exe
+        .run(&ThreadPool::new(1), &[smelt::to_host_tensor(&xin)], None)
+        .unwrap();
+    compare(&want[0], &smelt::to_ir_tensor(&got[0]).unwrap(), 1e-5, 1e-6).unwrap();
+}

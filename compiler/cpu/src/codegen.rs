@@ -46,6 +46,11 @@ enum Val {
 
 const LANES: i64 = 4;
 
+/// Reductions over at most this many elements unroll...
+const MAX_UNROLL: u64 = 16;
+/// ...when their unrolled body has at most this many expressions.
+const MAX_UNROLLED: usize = 1024;
+
 /// Register type of a dtype's values: ints compute in i64, bools in i8, halves in f32.
 fn reg(dtype: DType) -> Type {
     match dtype {
@@ -550,50 +555,62 @@ impl<M: Module> Gen<'_, '_, M> {
         let arg = matches!(combine, Combine::ArgMax { .. } | Combine::ArgMin { .. });
         let init = self.identity(combine, dtype);
         let zero = self.b.ins().iconst(types::I64, 0);
-        let (header, bb, exit) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        let i = self.b.append_block_param(header, types::I64);
-        let acc = self.b.append_block_param(header, ty);
-        let best = self.b.append_block_param(header, types::I64);
-        let out_acc = self.b.append_block_param(exit, ty);
-        let out_best = self.b.append_block_param(exit, types::I64);
-        self.b
-            .ins()
-            .jump(header, &[zero.into(), init.into(), zero.into()]);
-        self.b.switch_to_block(header);
-        let more = self
-            .b
-            .ins()
-            .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
-        self.b
-            .ins()
-            .brif(more, bb, &[], exit, &[acc.into(), best.into()]);
-        self.b.switch_to_block(bb);
-        self.rvars.insert(var, i);
+        let body_size = self.members.get(&Scope::Reduce(var)).map_or(0, Vec::len);
         let was_vector = self.vector;
         // Reductions never vectorize (see `vectorizable`), so their bodies are scalar.
         self.vector = false;
-        self.frames.push(HashMap::new());
-        self.emit_scope(Scope::Reduce(var))?;
-        let x = self.scalar(body);
-        self.frames.pop();
+        let (out_acc, out_best) =
+            if extent <= MAX_UNROLL && extent as usize * body_size <= MAX_UNROLLED {
+                // Small windows (pooling, small kernels) unroll: the index arithmetic on a
+                // constant variable then folds away.
+                let (mut acc, mut best) = (init, zero);
+                for k in 0..extent {
+                    let i = self.b.ins().iconst(types::I64, k as i64);
+                    self.rvars.insert(var, i);
+                    self.frames.push(HashMap::new());
+                    self.emit_scope(Scope::Reduce(var))?;
+                    let x = self.scalar(body);
+                    self.frames.pop();
+                    (acc, best) = self.accumulate(combine, dtype, acc, best, x, i);
+                }
+                (acc, best)
+            } else {
+                let (header, bb, exit) = (
+                    self.b.create_block(),
+                    self.b.create_block(),
+                    self.b.create_block(),
+                );
+                let i = self.b.append_block_param(header, types::I64);
+                let acc = self.b.append_block_param(header, ty);
+                let best = self.b.append_block_param(header, types::I64);
+                let out_acc = self.b.append_block_param(exit, ty);
+                let out_best = self.b.append_block_param(exit, types::I64);
+                self.b
+                    .ins()
+                    .jump(header, &[zero.into(), init.into(), zero.into()]);
+                self.b.switch_to_block(header);
+                let more = self
+                    .b
+                    .ins()
+                    .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
+                self.b
+                    .ins()
+                    .brif(more, bb, &[], exit, &[acc.into(), best.into()]);
+                self.b.switch_to_block(bb);
+                self.rvars.insert(var, i);
+                self.frames.push(HashMap::new());
+                self.emit_scope(Scope::Reduce(var))?;
+                let x = self.scalar(body);
+                self.frames.pop();
+                let (acc2, best2) = self.accumulate(combine, dtype, acc, best, x, i);
+                let next = self.b.ins().iadd_imm(i, 1);
+                self.b
+                    .ins()
+                    .jump(header, &[next.into(), acc2.into(), best2.into()]);
+                self.b.switch_to_block(exit);
+                (out_acc, out_best)
+            };
         self.vector = was_vector;
-        let (acc2, best2) = if arg {
-            let better = self.arg_better(combine, dtype, x, acc);
-            let a = self.b.ins().select(better, x, acc);
-            let bi = self.b.ins().select(better, i, best);
-            (a, bi)
-        } else {
-            (self.combine(combine, dtype, acc, x), best)
-        };
-        let next = self.b.ins().iadd_imm(i, 1);
-        self.b
-            .ins()
-            .jump(header, &[next.into(), acc2.into(), best2.into()]);
-        self.b.switch_to_block(exit);
         let result = if arg {
             out_best
         } else {
@@ -602,6 +619,26 @@ impl<M: Module> Gen<'_, '_, M> {
         };
         self.set(e, Val::S(result));
         Ok(())
+    }
+
+    /// One step of a reduction: the new accumulator and (for arg reductions) best index.
+    fn accumulate(
+        &mut self,
+        combine: Combine,
+        dtype: DType,
+        acc: Value,
+        best: Value,
+        x: Value,
+        i: Value,
+    ) -> (Value, Value) {
+        if matches!(combine, Combine::ArgMax { .. } | Combine::ArgMin { .. }) {
+            let better = self.arg_better(combine, dtype, x, acc);
+            let a = self.b.ins().select(better, x, acc);
+            let bi = self.b.ins().select(better, i, best);
+            (a, bi)
+        } else {
+            (self.combine(combine, dtype, acc, x), best)
+        }
     }
 
     fn identity(&mut self, combine: Combine, dtype: DType) -> Value {

@@ -21,6 +21,8 @@ use thiserror::Error;
 pub enum KernelError {
     #[error("kernel {kernel}: {reason}")]
     Invalid { kernel: String, reason: String },
+    #[error("kernel {kernel}: more than {limit} expressions")]
+    TooLarge { kernel: String, limit: usize },
     #[error("node {node} ({op}): {reason}")]
     Unsupported {
         node: String,

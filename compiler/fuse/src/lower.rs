@@ -25,15 +25,42 @@ pub struct LoweredKernel {
     pub args: Vec<ValueId>,
 }
 
-/// Largest loop body (in expressions) a kernel may have.
-const MAX_NODES: usize = 200_000;
+/// Largest loop body (in expressions) a kernel may have; a fused group beyond it is
+/// lowered node by node instead.
+const MAX_NODES: usize = 50_000;
 
 /// Lowers every group of `plan` (over a graph whose shapes are all fixed).
 pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelError> {
     let producer = g.producers();
     let mut out = Vec::new();
     for (gi, grp) in plan.groups.iter().enumerate() {
-        for k in lower_group(g, &producer, gi, grp)? {
+        let kernels = match lower_group(g, &producer, gi, grp) {
+            Err(KernelError::TooLarge { .. }) if grp.nodes.len() > 1 => {
+                // Values read at many different coordinates multiply the fused
+                // expression; unfused, each node is its own kernel and stays small.
+                let mut all = Vec::new();
+                for (j, &n) in grp.nodes.iter().enumerate() {
+                    let node = &g.nodes[n];
+                    let single = Group {
+                        kind: if crate::classify(g, node) == crate::OpClass::Contraction {
+                            GroupKind::Contraction
+                        } else {
+                            GroupKind::Loop
+                        },
+                        nodes: vec![n],
+                        inputs: node.inputs.clone(),
+                        outputs: node.outputs.clone(),
+                    };
+                    for mut k in lower_group(g, &producer, gi, &single)? {
+                        k.kernel.name = format!("{}_{j}", k.kernel.name);
+                        all.push(k);
+                    }
+                }
+                all
+            }
+            other => other?,
+        };
+        for k in kernels {
             k.kernel.verify()?;
             out.push(k);
         }
@@ -525,12 +552,12 @@ impl<'g> Builder<'g> {
             .collect()
     }
 
-    fn check_size(&self, v: ValueId) -> Result<(), KernelError> {
+    fn check_size(&self) -> Result<(), KernelError> {
         if self.nest.nodes.len() > MAX_NODES {
-            return Err(self.unsupported(
-                v,
-                format!("the fused kernel exceeds {MAX_NODES} expressions"),
-            ));
+            return Err(KernelError::TooLarge {
+                kernel: self.name.clone(),
+                limit: MAX_NODES,
+            });
         }
         Ok(())
     }
@@ -643,7 +670,7 @@ impl<'g> Builder<'g> {
         if let Some(&e) = self.memo.get(&key) {
             return Ok(e);
         }
-        self.check_size(v)?;
+        self.check_size()?;
         let e = self.at_uncached(v, coords)?;
         self.memo.insert(key, e);
         Ok(e)
