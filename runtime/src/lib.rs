@@ -4,6 +4,7 @@
 //! compiler crate.
 
 pub mod kernels;
+pub mod manifest;
 pub mod mathfns;
 pub mod memory;
 pub mod npy;

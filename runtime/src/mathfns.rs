@@ -2,16 +2,18 @@
 //!
 //! Generated kernels inline arithmetic and the f32 polynomials (exp, log, tanh, sigmoid,
 //! erf); everything else calls these functions by symbol name, both from the JIT (the
-//! driver registers [`symbols`]) and from linked object code. f32 variants compute in
+//! driver registers [`symbols`]) and from linked object code (hence `no_mangle`). f32 variants compute in
 //! f64 and round once, which is what the reference interpreter does.
 
 macro_rules! unary_helpers {
     ($($name32:ident, $name64:ident = $f:expr;)*) => {
         $(
+            #[unsafe(no_mangle)]
             pub extern "C" fn $name32(x: f32) -> f32 {
                 let f: fn(f64) -> f64 = $f;
                 f(x as f64) as f32
             }
+            #[unsafe(no_mangle)]
             pub extern "C" fn $name64(x: f64) -> f64 {
                 let f: fn(f64) -> f64 = $f;
                 f(x)
@@ -55,23 +57,28 @@ unary_helpers! {
     smelt_rt_sigmoid_f32, smelt_rt_sigmoid_f64 = sigmoid;
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_pow_f64(a: f64, b: f64) -> f64 {
     a.powf(b)
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_pow_f32(a: f32, b: f32) -> f32 {
     (a as f64).powf(b as f64) as f32
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_fmod_f64(a: f64, b: f64) -> f64 {
     a % b
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_fmod_f32(a: f32, b: f32) -> f32 {
     ((a as f64) % (b as f64)) as f32
 }
 
 /// Integer power with the reference's semantics (wrapping; negative exponents through f64).
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_pow_i64(a: i64, b: i64) -> i64 {
     if b >= 0 {
         a.wrapping_pow(b.min(u32::MAX as i64) as u32)
@@ -81,26 +88,32 @@ pub extern "C" fn smelt_rt_pow_i64(a: i64, b: i64) -> i64 {
 }
 
 /// Rounds an f32 to f16 and back (f16 values compute in f32 between ops).
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_round_bf16(x: f32) -> f32 {
     half::bf16::from_f32(x).to_f32()
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_f16_to_f32(bits: i32) -> f32 {
     half::f16::from_bits(bits as u16).to_f32()
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_bf16_to_f32(bits: i32) -> f32 {
     half::bf16::from_bits(bits as u16).to_f32()
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_f32_to_f16(x: f32) -> i32 {
     half::f16::from_f32(x).to_bits() as i32
 }
 
+#[unsafe(no_mangle)]
 pub extern "C" fn smelt_rt_f32_to_bf16(x: f32) -> i32 {
     half::bf16::from_f32(x).to_bits() as i32
 }

@@ -152,13 +152,38 @@ impl AlignedBytes {
     }
 }
 
+/// The constants of a program: owned (JIT) or linked into the executable (AOT).
+#[derive(Debug, Clone)]
+pub enum Constants {
+    Owned(AlignedBytes),
+    /// 64-byte aligned bytes that live as long as the program (a linked data symbol).
+    Static(&'static [u8]),
+}
+
+impl Constants {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Constants::Owned(b) => b.as_slice(),
+            Constants::Static(s) => s,
+        }
+    }
+
+    fn base(&self) -> *mut u8 {
+        match self {
+            Constants::Owned(b) => b.base(),
+            // Kernels only read constants; the pointer is mutable for the ABI's sake.
+            Constants::Static(s) => s.as_ptr().cast_mut(),
+        }
+    }
+}
+
 /// A compiled model, ready to run.
 #[derive(Debug, Clone)]
 pub struct Program {
     pub inputs: Vec<IoSpec>,
     pub outputs: Vec<IoSpec>,
     pub buffers: Vec<BufferSpec>,
-    pub constants: AlignedBytes,
+    pub constants: Constants,
     pub arena_bytes: usize,
     /// What the arena buffers would take without reuse.
     pub intermediate_bytes: usize,
@@ -179,7 +204,7 @@ impl Program {
         functions: &dyn Fn(usize) -> Option<KernelFn>,
         pool: &ThreadPool,
         inputs: &[HostTensor],
-        mut profile: Option<&mut Vec<Duration>>,
+        profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
         if inputs.len() != self.inputs.len() {
             return Err(RuntimeError::InputCount {
@@ -195,48 +220,106 @@ impl Program {
                     got: format!("{}{:?}", t.elem.name(), t.shape),
                 });
             }
-            if t.bytes.len() != t.num_elements() * t.elem.size_bytes() {
-                return Err(RuntimeError::InputMismatch {
-                    name: spec.name.clone(),
-                    expected: format!("{} bytes", t.num_elements() * t.elem.size_bytes()),
-                    got: format!("{} bytes", t.bytes.len()),
-                });
+        }
+        let mut outputs: Vec<HostTensor> = self
+            .outputs
+            .iter()
+            .map(|spec| HostTensor {
+                elem: spec.elem,
+                shape: spec.shape.clone(),
+                bytes: vec![0; self.buffers[spec.buffer].bytes()],
+            })
+            .collect();
+        let mut arena = AlignedBytes::zeroed(self.arena_bytes);
+        let ins: Vec<&[u8]> = inputs.iter().map(|t| t.bytes.as_slice()).collect();
+        let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|t| t.bytes.as_mut_slice()).collect();
+        self.run_in(
+            functions,
+            pool,
+            &ins,
+            &mut outs,
+            arena.as_mut_slice(),
+            profile,
+        )?;
+        Ok(outputs)
+    }
+
+    /// Runs the program on raw input and output bytes (in declaration order), using
+    /// `arena` (64-byte aligned, at least `arena_bytes` long) as scratch memory.
+    pub fn run_in(
+        &self,
+        functions: &dyn Fn(usize) -> Option<KernelFn>,
+        pool: &ThreadPool,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        arena: &mut [u8],
+        mut profile: Option<&mut Vec<Duration>>,
+    ) -> Result<(), RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let bad =
+            |name: &str, what: &str, expected: usize, got: usize| RuntimeError::InputMismatch {
+                name: name.to_string(),
+                expected: format!("{expected} {what}"),
+                got: format!("{got} {what}"),
+            };
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            let want = self.buffers[spec.buffer].bytes();
+            if t.len() != want {
+                return Err(bad(&spec.name, "bytes", want, t.len()));
             }
         }
-        let mut arena = AlignedBytes::zeroed(self.arena_bytes);
+        if outputs.len() != self.outputs.len() {
+            return Err(bad(
+                "(outputs)",
+                "outputs",
+                self.outputs.len(),
+                outputs.len(),
+            ));
+        }
+        for (spec, o) in self.outputs.iter().zip(outputs.iter()) {
+            let want = self.buffers[spec.buffer].bytes();
+            if o.len() != want {
+                return Err(bad(&spec.name, "output bytes", want, o.len()));
+            }
+        }
+        if arena.len() < self.arena_bytes || !(arena.as_ptr() as usize).is_multiple_of(64) {
+            return Err(bad(
+                "(scratch)",
+                "bytes, 64-byte aligned",
+                self.arena_bytes,
+                arena.len(),
+            ));
+        }
+        let base = arena.as_mut_ptr();
         for (spec, t) in self.inputs.iter().zip(inputs) {
             let off = self.arena_offset(spec.buffer);
-            arena.as_mut_slice()[off..off + t.bytes.len()].copy_from_slice(&t.bytes);
+            arena[off..off + t.len()].copy_from_slice(t);
         }
         if let Some(p) = profile.as_deref_mut() {
             p.resize(self.launches.len(), Duration::ZERO);
         }
         for (li, launch) in self.launches.iter().enumerate() {
             let start = Instant::now();
-            self.launch(launch, functions, pool, &mut arena)?;
+            self.launch(launch, functions, pool, base)?;
             if let Some(p) = profile.as_deref_mut() {
                 p[li] += start.elapsed();
             }
         }
-        Ok(self
-            .outputs
-            .iter()
-            .map(|spec| {
-                let b = &self.buffers[spec.buffer];
-                let bytes = b.bytes();
-                let src = match b.place {
-                    Place::Arena { offset } => &arena.as_slice()[offset..offset + bytes],
-                    Place::Constant { offset } => {
-                        &self.constants.as_slice()[offset..offset + bytes]
-                    }
-                };
-                HostTensor {
-                    elem: spec.elem,
-                    shape: spec.shape.clone(),
-                    bytes: src.to_vec(),
-                }
-            })
-            .collect())
+        for (spec, o) in self.outputs.iter().zip(outputs.iter_mut()) {
+            let b = &self.buffers[spec.buffer];
+            let bytes = b.bytes();
+            let src = match b.place {
+                Place::Arena { offset } => &arena[offset..offset + bytes],
+                Place::Constant { offset } => &self.constants.as_slice()[offset..offset + bytes],
+            };
+            o.copy_from_slice(src);
+        }
+        Ok(())
     }
 
     fn arena_offset(&self, buffer: usize) -> usize {
@@ -246,10 +329,10 @@ impl Program {
         }
     }
 
-    fn ptr(&self, arena: &AlignedBytes, buffer: usize) -> *mut u8 {
+    fn ptr(&self, arena: *mut u8, buffer: usize) -> *mut u8 {
         match self.buffers[buffer].place {
             // SAFETY (both): offsets and sizes were planned inside the allocations.
-            Place::Arena { offset } => unsafe { arena.base().add(offset) },
+            Place::Arena { offset } => unsafe { arena.add(offset) },
             Place::Constant { offset } => unsafe { self.constants.base().add(offset) },
         }
     }
@@ -259,7 +342,7 @@ impl Program {
         launch: &Launch,
         functions: &dyn Fn(usize) -> Option<KernelFn>,
         pool: &ThreadPool,
-        arena: &mut AlignedBytes,
+        arena: *mut u8,
     ) -> Result<(), RuntimeError> {
         let fail = |reason: String| RuntimeError::Kernel {
             name: launch.name().to_string(),
@@ -364,7 +447,7 @@ impl Program {
     #[allow(clippy::type_complexity)]
     fn slices<'a, T>(
         &self,
-        arena: &'a mut AlignedBytes,
+        arena: *mut u8,
         a: usize,
         b: usize,
         bias: Option<usize>,

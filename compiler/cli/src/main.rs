@@ -58,6 +58,30 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Compile a model into a standalone executable, a static library with a C header,
+    /// or an object file.
+    Compile {
+        /// The ONNX model file.
+        model: PathBuf,
+        /// The file to write (for `lib`, `libNAME.a`; the header `NAME.h` goes beside it).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: PathBuf,
+        /// What to write.
+        #[arg(long, default_value = "exe", value_parser = ["exe", "lib", "obj"])]
+        emit: String,
+        /// Pin an input's shape, as NAME=1,3,224,224 (repeatable); every shape must be known.
+        #[arg(long = "input-shape", value_name = "NAME=DIMS")]
+        input_shapes: Vec<String>,
+        /// The CPU the code is for.
+        #[arg(long, default_value = "native", value_parser = ["native", "x86-64-v2", "x86-64-v3", "x86-64-v4"])]
+        cpu: String,
+        /// The deployable's default thread count (default: every core where it runs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Skip the optimizer.
+        #[arg(long)]
+        no_opt: bool,
+    },
     /// Measure a model's latency on compiled code.
     Bench {
         /// The ONNX model file.
@@ -316,6 +340,36 @@ fn explain(
     Ok(())
 }
 
+fn compile(
+    path: &PathBuf,
+    output: &std::path::Path,
+    emit: &str,
+    input_shapes: &[String],
+    cpu: &str,
+    threads: Option<usize>,
+    optimize: bool,
+) -> Result<()> {
+    use smelt::aot::{AotOptions, Emit};
+    let model = Model::load(path)?;
+    let opts = AotOptions {
+        emit: Emit::parse(emit).ok_or_else(|| anyhow!("--emit: unknown kind '{emit}'"))?,
+        cpu: smelt::smelt_cpu::object::CpuTarget::parse(cpu)
+            .ok_or_else(|| anyhow!("--cpu: unknown target '{cpu}'"))?,
+        threads,
+        input_shapes: parse_shapes(input_shapes)?,
+        optimize,
+    };
+    let a = model.compile_to(output, &opts)?;
+    for f in &a.files {
+        println!("wrote {}", f.display());
+    }
+    println!(
+        "model smelt_{}_model: {} kernels, {} bytes of constants, {} bytes of scratch, cpu {}",
+        a.name, a.kernels, a.constant_bytes, a.scratch_bytes, cpu
+    );
+    Ok(())
+}
+
 fn run(
     path: &PathBuf,
     inputs: &[String],
@@ -408,6 +462,15 @@ fn main() -> ExitCode {
                 Engine::Compiled { threads: *threads }
             },
         ),
+        Command::Compile {
+            model,
+            output,
+            emit,
+            input_shapes,
+            cpu,
+            threads,
+            no_opt,
+        } => compile(model, output, emit, input_shapes, cpu, *threads, !no_opt),
         Command::Bench {
             model,
             inputs,

@@ -7,6 +7,7 @@
 
 pub mod codegen;
 pub mod math;
+pub mod object;
 
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::FunctionBuilderContext;

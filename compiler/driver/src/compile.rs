@@ -71,6 +71,27 @@ fn elem(g: &Graph, v: ValueId) -> ElemType {
     ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
 }
 
+/// Plans, lowers and assembles an optimized graph whose shapes are all fixed: what the
+/// JIT and the ahead-of-time path share.
+pub(crate) fn lower_graph(
+    graph: &Graph,
+    input_names: &[String],
+    output_names: &[String],
+) -> Result<(FusionPlan, Vec<LoweredKernel>, Program), SmeltError> {
+    for v in &graph.values {
+        if v.ty.fixed_shape().is_none() {
+            return Err(SmeltError::Compile(format!(
+                "value {} has shape {} after specialization; give its inputs' shapes (--input-shape)",
+                v.name, v.ty
+            )));
+        }
+    }
+    let plan = smelt_fuse::plan(graph);
+    let kernels = smelt_fuse::lower(graph, &plan)?;
+    let program = build_program(graph, input_names, output_names, &kernels)?;
+    Ok((plan, kernels, program))
+}
+
 /// Compiles an optimized graph whose shapes are all fixed.
 pub(crate) fn compile_graph(
     graph: Graph,
@@ -78,20 +99,9 @@ pub(crate) fn compile_graph(
     output_names: Vec<String>,
     started: Instant,
 ) -> Result<Executable, SmeltError> {
-    for (i, v) in graph.values.iter().enumerate() {
-        if v.ty.fixed_shape().is_none() {
-            let _ = i;
-            return Err(SmeltError::Compile(format!(
-                "value {} has shape {} after specialization; give its inputs' shapes (--input-shape)",
-                v.name, v.ty
-            )));
-        }
-    }
-    let plan = smelt_fuse::plan(&graph);
-    let kernels = smelt_fuse::lower(&graph, &plan)?;
+    let (plan, kernels, program) = lower_graph(&graph, &input_names, &output_names)?;
     let refs: Vec<&smelt_fuse::Kernel> = kernels.iter().map(|k| &k.kernel).collect();
     let code = smelt_cpu::compile(&refs)?;
-    let program = build_program(&graph, &input_names, &output_names, &kernels)?;
     Ok(Executable {
         graph,
         plan,
@@ -328,7 +338,7 @@ fn build_program(
         inputs,
         outputs,
         buffers,
-        constants: blob,
+        constants: smelt_runtime::program::Constants::Owned(blob),
         arena_bytes: plan.arena_bytes,
         intermediate_bytes: plan.total_bytes,
         launches,

@@ -19,6 +19,7 @@
 //! The reference interpreter stays reachable through [`Model::run_reference`]; it is the
 //! oracle of the tests, not the product's execution path.
 
+pub mod aot;
 mod compile;
 mod jit;
 

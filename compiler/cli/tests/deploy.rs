@@ -1,0 +1,385 @@
+//! `smelt compile`: executables against onnxruntime's outputs, the C example against the
+//! JIT, byte-identical rebuilds, `ldd`, the CPU check, and the executable's errors.
+
+use smelt_runtime::read_npy;
+use smelt_tests::compare::compare;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("deploy-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn compile(model: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "compile",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(&smelt(&args));
+}
+
+/// Compiles a generated model case to an executable, runs it on the case's inputs and
+/// compares with onnxruntime's outputs (the tolerances of the model tests).
+fn exe_matches_onnxruntime(name: &str) {
+    let dir = smelt_tests::require_data("models").join(name);
+    let work = workdir(name);
+    let exe = work.join(name);
+    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
+    let mut run = Command::new(&exe);
+    let mut shapes = Vec::new();
+    let mut expected = Vec::new();
+    for line in io.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["input", n, file] => {
+                let t = read_npy(&dir.join(file)).unwrap();
+                let dims: Vec<String> = t.shape.iter().map(usize::to_string).collect();
+                shapes.push(format!("{n}={}", dims.join(",")));
+                run.arg("--input")
+                    .arg(format!("{n}={}", dir.join(file).display()));
+            }
+            ["output", n, file] => expected.push((n.to_string(), dir.join(file))),
+            _ => panic!("bad io.tsv line {line}"),
+        }
+    }
+    let mut extra = Vec::new();
+    for s in &shapes {
+        extra.push("--input-shape");
+        extra.push(s.as_str());
+    }
+    compile(&dir.join("model.onnx"), &exe, &extra);
+    let out_dir = work.join("out");
+    ok(&run.arg("--output-dir").arg(&out_dir).output().unwrap());
+    for (output, file) in expected {
+        let want = smelt::to_ir_tensor(&read_npy(&file).unwrap()).unwrap();
+        let safe: String = output
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let got =
+            smelt::to_ir_tensor(&read_npy(&out_dir.join(format!("{safe}.npy"))).unwrap()).unwrap();
+        compare(&want, &got, 1e-4, 1e-5).unwrap_or_else(|e| panic!("{name}, output {output}: {e}"));
+    }
+}
+
+#[test]
+fn mnist_cnn_executable() {
+    exe_matches_onnxruntime("mnist_cnn");
+}
+
+#[test]
+fn lenet5_executables() {
+    exe_matches_onnxruntime("lenet5_b1");
+    exe_matches_onnxruntime("lenet5_b4");
+}
+
+#[test]
+fn mlp_and_logistic_regression_executables() {
+    exe_matches_onnxruntime("mlp_784_64_64_1");
+    exe_matches_onnxruntime("mlp_784_128_10");
+    exe_matches_onnxruntime("logistic_regression");
+    exe_matches_onnxruntime("worked_check");
+}
+
+#[test]
+fn light_resnet50_executable() {
+    exe_matches_onnxruntime("light_resnet50");
+}
+
+/// Inception v1's local response normalization calls the runtime's `pow` helper.
+#[test]
+fn light_inception_v1_executable() {
+    exe_matches_onnxruntime("light_inception_v1");
+}
+
+/// The executable needs nothing of smelt, LLVM or Python: only the C library and friends.
+#[test]
+fn executables_link_only_system_libraries() {
+    let work = workdir("ldd");
+    let exe = work.join("lenet5");
+    compile(
+        &smelt_tests::workspace_root().join("docs/examples/lenet5/model.onnx"),
+        &exe,
+        &[],
+    );
+    let ldd = ok(&Command::new("ldd").arg(&exe).output().unwrap());
+    for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let lib = line.split_whitespace().next().unwrap();
+        let allowed = [
+            "linux-vdso",
+            "libc.so",
+            "libm.so",
+            "libgcc_s.so",
+            "libpthread.so",
+            "libdl.so",
+            "librt.so",
+            "libutil.so",
+            "/lib64/ld-linux",
+        ];
+        assert!(
+            allowed.iter().any(|a| lib.starts_with(a)),
+            "unexpected library {lib} in:\n{ldd}"
+        );
+    }
+    let info = ok(&Command::new(&exe).arg("--info").output().unwrap());
+    for needle in [
+        "inputs:",
+        "  x: f32[1, 3, 32, 32]",
+        "outputs:",
+        "cpu: native",
+        "smelt: ",
+    ] {
+        assert!(
+            info.contains(needle),
+            "{needle} missing from --info:\n{info}"
+        );
+    }
+    let help = ok(&Command::new(&exe).arg("--help").output().unwrap());
+    assert!(help.contains("--output-dir"), "{help}");
+    let bench = ok(&Command::new(&exe)
+        .args(["--bench", "3", "--json"])
+        .output()
+        .unwrap());
+    for field in [
+        "median_ms",
+        "min_ms",
+        "max_ms",
+        "iterations",
+        "threads",
+        "compile_ms",
+    ] {
+        assert!(
+            bench.contains(&format!("\"{field}\": ")),
+            "{field} missing: {bench}"
+        );
+    }
+}
+
+/// Same model, same options: byte-identical executables and libraries.
+#[test]
+fn rebuilds_are_byte_identical() {
+    let model = smelt_tests::workspace_root().join("docs/examples/lenet5/model.onnx");
+    let (a, b) = (workdir("repro-a"), workdir("repro-b"));
+    for emit in ["exe", "lib", "obj"] {
+        let file = match emit {
+            "lib" => "liblenet5.a",
+            "obj" => "lenet5.o",
+            _ => "lenet5",
+        };
+        compile(&model, &a.join(file), &["--emit", emit]);
+        compile(&model, &b.join(file), &["--emit", emit]);
+        let (x, y) = (
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+        );
+        assert!(x == y, "{emit}: rebuild differs");
+    }
+    assert_eq!(
+        std::fs::read(a.join("lenet5.h")).unwrap(),
+        std::fs::read(b.join("lenet5.h")).unwrap()
+    );
+}
+
+/// The C example builds against `--emit lib` output and prints what the JIT computes.
+#[test]
+fn c_example_links_the_library_and_prints_the_outputs() {
+    let root = smelt_tests::workspace_root();
+    let work = workdir("c-example");
+    compile(
+        &root.join("docs/examples/lenet5/model.onnx"),
+        &work.join("liblenet5.a"),
+        &["--emit", "lib"],
+    );
+    let header = std::fs::read_to_string(work.join("lenet5.h")).unwrap();
+    assert!(
+        header.contains("const struct smelt_model *smelt_lenet5_model(void);"),
+        "{header}"
+    );
+    let exe = work.join("lenet5-c");
+    let mut cc = Command::new("cc");
+    cc.arg(root.join("docs/examples/c/main.c"))
+        .arg("-I")
+        .arg(&work)
+        .arg(work.join("liblenet5.a"))
+        .args(smelt::aot::SYSTEM_LIBS)
+        .arg("-o")
+        .arg(&exe);
+    ok(&cc.output().unwrap());
+    let printed = ok(&Command::new(&exe).output().unwrap());
+    // The JIT on the same input.
+    let model = smelt::Model::load(root.join("docs/examples/lenet5/model.onnx")).unwrap();
+    let compiled = model.compile(&smelt::Options::default()).unwrap();
+    let x: Vec<f32> = (0..3 * 32 * 32)
+        .map(|i| (i % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let y = compiled
+        .run(&[smelt::Tensor::from_vec(vec![1, 3, 32, 32], x).unwrap()])
+        .unwrap();
+    let want = y[0].to_vec::<f32>().unwrap();
+    for prefix in ["session:", "scratch:"] {
+        let line = printed
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line in:\n{printed}"));
+        let got: Vec<f32> = line[prefix.len()..]
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(got.len(), want.len(), "{line}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-5 + 1e-4 * w.abs(),
+                "{prefix} {got:?} vs {want:?}"
+            );
+        }
+    }
+    assert!(
+        printed.contains("error check: smelt_run: null session"),
+        "{printed}"
+    );
+}
+
+fn assert_exit_2(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+#[test]
+fn executables_refuse_bad_inputs_and_missing_cpu_features() {
+    let root = smelt_tests::workspace_root();
+    let model = root.join("docs/examples/lenet5/model.onnx");
+    let work = workdir("bad-inputs");
+    let exe = work.join("lenet5");
+    compile(&model, &exe, &[]);
+    let x = root.join("docs/examples/lenet5/x.npy");
+    let run = |args: &[String]| Command::new(&exe).args(args).output().unwrap();
+    let bad = work.join("bad.npy");
+    std::fs::write(&bad, b"not an npy file").unwrap();
+    assert_exit_2(
+        &run(&["--input".into(), format!("x={}", bad.display())]),
+        "input 'x'",
+    );
+    let wrong = work.join("wrong.npy");
+    smelt_runtime::write_npy(
+        &wrong,
+        &smelt_runtime::HostTensor {
+            elem: smelt_runtime::ElemType::F32,
+            shape: vec![1, 3, 16, 16],
+            bytes: vec![0; 3072],
+        },
+    )
+    .unwrap();
+    assert_exit_2(
+        &run(&["--input".into(), format!("x={}", wrong.display())]),
+        "expects shape [1, 3, 32, 32] but got [1, 3, 16, 16]",
+    );
+    let ints = work.join("ints.npy");
+    smelt_runtime::write_npy(
+        &ints,
+        &smelt_runtime::HostTensor {
+            elem: smelt_runtime::ElemType::I32,
+            shape: vec![1, 3, 32, 32],
+            bytes: vec![0; 4 * 3072],
+        },
+    )
+    .unwrap();
+    assert_exit_2(
+        &run(&["--input".into(), format!("x={}", ints.display())]),
+        "expects dtype f32, got i32",
+    );
+    assert_exit_2(&run(&[]), "input 'x': missing");
+    assert_exit_2(
+        &run(&["--input".into(), format!("y={}", x.display())]),
+        "'y': the model has no such input",
+    );
+    // Every x86-64-v4 feature this machine lacks makes the v4 build refuse to run.
+    let lacks_v4 = ["avx512f", "avx512dq", "avx512vl"]
+        .iter()
+        .any(|f| !smelt_cpu_has(f));
+    if lacks_v4 {
+        let v4 = work.join("lenet5-v4");
+        compile(&model, &v4, &["--cpu", "x86-64-v4"]);
+        let out = Command::new(&v4)
+            .args(["--input", &format!("x={}", x.display())])
+            .output()
+            .unwrap();
+        assert_exit_2(
+            &out,
+            "compiled for x86-64-v4 and needs CPU features this CPU lacks",
+        );
+    }
+    // x86-64-v2 code runs on any x86-64-v2 machine and gives the same results.
+    let v2 = work.join("lenet5-v2");
+    compile(&model, &v2, &["--cpu", "x86-64-v2"]);
+    let a = ok(&Command::new(&v2)
+        .args(["--input", &format!("x={}", x.display())])
+        .output()
+        .unwrap());
+    let b = ok(&run(&["--input".into(), format!("x={}", x.display())]));
+    assert_eq!(a, b);
+}
+
+fn smelt_cpu_has(feature: &str) -> bool {
+    match feature {
+        "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+        "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+        "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+        _ => false,
+    }
+}
+
+#[test]
+fn compile_errors_are_one_line() {
+    let root = smelt_tests::workspace_root();
+    let work = workdir("compile-errors");
+    let out = smelt(&[
+        "compile",
+        root.join("docs/examples/lenet5/model.onnx")
+            .to_str()
+            .unwrap(),
+        "-o",
+        work.join("x").to_str().unwrap(),
+        "--threads",
+        "0",
+    ]);
+    assert_exit_2(&out, "--threads must be at least 1");
+    let out = smelt(&[
+        "compile",
+        "/nonexistent.onnx",
+        "-o",
+        work.join("x").to_str().unwrap(),
+    ]);
+    assert_exit_2(&out, "/nonexistent.onnx");
+}
