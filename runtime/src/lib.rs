@@ -3,6 +3,7 @@
 //! pool (`pool`); the program format arrives with the CPU back end. It depends on no
 //! compiler crate.
 
+pub mod cpu;
 pub mod kernels;
 pub mod manifest;
 pub mod mathfns;
@@ -13,4 +14,4 @@ pub mod program;
 pub mod tensor;
 
 pub use npy::{NpyError, read_npy, write_npy};
-pub use tensor::{ElemType, HostTensor};
+pub use tensor::{ElemType, HostTensor, output_file_name};

@@ -108,3 +108,42 @@ impl HostTensor {
             .collect()
     }
 }
+
+impl HostTensor {
+    /// One line: `NAME: dtype[shape] min=.. max=.. mean=..` (what `smelt run` prints).
+    pub fn summary(&self, name: &str) -> String {
+        let v = self.to_f64();
+        let shape = self
+            .shape
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        if v.is_empty() {
+            return format!("{name}: {}[{shape}] (empty)", self.elem.name());
+        }
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        format!(
+            "{name}: {}[{shape}] min={min:.6} max={max:.6} mean={mean:.6}",
+            self.elem.name()
+        )
+    }
+}
+
+/// The `.npy` file name of an output in an output directory: every character outside
+/// `[A-Za-z0-9_.-]` becomes `_`.
+pub fn output_file_name(output: &str) -> String {
+    let safe: String = output
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.npy")
+}

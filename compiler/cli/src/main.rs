@@ -5,7 +5,7 @@ mod bench;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use smelt::Model;
-use smelt_runtime::{HostTensor, read_npy, write_npy};
+use smelt_runtime::{read_npy, write_npy};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -136,41 +136,6 @@ pub(crate) fn split_pair<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a s
     arg.split_once('=')
         .filter(|(k, v)| !k.is_empty() && !v.is_empty())
         .ok_or_else(|| anyhow!("{flag} expects NAME=VALUE, got '{arg}'"))
-}
-
-/// Output file name: every character outside `[A-Za-z0-9_.-]` becomes `_`.
-fn file_name_for(output: &str) -> String {
-    let safe: String = output
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{safe}.npy")
-}
-
-fn summary(name: &str, t: &HostTensor) -> String {
-    let v = t.to_f64();
-    let shape = t
-        .shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if v.is_empty() {
-        return format!("{name}: {}[{shape}] (empty)", t.elem.name());
-    }
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    format!(
-        "{name}: {}[{shape}] min={min:.6} max={max:.6} mean={mean:.6}",
-        t.elem.name()
-    )
 }
 
 fn inspect(path: &PathBuf) -> Result<()> {
@@ -418,13 +383,13 @@ fn run(
     for (name, t) in &results {
         let dest = match (targets.get(name), output_dir) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(dir)) => Some(dir.join(file_name_for(name))),
+            (None, Some(dir)) => Some(dir.join(smelt_runtime::output_file_name(name))),
             (None, None) => None,
         };
         if let Some(dest) = dest {
             write_npy(&dest, t)?;
         }
-        println!("{}", summary(name, t));
+        println!("{}", t.summary(name));
     }
     Ok(())
 }

@@ -76,18 +76,10 @@ fn exe_matches_onnxruntime(name: &str) {
     ok(&run.arg("--output-dir").arg(&out_dir).output().unwrap());
     for (output, file) in expected {
         let want = smelt::to_ir_tensor(&read_npy(&file).unwrap()).unwrap();
-        let safe: String = output
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let got =
-            smelt::to_ir_tensor(&read_npy(&out_dir.join(format!("{safe}.npy"))).unwrap()).unwrap();
+        let got = smelt::to_ir_tensor(
+            &read_npy(&out_dir.join(smelt_runtime::output_file_name(&output))).unwrap(),
+        )
+        .unwrap();
         compare(&want, &got, 1e-4, 1e-5).unwrap_or_else(|e| panic!("{name}, output {output}: {e}"));
     }
 }

@@ -47,17 +47,7 @@ fn run_model_case_with(name: &str, extra: &[&str]) {
     assert!(!expected.is_empty());
     for (output, file) in expected {
         let want = to_ir_tensor(&read_npy(&file).unwrap()).unwrap();
-        let safe: String = output
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let got_path = out_dir.join(format!("{safe}.npy"));
+        let got_path = out_dir.join(smelt_runtime::output_file_name(&output));
         let got = to_ir_tensor(&read_npy(&got_path).unwrap_or_else(|e| panic!("{e}"))).unwrap();
         compare(&want, &got, RTOL, ATOL).unwrap_or_else(|e| panic!("{name}, output {output}: {e}"));
         assert!(

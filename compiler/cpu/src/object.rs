@@ -81,7 +81,8 @@ impl CpuTarget {
         };
         let all = levels.iter().flat_map(|l| l.iter().copied());
         if self == CpuTarget::Native {
-            all.filter(|(_, cpuid)| host_has(cpuid)).collect()
+            all.filter(|(_, cpuid)| smelt_runtime::cpu::has_feature(cpuid))
+                .collect()
         } else {
             all.collect()
         }
@@ -120,34 +121,6 @@ impl CpuTarget {
         builder
             .finish(settings::Flags::new(flags))
             .map_err(|e| CpuError::Codegen(e.to_string()))
-    }
-}
-
-fn host_has(cpuid: &str) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match cpuid {
-            "sse3" => std::arch::is_x86_feature_detected!("sse3"),
-            "ssse3" => std::arch::is_x86_feature_detected!("ssse3"),
-            "sse4.1" => std::arch::is_x86_feature_detected!("sse4.1"),
-            "sse4.2" => std::arch::is_x86_feature_detected!("sse4.2"),
-            "popcnt" => std::arch::is_x86_feature_detected!("popcnt"),
-            "avx" => std::arch::is_x86_feature_detected!("avx"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            "fma" => std::arch::is_x86_feature_detected!("fma"),
-            "bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
-            "bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
-            "lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
-            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = cpuid;
-        false
     }
 }
 

@@ -928,10 +928,7 @@ impl<'g> Builder<'g> {
                         let pos = b.iadd(base, off);
                         let pos = b.iadd_c(pos, -(pads[a] as i64));
                         let ok = b.in_range(pos, 0, x[lead + a] as i64);
-                        valid = Some(match valid {
-                            None => ok,
-                            Some(p) => b.bin(BinaryOp::And, p, ok),
-                        });
+                        valid = Some(b.and_also(valid, ok));
                         c.push(pos);
                     }
                     let valid =
@@ -991,10 +988,7 @@ impl<'g> Builder<'g> {
                 let mut ok: Option<ExprId> = None;
                 for a in (0..x.len()).filter(|&a| a != axis) {
                     let inside = self.in_range(coords[a], 0, u[a] as i64);
-                    ok = Some(match ok {
-                        None => inside,
-                        Some(p) => self.bin(BinaryOp::And, p, inside),
-                    });
+                    ok = Some(self.and_also(ok, inside));
                 }
                 let idx = self.at(ins[1], &uc)?;
                 let idx = self.index_value(idx, x[axis]);
@@ -1025,10 +1019,7 @@ impl<'g> Builder<'g> {
                     let i = self.at(ins[1], &ic)?;
                     let i = self.index_value(i, x[j]);
                     let eq = self.bin(BinaryOp::Equal, i, coords[j]);
-                    hit = Some(match hit {
-                        None => eq,
-                        Some(p) => self.bin(BinaryOp::And, p, eq),
-                    });
+                    hit = Some(self.and_also(hit, eq));
                 }
                 let hit = hit.unwrap_or_else(|| self.add(Expr::Const(Const::Int(1)), DType::Bool));
                 let base = self.at(ins[0], coords)?;
@@ -1247,10 +1238,7 @@ impl<'g> Builder<'g> {
                     let ge = self.bin(BinaryOp::GreaterEqual, src, lo);
                     let le = self.bin(BinaryOp::LessEqual, src, hi);
                     let ok = self.bin(BinaryOp::And, ge, le);
-                    valid = Some(match valid {
-                        None => ok,
-                        Some(p) => self.bin(BinaryOp::And, p, ok),
-                    });
+                    valid = Some(self.and_also(valid, ok));
                     src
                 }
             };
@@ -1579,28 +1567,12 @@ impl<'g> Builder<'g> {
             let pos = self.iadd(base, off);
             let pos = self.iadd_c(pos, -(pads[a] as i64));
             let ok = self.in_range(pos, 0, x[2 + a] as i64);
-            valid = Some(match valid {
-                None => ok,
-                Some(p) => self.bin(BinaryOp::And, p, ok),
-            });
+            valid = Some(self.and_also(valid, ok));
             xc.push(pos);
         }
         let mut wc = vec![coords[1]];
         wc.extend_from_slice(&r);
-        let xv = self.at(ins[0], &xc)?;
-        let wv = self.at(ins[1], &wc)?;
-        let (xv, wv) = self.widen(v, xv, wv);
-        let acc = self.nest.nodes[xv as usize].dtype;
-        let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), acc);
-        let body = match valid {
-            Some(ok) => {
-                let zero = self.constant(acc, 0.0);
-                self.select(ok, prod, zero)
-            }
-            None => prod,
-        };
-        let sum = self.reduce(Combine::Sum, extent, var, body);
-        self.add_bias(v, ins, sum, coords[1])
+        self.window_sum(v, ins, (&xc, &wc), valid, (var, extent), coords[1])
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1645,16 +1617,27 @@ impl<'g> Builder<'g> {
             let in_bounds = self.in_range(i, 0, x[2 + a] as i64);
             let ok = self.bin(BinaryOp::And, divisible, nonneg);
             let ok = self.bin(BinaryOp::And, ok, in_bounds);
-            valid = Some(match valid {
-                None => ok,
-                Some(p) => self.bin(BinaryOp::And, p, ok),
-            });
+            valid = Some(self.and_also(valid, ok));
             xc.push(i);
         }
         let mut wc = vec![ch, m_in];
         wc.extend_from_slice(&r[1..]);
-        let xv = self.at(ins[0], &xc)?;
-        let wv = self.at(ins[1], &wc)?;
+        self.window_sum(v, ins, (&xc, &wc), valid, (var, extent), coords[1])
+    }
+
+    /// The sum over reduction variable `var` of x[xc] * w[wc] where `valid` (zero
+    /// elsewhere), plus the bias of `channel`: the body of convolutions.
+    fn window_sum(
+        &mut self,
+        v: ValueId,
+        ins: &[ValueId],
+        (xc, wc): (&[ExprId], &[ExprId]),
+        valid: Option<ExprId>,
+        (var, extent): (u32, usize),
+        channel: ExprId,
+    ) -> Result<ExprId, KernelError> {
+        let xv = self.at(ins[0], xc)?;
+        let wv = self.at(ins[1], wc)?;
         let (xv, wv) = self.widen(v, xv, wv);
         let acc = self.nest.nodes[xv as usize].dtype;
         let prod = self.add(Expr::Binary(BinaryOp::Mul, xv, wv), acc);
@@ -1666,6 +1649,14 @@ impl<'g> Builder<'g> {
             None => prod,
         };
         let sum = self.reduce(Combine::Sum, extent, var, body);
-        self.add_bias(v, ins, sum, coords[1])
+        self.add_bias(v, ins, sum, channel)
+    }
+
+    /// `acc && ok`, where no `acc` means true.
+    fn and_also(&mut self, acc: Option<ExprId>, ok: ExprId) -> ExprId {
+        match acc {
+            None => ok,
+            Some(p) => self.bin(BinaryOp::And, p, ok),
+        }
     }
 }

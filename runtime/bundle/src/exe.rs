@@ -55,36 +55,6 @@ fn error(msg: &str) -> c_int {
     2
 }
 
-/// Names the CPU has, among those a manifest may list.
-fn has_feature(name: &str) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        match name {
-            "sse3" => std::arch::is_x86_feature_detected!("sse3"),
-            "ssse3" => std::arch::is_x86_feature_detected!("ssse3"),
-            "sse4.1" => std::arch::is_x86_feature_detected!("sse4.1"),
-            "sse4.2" => std::arch::is_x86_feature_detected!("sse4.2"),
-            "popcnt" => std::arch::is_x86_feature_detected!("popcnt"),
-            "avx" => std::arch::is_x86_feature_detected!("avx"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            "fma" => std::arch::is_x86_feature_detected!("fma"),
-            "bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
-            "bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
-            "lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
-            "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
-            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = name;
-        false
-    }
-}
-
 fn shape_text(shape: &[usize]) -> String {
     shape
         .iter()
@@ -99,7 +69,7 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
         .cpu_features
         .iter()
         .map(String::as_str)
-        .filter(|f| !has_feature(f))
+        .filter(|f| !smelt_runtime::cpu::has_feature(f))
         .collect();
     if !missing.is_empty() {
         return Err(format!(
@@ -280,43 +250,13 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
     for (spec, t) in p.outputs.iter().zip(&results) {
         let dest = match (outputs.iter().find(|(n, _)| n == &spec.name), &output_dir) {
             (Some((_, f)), _) => Some(f.clone()),
-            (None, Some(dir)) => Some(dir.join(file_name_for(&spec.name))),
+            (None, Some(dir)) => Some(dir.join(smelt_runtime::output_file_name(&spec.name))),
             (None, None) => None,
         };
         if let Some(dest) = dest {
             write_npy(&dest, t).map_err(|e| e.to_string())?;
         }
-        println!("{}", summary(&spec.name, t));
+        println!("{}", t.summary(&spec.name));
     }
     Ok(())
-}
-
-/// Output file name: every character outside `[A-Za-z0-9_.-]` becomes `_` (as `smelt run`).
-fn file_name_for(output: &str) -> String {
-    let safe: String = output
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{safe}.npy")
-}
-
-fn summary(name: &str, t: &HostTensor) -> String {
-    let v = t.to_f64();
-    let shape = shape_text(&t.shape);
-    if v.is_empty() {
-        return format!("{name}: {}[{shape}] (empty)", t.elem.name());
-    }
-    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    format!(
-        "{name}: {}[{shape}] min={min:.6} max={max:.6} mean={mean:.6}",
-        t.elem.name()
-    )
 }
