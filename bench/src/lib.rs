@@ -1,1 +1,4 @@
-//! Benchmark harness against onnxruntime and tract will live here (issue 6). Nothing is implemented yet.
+//! The benchmark harness: the machine's peak (`peak`), and (issue 6) models measured
+//! with smelt beside onnxruntime and tract.
+
+pub mod peak;

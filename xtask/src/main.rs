@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|codegen>`.
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|opt-stats|peak|codegen>`.
 
 mod codegen;
 mod data;
@@ -27,12 +27,13 @@ fn main() -> Result<()> {
         Some("onnx-data") => data::ensure(&root),
         Some("setup") => data::ensure(&root),
         Some("test") => test(&root),
+        Some("peak") => peak(&root),
         Some("opt-stats") => {
             data::ensure(&root)?;
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], opt-stats, codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], opt-stats, peak, codegen"
         ),
     }
 }
@@ -79,6 +80,35 @@ fn run_conformance(root: &Path, update: bool) -> Result<()> {
             "the run disagrees with the expectations file; fix the regressions or run `cargo xtask conformance --update`"
         );
     }
+    Ok(())
+}
+
+/// The machine's fp32 FMA peak and copy bandwidth (release build of `smelt-peak`),
+/// printed and written to `target/smelt-peak.json` for the benchmarks to read.
+fn peak(root: &Path) -> Result<()> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "smelt-bench",
+            "--bin",
+            "smelt-peak",
+        ])
+        .output()
+        .context("running smelt-peak")?;
+    if !out.status.success() {
+        bail!(
+            "smelt-peak failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let json = String::from_utf8(out.stdout)?;
+    print!("{json}");
+    std::fs::write(root.join("target/smelt-peak.json"), &json)
+        .context("writing target/smelt-peak.json")?;
     Ok(())
 }
 
