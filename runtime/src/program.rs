@@ -379,33 +379,13 @@ impl Program {
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
                     let (av, bv, bias, ov) = self.slices::<f32>(arena, *a, *b, *bias, *out);
-                    batched_matmul(
-                        av,
-                        a_shape,
-                        *trans_a,
-                        bv,
-                        b_shape,
-                        *trans_b,
-                        bias,
-                        ov,
-                        pool.threads(),
-                    )
-                    .map_err(|e| fail(e.to_string()))?
+                    batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
+                        .map_err(|e| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
                     let (av, bv, bias, ov) = self.slices::<f64>(arena, *a, *b, *bias, *out);
-                    batched_matmul(
-                        av,
-                        a_shape,
-                        *trans_a,
-                        bv,
-                        b_shape,
-                        *trans_b,
-                        bias,
-                        ov,
-                        pool.threads(),
-                    )
-                    .map_err(|e| fail(e.to_string()))?
+                    batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
+                        .map_err(|e| fail(e.to_string()))?
                 }
                 e => return Err(fail(format!("matmul of {}", e.name()))),
             },
@@ -419,12 +399,12 @@ impl Program {
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
                     let (xv, wv, bias, ov) = self.slices::<f32>(arena, *x, *w, *bias, *out);
-                    conv(xv, wv, bias, geometry, ov, pool.threads())
+                    conv(xv, wv, bias, geometry, ov, pool)
                         .map_err(|e: KernelError| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
                     let (xv, wv, bias, ov) = self.slices::<f64>(arena, *x, *w, *bias, *out);
-                    conv(xv, wv, bias, geometry, ov, pool.threads())
+                    conv(xv, wv, bias, geometry, ov, pool)
                         .map_err(|e: KernelError| fail(e.to_string()))?
                 }
                 e => return Err(fail(format!("conv of {}", e.name()))),

@@ -1,5 +1,6 @@
-//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|opt-stats|peak|codegen>`.
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|opt-stats|peak|bench|codegen>`.
 
+mod bench;
 mod codegen;
 mod data;
 
@@ -28,12 +29,13 @@ fn main() -> Result<()> {
         Some("setup") => data::ensure(&root),
         Some("test") => test(&root),
         Some("peak") => peak(&root),
+        Some("bench") => bench::run(&root, &args[1..]),
         Some("opt-stats") => {
             data::ensure(&root)?;
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], opt-stats, peak, codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
         ),
     }
 }

@@ -38,6 +38,19 @@ fn synthetic(elem: ElemType, shape: Vec<usize>, seed: u64) -> HostTensor {
     HostTensor { elem, shape, bytes }
 }
 
+/// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 pub fn bench(a: &BenchArgs) -> Result<()> {
     if a.iterations == 0 {
         bail!("--iterations must be at least 1");
@@ -102,11 +115,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let (min, max) = (times[0], times[times.len() - 1]);
     if a.json {
         println!(
-            "{{\"model\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}}}",
+            "{{\"model\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}, \"flops\": {}, \"peak_rss_bytes\": {}}}",
             a.model.display().to_string(),
             a.iterations,
             compiled.threads(),
-            exe.program.arena_bytes
+            exe.program.arena_bytes,
+            exe.contraction_flops(),
+            peak_rss_bytes()
         );
     } else {
         println!("model: {}", a.model.display());

@@ -57,6 +57,42 @@ impl Executable {
         Ok(self.program.run(&functions, pool, inputs, profile)?)
     }
 
+    /// Floating-point operations of the contractions (2 per multiply-add of every
+    /// MatMul, Conv and ConvTranspose), the figure GFLOP/s are computed from.
+    pub fn contraction_flops(&self) -> u64 {
+        let g = &self.graph;
+        let numel = |v: smelt_ir::ValueId| g.ty(v).num_elements().unwrap_or(0) as u64;
+        g.nodes
+            .iter()
+            .map(|n| {
+                let shape = |i: usize| g.ty(n.inputs[i]).fixed_shape().unwrap_or_default();
+                match &n.op {
+                    smelt_ir::Op::MatMul { trans_a, .. } => {
+                        let a = shape(0);
+                        let k = match (a.len(), trans_a) {
+                            (0, _) => 0,
+                            (1, _) => a[0],
+                            (r, true) => a[r - 2],
+                            (r, false) => a[r - 1],
+                        };
+                        2 * numel(n.outputs[0]) * k as u64
+                    }
+                    smelt_ir::Op::Conv { .. } => {
+                        let w = shape(1);
+                        let per_output: usize = w.iter().skip(1).product();
+                        2 * numel(n.outputs[0]) * per_output as u64
+                    }
+                    smelt_ir::Op::ConvTranspose { .. } => {
+                        let w = shape(1);
+                        let per_input: usize = w.iter().skip(1).product();
+                        2 * numel(n.inputs[0]) * per_input as u64
+                    }
+                    _ => 0,
+                }
+            })
+            .sum()
+    }
+
     /// The Kernel IR of every kernel, in launch order.
     pub fn kernel_text(&self) -> String {
         self.kernels

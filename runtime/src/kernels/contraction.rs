@@ -1,6 +1,7 @@
 //! Batched MatMul and N-d convolution (im2col, or a plain MatMul for 1x1 kernels) on
 //! `gemm`, for f32 and f64, split over a given number of threads.
 
+use crate::pool::ThreadPool;
 use gemm::{Parallelism, gemm};
 use thiserror::Error;
 
@@ -132,7 +133,7 @@ pub fn batched_matmul<T: Float>(
     trans_b: bool,
     bias: Option<&[T]>,
     out: &mut [T],
-    threads: usize,
+    pool: &ThreadPool,
 ) -> Result<(), KernelError> {
     let (ra, rb) = (a_shape.len(), b_shape.len());
     if ra < 2 || rb < 2 {
@@ -201,39 +202,47 @@ pub fn batched_matmul<T: Float>(
             }
         }
     };
-    let threads = threads.max(1);
-    if threads == 1 || batches * m * n * k < 1 << 16 {
-        for (bi, c) in out.chunks_mut(m * n).enumerate() {
-            run(bi, 0..m, c);
-        }
-    } else if batches >= threads {
-        let per = batches.div_ceil(threads);
-        std::thread::scope(|s| {
-            for (t, chunk) in out.chunks_mut(per * m * n).enumerate() {
-                let run = &run;
-                s.spawn(move || {
-                    for (j, c) in chunk.chunks_mut(m * n).enumerate() {
-                        run(t * per + j, 0..m, c);
-                    }
-                });
-            }
-        });
+    // Work items: (batch, block of rows); the pool runs them on its threads.
+    let threads = pool.threads();
+    let small = threads == 1 || batches * m * n * k < 1 << 16;
+    let rows_per = if small || batches >= threads {
+        m.max(1)
     } else {
-        let rows_per = m.div_ceil(threads).max(1);
-        for (bi, c) in out.chunks_mut(m * n).enumerate() {
-            std::thread::scope(|s| {
-                for (t, part) in c.chunks_mut(rows_per * n).enumerate() {
-                    let run = &run;
-                    let start = t * rows_per;
-                    let rows = start..(start + part.len() / n);
-                    // `a` rows for a transposed `a` start at a column offset, which the
-                    // row stride of 1 gives.
-                    s.spawn(move || run(bi, rows, part));
-                }
-            });
+        m.div_ceil(threads).max(1)
+    };
+    let blocks = m.div_ceil(rows_per).max(1);
+    let items = batches * blocks;
+    let base = SyncPtr(out.as_mut_ptr());
+    let body = |range: std::ops::Range<usize>| {
+        for item in range {
+            let (bi, blk) = (item / blocks, item % blocks);
+            let rows = blk * rows_per..((blk + 1) * rows_per).min(m);
+            // SAFETY: items cover disjoint rows of `out`, which outlives the run.
+            let c = unsafe {
+                std::slice::from_raw_parts_mut(
+                    base.get().add((bi * m + rows.start) * n),
+                    rows.len() * n,
+                )
+            };
+            // `a` rows for a transposed `a` start at a column offset, which the row
+            // stride of 1 gives.
+            run(bi, rows, c);
         }
-    }
+    };
+    pool.run(items, if small { items.max(1) } else { 1 }, &body);
     Ok(())
+}
+
+/// A pointer the pool's threads share; each writes a disjoint part of the buffer.
+struct SyncPtr<T>(*mut T);
+// SAFETY: used only for disjoint writes while the owner waits for the pool.
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
 }
 
 /// The geometry of an N-d convolution: `x: [N, C, spatial..]`, `w: [M, C/group, kernel..]`.
@@ -277,7 +286,7 @@ pub fn conv<T: Float>(
     bias: Option<&[T]>,
     geo: &ConvGeometry,
     out: &mut [T],
-    threads: usize,
+    pool: &ThreadPool,
 ) -> Result<(), KernelError> {
     let (n, c, m) = (geo.input[0], geo.input[1], geo.weight[0]);
     let g = geo.group.max(1);
@@ -299,12 +308,20 @@ pub fn conv<T: Float>(
     }
     let pointwise =
         kc == 1 && geo.strides.iter().all(|&st| st == 1) && geo.pads.iter().all(|&p| p == 0);
-    // Input offset of each (kernel offset, output position), or None in the padding.
-    let table: Vec<Option<usize>> = if pointwise {
-        vec![]
-    } else {
-        window_table(&geo.input[2..], &kernel, &out_sp, geo)
-    };
+    // Per spatial axis, the input coordinate of each (kernel tap, output position), or
+    // None in the padding; small, so they are rebuilt per call.
+    let axis_tables: Vec<Vec<Option<usize>>> = (0..kernel.len())
+        .map(|d| {
+            let (k, o, i) = (kernel[d], out_sp[d], geo.input[2 + d]);
+            (0..k * o)
+                .map(|t| {
+                    let pos = ((t % o) * geo.strides[d] + (t / o) * geo.dilations[d]) as i64
+                        - geo.pads[d] as i64;
+                    (0..i as i64).contains(&pos).then_some(pos as usize)
+                })
+                .collect()
+        })
+        .collect();
     let mut col = if pointwise {
         vec![]
     } else {
@@ -316,19 +333,28 @@ pub fn conv<T: Float>(
             let rhs: &[T] = if pointwise {
                 xs
             } else {
-                for ci in 0..cg {
-                    let plane = &xs[ci * in_count..(ci + 1) * in_count];
-                    for kk in 0..kc {
-                        let row =
-                            &mut col[(ci * kc + kk) * out_count..(ci * kc + kk + 1) * out_count];
-                        for (dst, off) in row
-                            .iter_mut()
-                            .zip(&table[kk * out_count..(kk + 1) * out_count])
-                        {
-                            *dst = off.map_or(T::ZERO, |o| plane[o]);
-                        }
+                let base = SyncPtr(col.as_mut_ptr());
+                let fill = |rows: std::ops::Range<usize>| {
+                    for r in rows {
+                        // SAFETY: each row of `col` is written by one item only.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(base.get().add(r * out_count), out_count)
+                        };
+                        im2col_row(
+                            xs,
+                            r / kc,
+                            r % kc,
+                            &kernel,
+                            &out_sp,
+                            &geo.input[2..],
+                            &axis_tables,
+                            row,
+                        );
                     }
-                }
+                };
+                let rows = cg * kc;
+                let min_rows = if rows * out_count < 1 << 15 { rows } else { 1 };
+                pool.run(rows, min_rows, &fill);
                 &col
             };
             let wg = &w[gi * mg * cg * kc..(gi + 1) * mg * cg * kc];
@@ -342,7 +368,7 @@ pub fn conv<T: Float>(
                 false,
                 None,
                 og,
-                threads,
+                pool,
             )?;
             if let Some(bias) = bias {
                 for (row, &bv) in og.chunks_mut(out_count).zip(&bias[gi * mg..(gi + 1) * mg]) {
@@ -354,41 +380,54 @@ pub fn conv<T: Float>(
     Ok(())
 }
 
-fn window_table(
-    in_sp: &[usize],
+/// One row of the im2col matrix: input channel `ci` at kernel tap `kk` for every output
+/// position (zero in the padding).
+#[allow(clippy::too_many_arguments)]
+fn im2col_row<T: Float>(
+    xs: &[T],
+    ci: usize,
+    kk: usize,
     kernel: &[usize],
     out_sp: &[usize],
-    geo: &ConvGeometry,
-) -> Vec<Option<usize>> {
+    in_sp: &[usize],
+    axis_tables: &[Vec<Option<usize>>],
+    row: &mut [T],
+) {
     let s = kernel.len();
-    let mut in_strides = vec![1; s];
-    for d in (0..s.saturating_sub(1)).rev() {
-        in_strides[d] = in_strides[d + 1] * in_sp[d + 1];
+    let in_count: usize = in_sp.iter().product();
+    let plane = &xs[ci * in_count..(ci + 1) * in_count];
+    // Kernel tap per axis.
+    let mut taps = vec![0usize; s];
+    let mut rest = kk;
+    for d in (0..s).rev() {
+        taps[d] = rest % kernel[d];
+        rest /= kernel[d];
     }
-    let kc: usize = kernel.iter().product();
-    let oc: usize = out_sp.iter().product();
-    let mut table = Vec::with_capacity(kc * oc);
-    let mut kidx = vec![0usize; s];
-    for _ in 0..kc {
-        let mut oidx = vec![0usize; s];
-        for _ in 0..oc {
-            let mut off = 0usize;
-            let mut valid = true;
-            for d in 0..s {
-                let pos = (oidx[d] * geo.strides[d] + kidx[d] * geo.dilations[d]) as i64
-                    - geo.pads[d] as i64;
-                if pos < 0 || pos >= in_sp[d] as i64 {
-                    valid = false;
-                    break;
-                }
-                off += pos as usize * in_strides[d];
-            }
-            table.push(valid.then_some(off));
-            increment(&mut oidx, out_sp);
+    let last = s - 1;
+    let (ol, il) = (out_sp[last], in_sp[last]);
+    let inner = &axis_tables[last][taps[last] * ol..(taps[last] + 1) * ol];
+    // Outer output positions (all axes but the last), then a run over the last axis.
+    let outer: usize = out_sp[..last].iter().product();
+    let mut oidx = vec![0usize; last];
+    for o in 0..outer {
+        let mut base = Some(0usize);
+        for d in 0..last {
+            base = base.and_then(|b| {
+                axis_tables[d][taps[d] * out_sp[d] + oidx[d]].map(|p| b * in_sp[d] + p)
+            });
         }
-        increment(&mut kidx, kernel);
+        let dst = &mut row[o * ol..(o + 1) * ol];
+        match base {
+            None => dst.iter_mut().for_each(|v| *v = T::ZERO),
+            Some(b) => {
+                let src = &plane[b * il..(b + 1) * il];
+                for (v, p) in dst.iter_mut().zip(inner) {
+                    *v = p.map_or(T::ZERO, |p| src[p]);
+                }
+            }
+        }
+        increment(&mut oidx, &out_sp[..last]);
     }
-    table
 }
 
 fn increment(idx: &mut [usize], shape: &[usize]) {

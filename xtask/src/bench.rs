@@ -1,0 +1,429 @@
+//! `cargo xtask bench`: every benchmark model on smelt, onnxruntime and tract, at 1 and 2
+//! threads, in one run on this machine; writes `bench/results/<date>.json`, the table in
+//! `docs/performance.md` and the chart `docs/performance.svg`; `--compare OLD.json`
+//! prints per-model regressions against an earlier run.
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const THREADS: [usize; 2] = [1, 2];
+/// Timed work per measurement, spread over as many iterations as fit (5 to 200).
+const TARGET_MS: f64 = 2000.0;
+
+struct Case {
+    name: String,
+    dir: PathBuf,
+    /// `--input NAME=FILE` arguments for smelt.
+    inputs: Vec<String>,
+}
+
+fn cases(root: &Path, filter: Option<&str>) -> Result<Vec<Case>> {
+    let mut dirs = Vec::new();
+    for base in ["target/onnx-data/models", "target/bench-models"] {
+        let mut names: Vec<_> = std::fs::read_dir(root.join(base))
+            .with_context(|| format!("reading {base}"))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("model.onnx").exists())
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        dirs.extend(names);
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if filter.is_some_and(|f| !f.split(',').any(|w| name.contains(w))) {
+            continue;
+        }
+        let io = std::fs::read_to_string(dir.join("io.tsv"))?;
+        let inputs = io
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (f.first() == Some(&"input"))
+                    .then(|| format!("{}={}", f[1], dir.join(f[2]).display()))
+            })
+            .collect();
+        out.push(Case { name, dir, inputs });
+    }
+    Ok(out)
+}
+
+fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rfind(|l| l.starts_with('{')).unwrap_or("");
+    serde_json::from_str(line).with_context(|| format!("{what} printed {text}"))
+}
+
+fn smelt(root: &Path, case: &Case, threads: usize, iterations: usize) -> Result<Value> {
+    let mut cmd = Command::new(root.join("target/release/smelt"));
+    cmd.arg("bench").arg(case.dir.join("model.onnx"));
+    for i in &case.inputs {
+        cmd.arg("--input").arg(i);
+    }
+    cmd.args([
+        "--threads",
+        &threads.to_string(),
+        "--iterations",
+        &iterations.to_string(),
+        "--json",
+    ]);
+    json_of(&mut cmd, &format!("smelt bench {}", case.name))
+}
+
+fn peer(
+    python: &Path,
+    root: &Path,
+    runtime: &str,
+    case: &Case,
+    threads: usize,
+    iterations: usize,
+) -> Result<Value> {
+    json_of(
+        Command::new(python)
+            .arg(root.join("bench/py/peers.py"))
+            .arg(runtime)
+            .arg(&case.dir)
+            .arg(threads.to_string())
+            .arg(iterations.to_string()),
+        &format!("{runtime} {}", case.name),
+    )
+}
+
+fn iterations_for(ms: f64) -> usize {
+    ((TARGET_MS / ms.max(0.01)) as usize).clamp(5, 200)
+}
+
+fn median(v: &Value) -> Option<f64> {
+    v.get("median_ms").and_then(Value::as_f64)
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    };
+    if let Some(old) = flag("--compare") {
+        return compare(
+            root,
+            Path::new(old),
+            args.iter().any(|a| a == "--latest").then_some(()),
+        );
+    }
+    crate::data::ensure(root)?;
+    let python = crate::data::venv(root)?;
+    let models_dir = root.join("target/bench-models");
+    let status = Command::new(&python)
+        .arg(root.join("bench/py/gen_models.py"))
+        .arg(&models_dir)
+        .status()
+        .context("generating benchmark models")?;
+    if !status.success() {
+        bail!("bench/py/gen_models.py failed");
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .current_dir(root)
+        .args(["build", "--release", "-p", "smelt-cli", "-p", "smelt-bench"])
+        .status()?;
+    if !status.success() {
+        bail!("building smelt failed");
+    }
+    let peak = json_of(
+        &mut Command::new(root.join("target/release/smelt-peak")),
+        "smelt-peak",
+    )?;
+    println!("peak: {peak}");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for case in cases(root, flag("--models"))? {
+        let mut tract_once: Option<Value> = None;
+        for threads in THREADS {
+            let probe = smelt(root, &case, threads, 3);
+            let result = probe.and_then(|p| {
+                let n = iterations_for(median(&p).unwrap_or(100.0));
+                Ok((n, smelt(root, &case, threads, n)?))
+            });
+            let (n, smelt_result) = match result {
+                Ok((n, r)) => (n, r),
+                Err(e) => (5, json!({ "error": format!("{e:#}") })),
+            };
+            let ort = peer(&python, root, "onnxruntime", &case, threads, n)
+                .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+            // tract's bindings run on one thread: measured once, shown at both counts.
+            let tract = match &tract_once {
+                Some(t) => t.clone(),
+                None => {
+                    let t = peer(&python, root, "tract", &case, 1, n)
+                        .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+                    tract_once = Some(t.clone());
+                    t
+                }
+            };
+            let (s, o, t) = (median(&smelt_result), median(&ort), median(&tract));
+            let flops = smelt_result
+                .get("flops")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            let gflops = s.map(|ms| flops / (ms * 1e6));
+            let peak_all = if threads == 1 {
+                "gflops_one_core"
+            } else {
+                "gflops_all_cores"
+            };
+            let share = gflops
+                .zip(peak.get(peak_all).and_then(Value::as_f64))
+                .map(|(g, p)| g / p);
+            let row = json!({
+                "model": case.name, "threads": threads,
+                "smelt": smelt_result, "onnxruntime": ort, "tract": tract,
+                "smelt_over_onnxruntime": s.zip(o).map(|(a, b)| a / b),
+                "smelt_over_tract": s.zip(t).map(|(a, b)| a / b),
+                "gflops": gflops, "share_of_peak": share,
+            });
+            println!(
+                "{:<22} {threads}T smelt {:>9} ort {:>9} tract {:>9}  ratio ort {:>5} tract {:>5}",
+                case.name,
+                fmt_ms(s),
+                fmt_ms(o),
+                fmt_ms(t),
+                fmt_ratio(row["smelt_over_onnxruntime"].as_f64()),
+                fmt_ratio(row["smelt_over_tract"].as_f64()),
+            );
+            rows.push(row);
+        }
+    }
+    let date = today();
+    let result = json!({
+        "date": date, "cpu": cpu, "peak": peak,
+        "versions": { "smelt": env!("CARGO_PKG_VERSION"), "onnxruntime": "1.31.1", "tract": "0.23.9" },
+        "results": rows,
+    });
+    let dir = root.join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{date}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(root.join("docs/performance.md"), markdown(&result))?;
+    std::fs::write(root.join("docs/performance.svg"), svg(&result))?;
+    println!(
+        "wrote {}, docs/performance.md, docs/performance.svg",
+        path.display()
+    );
+    Ok(())
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+fn today() -> String {
+    let out = Command::new("date").arg("+%Y-%m-%d").output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "undated".into())
+}
+
+fn geomean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+}
+
+fn markdown(r: &Value) -> String {
+    let mut s = format!(
+        "# Performance\n\nGenerated by `cargo xtask bench` on {} ({}; measured peak: {}). Median latency in ms \
+         at batch 1 after warm-up; ratios are smelt / peer (below 1: smelt is faster). tract's Python bindings \
+         run on one thread, so its 2-thread column repeats the 1-thread figure. GFLOP/s count the contractions \
+         (MatMul, Conv) only; the share is of the measured fp32 FMA peak for that many threads.\n\n\
+         ![ratios](performance.svg)\n\n\
+         | model | threads | smelt | onnxruntime | tract | smelt/ort | smelt/tract | GFLOP/s | share of peak | compile ms | smelt peak RSS MB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        r["date"].as_str().unwrap_or(""),
+        r["cpu"].as_str().unwrap_or(""),
+        r["peak"]
+    );
+    let rows = r["results"].as_array().cloned().unwrap_or_default();
+    for row in &rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            row["model"].as_str().unwrap_or(""),
+            row["threads"],
+            fmt_ms(median(&row["smelt"])),
+            fmt_ms(median(&row["onnxruntime"])),
+            fmt_ms(median(&row["tract"])),
+            fmt_ratio(row["smelt_over_onnxruntime"].as_f64()),
+            fmt_ratio(row["smelt_over_tract"].as_f64()),
+            row["gflops"]
+                .as_f64()
+                .map_or("-".into(), |g| format!("{g:.1}")),
+            row["share_of_peak"]
+                .as_f64()
+                .map_or("-".into(), |g| format!("{:.0}%", g * 100.0)),
+            row["smelt"]["compile_ms"]
+                .as_f64()
+                .map_or("-".into(), |g| format!("{g:.0}")),
+            row["smelt"]["peak_rss_bytes"]
+                .as_f64()
+                .map_or("-".into(), |g| format!("{:.0}", g / 1e6)),
+        ));
+    }
+    for threads in THREADS {
+        let ort: Vec<f64> = rows
+            .iter()
+            .filter(|r| r["threads"] == threads)
+            .filter_map(|r| r["smelt_over_onnxruntime"].as_f64())
+            .collect();
+        let tract: Vec<f64> = rows
+            .iter()
+            .filter(|r| r["threads"] == threads)
+            .filter_map(|r| r["smelt_over_tract"].as_f64())
+            .collect();
+        s.push_str(&format!(
+            "\nAt {threads} thread(s): geometric mean of smelt/onnxruntime {} over {} models, worst {}; smelt/tract {}.\n",
+            fmt_ratio(geomean(&ort)),
+            ort.len(),
+            fmt_ratio(ort.iter().copied().reduce(f64::max)),
+            fmt_ratio(geomean(&tract)),
+        ));
+        let failed: Vec<String> = rows
+            .iter()
+            .filter(|r| r["threads"] == threads)
+            .flat_map(|r| {
+                ["smelt", "onnxruntime", "tract"]
+                    .into_iter()
+                    .filter_map(move |k| {
+                        r[k]["error"]
+                            .as_str()
+                            .map(|e| format!("{} on {k}: {e}", r["model"].as_str().unwrap_or("")))
+                    })
+            })
+            .collect();
+        if !failed.is_empty() {
+            s.push_str(&format!("Not measured: {}.\n", failed.join("; ")));
+        }
+    }
+    s
+}
+
+/// A horizontal bar chart of smelt/onnxruntime at 2 threads, with the parity line.
+fn svg(r: &Value) -> String {
+    let rows: Vec<(String, f64)> = r["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|row| row["threads"] == 2)
+        .filter_map(|row| {
+            Some((
+                row["model"].as_str()?.to_string(),
+                row["smelt_over_onnxruntime"].as_f64()?,
+            ))
+        })
+        .collect();
+    let (left, bar_h, width) = (170.0, 18.0, 420.0);
+    let max = rows.iter().map(|r| r.1).fold(1.5f64, f64::max);
+    let h = 40.0 + rows.len() as f64 * (bar_h + 4.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"4\" y=\"14\">smelt / onnxruntime median latency, 2 threads (below 1: smelt faster)</text>\n",
+        left + width + 60.0
+    );
+    for (i, (name, ratio)) in rows.iter().enumerate() {
+        let y = 26.0 + i as f64 * (bar_h + 4.0);
+        let w = ratio / max * width;
+        let color = if *ratio <= 1.0 { "#2a9d4b" } else { "#d1495b" };
+        s.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text><rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{bar_h}\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\">{ratio:.2}</text>\n",
+            left - 4.0,
+            y + 13.0,
+            left + w + 3.0,
+            y + 13.0
+        ));
+    }
+    let x1 = left + width / max;
+    s.push_str(&format!(
+        "<line x1=\"{x1:.1}\" y1=\"22\" x2=\"{x1:.1}\" y2=\"{h}\" stroke=\"black\" stroke-dasharray=\"3,3\"/>\n</svg>\n"
+    ));
+    s
+}
+
+/// Per-model changes of smelt's median against an earlier results file (the newest
+/// file in bench/results other than OLD is the new run).
+fn compare(root: &Path, old: &Path, _latest: Option<()>) -> Result<()> {
+    let read = |p: &Path| -> Result<Value> {
+        serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))
+    };
+    let old_v = read(old)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("bench/results"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.canonicalize().ok() != old.canonicalize().ok()
+        })
+        .collect();
+    files.sort();
+    let new_path = files.last().context("no newer results in bench/results")?;
+    let new_v = read(new_path)?;
+    println!("{} -> {}", old.display(), new_path.display());
+    let mut regressions = 0;
+    for row in new_v["results"].as_array().cloned().unwrap_or_default() {
+        let before = old_v["results"].as_array().and_then(|rs| {
+            rs.iter()
+                .find(|r| r["model"] == row["model"] && r["threads"] == row["threads"])
+                .cloned()
+        });
+        let (Some(b), Some(a)) = (
+            before.as_ref().and_then(|b| median(&b["smelt"])),
+            median(&row["smelt"]),
+        ) else {
+            continue;
+        };
+        let change = a / b - 1.0;
+        let mark = if change > 0.05 {
+            regressions += 1;
+            "REGRESSION"
+        } else if change < -0.05 {
+            "faster"
+        } else {
+            ""
+        };
+        println!(
+            "{:<22} {}T {b:>9.3} -> {a:>9.3} ms ({:+.1}%) {mark}",
+            row["model"].as_str().unwrap_or(""),
+            row["threads"],
+            change * 100.0
+        );
+    }
+    println!("{regressions} regressions above 5%");
+    Ok(())
+}
