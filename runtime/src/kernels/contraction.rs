@@ -13,7 +13,9 @@ pub enum KernelError {
 }
 
 /// Element types the contraction kernels handle.
-pub trait Float: Copy + Send + Sync + Default + std::ops::Add<Output = Self> + 'static {
+pub trait Float:
+    Copy + Send + Sync + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + 'static
+{
     const ZERO: Self;
     const ONE: Self;
 }
@@ -322,6 +324,47 @@ pub fn conv<T: Float>(
                 .collect()
         })
         .collect();
+    if cg == 1 && mg == 1 && !pointwise {
+        // Depthwise: each output channel reads one input channel; a tiny GEMM per
+        // channel would cost more than the arithmetic, so accumulate tap by tap.
+        let base = SyncPtr(out.as_mut_ptr());
+        let per_channel = |items: std::ops::Range<usize>| {
+            let mut row = vec![T::ZERO; out_count];
+            for item in items {
+                let (b, ch) = (item / m, item % m);
+                let xs = &x[(b * c + ch) * in_count..(b * c + ch + 1) * in_count];
+                // SAFETY: each (batch, channel) plane of `out` is written by one item.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(base.get().add(item * out_count), out_count)
+                };
+                let start = bias.map_or(T::ZERO, |bs| bs[ch]);
+                dst.iter_mut().for_each(|v| *v = start);
+                for kk in 0..kc {
+                    im2col_row(
+                        xs,
+                        0,
+                        kk,
+                        &kernel,
+                        &out_sp,
+                        &geo.input[2..],
+                        &axis_tables,
+                        &mut row,
+                    );
+                    let wv = w[ch * kc + kk];
+                    for (d, &r) in dst.iter_mut().zip(&row) {
+                        *d = *d + wv * r;
+                    }
+                }
+            }
+        };
+        let min_items = if n * m * out_count * kc < 1 << 15 {
+            n * m
+        } else {
+            1
+        };
+        pool.run(n * m, min_items.max(1), &per_channel);
+        return Ok(());
+    }
     let mut col = if pointwise {
         vec![]
     } else {
