@@ -197,13 +197,16 @@ struct Args(Vec<*mut u8>);
 unsafe impl Sync for Args {}
 
 impl Program {
-    /// Runs the program on `inputs` (in declaration order). With `profile`, the time of
-    /// every launch is added to it (one entry per launch).
+    /// Runs the program on `inputs` (in declaration order) with `arena` as scratch memory
+    /// (grown to `arena_bytes` if shorter; its contents need not be zero, so one arena can
+    /// serve many runs). With `profile`, the time of every launch is added to it (one
+    /// entry per launch).
     pub fn run(
         &self,
         functions: &dyn Fn(usize) -> Option<KernelFn>,
         pool: &ThreadPool,
-        inputs: &[HostTensor],
+        inputs: &[&HostTensor],
+        arena: &mut AlignedBytes,
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
         if inputs.len() != self.inputs.len() {
@@ -230,7 +233,9 @@ impl Program {
                 bytes: vec![0; self.buffers[spec.buffer].bytes()],
             })
             .collect();
-        let mut arena = AlignedBytes::zeroed(self.arena_bytes);
+        if arena.len() < self.arena_bytes {
+            *arena = AlignedBytes::zeroed(self.arena_bytes);
+        }
         let ins: Vec<&[u8]> = inputs.iter().map(|t| t.bytes.as_slice()).collect();
         let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|t| t.bytes.as_mut_slice()).collect();
         self.run_in(

@@ -14,7 +14,7 @@ fn check(g: &smelt_ir::Graph, optimize: bool, pool: &ThreadPool) -> Result<(), T
     let exe = Executable::from_graph(g.clone(), optimize)
         .map_err(|e| TestCaseError::fail(format!("compile: {e}")))?;
     let got = exe
-        .run(pool, &[smelt::to_host_tensor(&x)], None)
+        .run(pool, &[&smelt::to_host_tensor(&x)], None)
         .map_err(|e| TestCaseError::fail(format!("run: {e}")))?;
     for (w, a) in want.iter().zip(&got) {
         let a = smelt::to_ir_tensor(a).map_err(TestCaseError::fail)?;
@@ -101,7 +101,7 @@ fn groups_too_large_to_fuse_are_split() {
     let xin = konst(vec![8], 3, None);
     let want = smelt_ir::interp::run(&g, std::slice::from_ref(&xin)).unwrap();
     let got = exe
-        .run(&ThreadPool::new(1), &[smelt::to_host_tensor(&xin)], None)
+        .run(&ThreadPool::new(1), &[&smelt::to_host_tensor(&xin)], None)
         .unwrap();
     compare(&want[0], &smelt::to_ir_tensor(&got[0]).unwrap(), 1e-5, 1e-6).unwrap();
 }

@@ -17,7 +17,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
 use smelt_fuse::kernel::{Combine, Const, Expr, ExprId, Kernel, LoopNest};
 use smelt_ir::{BinaryOp, DType, UnaryOp};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The kernel ABI: argument pointer table, then the `[begin, end)` outer range.
 pub fn kernel_signature(module: &impl Module) -> Signature {
@@ -79,7 +79,10 @@ struct Gen<'a, 'm, M: Module> {
     inner: Option<Value>,
     rvars: HashMap<u32, Value>,
     frames: Vec<HashMap<ExprId, Val>>,
-    vector: bool,
+    /// The scope whose f32 expressions are being emitted as four lanes, if any.
+    lanes_scope: Option<Scope>,
+    /// Reductions that accumulate four lanes at a time.
+    vector_reductions: HashSet<ExprId>,
     fma: bool,
 }
 
@@ -125,6 +128,9 @@ pub fn build<M: Module>(
         stores_at.entry(at).or_default().push(i);
     }
     let vectorize = vectorizable(nest, &live, &place);
+    let vector_reductions = (0..nest.nodes.len() as ExprId)
+        .filter(|&e| live[e as usize] && reduction_vectorizes(nest, &live, &place, &stores_at, e))
+        .collect();
     let b = FunctionBuilder::new(func, fctx);
     let mut g = Gen {
         b,
@@ -140,7 +146,8 @@ pub fn build<M: Module>(
         inner: None,
         rvars: HashMap::new(),
         frames: vec![HashMap::new()],
-        vector: false,
+        lanes_scope: None,
+        vector_reductions,
         fma,
     };
     let entry = g.b.create_block();
@@ -283,24 +290,42 @@ fn placement(nest: &LoopNest, live: &[bool]) -> (Vec<Scope>, HashMap<u32, ExprId
     (place, reduce_of)
 }
 
-/// The coefficient of the innermost domain variable in an index expression, if affine.
-fn inner_coef(nest: &LoopNest, e: ExprId, memo: &mut HashMap<ExprId, Option<i64>>) -> Option<i64> {
+/// The loop variable a vector of lanes runs along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Axis {
+    /// The innermost domain variable.
+    Inner,
+    /// A reduction variable.
+    Reduction(u32),
+}
+
+/// The coefficient of `axis` in an index expression, if the expression is affine in it.
+fn axis_coef(
+    nest: &LoopNest,
+    e: ExprId,
+    axis: Axis,
+    memo: &mut HashMap<ExprId, Option<i64>>,
+) -> Option<i64> {
     if let Some(&c) = memo.get(&e) {
         return c;
     }
     let rank = nest.domain.len() as u32;
     let node = nest.node(e);
     let c = match node.expr {
-        Expr::Var(k) => Some(i64::from(k + 1 == rank)),
-        Expr::RVar(_) | Expr::Const(_) => Some(0),
+        Expr::Var(k) => Some(i64::from(axis == Axis::Inner && k + 1 == rank)),
+        Expr::RVar(v) => Some(i64::from(axis == Axis::Reduction(v))),
+        Expr::Const(_) => Some(0),
         Expr::Binary(BinaryOp::Add, a, b) => {
-            Some(inner_coef(nest, a, memo)? + inner_coef(nest, b, memo)?)
+            Some(axis_coef(nest, a, axis, memo)? + axis_coef(nest, b, axis, memo)?)
         }
         Expr::Binary(BinaryOp::Sub, a, b) => {
-            Some(inner_coef(nest, a, memo)? - inner_coef(nest, b, memo)?)
+            Some(axis_coef(nest, a, axis, memo)? - axis_coef(nest, b, axis, memo)?)
         }
         Expr::Binary(BinaryOp::Mul, a, b) if node.dtype == DType::I64 => {
-            let (ca, cb) = (inner_coef(nest, a, memo)?, inner_coef(nest, b, memo)?);
+            let (ca, cb) = (
+                axis_coef(nest, a, axis, memo)?,
+                axis_coef(nest, b, axis, memo)?,
+            );
             let konst = |x: ExprId| match nest.node(x).expr {
                 Expr::Const(Const::Int(v)) => Some(v),
                 _ => None,
@@ -313,10 +338,9 @@ fn inner_coef(nest: &LoopNest, e: ExprId, memo: &mut HashMap<ExprId, Option<i64>
             }
         }
         _ => {
-            let ops = nest.operands(e);
             let mut all_zero = true;
-            for o in ops {
-                if inner_coef(nest, o, memo) != Some(0) {
+            for o in nest.operands(e) {
+                if axis_coef(nest, o, axis, memo) != Some(0) {
                     all_zero = false;
                 }
             }
@@ -327,14 +351,8 @@ fn inner_coef(nest: &LoopNest, e: ExprId, memo: &mut HashMap<ExprId, Option<i64>
     c
 }
 
-/// Whether the inner loop of `nest` can run four f32 lanes at a time.
-fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
-    if nest.inner_extent() < LANES as usize && nest.domain.len() >= 2 {
-        return false;
-    }
-    let mut coef = HashMap::new();
-    let inner = |e: ExprId| place[e as usize] == Scope::Inner;
-    // Users of each expression inside the inner loop.
+/// Users of every live expression.
+fn users_of(nest: &LoopNest, live: &[bool]) -> Vec<Vec<ExprId>> {
     let mut users: Vec<Vec<ExprId>> = vec![vec![]; nest.nodes.len()];
     for (i, &l) in live.iter().enumerate() {
         if l {
@@ -343,19 +361,78 @@ fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
             }
         }
     }
+    users
+}
+
+/// Whether the inner loop of `nest` can run four f32 lanes at a time.
+fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
+    if nest.inner_extent() < LANES as usize && nest.domain.len() >= 2 {
+        return false;
+    }
+    let mut coef = HashMap::new();
+    let inner = |e: ExprId| place[e as usize] == Scope::Inner;
     for s in &nest.stores {
         if !inner(s.value) && !inner(s.index) {
             continue;
         }
-        if nest.node(s.value).dtype != DType::F32 || inner_coef(nest, s.index, &mut coef) != Some(1)
+        if nest.node(s.value).dtype != DType::F32
+            || axis_coef(nest, s.index, Axis::Inner, &mut coef) != Some(1)
         {
             return false;
         }
     }
+    scope_vectorizes(nest, live, place, Scope::Inner, Axis::Inner)
+}
+
+/// Whether the reduction `e` can accumulate four f32 lanes at a time along its variable:
+/// an f32 sum, product, max or min whose body vectorizes and holds no nested reduction.
+fn reduction_vectorizes(
+    nest: &LoopNest,
+    live: &[bool],
+    place: &[Scope],
+    stores_at: &HashMap<Scope, Vec<usize>>,
+    e: ExprId,
+) -> bool {
+    let Expr::Reduce {
+        combine,
+        extent,
+        var,
+        body,
+    } = nest.node(e).expr
+    else {
+        return false;
+    };
+    let scope = Scope::Reduce(var);
+    let nested = place
+        .iter()
+        .enumerate()
+        .any(|(i, &s)| s == scope && live[i] && matches!(nest.nodes[i].expr, Expr::Reduce { .. }));
+    extent >= 2 * LANES as u64
+        && matches!(
+            combine,
+            Combine::Sum | Combine::Prod | Combine::Max | Combine::Min
+        )
+        && nest.node(body).dtype == DType::F32
+        && !nested
+        && !stores_at.contains_key(&scope)
+        && scope_vectorizes(nest, live, place, scope, Axis::Reduction(var))
+}
+
+/// Whether every expression placed in `scope` has a four-lane form along `axis`: f32
+/// arithmetic, loads contiguous along the axis, and index arithmetic that only feeds them.
+fn scope_vectorizes(
+    nest: &LoopNest,
+    live: &[bool],
+    place: &[Scope],
+    scope: Scope,
+    axis: Axis,
+) -> bool {
+    let mut coef = HashMap::new();
+    let users = users_of(nest, live);
     let mut index_only = vec![false; nest.nodes.len()];
     for e in (0..nest.nodes.len()).rev() {
         let id = e as ExprId;
-        if !live[e] || !inner(id) {
+        if !live[e] || place[e] != scope {
             continue;
         }
         let node = nest.node(id);
@@ -370,7 +447,9 @@ fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
                 index_only[e] = (only || is_store_index) && !used_as_data;
                 index_only[e] && !matches!(node.expr, Expr::Reduce { .. } | Expr::Load { .. })
             }
-            (DType::F32, Expr::Load { index, .. }) => inner_coef(nest, index, &mut coef) == Some(1),
+            (DType::F32, Expr::Load { index, .. }) => {
+                axis_coef(nest, index, axis, &mut coef) == Some(1)
+            }
             (DType::F32, Expr::Unary(op, _)) => matches!(
                 op,
                 UnaryOp::Neg
@@ -510,11 +589,11 @@ impl<M: Module> Gen<'_, '_, M> {
             self.b.ins().brif(more, body, &[], exit, &[i.into()]);
             self.b.switch_to_block(body);
             self.inner = Some(i);
-            self.vector = true;
+            self.lanes_scope = Some(Scope::Inner);
             self.frames.push(HashMap::new());
             self.emit_scope(Scope::Inner)?;
             self.frames.pop();
-            self.vector = false;
+            self.lanes_scope = None;
             self.b.ins().jump(header, &[last.into()]);
             self.b.switch_to_block(exit);
             start = done;
@@ -556,61 +635,63 @@ impl<M: Module> Gen<'_, '_, M> {
         let init = self.identity(combine, dtype);
         let zero = self.b.ins().iconst(types::I64, 0);
         let body_size = self.members.get(&Scope::Reduce(var)).map_or(0, Vec::len);
-        let was_vector = self.vector;
-        // Reductions never vectorize (see `vectorizable`), so their bodies are scalar.
-        self.vector = false;
-        let (out_acc, out_best) =
-            if extent <= MAX_UNROLL && extent as usize * body_size <= MAX_UNROLLED {
-                // Small windows (pooling, small kernels) unroll: the index arithmetic on a
-                // constant variable then folds away.
-                let (mut acc, mut best) = (init, zero);
-                for k in 0..extent {
-                    let i = self.b.ins().iconst(types::I64, k as i64);
-                    self.rvars.insert(var, i);
-                    self.frames.push(HashMap::new());
-                    self.emit_scope(Scope::Reduce(var))?;
-                    let x = self.scalar(body);
-                    self.frames.pop();
-                    (acc, best) = self.accumulate(combine, dtype, acc, best, x, i);
-                }
-                (acc, best)
-            } else {
-                let (header, bb, exit) = (
-                    self.b.create_block(),
-                    self.b.create_block(),
-                    self.b.create_block(),
-                );
-                let i = self.b.append_block_param(header, types::I64);
-                let acc = self.b.append_block_param(header, ty);
-                let best = self.b.append_block_param(header, types::I64);
-                let out_acc = self.b.append_block_param(exit, ty);
-                let out_best = self.b.append_block_param(exit, types::I64);
-                self.b
-                    .ins()
-                    .jump(header, &[zero.into(), init.into(), zero.into()]);
-                self.b.switch_to_block(header);
-                let more = self
-                    .b
-                    .ins()
-                    .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
-                self.b
-                    .ins()
-                    .brif(more, bb, &[], exit, &[acc.into(), best.into()]);
-                self.b.switch_to_block(bb);
+        let outer_lanes = self.lanes_scope;
+        // A reduction never sits in a vectorized inner loop (see `vectorizable`); its own
+        // body runs in lanes only through `vector_reduce`.
+        self.lanes_scope = None;
+        let (out_acc, out_best) = if self.vector_reductions.contains(&e) {
+            (self.vector_reduce(combine, extent, var, body)?, zero)
+        } else if extent <= MAX_UNROLL && extent as usize * body_size <= MAX_UNROLLED {
+            // Small windows (pooling, small kernels) unroll: the index arithmetic on a
+            // constant variable then folds away.
+            let (mut acc, mut best) = (init, zero);
+            for k in 0..extent {
+                let i = self.b.ins().iconst(types::I64, k as i64);
                 self.rvars.insert(var, i);
                 self.frames.push(HashMap::new());
                 self.emit_scope(Scope::Reduce(var))?;
                 let x = self.scalar(body);
                 self.frames.pop();
-                let (acc2, best2) = self.accumulate(combine, dtype, acc, best, x, i);
-                let next = self.b.ins().iadd_imm(i, 1);
-                self.b
-                    .ins()
-                    .jump(header, &[next.into(), acc2.into(), best2.into()]);
-                self.b.switch_to_block(exit);
-                (out_acc, out_best)
-            };
-        self.vector = was_vector;
+                (acc, best) = self.accumulate(combine, dtype, acc, best, x, i);
+            }
+            (acc, best)
+        } else {
+            let (header, bb, exit) = (
+                self.b.create_block(),
+                self.b.create_block(),
+                self.b.create_block(),
+            );
+            let i = self.b.append_block_param(header, types::I64);
+            let acc = self.b.append_block_param(header, ty);
+            let best = self.b.append_block_param(header, types::I64);
+            let out_acc = self.b.append_block_param(exit, ty);
+            let out_best = self.b.append_block_param(exit, types::I64);
+            self.b
+                .ins()
+                .jump(header, &[zero.into(), init.into(), zero.into()]);
+            self.b.switch_to_block(header);
+            let more = self
+                .b
+                .ins()
+                .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
+            self.b
+                .ins()
+                .brif(more, bb, &[], exit, &[acc.into(), best.into()]);
+            self.b.switch_to_block(bb);
+            self.rvars.insert(var, i);
+            self.frames.push(HashMap::new());
+            self.emit_scope(Scope::Reduce(var))?;
+            let x = self.scalar(body);
+            self.frames.pop();
+            let (acc2, best2) = self.accumulate(combine, dtype, acc, best, x, i);
+            let next = self.b.ins().iadd_imm(i, 1);
+            self.b
+                .ins()
+                .jump(header, &[next.into(), acc2.into(), best2.into()]);
+            self.b.switch_to_block(exit);
+            (out_acc, out_best)
+        };
+        self.lanes_scope = outer_lanes;
         let result = if arg {
             out_best
         } else {
@@ -619,6 +700,88 @@ impl<M: Module> Gen<'_, '_, M> {
         };
         self.set(e, Val::S(result));
         Ok(())
+    }
+
+    /// An f32 reduction over `extent` elements of `body` along `var`, four lanes at a time:
+    /// two vector accumulators (to overlap the combine latency) over blocks of eight, one
+    /// more block of four if it fits, the lanes combined pairwise, then the scalar tail.
+    /// Sums therefore add in a different order than the sequential loop.
+    fn vector_reduce(
+        &mut self,
+        combine: Combine,
+        extent: u64,
+        var: u32,
+        body: ExprId,
+    ) -> Result<Value, CpuError> {
+        let scope = Scope::Reduce(var);
+        let init = self.identity(combine, DType::F32);
+        let init = self.b.ins().splat(types::F32X4, init);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let blocks = (extent / (2 * LANES as u64)) as i64 * 2 * LANES;
+        let (header, bb, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let i = self.b.append_block_param(header, types::I64);
+        let acc0 = self.b.append_block_param(header, types::F32X4);
+        let acc1 = self.b.append_block_param(header, types::F32X4);
+        let out0 = self.b.append_block_param(exit, types::F32X4);
+        let out1 = self.b.append_block_param(exit, types::F32X4);
+        self.b
+            .ins()
+            .jump(header, &[zero.into(), init.into(), init.into()]);
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp_imm(IntCC::SignedLessThan, i, blocks);
+        self.b
+            .ins()
+            .brif(more, bb, &[], exit, &[acc0.into(), acc1.into()]);
+        self.b.switch_to_block(bb);
+        self.lanes_scope = Some(scope);
+        let x0 = self.reduce_step(var, i, body)?;
+        let i4 = self.b.ins().iadd_imm(i, LANES);
+        let x1 = self.reduce_step(var, i4, body)?;
+        let next0 = self.combine(combine, DType::F32, acc0, x0);
+        let next1 = self.combine(combine, DType::F32, acc1, x1);
+        let next = self.b.ins().iadd_imm(i, 2 * LANES);
+        self.b
+            .ins()
+            .jump(header, &[next.into(), next0.into(), next1.into()]);
+        self.b.switch_to_block(exit);
+        let mut acc = self.combine(combine, DType::F32, out0, out1);
+        let mut done = blocks;
+        if extent as i64 - done >= LANES {
+            let at = self.b.ins().iconst(types::I64, done);
+            let x = self.reduce_step(var, at, body)?;
+            acc = self.combine(combine, DType::F32, acc, x);
+            done += LANES;
+        }
+        self.lanes_scope = None;
+        let lane = |g: &mut Self, k: u8| g.b.ins().extractlane(acc, k);
+        let (l0, l1, l2, l3) = (lane(self, 0), lane(self, 1), lane(self, 2), lane(self, 3));
+        let low = self.combine(combine, DType::F32, l0, l1);
+        let high = self.combine(combine, DType::F32, l2, l3);
+        let mut total = self.combine(combine, DType::F32, low, high);
+        for k in done..extent as i64 {
+            let at = self.b.ins().iconst(types::I64, k);
+            let x = self.reduce_step(var, at, body)?;
+            total = self.combine(combine, DType::F32, total, x);
+        }
+        Ok(total)
+    }
+
+    /// The body of a reduction at `var = at`, in lanes or scalar as `lanes_scope` says.
+    fn reduce_step(&mut self, var: u32, at: Value, body: ExprId) -> Result<Value, CpuError> {
+        self.rvars.insert(var, at);
+        self.frames.push(HashMap::new());
+        self.emit_scope(Scope::Reduce(var))?;
+        let x = if self.lanes_scope.is_some() {
+            self.lanes(body)
+        } else {
+            self.scalar(body)
+        };
+        self.frames.pop();
+        Ok(x)
     }
 
     /// One step of a reduction: the new accumulator and (for arg reductions) best index.
@@ -791,7 +954,7 @@ impl<M: Module> Gen<'_, '_, M> {
         let s = self.nest.stores[i];
         let p = &self.kernel.params[s.param as usize];
         let dtype = p.dtype;
-        if self.vector {
+        if self.lanes_scope == Some(Scope::Inner) {
             let base = self.scalar(s.index);
             let v = self.lanes(s.value);
             let scaled = self.b.ins().imul_imm(base, 4);
@@ -834,7 +997,7 @@ impl<M: Module> Gen<'_, '_, M> {
 
     fn emit_op(&mut self, e: ExprId) -> Result<(), CpuError> {
         let node = *self.nest.node(e);
-        if self.vector && self.place[e as usize] == Scope::Inner && node.dtype != DType::I64 {
+        if self.lanes_scope == Some(self.place[e as usize]) && node.dtype != DType::I64 {
             let v = self.emit_vector(e)?;
             self.set(e, Val::V(v));
             return Ok(());

@@ -114,15 +114,19 @@ impl Math {
         let hi = self.f(b, 88.72283);
         let lo = self.f(b, -87.33654);
         let nan = self.fcmp(b, FloatCC::Unordered, x, x);
-        let xc = b.ins().fmin(x, hi);
-        let xc = b.ins().fmax(xc, lo);
-        // x = n ln2 + r, |r| <= ln2 / 2.
+        // x = n ln2 + r, |r| <= ln2 / 2. No clamping: outside [lo, hi] (and for NaN) the
+        // value computed below is replaced by the selects at the end.
         let log2e = self.f(b, std::f32::consts::LOG2_E);
-        let t = b.ins().fmul(xc, log2e);
-        let n = b.ins().nearest(t);
+        let t = b.ins().fmul(x, log2e);
+        // Round to nearest by adding 1.5 * 2^23: the sum's low mantissa bits are then the
+        // integer n (exact for |t| < 2^22, which [lo, hi] is well inside), so one add
+        // replaces both a rounding and a float-to-int conversion.
+        let magic = self.f(b, 12_582_912.0);
+        let shifted = b.ins().fadd(t, magic);
+        let n = b.ins().fsub(shifted, magic);
         let ln2_hi = self.f(b, -0.693_359_4);
         let ln2_lo = self.f(b, 2.121_944_4e-4);
-        let r = self.mul_add(b, n, ln2_hi, xc);
+        let r = self.mul_add(b, n, ln2_hi, x);
         let r = self.mul_add(b, n, ln2_lo, r);
         let p = self.poly(
             b,
@@ -138,13 +142,11 @@ impl Math {
                 1.0 / 5040.0,
             ],
         );
-        // 2^n by building the exponent; n in [-126, 128] after clamping, split in two
+        // 2^n by building the exponent; n in [-126, 128] inside the range, split in two
         // halves so that n = 128 does not overflow the exponent field.
-        let ni = if self.ty.is_vector() {
-            b.ins().fcvt_to_sint_sat(types::I32X4, n)
-        } else {
-            b.ins().fcvt_to_sint_sat(types::I32, n)
-        };
+        let shifted_bits = self.bitcast_to_int(b, shifted);
+        let magic_bits = self.i(b, 12_582_912.0f32.to_bits() as i32);
+        let ni = b.ins().isub(shifted_bits, magic_bits);
         let half = b.ins().sshr_imm(ni, 1);
         let rest = b.ins().isub(ni, half);
         let bias = self.i(b, 127);

@@ -10,6 +10,7 @@ use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
 use smelt_runtime::{ElemType, HostTensor};
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Everything compiled for one shape signature.
@@ -26,6 +27,8 @@ pub struct Executable {
     pub output_names: Vec<String>,
     /// Wall time from import to runnable code.
     pub compile_time: Duration,
+    /// Arenas of finished runs, reused by the next ones (one per concurrent run).
+    pub(crate) scratch: Mutex<Vec<AlignedBytes>>,
 }
 
 impl Executable {
@@ -50,11 +53,21 @@ impl Executable {
     pub fn run(
         &self,
         pool: &smelt_runtime::pool::ThreadPool,
-        inputs: &[HostTensor],
+        inputs: &[&HostTensor],
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, SmeltError> {
         let functions = |i: usize| self.code.function(i);
-        Ok(self.program.run(&functions, pool, inputs, profile)?)
+        // A run takes an arena from the pool (or makes one) and gives it back, so repeated
+        // runs neither allocate nor fault in fresh pages.
+        let taken = self.scratch.lock().map(|mut s| s.pop()).unwrap_or(None);
+        let mut arena = taken.unwrap_or_else(|| AlignedBytes::zeroed(0));
+        let result = self
+            .program
+            .run(&functions, pool, inputs, &mut arena, profile);
+        if let Ok(mut s) = self.scratch.lock() {
+            s.push(arena);
+        }
+        Ok(result?)
     }
 
     /// Floating-point operations of the contractions (2 per multiply-add of every
@@ -147,6 +160,7 @@ pub(crate) fn compile_graph(
         input_names,
         output_names,
         compile_time: started.elapsed(),
+        scratch: Mutex::new(Vec::new()),
     })
 }
 

@@ -229,10 +229,10 @@ impl Compiled {
         let exe = self.prepare(inputs)?;
         let by_name: HashMap<&str, &HostTensor> =
             inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let feeds: Vec<HostTensor> = exe
+        let feeds: Vec<&HostTensor> = exe
             .input_names
             .iter()
-            .map(|n| by_name[n.as_str()].clone())
+            .map(|n| by_name[n.as_str()])
             .collect();
         let outs = exe.run(&self.pool, &feeds, profile)?;
         Ok(exe.output_names.iter().cloned().zip(outs).collect())

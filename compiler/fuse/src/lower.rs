@@ -368,6 +368,10 @@ impl<'g> Builder<'g> {
                 let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
                 Some((a0.checked_add(b0)?, a1.checked_add(b1)?))
             }
+            Expr::Binary(BinaryOp::Sub, a, b) => {
+                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
+                Some((a0.checked_sub(b1)?, a1.checked_sub(b0)?))
+            }
             Expr::Binary(BinaryOp::Mul, a, b) => {
                 let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
                 (a0 >= 0 && b0 >= 0).then_some((a0.checked_mul(b0)?, a1.checked_mul(b1)?))
@@ -384,7 +388,59 @@ impl<'g> Builder<'g> {
         }
     }
 
+    /// A bool constant's value.
+    fn bool_of(&self, e: ExprId) -> Option<bool> {
+        match self.nest.nodes[e as usize] {
+            Node {
+                expr: Expr::Const(Const::Int(v)),
+                dtype: DType::Bool,
+            } => Some(v != 0),
+            _ => None,
+        }
+    }
+
+    /// Comparisons decided by the operands' ranges (bounds checks of windows that never
+    /// leave the input), and `and`/`or` with a decided operand.
+    fn simplify_bool(&mut self, op: BinaryOp, a: ExprId, b: ExprId) -> Option<ExprId> {
+        let known = |g: &mut Self, v: bool| g.add(Expr::Const(Const::Int(v.into())), DType::Bool);
+        match op {
+            BinaryOp::And | BinaryOp::Or => {
+                let and = op == BinaryOp::And;
+                match (self.bool_of(a), self.bool_of(b)) {
+                    (Some(x), _) if x == and => Some(b),
+                    (_, Some(y)) if y == and => Some(a),
+                    (Some(_), _) | (_, Some(_)) => Some(known(self, !and)),
+                    _ => None,
+                }
+            }
+            _ if op.is_comparison() && self.nest.nodes[a as usize].dtype == DType::I64 => {
+                let ((a0, a1), (b0, b1)) = (self.range[a as usize]?, self.range[b as usize]?);
+                let v = match op {
+                    BinaryOp::Less if a1 < b0 => true,
+                    BinaryOp::Less if a0 >= b1 => false,
+                    BinaryOp::LessEqual if a1 <= b0 => true,
+                    BinaryOp::LessEqual if a0 > b1 => false,
+                    BinaryOp::Greater if a0 > b1 => true,
+                    BinaryOp::Greater if a1 <= b0 => false,
+                    BinaryOp::GreaterEqual if a0 >= b1 => true,
+                    BinaryOp::GreaterEqual if a1 < b0 => false,
+                    _ => return None,
+                };
+                Some(known(self, v))
+            }
+            _ => None,
+        }
+    }
+
     fn simplify(&mut self, expr: Expr, dtype: DType) -> Option<ExprId> {
+        if dtype == DType::Bool
+            && let Expr::Binary(op, a, b) = expr
+        {
+            return self.simplify_bool(op, a, b);
+        }
+        if let Expr::Select(c, a, b) = expr {
+            return self.bool_of(c).map(|v| if v { a } else { b });
+        }
         if dtype != DType::I64 {
             return None;
         }
