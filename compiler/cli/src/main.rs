@@ -244,7 +244,7 @@ fn explain(
     };
     let e = model.explain(stage, &parse_shapes(input_shapes)?)?;
     if fuse {
-        let plan = smelt::smelt_fuse::plan(&e.graph);
+        let plan = smelt::smelt_fuse::plan(&e.graph)?;
         plan.verify(&e.graph)?;
         print!("{}", plan.print(&e.graph));
         println!(

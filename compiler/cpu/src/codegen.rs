@@ -83,6 +83,8 @@ struct Gen<'a, 'm, M: Module> {
     lanes_scope: Option<Scope>,
     /// Reductions that accumulate four lanes at a time.
     vector_reductions: HashSet<ExprId>,
+    /// Value range of each i64 expression over the whole domain, where known.
+    ranges: Vec<Option<(i64, i64)>>,
     fma: bool,
 }
 
@@ -148,6 +150,7 @@ pub fn build<M: Module>(
         frames: vec![HashMap::new()],
         lanes_scope: None,
         vector_reductions,
+        ranges: index_ranges(nest),
         fma,
     };
     let entry = g.b.create_block();
@@ -349,6 +352,65 @@ fn axis_coef(
     };
     memo.insert(e, c);
     c
+}
+
+/// The range of every i64 expression over the domain and reduction extents, where the
+/// arithmetic is simple enough to bound (indices computed from loaded data are not).
+fn index_ranges(nest: &LoopNest) -> Vec<Option<(i64, i64)>> {
+    let extents: HashMap<u32, u64> = nest
+        .nodes
+        .iter()
+        .filter_map(|n| match n.expr {
+            Expr::Reduce { var, extent, .. } => Some((var, extent)),
+            _ => None,
+        })
+        .collect();
+    let mut r: Vec<Option<(i64, i64)>> = Vec::with_capacity(nest.nodes.len());
+    for node in &nest.nodes {
+        let get = |e: ExprId, r: &[Option<(i64, i64)>]| r[e as usize];
+        let range = if node.dtype != DType::I64 {
+            None
+        } else {
+            match node.expr {
+                Expr::Var(k) => nest.domain.get(k as usize).map(|&d| (0, d as i64 - 1)),
+                Expr::RVar(v) => extents.get(&v).map(|&x| (0, x as i64 - 1)),
+                Expr::Const(Const::Int(v)) => Some((v, v)),
+                Expr::Binary(op, a, b) => match (get(a, &r), get(b, &r)) {
+                    (Some((a0, a1)), Some((b0, b1))) => match op {
+                        BinaryOp::Add => a0.checked_add(b0).zip(a1.checked_add(b1)),
+                        BinaryOp::Sub => a0.checked_sub(b1).zip(a1.checked_sub(b0)),
+                        BinaryOp::Mul => {
+                            let p = [
+                                a0.checked_mul(b0),
+                                a0.checked_mul(b1),
+                                a1.checked_mul(b0),
+                                a1.checked_mul(b1),
+                            ];
+                            p.iter().copied().collect::<Option<Vec<i64>>>().map(|p| {
+                                (
+                                    p.iter().copied().min().unwrap_or(0),
+                                    p.iter().copied().max().unwrap_or(0),
+                                )
+                            })
+                        }
+                        BinaryOp::Div if a0 >= 0 && b0 == b1 && b0 > 0 => Some((a0 / b0, a1 / b0)),
+                        BinaryOp::Rem if a0 >= 0 && b0 == b1 && b0 > 0 => Some((0, a1.min(b0 - 1))),
+                        BinaryOp::Min => Some((a0.min(b0), a1.min(b1))),
+                        BinaryOp::Max => Some((a0.max(b0), a1.max(b1))),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Expr::Select(_, a, b) => match (get(a, &r), get(b, &r)) {
+                    (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        r.push(range);
+    }
+    r
 }
 
 /// Users of every live expression.
@@ -645,6 +707,7 @@ impl<M: Module> Gen<'_, '_, M> {
             // Small windows (pooling, small kernels) unroll: the index arithmetic on a
             // constant variable then folds away.
             let (mut acc, mut best) = (init, zero);
+            let mut leaves = Vec::with_capacity(extent as usize);
             for k in 0..extent {
                 let i = self.b.ins().iconst(types::I64, k as i64);
                 self.rvars.insert(var, i);
@@ -652,7 +715,31 @@ impl<M: Module> Gen<'_, '_, M> {
                 self.emit_scope(Scope::Reduce(var))?;
                 let x = self.scalar(body);
                 self.frames.pop();
-                (acc, best) = self.accumulate(combine, dtype, acc, best, x, i);
+                if arg {
+                    (acc, best) = self.accumulate(combine, dtype, acc, best, x, i);
+                } else {
+                    leaves.push(x);
+                }
+            }
+            if !arg && !leaves.is_empty() {
+                // A balanced tree instead of a chain: the combines of a window overlap
+                // (a 3x3 max is 4 dependent steps, not 9).
+                while leaves.len() > 1 {
+                    let mut next = Vec::with_capacity(leaves.len().div_ceil(2));
+                    for pair in leaves.chunks(2) {
+                        next.push(match pair {
+                            [x, y] => self.combine(combine, dtype, *x, *y),
+                            [x] => *x,
+                            _ => unreachable!("chunks of two"),
+                        });
+                    }
+                    leaves = next;
+                }
+                acc = if combine == Combine::Sum {
+                    self.combine(combine, dtype, init, leaves[0])
+                } else {
+                    leaves[0]
+                };
             }
             (acc, best)
         } else {
@@ -836,6 +923,32 @@ impl<M: Module> Gen<'_, '_, M> {
         }
     }
 
+    /// IEEE max or min (NaN-propagating). Scalars go through the vector instruction:
+    /// x86's scalar `fmax` lowering branches on equality and NaN, and equal operands are
+    /// common (a max pool over ReLU zeros), so it mispredicts; the vector one is branch-free.
+    fn float_extreme(&mut self, max: bool, x: Value, y: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(x);
+        let vector = match ty {
+            t if t == types::F32 => Some(types::F32X4),
+            t if t == types::F64 => Some(types::F64X2),
+            _ => None,
+        };
+        let b = &mut self.b;
+        match vector {
+            Some(vt) => {
+                let (xv, yv) = (b.ins().splat(vt, x), b.ins().splat(vt, y));
+                let r = if max {
+                    b.ins().fmax(xv, yv)
+                } else {
+                    b.ins().fmin(xv, yv)
+                };
+                b.ins().extractlane(r, 0)
+            }
+            None if max => b.ins().fmax(x, y),
+            None => b.ins().fmin(x, y),
+        }
+    }
+
     fn combine(&mut self, combine: Combine, dtype: DType, acc: Value, x: Value) -> Value {
         let float = dtype.is_float();
         let unsigned = dtype.is_unsigned_int() || dtype == DType::Bool;
@@ -845,8 +958,8 @@ impl<M: Module> Gen<'_, '_, M> {
             (Combine::Sum, false) => b.ins().iadd(acc, x),
             (Combine::Prod, true) => b.ins().fmul(acc, x),
             (Combine::Prod, false) => b.ins().imul(acc, x),
-            (Combine::Max, true) => b.ins().fmax(acc, x),
-            (Combine::Min, true) => b.ins().fmin(acc, x),
+            (Combine::Max, true) => self.float_extreme(true, acc, x),
+            (Combine::Min, true) => self.float_extreme(false, acc, x),
             (Combine::Max, false) if unsigned => b.ins().umax(acc, x),
             (Combine::Max, false) => b.ins().smax(acc, x),
             (Combine::Min, false) if unsigned => b.ins().umin(acc, x),
@@ -910,12 +1023,24 @@ impl<M: Module> Gen<'_, '_, M> {
         }
     }
 
-    fn address(&mut self, param: u32, index: Value) -> (Value, DType) {
+    /// Whether the index expression `index` stays inside parameter `param` everywhere in
+    /// the domain (so its accesses need no clamp).
+    fn in_bounds(&self, param: u32, index: ExprId) -> bool {
+        let len = self.kernel.params[param as usize].len() as i64;
+        self.ranges[index as usize].is_some_and(|(lo, hi)| lo >= 0 && hi < len)
+    }
+
+    fn address(&mut self, param: u32, index: Value, in_bounds: bool) -> (Value, DType) {
         let p = &self.kernel.params[param as usize];
         let (dtype, len) = (p.dtype, p.len().max(1) as i64);
-        // Clamp (unsigned, so negatives clamp too) to keep every load in bounds.
-        let max = self.b.ins().iconst(types::I64, len - 1);
-        let idx = self.b.ins().umin(index, max);
+        // Clamp (unsigned, so negatives clamp too) to keep every access in bounds, unless
+        // the index's range proves it is.
+        let idx = if in_bounds {
+            index
+        } else {
+            let max = self.b.ins().iconst(types::I64, len - 1);
+            self.b.ins().umin(index, max)
+        };
         let scaled = self.b.ins().imul_imm(idx, dtype.size_bytes() as i64);
         (
             self.b.ins().iadd(self.params[param as usize], scaled),
@@ -923,8 +1048,13 @@ impl<M: Module> Gen<'_, '_, M> {
         )
     }
 
-    fn load_scalar(&mut self, param: u32, index: Value) -> Result<Value, CpuError> {
-        let (addr, dtype) = self.address(param, index);
+    fn load_scalar(
+        &mut self,
+        param: u32,
+        index: Value,
+        in_bounds: bool,
+    ) -> Result<Value, CpuError> {
+        let (addr, dtype) = self.address(param, index, in_bounds);
         let f = mem();
         let b = &mut self.b;
         Ok(match dtype {
@@ -967,7 +1097,8 @@ impl<M: Module> Gen<'_, '_, M> {
             Val::S(v) => v,
             Val::V(_) => unreachable!("vector values only in vector mode"),
         };
-        let (addr, _) = self.address(s.param, index);
+        let in_bounds = self.in_bounds(s.param, s.index);
+        let (addr, _) = self.address(s.param, index, in_bounds);
         let f = mem();
         match dtype {
             DType::F32 | DType::F64 | DType::Bool | DType::I64 | DType::U64 => {
@@ -1016,7 +1147,8 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(match node.expr {
             Expr::Load { param, index } => {
                 let base = self.scalar(index);
-                self.vector_load(param, base)?
+                let in_bounds = self.in_bounds(param, index);
+                self.vector_load(param, base, in_bounds)?
             }
             Expr::Unary(op, a) => {
                 let x = self.lanes(a);
@@ -1075,9 +1207,15 @@ impl<M: Module> Gen<'_, '_, M> {
     }
 
     /// Four contiguous f32 from `base`, falling back to clamped lane loads at the edges.
-    fn vector_load(&mut self, param: u32, base: Value) -> Result<Value, CpuError> {
+    fn vector_load(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
         let len = self.kernel.params[param as usize].len() as i64;
         let ptr = self.params[param as usize];
+        if in_bounds {
+            // Every lane is the index at some point of the domain, inside the range.
+            let scaled = self.b.ins().imul_imm(base, 4);
+            let addr = self.b.ins().iadd(ptr, scaled);
+            return Ok(self.b.ins().load(types::F32X4, mem(), addr, 0));
+        }
         let (fast, slow, join) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -1104,7 +1242,7 @@ impl<M: Module> Gen<'_, '_, M> {
         let mut acc = self.b.ins().splat(types::F32X4, zero);
         for lane in 0..LANES {
             let idx = self.b.ins().iadd_imm(base, lane);
-            let x = self.load_scalar(param, idx)?;
+            let x = self.load_scalar(param, idx, false)?;
             acc = self.b.ins().insertlane(acc, x, lane as u8);
         }
         self.b.ins().jump(join, &[acc.into()]);
@@ -1133,7 +1271,8 @@ impl<M: Module> Gen<'_, '_, M> {
             },
             Expr::Load { param, index } => {
                 let idx = self.scalar(index);
-                self.load_scalar(param, idx)?
+                let in_bounds = self.in_bounds(param, index);
+                self.load_scalar(param, idx, in_bounds)?
             }
             Expr::Unary(op, a) => {
                 let x = self.scalar(a);
@@ -1276,8 +1415,8 @@ impl<M: Module> Gen<'_, '_, M> {
                 BinaryOp::Sub => self.b.ins().fsub(x, y),
                 BinaryOp::Mul => self.b.ins().fmul(x, y),
                 BinaryOp::Div => self.b.ins().fdiv(x, y),
-                BinaryOp::Max => self.b.ins().fmax(x, y),
-                BinaryOp::Min => self.b.ins().fmin(x, y),
+                BinaryOp::Max => self.float_extreme(true, x, y),
+                BinaryOp::Min => self.float_extreme(false, x, y),
                 BinaryOp::Pow => self.call(&format!("smelt_rt_pow_{suffix}"), &[x, y], ty)?,
                 BinaryOp::Rem => self.call(&format!("smelt_rt_fmod_{suffix}"), &[x, y], ty)?,
                 BinaryOp::Mod => {

@@ -135,7 +135,7 @@ pub(crate) fn lower_graph(
             )));
         }
     }
-    let plan = smelt_fuse::plan(graph);
+    let plan = smelt_fuse::plan(graph)?;
     let kernels = smelt_fuse::lower(graph, &plan)?;
     let program = build_program(graph, input_names, output_names, &kernels)?;
     Ok((plan, kernels, program))

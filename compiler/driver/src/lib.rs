@@ -56,6 +56,8 @@ pub enum SmeltError {
     #[error(transparent)]
     Kernel(#[from] smelt_fuse::KernelError),
     #[error(transparent)]
+    Fusion(#[from] smelt_fuse::FusionError),
+    #[error(transparent)]
     Cpu(#[from] smelt_cpu::CpuError),
     #[error(transparent)]
     Runtime(#[from] smelt_runtime::program::RuntimeError),

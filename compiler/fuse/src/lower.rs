@@ -476,6 +476,89 @@ impl<'g> Builder<'g> {
             {
                 Some(a)
             }
+            (BinaryOp::Div | BinaryOp::Rem, _, Some(c)) if c > 0 => {
+                self.split_div_rem(op == BinaryOp::Div, a, c)
+            }
+            _ => None,
+        }
+    }
+
+    /// A known divisor of every value of `e` (0: `e` is always 0).
+    fn multiple_of(&self, e: ExprId) -> i64 {
+        match self.nest.nodes[e as usize].expr {
+            Expr::Const(Const::Int(v)) => v.checked_abs().unwrap_or(1),
+            Expr::Binary(BinaryOp::Mul, a, b) => self
+                .multiple_of(a)
+                .checked_mul(self.multiple_of(b))
+                .unwrap_or(1),
+            Expr::Binary(BinaryOp::Add, a, b) => gcd(self.multiple_of(a), self.multiple_of(b)),
+            _ => 1,
+        }
+    }
+
+    fn non_negative(&self, e: ExprId) -> bool {
+        self.range[e as usize].is_some_and(|(lo, _)| lo >= 0)
+    }
+
+    /// `a / c` or `a % c` (c > 0, a >= 0) through the structure of `a`: flattened and
+    /// re-split coordinates (`(i * 3136 + j * 56 + k) / 56`) become the coordinates again,
+    /// so a reshape of a transpose of a reshape indexes without division.
+    fn split_div_rem(&mut self, div: bool, a: ExprId, c: i64) -> Option<ExprId> {
+        if !self.non_negative(a) {
+            return None;
+        }
+        match self.nest.nodes[a as usize].expr {
+            Expr::Binary(BinaryOp::Add, x, y) if self.non_negative(x) && self.non_negative(y) => {
+                for (big, small) in [(x, y), (y, x)] {
+                    let m = self.multiple_of(big);
+                    if m % c == 0 {
+                        // big is a multiple of c.
+                        let cv = self.int(c);
+                        return Some(if div {
+                            let q = self.bin(BinaryOp::Div, big, cv);
+                            let r = self.bin(BinaryOp::Div, small, cv);
+                            self.iadd(q, r)
+                        } else {
+                            self.bin(BinaryOp::Rem, small, cv)
+                        });
+                    }
+                    let fits = self.range[small as usize].is_some_and(|(_, hi)| hi < m);
+                    if m > 0 && c % m == 0 && fits {
+                        // big = m t, c = m q and small < m: small never carries.
+                        let cv = self.int(c);
+                        return Some(if div {
+                            self.bin(BinaryOp::Div, big, cv)
+                        } else {
+                            let r = self.bin(BinaryOp::Rem, big, cv);
+                            self.iadd(r, small)
+                        });
+                    }
+                }
+                None
+            }
+            Expr::Binary(BinaryOp::Mul, z, k) if self.non_negative(z) => {
+                let k = self.const_of(k)?;
+                if k <= 0 {
+                    return None;
+                }
+                if k % c == 0 {
+                    Some(if div {
+                        self.imul_c(z, k / c)
+                    } else {
+                        self.int(0)
+                    })
+                } else if c % k == 0 {
+                    let q = self.int(c / k);
+                    Some(if div {
+                        self.bin(BinaryOp::Div, z, q)
+                    } else {
+                        let r = self.bin(BinaryOp::Rem, z, q);
+                        self.imul_c(r, k)
+                    })
+                } else {
+                    None
+                }
+            }
             _ => None,
         }
     }
@@ -1715,4 +1798,8 @@ impl<'g> Builder<'g> {
             Some(p) => self.bin(BinaryOp::And, p, ok),
         }
     }
+}
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a.abs() } else { gcd(b, a % b) }
 }

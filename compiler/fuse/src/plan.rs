@@ -80,7 +80,7 @@ fn reduce_axes(op: &Op) -> Vec<usize> {
 }
 
 /// Plans the kernels of `g`.
-pub fn plan(g: &Graph) -> FusionPlan {
+pub fn plan(g: &Graph) -> Result<FusionPlan, FusionError> {
     let mut groups: Vec<Building> = Vec::new();
     let mut group_of: HashMap<ValueId, usize> = HashMap::new();
     for (i, node) in g.nodes.iter().enumerate() {
@@ -171,10 +171,17 @@ pub fn plan(g: &Graph) -> FusionPlan {
             b.rows
                 .get_or_insert_with(|| (g.ty(node.inputs[0]).shape.clone(), reduce_axes(&node.op)));
         }
+        let mut gained = BTreeSet::new();
         for h in operand_groups.iter().copied().filter(|&h| h != gi) {
-            let inherited = groups[h].deps.clone();
-            groups[gi].deps.insert(h);
-            groups[gi].deps.extend(inherited);
+            gained.insert(h);
+            gained.extend(groups[h].deps.iter().copied());
+        }
+        // Groups that already read `gi` now depend on what it reads too; without this
+        // their dependency sets go stale and a later join can close a cycle.
+        for (k, b) in groups.iter_mut().enumerate() {
+            if k == gi || b.deps.contains(&gi) {
+                b.deps.extend(gained.iter().copied());
+            }
         }
         groups[gi].nodes.push(i);
         for &o in &node.outputs {
@@ -185,7 +192,11 @@ pub fn plan(g: &Graph) -> FusionPlan {
 }
 
 /// Orders the groups so that each follows those it reads, and lists inputs and outputs.
-fn finish(g: &Graph, groups: Vec<Building>, group_of: &HashMap<ValueId, usize>) -> FusionPlan {
+fn finish(
+    g: &Graph,
+    groups: Vec<Building>,
+    group_of: &HashMap<ValueId, usize>,
+) -> Result<FusionPlan, FusionError> {
     let n = groups.len();
     let mut order = Vec::with_capacity(n);
     let mut placed = vec![false; n];
@@ -194,7 +205,12 @@ fn finish(g: &Graph, groups: Vec<Building>, group_of: &HashMap<ValueId, usize>) 
         // lowest ready index keeps the order close to the graph's.
         let next = (0..n)
             .find(|&i| !placed[i] && groups[i].deps.iter().all(|&d| placed[d]))
-            .expect("group dependencies are acyclic");
+            .ok_or_else(|| {
+                FusionError::Invalid(format!(
+                    "groups depend on each other in a cycle ({} of {n} ordered)",
+                    order.len()
+                ))
+            })?;
         placed[next] = true;
         order.push(next);
     }
@@ -234,7 +250,7 @@ fn finish(g: &Graph, groups: Vec<Building>, group_of: &HashMap<ValueId, usize>) 
             }
         })
         .collect();
-    FusionPlan { groups }
+    Ok(FusionPlan { groups })
 }
 
 impl FusionPlan {

@@ -386,11 +386,16 @@ fn conv_tiled<T: Float>(
     // when there are too few column blocks to keep every thread busy (small late-stage
     // feature maps), at the price of building the same columns once per block.
     let depth = cg * kc;
-    let cols_per = tile_columns(tile_elements, depth, out_count);
-    let tiles = out_count.div_ceil(cols_per);
-    let column_items = n * g * tiles;
     let small = n * m * out_count * depth < 1 << 16;
     let wanted = 2 * pool.threads();
+    let cols_per = tile_columns(
+        tile_elements,
+        depth,
+        out_count,
+        if small { 1 } else { wanted.div_ceil(n * g) },
+    );
+    let tiles = out_count.div_ceil(cols_per);
+    let column_items = n * g * tiles;
     let filter_blocks = if small || column_items >= wanted {
         1
     } else {
@@ -470,10 +475,19 @@ const MAX_SPATIAL: usize = 8;
 /// Elements of im2col matrix a work item aims for (256 KiB of f32, about half an L2).
 const TILE_ELEMENTS: usize = 64 * 1024;
 
-/// Output columns per work item for an im2col matrix `depth` rows deep.
-fn tile_columns(tile_elements: usize, depth: usize, out_count: usize) -> usize {
-    let cols = (tile_elements / depth.max(1)).max(64) / 16 * 16;
-    cols.min(out_count).max(1)
+/// Output columns per work item for an im2col matrix `depth` rows deep: tiles of about
+/// `tile_elements`, at least `min_tiles` of them while each keeps 64 columns, and all of
+/// about the same width (so threads finish together).
+fn tile_columns(tile_elements: usize, depth: usize, out_count: usize, min_tiles: usize) -> usize {
+    let widest = (tile_elements / depth.max(1)).max(64);
+    let tiles = out_count
+        .div_ceil(widest)
+        .max(min_tiles.min(out_count / 64))
+        .max(1);
+    out_count
+        .div_ceil(tiles)
+        .next_multiple_of(16)
+        .clamp(1, out_count.max(1))
 }
 
 thread_local! {
