@@ -225,8 +225,23 @@ pub fn build(steps: &[Step]) -> Graph {
                 }
             }
             15 => {
-                // Through i32 and back: truncation, and the integer code paths.
-                let i = g.add("", Op::Cast { to: DType::I32 }, &[v]).unwrap();
+                // Through i32 and back: truncation, and the integer code paths. Casting
+                // NaN or a float outside i32 is undefined in ONNX (and ill-conditioned
+                // downstream), so NaN becomes 0 and the rest is clamped to +-1e6 first.
+                let scalar = |g: &mut Graph, x: f64| {
+                    g.add("", Op::Constant(konst(vec![], 0, Some(x))), &[])
+                        .unwrap()
+                };
+                let (zero, hi, lo) = (
+                    scalar(&mut g, 0.0),
+                    scalar(&mut g, 1e6),
+                    scalar(&mut g, -1e6),
+                );
+                let same = g.add("", Op::Binary(BinaryOp::Equal), &[v, v]).unwrap();
+                let finite = g.add("", Op::Select, &[same, v, zero]).unwrap();
+                let low = g.add("", Op::Binary(BinaryOp::Min), &[finite, hi]).unwrap();
+                let within = g.add("", Op::Binary(BinaryOp::Max), &[low, lo]).unwrap();
+                let i = g.add("", Op::Cast { to: DType::I32 }, &[within]).unwrap();
                 (Op::Cast { to: DType::F32 }, vec![i])
             }
             _ => (Op::Cast { to: DType::F32 }, vec![v]),

@@ -79,8 +79,19 @@ struct Gen<'a, 'm, M: Module> {
     inner: Option<Value>,
     rvars: HashMap<u32, Value>,
     frames: Vec<HashMap<ExprId, Val>>,
-    /// The scope whose f32 expressions are being emitted as four lanes, if any.
+    /// The scope whose f32 expressions are being emitted as four lanes along a reduction
+    /// variable, if any (`vector_reduce`).
     lanes_scope: Option<Scope>,
+    /// Whether the inner loop is being emitted four output elements at a time: then every
+    /// expression that varies with the inner variable (in the inner scope or the bodies of
+    /// reductions nested there) is a vector.
+    inner_lanes: bool,
+    /// The inner scope and the bodies of the reductions placed in it, transitively.
+    inner_scopes: HashSet<Scope>,
+    /// Whether each expression depends on the inner variable.
+    varies: Vec<bool>,
+    /// Coefficient of the inner variable in each index expression (affine ones).
+    inner_coefs: HashMap<ExprId, Option<i64>>,
     /// Reductions that accumulate four lanes at a time.
     vector_reductions: HashSet<ExprId>,
     /// Value range of each i64 expression over the whole domain, where known.
@@ -129,7 +140,17 @@ pub fn build<M: Module>(
         };
         stores_at.entry(at).or_default().push(i);
     }
-    let vectorize = vectorizable(nest, &live, &place);
+    let varies = varies_with_inner(nest);
+    let inner_scopes = scopes_within_inner(nest, &live, &place);
+    let vectorize = vectorizable(nest, &live, &place, &varies, &inner_scopes);
+    let mut inner_coefs = HashMap::new();
+    for (e, node) in nest.nodes.iter().enumerate() {
+        if let Expr::Load { index, .. } = node.expr
+            && live[e]
+        {
+            axis_coef(nest, index, Axis::Inner, &mut inner_coefs);
+        }
+    }
     let vector_reductions = (0..nest.nodes.len() as ExprId)
         .filter(|&e| live[e as usize] && reduction_vectorizes(nest, &live, &place, &stores_at, e))
         .collect();
@@ -149,6 +170,10 @@ pub fn build<M: Module>(
         rvars: HashMap::new(),
         frames: vec![HashMap::new()],
         lanes_scope: None,
+        inner_lanes: false,
+        inner_scopes,
+        varies,
+        inner_coefs,
         vector_reductions,
         ranges: index_ranges(nest),
         fma,
@@ -426,8 +451,54 @@ fn users_of(nest: &LoopNest, live: &[bool]) -> Vec<Vec<ExprId>> {
     users
 }
 
-/// Whether the inner loop of `nest` can run four f32 lanes at a time.
-fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
+/// Whether each expression depends on the innermost domain variable.
+fn varies_with_inner(nest: &LoopNest) -> Vec<bool> {
+    let rank = nest.domain.len() as u32;
+    let mut varies = Vec::with_capacity(nest.nodes.len());
+    for (i, node) in nest.nodes.iter().enumerate() {
+        let v = match node.expr {
+            Expr::Var(k) => k + 1 == rank,
+            _ => nest
+                .operands(i as ExprId)
+                .iter()
+                .any(|&o| varies[o as usize]),
+        };
+        varies.push(v);
+    }
+    varies
+}
+
+/// The inner scope and the bodies of every reduction placed inside it (transitively).
+fn scopes_within_inner(nest: &LoopNest, live: &[bool], place: &[Scope]) -> HashSet<Scope> {
+    let mut set = HashSet::from([Scope::Inner]);
+    loop {
+        let before = set.len();
+        for (e, node) in nest.nodes.iter().enumerate() {
+            if let Expr::Reduce { var, .. } = node.expr
+                && live[e]
+                && set.contains(&place[e])
+            {
+                set.insert(Scope::Reduce(var));
+            }
+        }
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
+/// Whether the inner loop of `nest` can run four output elements at a time: every
+/// expression that varies with the inner variable (in the inner scope or in the bodies of
+/// reductions there) has a four-lane form (f32 arithmetic, loads affine in the inner
+/// variable, f32 sum/product/max/min reductions, index arithmetic feeding loads), and
+/// stores are contiguous f32.
+fn vectorizable(
+    nest: &LoopNest,
+    live: &[bool],
+    place: &[Scope],
+    varies: &[bool],
+    inner_scopes: &HashSet<Scope>,
+) -> bool {
     if nest.inner_extent() < LANES as usize && nest.domain.len() >= 2 {
         return false;
     }
@@ -443,7 +514,79 @@ fn vectorizable(nest: &LoopNest, live: &[bool], place: &[Scope]) -> bool {
             return false;
         }
     }
-    scope_vectorizes(nest, live, place, Scope::Inner, Axis::Inner)
+    let users = users_of(nest, live);
+    let mut index_only = vec![false; nest.nodes.len()];
+    for e in (0..nest.nodes.len()).rev() {
+        let id = e as ExprId;
+        if !live[e] || !inner_scopes.contains(&place[e]) || !varies[e] {
+            continue;
+        }
+        let node = nest.node(id);
+        let ok = match (node.dtype, node.expr) {
+            (DType::I64, Expr::Reduce { .. } | Expr::Load { .. }) => false,
+            (DType::I64, _) => {
+                let only = users[e].iter().all(|&u| match nest.node(u).expr {
+                    Expr::Load { index, .. } => index == id && nest.node(u).dtype == DType::F32,
+                    _ => index_only[u as usize],
+                });
+                let is_store_index = nest.stores.iter().any(|s| s.index == id);
+                let used_as_data = nest.stores.iter().any(|s| s.value == id);
+                index_only[e] = (only || is_store_index) && !used_as_data;
+                index_only[e]
+            }
+            (DType::F32, Expr::Load { index, .. }) => {
+                axis_coef(nest, index, Axis::Inner, &mut coef).is_some()
+            }
+            (DType::F32, Expr::Reduce { combine, .. }) => matches!(
+                combine,
+                Combine::Sum | Combine::Prod | Combine::Max | Combine::Min
+            ),
+            (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
+            (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
+            (DType::F32, Expr::Select(..)) => true,
+            (DType::Bool, Expr::Binary(op, a, _)) if op.is_comparison() => {
+                nest.node(a).dtype == DType::F32
+            }
+            (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
+                nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
+            }
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn lane_unary(op: UnaryOp) -> bool {
+    matches!(
+        op,
+        UnaryOp::Neg
+            | UnaryOp::Abs
+            | UnaryOp::Exp
+            | UnaryOp::Log
+            | UnaryOp::Sqrt
+            | UnaryOp::Reciprocal
+            | UnaryOp::Tanh
+            | UnaryOp::Sigmoid
+            | UnaryOp::Erf
+            | UnaryOp::Floor
+            | UnaryOp::Ceil
+            | UnaryOp::Round
+    )
+}
+
+fn lane_binary(op: BinaryOp) -> bool {
+    matches!(
+        op,
+        BinaryOp::Add
+            | BinaryOp::Sub
+            | BinaryOp::Mul
+            | BinaryOp::Div
+            | BinaryOp::Max
+            | BinaryOp::Min
+    )
 }
 
 /// Whether the reduction `e` can accumulate four f32 lanes at a time along its variable:
@@ -512,30 +655,8 @@ fn scope_vectorizes(
             (DType::F32, Expr::Load { index, .. }) => {
                 axis_coef(nest, index, axis, &mut coef) == Some(1)
             }
-            (DType::F32, Expr::Unary(op, _)) => matches!(
-                op,
-                UnaryOp::Neg
-                    | UnaryOp::Abs
-                    | UnaryOp::Exp
-                    | UnaryOp::Log
-                    | UnaryOp::Sqrt
-                    | UnaryOp::Reciprocal
-                    | UnaryOp::Tanh
-                    | UnaryOp::Sigmoid
-                    | UnaryOp::Erf
-                    | UnaryOp::Floor
-                    | UnaryOp::Ceil
-                    | UnaryOp::Round
-            ),
-            (DType::F32, Expr::Binary(op, _, _)) => matches!(
-                op,
-                BinaryOp::Add
-                    | BinaryOp::Sub
-                    | BinaryOp::Mul
-                    | BinaryOp::Div
-                    | BinaryOp::Max
-                    | BinaryOp::Min
-            ),
+            (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
+            (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
             (DType::F32, Expr::Select(..)) => true,
             (DType::Bool, Expr::Binary(op, a, _)) if op.is_comparison() => {
                 nest.node(a).dtype == DType::F32
@@ -651,11 +772,11 @@ impl<M: Module> Gen<'_, '_, M> {
             self.b.ins().brif(more, body, &[], exit, &[i.into()]);
             self.b.switch_to_block(body);
             self.inner = Some(i);
-            self.lanes_scope = Some(Scope::Inner);
+            self.inner_lanes = true;
             self.frames.push(HashMap::new());
             self.emit_scope(Scope::Inner)?;
             self.frames.pop();
-            self.lanes_scope = None;
+            self.inner_lanes = false;
             self.b.ins().jump(header, &[last.into()]);
             self.b.switch_to_block(exit);
             start = done;
@@ -697,6 +818,13 @@ impl<M: Module> Gen<'_, '_, M> {
         let init = self.identity(combine, dtype);
         let zero = self.b.ins().iconst(types::I64, 0);
         let body_size = self.members.get(&Scope::Reduce(var)).map_or(0, Vec::len);
+        if self.inner_lanes && self.varies[e as usize] {
+            let acc = self.lanes_reduce(combine, extent, var, body, body_size)?;
+            self.set(e, Val::V(acc));
+            return Ok(());
+        }
+        let outer_inner_lanes = self.inner_lanes;
+        self.inner_lanes = false;
         let outer_lanes = self.lanes_scope;
         // A reduction never sits in a vectorized inner loop (see `vectorizable`); its own
         // body runs in lanes only through `vector_reduce`.
@@ -779,6 +907,7 @@ impl<M: Module> Gen<'_, '_, M> {
             (out_acc, out_best)
         };
         self.lanes_scope = outer_lanes;
+        self.inner_lanes = outer_inner_lanes;
         let result = if arg {
             out_best
         } else {
@@ -857,12 +986,75 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(total)
     }
 
+    /// A reduction inside a vectorized inner loop: four independent accumulators, one per
+    /// output lane (a pooling window or a small contraction per output element).
+    fn lanes_reduce(
+        &mut self,
+        combine: Combine,
+        extent: u64,
+        var: u32,
+        body: ExprId,
+        body_size: usize,
+    ) -> Result<Value, CpuError> {
+        let init = self.identity(combine, DType::F32);
+        let init = self.b.ins().splat(types::F32X4, init);
+        if extent <= MAX_UNROLL && extent as usize * body_size <= MAX_UNROLLED {
+            let mut leaves = Vec::with_capacity(extent as usize);
+            for k in 0..extent {
+                let at = self.b.ins().iconst(types::I64, k as i64);
+                leaves.push(self.reduce_step(var, at, body)?);
+            }
+            if leaves.is_empty() {
+                return Ok(init);
+            }
+            while leaves.len() > 1 {
+                let mut next = Vec::with_capacity(leaves.len().div_ceil(2));
+                for pair in leaves.chunks(2) {
+                    next.push(match pair {
+                        [x, y] => self.combine(combine, DType::F32, *x, *y),
+                        [x] => *x,
+                        _ => unreachable!("chunks of two"),
+                    });
+                }
+                leaves = next;
+            }
+            return Ok(if combine == Combine::Sum {
+                self.combine(combine, DType::F32, init, leaves[0])
+            } else {
+                leaves[0]
+            });
+        }
+        let (header, bb, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let i = self.b.append_block_param(header, types::I64);
+        let acc = self.b.append_block_param(header, types::F32X4);
+        let out = self.b.append_block_param(exit, types::F32X4);
+        self.b.ins().jump(header, &[zero.into(), init.into()]);
+        self.b.switch_to_block(header);
+        let more = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedLessThan, i, extent as i64);
+        self.b.ins().brif(more, bb, &[], exit, &[acc.into()]);
+        self.b.switch_to_block(bb);
+        let x = self.reduce_step(var, i, body)?;
+        let next_acc = self.combine(combine, DType::F32, acc, x);
+        let next = self.b.ins().iadd_imm(i, 1);
+        self.b.ins().jump(header, &[next.into(), next_acc.into()]);
+        self.b.switch_to_block(exit);
+        Ok(out)
+    }
+
     /// The body of a reduction at `var = at`, in lanes or scalar as `lanes_scope` says.
     fn reduce_step(&mut self, var: u32, at: Value, body: ExprId) -> Result<Value, CpuError> {
         self.rvars.insert(var, at);
         self.frames.push(HashMap::new());
         self.emit_scope(Scope::Reduce(var))?;
-        let x = if self.lanes_scope.is_some() {
+        let x = if self.lanes_scope.is_some() || self.inner_lanes {
             self.lanes(body)
         } else {
             self.scalar(body)
@@ -1084,7 +1276,7 @@ impl<M: Module> Gen<'_, '_, M> {
         let s = self.nest.stores[i];
         let p = &self.kernel.params[s.param as usize];
         let dtype = p.dtype;
-        if self.lanes_scope == Some(Scope::Inner) {
+        if self.inner_lanes {
             let base = self.scalar(s.index);
             let v = self.lanes(s.value);
             let scaled = self.b.ins().imul_imm(base, 4);
@@ -1128,7 +1320,10 @@ impl<M: Module> Gen<'_, '_, M> {
 
     fn emit_op(&mut self, e: ExprId) -> Result<(), CpuError> {
         let node = *self.nest.node(e);
-        if self.lanes_scope == Some(self.place[e as usize]) && node.dtype != DType::I64 {
+        let place = self.place[e as usize];
+        let in_lanes = self.lanes_scope == Some(place)
+            || (self.inner_lanes && self.inner_scopes.contains(&place) && self.varies[e as usize]);
+        if in_lanes && node.dtype != DType::I64 {
             let v = self.emit_vector(e)?;
             self.set(e, Val::V(v));
             return Ok(());
@@ -1148,7 +1343,18 @@ impl<M: Module> Gen<'_, '_, M> {
             Expr::Load { param, index } => {
                 let base = self.scalar(index);
                 let in_bounds = self.in_bounds(param, index);
-                self.vector_load(param, base, in_bounds)?
+                // Along a reduction variable loads are contiguous (`reduction_vectorizes`);
+                // along the inner one they may step by any constant.
+                let step = if self.inner_lanes && self.lanes_scope.is_none() {
+                    self.inner_coefs.get(&index).copied().flatten().unwrap_or(1)
+                } else {
+                    1
+                };
+                if step == 1 {
+                    self.vector_load(param, base, in_bounds)?
+                } else {
+                    self.gather(param, base, step, in_bounds)?
+                }
             }
             Expr::Unary(op, a) => {
                 let x = self.lanes(a);
@@ -1204,6 +1410,24 @@ impl<M: Module> Gen<'_, '_, M> {
             }
             _ => unreachable!("vectorizable() admits no other expressions"),
         })
+    }
+
+    /// Four f32 at `base + k * step`: lane by lane, each clamped unless in bounds.
+    fn gather(
+        &mut self,
+        param: u32,
+        base: Value,
+        step: i64,
+        in_bounds: bool,
+    ) -> Result<Value, CpuError> {
+        let zero = self.b.ins().f32const(0.0);
+        let mut acc = self.b.ins().splat(types::F32X4, zero);
+        for lane in 0..LANES {
+            let idx = self.b.ins().iadd_imm(base, lane * step);
+            let x = self.load_scalar(param, idx, in_bounds)?;
+            acc = self.b.ins().insertlane(acc, x, lane as u8);
+        }
+        Ok(acc)
     }
 
     /// Four contiguous f32 from `base`, falling back to clamped lane loads at the edges.

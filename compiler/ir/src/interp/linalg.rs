@@ -16,10 +16,9 @@ fn gemm_f64(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], c: &mut [f64]) {
                 let i = row0 + r;
                 let crow = &mut c[r * n + j0..r * n + j1];
                 for p in 0..k {
+                    // No skipping of zero entries: 0 * inf must give NaN, as IEEE and
+                    // onnxruntime have it.
                     let aip = a[i * k + p];
-                    if aip == 0.0 {
-                        continue;
-                    }
                     let brow = &b[p * n + j0..p * n + j1];
                     for (cv, bv) in crow.iter_mut().zip(brow) {
                         *cv += aip * bv;
