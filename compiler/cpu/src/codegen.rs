@@ -142,13 +142,22 @@ pub fn build<M: Module>(
     }
     let varies = varies_with_inner(nest);
     let inner_scopes = scopes_within_inner(nest, &live, &place);
-    let vectorize = vectorizable(nest, &live, &place, &varies, &inner_scopes);
+    let ranges = index_ranges(nest);
+    let vectorize = vectorizable(nest, &live, &place, &varies, &inner_scopes, &ranges);
     let mut inner_coefs = HashMap::new();
     for (e, node) in nest.nodes.iter().enumerate() {
-        if let Expr::Load { index, .. } = node.expr
-            && live[e]
-        {
-            axis_coef(nest, index, Axis::Inner, &mut inner_coefs);
+        if !live[e] {
+            continue;
+        }
+        match node.expr {
+            Expr::Load { index, .. } => {
+                axis_coef(nest, index, Axis::Inner, &mut inner_coefs);
+            }
+            Expr::Binary(op, a, b) if op.is_comparison() => {
+                axis_coef(nest, a, Axis::Inner, &mut inner_coefs);
+                axis_coef(nest, b, Axis::Inner, &mut inner_coefs);
+            }
+            _ => {}
         }
     }
     let vector_reductions = (0..nest.nodes.len() as ExprId)
@@ -175,7 +184,7 @@ pub fn build<M: Module>(
         varies,
         inner_coefs,
         vector_reductions,
-        ranges: index_ranges(nest),
+        ranges,
         fma,
     };
     let entry = g.b.create_block();
@@ -498,6 +507,7 @@ fn vectorizable(
     place: &[Scope],
     varies: &[bool],
     inner_scopes: &HashSet<Scope>,
+    ranges: &[Option<(i64, i64)>],
 ) -> bool {
     if nest.inner_extent() < LANES as usize && nest.domain.len() >= 2 {
         return false;
@@ -515,6 +525,16 @@ fn vectorizable(
         }
     }
     let users = users_of(nest, live);
+    // An i64 comparison runs in i32 lanes when both sides are affine in the inner variable
+    // and fit in i32 (the bounds checks of padded windows).
+    let mut compare_coef = HashMap::new();
+    let mut lane_compare = |a: ExprId, b: ExprId| {
+        [a, b].iter().all(|&x| {
+            axis_coef(nest, x, Axis::Inner, &mut compare_coef).is_some()
+                && ranges[x as usize]
+                    .is_some_and(|(lo, hi)| lo >= i32::MIN as i64 / 2 && hi <= i32::MAX as i64 / 2)
+        })
+    };
     let mut index_only = vec![false; nest.nodes.len()];
     for e in (0..nest.nodes.len()).rev() {
         let id = e as ExprId;
@@ -527,6 +547,7 @@ fn vectorizable(
             (DType::I64, _) => {
                 let only = users[e].iter().all(|&u| match nest.node(u).expr {
                     Expr::Load { index, .. } => index == id && nest.node(u).dtype == DType::F32,
+                    Expr::Binary(op, a, b) if op.is_comparison() => lane_compare(a, b),
                     _ => index_only[u as usize],
                 });
                 let is_store_index = nest.stores.iter().any(|s| s.index == id);
@@ -544,8 +565,9 @@ fn vectorizable(
             (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
             (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
             (DType::F32, Expr::Select(..)) => true,
-            (DType::Bool, Expr::Binary(op, a, _)) if op.is_comparison() => {
+            (DType::Bool, Expr::Binary(op, a, b)) if op.is_comparison() => {
                 nest.node(a).dtype == DType::F32
+                    || (nest.node(a).dtype == DType::I64 && lane_compare(a, b))
             }
             (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
                 nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
@@ -1378,6 +1400,13 @@ impl<M: Module> Gen<'_, '_, M> {
                     _ => unreachable!("vectorizable() admits these unary ops only"),
                 }
             }
+            Expr::Binary(op, a, c)
+                if op.is_comparison() && self.nest.node(a).dtype == DType::I64 =>
+            {
+                let (x, y) = (self.int_lanes(a), self.int_lanes(c));
+                let unsigned = false;
+                self.b.ins().icmp(int_cc(op, unsigned), x, y)
+            }
             Expr::Binary(op, a, c) => {
                 let (x, y) = (self.lanes(a), self.lanes(c));
                 let b = &mut self.b;
@@ -1410,6 +1439,25 @@ impl<M: Module> Gen<'_, '_, M> {
             }
             _ => unreachable!("vectorizable() admits no other expressions"),
         })
+    }
+
+    /// An affine i64 index expression as i32 lanes: its lane-0 value plus `k * coefficient`
+    /// (`vectorizable` checked that it is affine in the inner variable and fits in i32).
+    fn int_lanes(&mut self, e: ExprId) -> Value {
+        let lane0 = self.scalar(e);
+        let coef = self.inner_coefs.get(&e).copied().flatten().unwrap_or(0);
+        let narrow = self.b.ins().ireduce(types::I32, lane0);
+        let base = self.b.ins().splat(types::I32X4, narrow);
+        if coef == 0 {
+            return base;
+        }
+        let zero = self.b.ins().iconst(types::I32, 0);
+        let mut steps = self.b.ins().splat(types::I32X4, zero);
+        for lane in 1..LANES {
+            let v = self.b.ins().iconst(types::I32, lane * coef);
+            steps = self.b.ins().insertlane(steps, v, lane as u8);
+        }
+        self.b.ins().iadd(base, steps)
     }
 
     /// Four f32 at `base + k * step`: lane by lane, each clamped unless in bounds.

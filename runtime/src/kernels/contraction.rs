@@ -874,3 +874,39 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod matmul_tests {
+    use super::*;
+
+    /// A batch of transposed `a` times a single column (the shape a folded transpose and
+    /// a matrix-vector product give), against the definition.
+    #[test]
+    fn transposed_a_times_one_column() {
+        let (m, k, n) = (4usize, 4usize, 1usize);
+        let a: Vec<f32> = (0..6 * k * m).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| i as f32 - 1.0).collect();
+        let mut out = vec![0f32; 6 * m * n];
+        batched_matmul(
+            &a,
+            &[6, k, m],
+            true,
+            &b,
+            &[k, n],
+            false,
+            None,
+            &mut out,
+            &ThreadPool::new(2),
+        )
+        .unwrap();
+        for bi in 0..6 {
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k)
+                        .map(|p| a[bi * k * m + p * m + i] * b[p * n + j])
+                        .sum();
+                    assert_eq!(out[bi * m * n + i * n + j], want, "b{bi} i{i} j{j}");
+                }
+            }
+        }
+    }
+}

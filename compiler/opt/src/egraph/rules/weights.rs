@@ -38,7 +38,12 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let (_, mul_ch) = ops_in(eg, root, "mul")
                     .into_iter()
                     .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
-                let (conv, _) = ops_in(eg, mul_ch[0], "conv").into_iter().next()?;
+                // The conv whose operands the pattern bound (its attributes go with them).
+                let (conv, _) = ops_in(eg, mul_ch[0], "conv").into_iter().find(|(_, ch)| {
+                    ch.len() == 2
+                        && eg.find(ch[0]) == eg.find(s[x])
+                        && eg.find(ch[1]) == eg.find(s[w])
+                })?;
                 let m = c.shape.get(1)?.fixed()?;
                 if !per_channel(&scale.tensor_type().shape, c.rank(), 1, m) {
                     return None;
@@ -66,9 +71,13 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let (_, mul_ch) = ops_in(eg, root, "mul")
                     .into_iter()
                     .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
+                // The node whose operands the pattern bound: another matmul of the same
+                // class may read the same weights with other flags (a folded transpose).
                 let (op, _) = ops_in(eg, mul_ch[0], "matmul")
                     .into_iter()
-                    .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[w]))?;
+                    .find(|(_, ch)| {
+                        eg.find(ch[0]) == eg.find(s[x]) && eg.find(ch[1]) == eg.find(s[w])
+                    })?;
                 if op != Op::MATMUL {
                     return None;
                 }
