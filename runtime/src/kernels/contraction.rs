@@ -166,6 +166,23 @@ pub fn batched_matmul<T: Float>(
     let (ba, bb) = (&a_shape[..ra - 2], &b_shape[..rb - 2]);
     let batch = broadcast_batch(ba, bb)?;
     let batches: usize = batch.iter().product();
+    let b_shared = bb.iter().product::<usize>() == 1;
+    if batches > 1 && b_shared && !trans_a && ba.iter().product::<usize>() == batches {
+        // Every batch of `a` times the same `b`: one (batches * m) x k product, whose rows
+        // are laid out exactly as the batched result (a sequence model's projection of
+        // every time step, which per batch would be a hundred 1-row products).
+        return batched_matmul(
+            a,
+            &[batches * m, k],
+            false,
+            b,
+            &b_shape[rb - 2..],
+            trans_b,
+            bias,
+            out,
+            pool,
+        );
+    }
     if a.len() != ba.iter().product::<usize>() * m * k
         || b.len() != bb.iter().product::<usize>() * k * n
         || out.len() != batches * m * n
@@ -905,6 +922,44 @@ mod matmul_tests {
                         .map(|p| a[bi * k * m + p * m + i] * b[p * n + j])
                         .sum();
                     assert_eq!(out[bi * m * n + i * n + j], want, "b{bi} i{i} j{j}");
+                }
+            }
+        }
+    }
+
+    /// Batches of `a` sharing one `b` fold into a single product; the result must equal
+    /// the per-batch definition, with bias, on one and two threads.
+    #[test]
+    fn shared_b_batches_fold_into_one_product() {
+        let (batches, m, k, n) = (5usize, 3usize, 7usize, 9usize);
+        let a: Vec<f64> = (0..batches * m * k)
+            .map(|i| (i % 11) as f64 - 5.0)
+            .collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i % 5) as f64 - 2.0).collect();
+        let bias: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        for threads in [1, 2] {
+            let mut out = vec![f64::NAN; batches * m * n];
+            batched_matmul(
+                &a,
+                &[batches, m, k],
+                false,
+                &b,
+                &[1, k, n],
+                false,
+                Some(&bias),
+                &mut out,
+                &ThreadPool::new(threads),
+            )
+            .unwrap();
+            for bi in 0..batches {
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = bias[j]
+                            + (0..k)
+                                .map(|p| a[(bi * m + i) * k + p] * b[p * n + j])
+                                .sum::<f64>();
+                        assert_eq!(out[(bi * m + i) * n + j], want, "b{bi} i{i} j{j}");
+                    }
                 }
             }
         }
