@@ -234,7 +234,7 @@ pub fn batched_matmul<T: Float>(
     };
     // Work items: (batch, block of rows); the pool runs them on its threads.
     let threads = pool.threads();
-    let small = threads == 1 || batches * m * n * k < 1 << 16;
+    let small = threads == 1 || batches * m * n * k < SERIAL_MACS;
     let rows_per = if small || batches >= threads {
         m.max(1)
     } else {
@@ -403,7 +403,7 @@ fn conv_tiled<T: Float>(
     // when there are too few column blocks to keep every thread busy (small late-stage
     // feature maps), at the price of building the same columns once per block.
     let depth = cg * kc;
-    let small = n * m * out_count * depth < 1 << 16;
+    let small = n * m * out_count * depth < SERIAL_MACS;
     let wanted = 2 * pool.threads();
     let cols_per = tile_columns(
         tile_elements,
@@ -482,6 +482,10 @@ fn conv_tiled<T: Float>(
     pool.run(items, min_items.max(1), &body);
     Ok(())
 }
+
+/// Contractions with fewer multiply-adds than this run on the calling thread: about 10 us
+/// of work, less than waking the pool's workers costs.
+const SERIAL_MACS: usize = 1 << 19;
 
 /// Fewest filters a work item multiplies (below this the GEMM's packing dominates).
 const MIN_FILTER_BLOCK: usize = 32;
@@ -587,6 +591,22 @@ impl Window<'_> {
                 (self.in_sp[0], self.strides[0], self.offset(0, taps[0]));
             let (mut oh, mut j0) = (cols.start / ol, cols.start % ol);
             let (mut o, mut written) = (cols.start, 0);
+            if step == 1 && last_axis.lo == 0 && last_axis.hi == ol && j0 == 0 {
+                // Unit stride and no padding along the row for this tap (the bulk of
+                // unpadded convolutions): whole output rows are plain copies.
+                let off = off as usize;
+                for run in dst[..cols.len()].chunks_mut(ol) {
+                    let ih = (oh * stride) as i64 + off_h;
+                    if ih >= 0 && ih < rows_in as i64 {
+                        let start = ih as usize * il + off;
+                        copy_short(run, &plane[start..start + run.len()]);
+                    } else {
+                        run.fill(T::ZERO);
+                    }
+                    oh += 1;
+                }
+                return;
+            }
             while o < cols.end {
                 let j1 = ol.min(j0 + cols.end - o);
                 let run = &mut dst[written..written + (j1 - j0)];
