@@ -372,6 +372,14 @@ impl<'g> Builder<'g> {
                 let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
                 Some((a0.checked_sub(b1)?, a1.checked_sub(b0)?))
             }
+            Expr::Binary(BinaryOp::Max, a, b) => {
+                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
+                Some((a0.max(b0), a1.max(b1)))
+            }
+            Expr::Binary(BinaryOp::Min, a, b) => {
+                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
+                Some((a0.min(b0), a1.min(b1)))
+            }
             Expr::Binary(BinaryOp::Mul, a, b) => {
                 let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
                 (a0 >= 0 && b0 >= 0).then_some((a0.checked_mul(b0)?, a1.checked_mul(b1)?))
@@ -479,6 +487,9 @@ impl<'g> Builder<'g> {
             (BinaryOp::Div | BinaryOp::Rem, _, Some(c)) if c > 0 => {
                 self.split_div_rem(op == BinaryOp::Div, a, c)
             }
+            // Clamps the operand's range already satisfies.
+            (BinaryOp::Max, _, Some(c)) if ra.is_some_and(|(lo, _)| lo >= c) => Some(a),
+            (BinaryOp::Min, _, Some(c)) if ra.is_some_and(|(_, hi)| hi <= c) => Some(a),
             _ => None,
         }
     }
@@ -877,6 +888,14 @@ impl<'g> Builder<'g> {
                     }
                     let mut c = coords.to_vec();
                     c[axis] = self.iadd_c(coords[axis], -(offsets[i] as i64));
+                    if axis + 1 < coords.len() {
+                        // Clamped into the part, so its loads are provably in bounds (and
+                        // vector loads need no edge check) where the select discards them;
+                        // along the innermost axis the clamp would stop vectorization.
+                        let (lo, hi) = (self.int(0), self.int(shape_of(i)?[axis] as i64 - 1));
+                        let at_least = self.bin(BinaryOp::Max, c[axis], lo);
+                        c[axis] = self.bin(BinaryOp::Min, at_least, hi);
+                    }
                     let part = self.at(ins[i], &c)?;
                     acc = Some(match acc {
                         None => part,
