@@ -11,7 +11,8 @@ use crate::CpuError;
 use crate::math::Math;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, FuncRef, Function, InstBuilder, MemFlags, Signature, Type, Value, types,
+    AbiParam, FuncRef, Function, InstBuilder, MemFlags, Signature, StackSlotData, StackSlotKind,
+    Type, Value, types,
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
@@ -936,6 +937,7 @@ impl<M: Module> Gen<'_, '_, M> {
             let r = self.wrap(out_acc, dtype);
             self.round_half(r, dtype)?
         };
+        let result = self.pin(result);
         self.set(e, Val::S(result));
         Ok(())
     }
@@ -1006,6 +1008,21 @@ impl<M: Module> Gen<'_, '_, M> {
             total = self.combine(combine, DType::F32, total, x);
         }
         Ok(total)
+    }
+
+    /// `v` through a stack slot, so it is computed here once: Cranelift re-places pure
+    /// instructions at their uses and left a softmax row's horizontal sum inside the
+    /// inner loop that divides by it (block parameters get folded away); a store and a
+    /// load are fixed in place.
+    fn pin(&mut self, v: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(v);
+        let slot = self.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            ty.bytes(),
+            4,
+        ));
+        self.b.ins().stack_store(v, slot, 0);
+        self.b.ins().stack_load(ty, slot, 0)
     }
 
     /// A reduction inside a vectorized inner loop: four independent accumulators, one per
