@@ -563,23 +563,35 @@ fn vectorizable(
                 combine,
                 Combine::Sum | Combine::Prod | Combine::Max | Combine::Min
             ),
-            (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
-            (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
-            (DType::F32, Expr::Select(..)) => true,
-            (DType::Bool, Expr::Binary(op, a, b)) if op.is_comparison() => {
-                nest.node(a).dtype == DType::F32
-                    || (nest.node(a).dtype == DType::I64 && lane_compare(a, b))
-            }
-            (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
-                nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
-            }
-            _ => false,
+            _ => lane_value(nest, node, &mut lane_compare),
         };
         if !ok {
             return false;
         }
     }
     true
+}
+
+/// Whether a value expression has a four-lane form: f32 arithmetic and selects, compares
+/// of f32 (or of integers where `int_compare` allows), and boolean and/or.
+fn lane_value(
+    nest: &LoopNest,
+    node: &smelt_fuse::kernel::Node,
+    int_compare: &mut dyn FnMut(ExprId, ExprId) -> bool,
+) -> bool {
+    match (node.dtype, node.expr) {
+        (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
+        (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
+        (DType::F32, Expr::Select(..)) => true,
+        (DType::Bool, Expr::Binary(op, a, b)) if op.is_comparison() => {
+            nest.node(a).dtype == DType::F32
+                || (nest.node(a).dtype == DType::I64 && int_compare(a, b))
+        }
+        (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
+            nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
+        }
+        _ => false,
+    }
 }
 
 fn lane_unary(op: UnaryOp) -> bool {
@@ -678,16 +690,7 @@ fn scope_vectorizes(
             (DType::F32, Expr::Load { index, .. }) => {
                 axis_coef(nest, index, axis, &mut coef) == Some(1)
             }
-            (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
-            (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
-            (DType::F32, Expr::Select(..)) => true,
-            (DType::Bool, Expr::Binary(op, a, _)) if op.is_comparison() => {
-                nest.node(a).dtype == DType::F32
-            }
-            (DType::Bool, Expr::Binary(BinaryOp::And | BinaryOp::Or, a, b)) => {
-                nest.node(a).dtype == DType::Bool && nest.node(b).dtype == DType::Bool
-            }
-            _ => false,
+            _ => lane_value(nest, node, &mut |_, _| false),
         };
         if !ok {
             return false;

@@ -806,80 +806,18 @@ mod tests {
     fn tiled_im2col_matches_the_definition() {
         // (input, weight, strides, pads, dilations, group): 1-, 2- and 3-d windows,
         // strides, asymmetric pads, dilation, groups, depthwise and pointwise.
+        #[rustfmt::skip]
         let cases: Vec<Case> = vec![
-            (
-                vec![1, 3, 11, 14],
-                vec![4, 3, 3, 3],
-                vec![1, 1],
-                vec![1, 1, 1, 1],
-                vec![1, 1],
-                1,
-            ),
-            (
-                vec![2, 4, 13, 12],
-                vec![6, 2, 3, 2],
-                vec![2, 1],
-                vec![0, 2, 1, 0],
-                vec![1, 2],
-                2,
-            ),
-            (
-                vec![1, 5, 40],
-                vec![3, 5, 5],
-                vec![3],
-                vec![4, 2],
-                vec![2],
-                1,
-            ),
-            (
-                vec![1, 2, 5, 6, 7],
-                vec![2, 2, 2, 3, 2],
-                vec![1, 2, 1],
-                vec![1, 0, 1, 0, 1, 1],
-                vec![1, 1, 2],
-                1,
-            ),
-            (
-                vec![1, 6, 9, 10],
-                vec![6, 1, 3, 3],
-                vec![1, 1],
-                vec![2, 2, 2, 2],
-                vec![1, 1],
-                6,
-            ),
-            (
-                vec![1, 8, 10, 10],
-                vec![5, 8, 1, 1],
-                vec![1, 1],
-                vec![0, 0, 0, 0],
-                vec![1, 1],
-                1,
-            ),
-            (
-                vec![1, 2, 4, 4],
-                vec![1, 2, 3, 3],
-                vec![1, 1],
-                vec![5, 5, 5, 5],
-                vec![1, 1],
-                1,
-            ),
+            (vec![1, 3, 11, 14], vec![4, 3, 3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
+            (vec![2, 4, 13, 12], vec![6, 2, 3, 2], vec![2, 1], vec![0, 2, 1, 0], vec![1, 2], 2),
+            (vec![1, 5, 40], vec![3, 5, 5], vec![3], vec![4, 2], vec![2], 1),
+            (vec![1, 2, 5, 6, 7], vec![2, 2, 2, 3, 2], vec![1, 2, 1], vec![1, 0, 1, 0, 1, 1], vec![1, 1, 2], 1),
+            (vec![1, 6, 9, 10], vec![6, 1, 3, 3], vec![1, 1], vec![2, 2, 2, 2], vec![1, 1], 6),
+            (vec![1, 8, 10, 10], vec![5, 8, 1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
+            (vec![1, 2, 4, 4], vec![1, 2, 3, 3], vec![1, 1], vec![5, 5, 5, 5], vec![1, 1], 1),
             // Large enough to split filters into blocks when there are few columns.
-            (
-                vec![1, 16, 9, 9],
-                vec![96, 16, 3, 3],
-                vec![1, 1],
-                vec![1, 1, 1, 1],
-                vec![1, 1],
-                1,
-            ),
-            (
-                vec![1, 64, 7, 7],
-                vec![80, 64, 1, 1],
-                vec![1, 1],
-                vec![0, 0, 0, 0],
-                vec![1, 1],
-                1,
-            ),
+            (vec![1, 16, 9, 9], vec![96, 16, 3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
+            (vec![1, 64, 7, 7], vec![80, 64, 1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
         ];
         for (input, weight, strides, pads, dilations, group) in cases {
             let geo = ConvGeometry {
