@@ -1,9 +1,13 @@
 //! The thread pool that runs kernels: a fixed set of workers (default: the available
 //! cores) splits a kernel's outer range `[0, n)` into chunks; the calling thread works
 //! too, and `run` returns when every chunk is done.
+//!
+//! Launches come back to back (a model is a sequence of kernels), so an idle worker spins
+//! for a short while before it sleeps, and `run` waits only for workers that are inside a
+//! chunk, never for one that has not woken up yet.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -13,46 +17,57 @@ struct Job {
     total: usize,
     chunk: usize,
     next: AtomicUsize,
+    /// Workers between announcing themselves and finishing their last chunk.
+    in_flight: AtomicUsize,
+    panicked: AtomicBool,
 }
 
-// SAFETY: `body` points at a `Sync` closure that `run` keeps alive until every worker
-// has finished with the job (it waits for `active == 0` before returning).
+// SAFETY: `body` points at a `Sync` closure that `run` keeps alive until every chunk is
+// claimed and no worker is in flight; a worker that arrives later claims no chunk and so
+// never dereferences it (see `Job::work`).
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// Claims and runs chunks until none are left; false if the body panicked.
-    fn work(&self) -> bool {
+    /// Claims and runs chunks until none are left.
+    fn work(&self) {
+        // Announce before claiming: once `run` has seen every chunk claimed and nobody in
+        // flight, any later claim (sequentially consistent) finds the range exhausted.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         loop {
-            let start = self.next.fetch_add(self.chunk, Ordering::Relaxed);
+            let start = self.next.fetch_add(self.chunk, Ordering::SeqCst);
             if start >= self.total {
-                return true;
+                break;
             }
             let end = (start + self.chunk).min(self.total);
-            // SAFETY: see `unsafe impl Sync for Job`: the closure outlives the job.
+            // SAFETY: see `unsafe impl Sync for Job`: the closure outlives the claim.
             let body = unsafe { &*self.body };
             if catch_unwind(AssertUnwindSafe(|| body(start..end))).is_err() {
-                self.next.store(self.total, Ordering::Relaxed);
-                return false;
+                self.panicked.store(true, Ordering::SeqCst);
+                self.next.store(self.total, Ordering::SeqCst);
+                break;
             }
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
+
+/// Spin iterations an idle worker polls for the next job before sleeping (tens of
+/// microseconds), and `run` polls for workers still in a chunk before yielding.
+const SPIN: u32 = 1 << 15;
 
 #[derive(Default)]
 struct State {
     job: Option<Arc<Job>>,
     generation: u64,
-    /// Workers still inside the current job.
-    active: usize,
-    panicked: bool,
     shutdown: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
-    done: Condvar,
+    /// `state.generation`, readable without the lock by spinning workers.
+    published: AtomicU64,
 }
 
 /// A fixed pool of worker threads.
@@ -80,7 +95,7 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
-            done: Condvar::new(),
+            published: AtomicU64::new(0),
         });
         let workers = (1..threads)
             .map(|i| {
@@ -128,24 +143,28 @@ impl ThreadPool {
             total,
             chunk,
             next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
         });
         {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.job = Some(job.clone());
             st.generation += 1;
-            st.active = self.workers.len();
-            st.panicked = false;
+            self.shared.published.store(st.generation, Ordering::SeqCst);
         }
         self.shared.wake.notify_all();
-        let mine_ok = job.work();
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        while st.active > 0 {
-            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        job.work();
+        // Every chunk is claimed now; wait for the workers still running one.
+        let mut spins = 0u32;
+        while job.in_flight.load(Ordering::SeqCst) > 0 {
+            if spins < SPIN {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
-        st.job = None;
-        let panicked = st.panicked || !mine_ok;
-        drop(st);
-        if panicked {
+        if job.panicked.load(Ordering::SeqCst) {
             panic!("a kernel panicked on a worker thread");
         }
     }
@@ -154,6 +173,13 @@ impl ThreadPool {
 fn worker(shared: &Shared) {
     let mut seen = 0u64;
     loop {
+        // Poll briefly: the next launch usually follows within microseconds.
+        for _ in 0..SPIN {
+            if shared.published.load(Ordering::SeqCst) != seen {
+                break;
+            }
+            std::hint::spin_loop();
+        }
         let job = {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             while !st.shutdown && st.generation == seen {
@@ -165,12 +191,8 @@ fn worker(shared: &Shared) {
             seen = st.generation;
             st.job.clone()
         };
-        let ok = job.as_ref().is_none_or(|j| j.work());
-        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.panicked |= !ok;
-        st.active -= 1;
-        if st.active == 0 {
-            shared.done.notify_all();
+        if let Some(job) = job {
+            job.work();
         }
     }
 }

@@ -1014,9 +1014,9 @@ impl<M: Module> Gen<'_, '_, M> {
     }
 
     /// `v` through a stack slot, so it is computed here once: Cranelift re-places pure
-    /// instructions at their uses and left a softmax row's horizontal sum inside the
-    /// inner loop that divides by it (block parameters get folded away); a store and a
-    /// load are fixed in place.
+    /// instructions at their uses and left a softmax row's horizontal sum (and a layer
+    /// norm's mean and 1/sqrt) inside the inner loops that use them (block parameters get
+    /// folded away); a store and a load are fixed in place.
     fn pin(&mut self, v: Value) -> Value {
         let ty = self.b.func.dfg.value_type(v);
         let slot = self.b.create_sized_stack_slot(StackSlotData::new(
@@ -1370,7 +1370,12 @@ impl<M: Module> Gen<'_, '_, M> {
             self.set(e, Val::V(v));
             return Ok(());
         }
-        let v = self.emit_scalar(e)?;
+        let mut v = self.emit_scalar(e)?;
+        if place == Scope::Row && node.dtype.is_float() && !matches!(node.expr, Expr::Const(_)) {
+            // Per-row float values (a mean, a reciprocal standard deviation) would otherwise
+            // be recomputed inside the loops that use them (see `pin`).
+            v = self.pin(v);
+        }
         self.set(e, Val::S(v));
         Ok(())
     }
