@@ -35,6 +35,17 @@ pub struct IoSpec {
     pub buffer: usize,
 }
 
+/// Alignment a caller's input or output bytes need to be used in place (enough for every
+/// element type the kernels view them as).
+const EXTERNAL_ALIGN: usize = 16;
+
+/// Where a run's buffers are: the arena, and the caller's inputs and outputs used in place.
+struct Memory<'a> {
+    arena: *mut u8,
+    /// Per buffer, the caller's bytes standing in for its arena place.
+    external: &'a [Option<*mut u8>],
+}
+
 /// Where a buffer lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
@@ -300,22 +311,65 @@ impl Program {
                 arena.len(),
             ));
         }
+        // Inputs are read and outputs written where the caller has them, without copies,
+        // when their buffers are suitably aligned and none is both an input and an output
+        // (or two outputs); the rest go through the arena as planned.
+        let mut external: Vec<Option<*mut u8>> = vec![None; self.buffers.len()];
+        let aligned = |p: *const u8| (p as usize).is_multiple_of(EXTERNAL_ALIGN);
+        let mut uses = vec![0usize; self.buffers.len()];
+        for spec in self.inputs.iter().chain(&self.outputs) {
+            uses[spec.buffer] += 1;
+        }
+        let in_arena = |b: usize| matches!(self.buffers[b].place, Place::Arena { .. });
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            if uses[spec.buffer] == 1 && in_arena(spec.buffer) && aligned(t.as_ptr()) {
+                // Never written: no launch writes a graph input's buffer.
+                external[spec.buffer] = Some(t.as_ptr().cast_mut());
+            }
+        }
+        // Callers through the C ABI may pass an output that overlaps an input; such an
+        // output is written in the arena and copied out at the end, as the plan has it.
+        let overlaps_input = |o: &[u8]| {
+            let (lo, hi) = (o.as_ptr() as usize, o.as_ptr() as usize + o.len());
+            inputs.iter().any(|t| {
+                let (a, b) = (t.as_ptr() as usize, t.as_ptr() as usize + t.len());
+                a < hi && lo < b
+            })
+        };
+        for (spec, o) in self.outputs.iter().zip(outputs.iter_mut()) {
+            if uses[spec.buffer] == 1
+                && in_arena(spec.buffer)
+                && aligned(o.as_ptr())
+                && !overlaps_input(o)
+            {
+                external[spec.buffer] = Some(o.as_mut_ptr());
+            }
+        }
         let base = arena.as_mut_ptr();
         for (spec, t) in self.inputs.iter().zip(inputs) {
-            let off = self.arena_offset(spec.buffer);
-            arena[off..off + t.len()].copy_from_slice(t);
+            if external[spec.buffer].is_none() {
+                let off = self.arena_offset(spec.buffer);
+                arena[off..off + t.len()].copy_from_slice(t);
+            }
         }
+        let mem = Memory {
+            arena: base,
+            external: &external,
+        };
         if let Some(p) = profile.as_deref_mut() {
             p.resize(self.launches.len(), Duration::ZERO);
         }
         for (li, launch) in self.launches.iter().enumerate() {
             let start = Instant::now();
-            self.launch(launch, functions, pool, base)?;
+            self.launch(launch, functions, pool, &mem)?;
             if let Some(p) = profile.as_deref_mut() {
                 p[li] += start.elapsed();
             }
         }
         for (spec, o) in self.outputs.iter().zip(outputs.iter_mut()) {
+            if external[spec.buffer].is_some() {
+                continue;
+            }
             let b = &self.buffers[spec.buffer];
             let bytes = b.bytes();
             let src = match b.place {
@@ -334,10 +388,13 @@ impl Program {
         }
     }
 
-    fn ptr(&self, arena: *mut u8, buffer: usize) -> *mut u8 {
+    fn ptr(&self, mem: &Memory, buffer: usize) -> *mut u8 {
+        if let Some(p) = mem.external[buffer] {
+            return p;
+        }
         match self.buffers[buffer].place {
             // SAFETY (both): offsets and sizes were planned inside the allocations.
-            Place::Arena { offset } => unsafe { arena.add(offset) },
+            Place::Arena { offset } => unsafe { mem.arena.add(offset) },
             Place::Constant { offset } => unsafe { self.constants.base().add(offset) },
         }
     }
@@ -347,7 +404,7 @@ impl Program {
         launch: &Launch,
         functions: &dyn Fn(usize) -> Option<KernelFn>,
         pool: &ThreadPool,
-        arena: *mut u8,
+        mem: &Memory,
     ) -> Result<(), RuntimeError> {
         let fail = |reason: String| RuntimeError::Kernel {
             name: launch.name().to_string(),
@@ -363,7 +420,7 @@ impl Program {
             } => {
                 let f = functions(*function)
                     .ok_or_else(|| fail(format!("no code for function {function}")))?;
-                let args = Args(args.iter().map(|&b| self.ptr(arena, b)).collect());
+                let args = Args(args.iter().map(|&b| self.ptr(mem, b)).collect());
                 let body = |r: std::ops::Range<usize>| {
                     let a = &args;
                     // SAFETY: the kernel reads and writes inside its planned buffers.
@@ -383,12 +440,12 @@ impl Program {
                 ..
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
-                    let (av, bv, bias, ov) = self.slices::<f32>(arena, *a, *b, *bias, *out);
+                    let (av, bv, bias, ov) = self.slices::<f32>(mem, *a, *b, *bias, *out);
                     batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
                         .map_err(|e| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
-                    let (av, bv, bias, ov) = self.slices::<f64>(arena, *a, *b, *bias, *out);
+                    let (av, bv, bias, ov) = self.slices::<f64>(mem, *a, *b, *bias, *out);
                     batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
                         .map_err(|e| fail(e.to_string()))?
                 }
@@ -403,12 +460,12 @@ impl Program {
                 ..
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
-                    let (xv, wv, bias, ov) = self.slices::<f32>(arena, *x, *w, *bias, *out);
+                    let (xv, wv, bias, ov) = self.slices::<f32>(mem, *x, *w, *bias, *out);
                     conv(xv, wv, bias, geometry, ov, pool)
                         .map_err(|e: KernelError| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
-                    let (xv, wv, bias, ov) = self.slices::<f64>(arena, *x, *w, *bias, *out);
+                    let (xv, wv, bias, ov) = self.slices::<f64>(mem, *x, *w, *bias, *out);
                     conv(xv, wv, bias, geometry, ov, pool)
                         .map_err(|e: KernelError| fail(e.to_string()))?
                 }
@@ -419,7 +476,7 @@ impl Program {
                 if self.buffers[*dst].bytes() != n {
                     return Err(fail("copy between buffers of different sizes".into()));
                 }
-                let (s, d) = (self.ptr(arena, *src), self.ptr(arena, *dst));
+                let (s, d) = (self.ptr(mem, *src), self.ptr(mem, *dst));
                 // SAFETY: distinct planned buffers of `n` bytes each.
                 unsafe { std::ptr::copy(s, d, n) };
             }
@@ -432,7 +489,7 @@ impl Program {
     #[allow(clippy::type_complexity)]
     fn slices<'a, T>(
         &self,
-        arena: *mut u8,
+        mem: &Memory,
         a: usize,
         b: usize,
         bias: Option<usize>,
@@ -440,7 +497,7 @@ impl Program {
     ) -> (&'a [T], &'a [T], Option<&'a [T]>, &'a mut [T]) {
         let view = |buf: usize| {
             let n = self.buffers[buf].shape.iter().product::<usize>();
-            (self.ptr(arena, buf).cast::<T>(), n)
+            (self.ptr(mem, buf).cast::<T>(), n)
         };
         let (pa, na) = view(a);
         let (pb, nb) = view(b);
