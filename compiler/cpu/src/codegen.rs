@@ -93,6 +93,10 @@ struct Gen<'a, 'm, M: Module> {
     varies: Vec<bool>,
     /// Coefficient of the inner variable in each index expression (affine ones).
     inner_coefs: HashMap<ExprId, Option<i64>>,
+    /// Per-row f32 values that divide per-element ones (a softmax's sum), and their
+    /// reciprocals once emitted: the inner loop multiplies instead of dividing.
+    row_divisors: HashSet<ExprId>,
+    reciprocals: HashMap<ExprId, Value>,
     /// Reductions that accumulate four lanes at a time.
     vector_reductions: HashSet<ExprId>,
     /// Value range of each i64 expression over the whole domain, where known.
@@ -164,6 +168,19 @@ pub fn build<M: Module>(
     let vector_reductions = (0..nest.nodes.len() as ExprId)
         .filter(|&e| live[e as usize] && reduction_vectorizes(nest, &live, &place, &stores_at, e))
         .collect();
+    let row_divisors: HashSet<ExprId> = (0..nest.nodes.len())
+        .filter_map(|e| match nest.nodes[e].expr {
+            Expr::Binary(BinaryOp::Div, a, d)
+                if live[e]
+                    && nest.nodes[e].dtype == DType::F32
+                    && place[a as usize] == Scope::Inner
+                    && place[d as usize] == Scope::Row =>
+            {
+                Some(d)
+            }
+            _ => None,
+        })
+        .collect();
     let b = FunctionBuilder::new(func, fctx);
     let mut g = Gen {
         b,
@@ -179,6 +196,8 @@ pub fn build<M: Module>(
         inner: None,
         rvars: HashMap::new(),
         frames: vec![HashMap::new()],
+        row_divisors,
+        reciprocals: HashMap::new(),
         lanes_scope: None,
         inner_lanes: false,
         inner_scopes,
@@ -1375,6 +1394,12 @@ impl<M: Module> Gen<'_, '_, M> {
             // Per-row float values (a mean, a reciprocal standard deviation) would otherwise
             // be recomputed inside the loops that use them (see `pin`).
             v = self.pin(v);
+            if self.row_divisors.contains(&e) {
+                let one = self.b.ins().f32const(1.0);
+                let r = self.b.ins().fdiv(one, v);
+                let r = self.pin(r);
+                self.reciprocals.insert(e, r);
+            }
         }
         self.set(e, Val::S(v));
         Ok(())
@@ -1439,7 +1464,14 @@ impl<M: Module> Gen<'_, '_, M> {
                     BinaryOp::Add => b.ins().fadd(x, y),
                     BinaryOp::Sub => b.ins().fsub(x, y),
                     BinaryOp::Mul => b.ins().fmul(x, y),
-                    BinaryOp::Div => b.ins().fdiv(x, y),
+                    BinaryOp::Div => match self.reciprocals.get(&c) {
+                        // x * (1 / y), within an ulp or two of x / y.
+                        Some(&r) => {
+                            let r = b.ins().splat(types::F32X4, r);
+                            b.ins().fmul(x, r)
+                        }
+                        None => b.ins().fdiv(x, y),
+                    },
                     BinaryOp::Max => b.ins().fmax(x, y),
                     BinaryOp::Min => b.ins().fmin(x, y),
                     BinaryOp::And => b.ins().band(x, y),

@@ -113,9 +113,9 @@ impl Math {
     pub fn exp(&self, b: &mut FunctionBuilder, x: Value) -> Value {
         let hi = self.f(b, 88.72283);
         let lo = self.f(b, -87.33654);
-        let nan = self.fcmp(b, FloatCC::Unordered, x, x);
-        // x = n ln2 + r, |r| <= ln2 / 2. No clamping: outside [lo, hi] (and for NaN) the
-        // value computed below is replaced by the selects at the end.
+        // x = n ln2 + r, |r| <= ln2 / 2. No clamping: outside [lo, hi] the value computed
+        // below is replaced by the selects at the end, and a NaN stays NaN through the
+        // arithmetic (p is NaN, so p * 2^n is) and through both selects (compares false).
         let log2e = self.f(b, std::f32::consts::LOG2_E);
         let t = b.ins().fmul(x, log2e);
         // Round to nearest by adding 1.5 * 2^23: the sum's low mantissa bits are then the
@@ -164,8 +164,7 @@ impl Math {
         let big = self.fcmp(b, FloatCC::GreaterThan, x, hi);
         let y = self.select(b, big, inf, y);
         let small = self.fcmp(b, FloatCC::LessThan, x, lo);
-        let y = self.select(b, small, zero, y);
-        self.select(b, nan, x, y)
+        self.select(b, small, zero, y)
     }
 
     pub fn log(&self, b: &mut FunctionBuilder, x0: Value) -> Value {
