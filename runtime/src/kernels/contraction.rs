@@ -380,9 +380,13 @@ fn conv_tiled<T: Float>(
                 };
                 let start = bias.map_or(T::ZERO, |bs| bs[ch]);
                 dst.iter_mut().for_each(|v| *v = start);
-                for kk in 0..kc {
+                let taps = &w[ch * kc..(ch + 1) * kc];
+                if kernel.len() == 2 {
+                    window.depthwise_2d(plane, taps, dst);
+                    continue;
+                }
+                for (kk, &wv) in taps.iter().enumerate() {
                     window.columns(plane, kk, 0..out_count, &mut row);
-                    let wv = w[ch * kc + kk];
                     for (d, &r) in dst.iter_mut().zip(&row) {
                         *d = *d + wv * r;
                     }
@@ -544,6 +548,56 @@ struct Window<'a> {
 }
 
 impl Window<'_> {
+    /// `dst += conv(plane, taps)` for one channel of a two-dimensional depthwise
+    /// convolution, straight from the input rows (no im2col row per tap): per output row
+    /// and tap, the output positions whose input lies inside the plane accumulate
+    /// `weight * input`, contiguously for unit stride.
+    fn depthwise_2d<T: Float>(&self, plane: &[T], taps: &[T], dst: &mut [T]) {
+        let (kh_n, kw_n) = (self.kernel[0], self.kernel[1]);
+        let (oh_n, ow_n) = (self.out_sp[0], self.out_sp[1]);
+        let (ih_n, iw_n) = (self.in_sp[0], self.in_sp[1]);
+        let (sh, sw) = (self.strides[0], self.strides[1]);
+        for kw in 0..kw_n {
+            let off = self.offset(1, kw);
+            // Output columns whose input column is inside the row.
+            let lo = if off >= 0 {
+                0
+            } else {
+                ((-off) as usize).div_ceil(sw)
+            };
+            let hi = if off > iw_n as i64 - 1 {
+                0
+            } else {
+                (((iw_n as i64 - 1 - off) as usize) / sw + 1).min(ow_n)
+            };
+            if lo >= hi {
+                continue;
+            }
+            let first = (lo * sw) as i64 + off;
+            for kh in 0..kh_n {
+                let wv = taps[kh * kw_n + kw];
+                let off_h = self.offset(0, kh);
+                for oh in 0..oh_n {
+                    let ih = (oh * sh) as i64 + off_h;
+                    if ih < 0 || ih >= ih_n as i64 {
+                        continue;
+                    }
+                    let src = &plane[ih as usize * iw_n + first as usize..(ih as usize + 1) * iw_n];
+                    let out = &mut dst[oh * ow_n + lo..oh * ow_n + hi];
+                    if sw == 1 {
+                        for (d, &x) in out.iter_mut().zip(src) {
+                            *d = *d + wv * x;
+                        }
+                    } else {
+                        for (d, &x) in out.iter_mut().zip(src.iter().step_by(sw)) {
+                            *d = *d + wv * x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Input offset of kernel tap `tap` on axis `d` (negative: in the begin padding).
     fn offset(&self, d: usize, tap: usize) -> i64 {
         (tap * self.dilations[d]) as i64 - self.pads[d] as i64
@@ -813,6 +867,8 @@ mod tests {
             (vec![1, 5, 40], vec![3, 5, 5], vec![3], vec![4, 2], vec![2], 1),
             (vec![1, 2, 5, 6, 7], vec![2, 2, 2, 3, 2], vec![1, 2, 1], vec![1, 0, 1, 0, 1, 1], vec![1, 1, 2], 1),
             (vec![1, 6, 9, 10], vec![6, 1, 3, 3], vec![1, 1], vec![2, 2, 2, 2], vec![1, 1], 6),
+            (vec![2, 4, 11, 12], vec![4, 1, 3, 2], vec![2, 3], vec![1, 0, 0, 1], vec![1, 2], 4),
+            (vec![1, 3, 20], vec![3, 1, 4], vec![2], vec![1, 2], vec![1], 3),
             (vec![1, 8, 10, 10], vec![5, 8, 1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
             (vec![1, 2, 4, 4], vec![1, 2, 3, 3], vec![1, 1], vec![5, 5, 5, 5], vec![1, 1], 1),
             // Large enough to split filters into blocks when there are few columns.
