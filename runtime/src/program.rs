@@ -502,8 +502,10 @@ impl Program {
         let (pa, na) = view(a);
         let (pb, nb) = view(b);
         let (po, no) = view(out);
-        // SAFETY: aligned (offsets are multiples of 64), in bounds, and `out` is disjoint
-        // from the operands, so the one mutable view aliases nothing.
+        // SAFETY: aligned (arena offsets are multiples of 64, caller bytes used in place
+        // of 16), in bounds, and `out` is disjoint from the operands (the plan keeps live
+        // buffers apart; a caller output overlapping an input stays in the arena), so the
+        // one mutable view aliases nothing.
         unsafe {
             (
                 std::slice::from_raw_parts(pa, na),

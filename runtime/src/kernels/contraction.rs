@@ -558,18 +558,7 @@ impl Window<'_> {
         let (ih_n, iw_n) = (self.in_sp[0], self.in_sp[1]);
         let (sh, sw) = (self.strides[0], self.strides[1]);
         for kw in 0..kw_n {
-            let off = self.offset(1, kw);
-            // Output columns whose input column is inside the row.
-            let lo = if off >= 0 {
-                0
-            } else {
-                ((-off) as usize).div_ceil(sw)
-            };
-            let hi = if off > iw_n as i64 - 1 {
-                0
-            } else {
-                (((iw_n as i64 - 1 - off) as usize) / sw + 1).min(ow_n)
-            };
+            let (off, lo, hi) = self.inside(1, kw);
             if lo >= hi {
                 continue;
             }
@@ -603,6 +592,24 @@ impl Window<'_> {
         (tap * self.dilations[d]) as i64 - self.pads[d] as i64
     }
 
+    /// The offset of tap `tap` on axis `d`, and the output positions `lo..hi` along `d`
+    /// whose input lies inside the plane (`lo == hi` when none do).
+    fn inside(&self, d: usize, tap: usize) -> (i64, usize, usize) {
+        let (off, step) = (self.offset(d, tap), self.strides[d]);
+        let (outs, ins) = (self.out_sp[d] as i64, self.in_sp[d] as i64);
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off) as usize).div_ceil(step)
+        };
+        let hi = if off > ins - 1 {
+            0
+        } else {
+            (((ins - 1 - off) as usize) / step + 1).min(outs as usize)
+        };
+        (off, lo, hi.max(lo))
+    }
+
     /// Columns `cols` (flat output positions) of the im2col row of `plane` at kernel tap
     /// `kk`, into `dst`: the input under the tap, zero in the padding.
     fn columns<T: Float>(
@@ -622,23 +629,8 @@ impl Window<'_> {
         }
         let (ol, il, step) = (self.out_sp[last], self.in_sp[last], self.strides[last]);
         // Output positions along the last axis whose input lies inside the plane.
-        let off = self.offset(last, taps[last]);
-        let lo = if off >= 0 {
-            0
-        } else {
-            ((-off) as usize).div_ceil(step)
-        };
-        let hi = if off > il as i64 - 1 {
-            0
-        } else {
-            (((il as i64 - 1 - off) as usize) / step + 1).min(ol)
-        };
-        let last_axis = LastAxis {
-            lo,
-            hi: hi.max(lo),
-            step,
-            off,
-        };
+        let (off, lo, hi) = self.inside(last, taps[last]);
+        let last_axis = LastAxis { lo, hi, step, off };
         if last == 1 {
             // Two spatial axes (the common case): the same walk without the odometer.
             let (rows_in, stride, off_h) =
