@@ -147,8 +147,9 @@ pub fn build<M: Module>(
     }
     let varies = varies_with_inner(nest);
     let inner_scopes = scopes_within_inner(nest, &live, &place);
-    let ranges = index_ranges(nest);
-    let vectorize = vectorizable(nest, &live, &place, &varies, &inner_scopes, &ranges);
+    let ranges = nest.index_ranges();
+    let users = users_of(nest, &live);
+    let vectorize = vectorizable(nest, &live, &users, &place, &varies, &inner_scopes, &ranges);
     let mut inner_coefs = HashMap::new();
     for (e, node) in nest.nodes.iter().enumerate() {
         if !live[e] {
@@ -166,7 +167,9 @@ pub fn build<M: Module>(
         }
     }
     let vector_reductions = (0..nest.nodes.len() as ExprId)
-        .filter(|&e| live[e as usize] && reduction_vectorizes(nest, &live, &place, &stores_at, e))
+        .filter(|&e| {
+            live[e as usize] && reduction_vectorizes(nest, &live, &users, &place, &stores_at, e)
+        })
         .collect();
     let row_divisors: HashSet<ExprId> = (0..nest.nodes.len())
         .filter_map(|e| match nest.nodes[e].expr {
@@ -408,65 +411,6 @@ fn axis_coef(
     c
 }
 
-/// The range of every i64 expression over the domain and reduction extents, where the
-/// arithmetic is simple enough to bound (indices computed from loaded data are not).
-fn index_ranges(nest: &LoopNest) -> Vec<Option<(i64, i64)>> {
-    let extents: HashMap<u32, u64> = nest
-        .nodes
-        .iter()
-        .filter_map(|n| match n.expr {
-            Expr::Reduce { var, extent, .. } => Some((var, extent)),
-            _ => None,
-        })
-        .collect();
-    let mut r: Vec<Option<(i64, i64)>> = Vec::with_capacity(nest.nodes.len());
-    for node in &nest.nodes {
-        let get = |e: ExprId, r: &[Option<(i64, i64)>]| r[e as usize];
-        let range = if node.dtype != DType::I64 {
-            None
-        } else {
-            match node.expr {
-                Expr::Var(k) => nest.domain.get(k as usize).map(|&d| (0, d as i64 - 1)),
-                Expr::RVar(v) => extents.get(&v).map(|&x| (0, x as i64 - 1)),
-                Expr::Const(Const::Int(v)) => Some((v, v)),
-                Expr::Binary(op, a, b) => match (get(a, &r), get(b, &r)) {
-                    (Some((a0, a1)), Some((b0, b1))) => match op {
-                        BinaryOp::Add => a0.checked_add(b0).zip(a1.checked_add(b1)),
-                        BinaryOp::Sub => a0.checked_sub(b1).zip(a1.checked_sub(b0)),
-                        BinaryOp::Mul => {
-                            let p = [
-                                a0.checked_mul(b0),
-                                a0.checked_mul(b1),
-                                a1.checked_mul(b0),
-                                a1.checked_mul(b1),
-                            ];
-                            p.iter().copied().collect::<Option<Vec<i64>>>().map(|p| {
-                                (
-                                    p.iter().copied().min().unwrap_or(0),
-                                    p.iter().copied().max().unwrap_or(0),
-                                )
-                            })
-                        }
-                        BinaryOp::Div if a0 >= 0 && b0 == b1 && b0 > 0 => Some((a0 / b0, a1 / b0)),
-                        BinaryOp::Rem if a0 >= 0 && b0 == b1 && b0 > 0 => Some((0, a1.min(b0 - 1))),
-                        BinaryOp::Min => Some((a0.min(b0), a1.min(b1))),
-                        BinaryOp::Max => Some((a0.max(b0), a1.max(b1))),
-                        _ => None,
-                    },
-                    _ => None,
-                },
-                Expr::Select(_, a, b) => match (get(a, &r), get(b, &r)) {
-                    (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
-                    _ => None,
-                },
-                _ => None,
-            }
-        };
-        r.push(range);
-    }
-    r
-}
-
 /// Users of every live expression.
 fn users_of(nest: &LoopNest, live: &[bool]) -> Vec<Vec<ExprId>> {
     let mut users: Vec<Vec<ExprId>> = vec![vec![]; nest.nodes.len()];
@@ -524,6 +468,7 @@ fn scopes_within_inner(nest: &LoopNest, live: &[bool], place: &[Scope]) -> HashS
 fn vectorizable(
     nest: &LoopNest,
     live: &[bool],
+    users: &[Vec<ExprId>],
     place: &[Scope],
     varies: &[bool],
     inner_scopes: &HashSet<Scope>,
@@ -544,21 +489,56 @@ fn vectorizable(
             return false;
         }
     }
-    let users = users_of(nest, live);
-    // An i64 comparison runs in i32 lanes when both sides are affine in the inner variable
-    // and fit in i32 (the bounds checks of padded windows).
+    let in_set = |e: usize| inner_scopes.contains(&place[e]) && varies[e];
+    let rules = LaneRules {
+        axis: Axis::Inner,
+        strided_loads: true,
+        reductions: true,
+        compare_ranges: Some(ranges),
+    };
+    lanes_fit(nest, live, users, &in_set, &rules)
+}
+
+/// What one set of expressions may use beyond the common four-lane forms.
+struct LaneRules<'a> {
+    /// The variable the lanes run along.
+    axis: Axis,
+    /// Loads may step by any constant along the axis (gathered), not only by one.
+    strided_loads: bool,
+    /// f32 sum/product/max/min reductions may appear (one accumulator per lane).
+    reductions: bool,
+    /// Value ranges that let i64 comparisons run in i32 lanes; none: no such compares.
+    compare_ranges: Option<&'a [Option<(i64, i64)>]>,
+}
+
+/// Whether every live expression `in_set` takes has a four-lane form along the rules'
+/// axis: f32 arithmetic, loads affine in the axis, and index arithmetic that only feeds
+/// loads, stores and lane comparisons.
+fn lanes_fit(
+    nest: &LoopNest,
+    live: &[bool],
+    users: &[Vec<ExprId>],
+    in_set: &dyn Fn(usize) -> bool,
+    rules: &LaneRules,
+) -> bool {
+    let mut coef = HashMap::new();
+    // An i64 comparison runs in i32 lanes when both sides are affine in the axis and fit
+    // in i32 (the bounds checks of padded windows).
     let mut compare_coef = HashMap::new();
     let mut lane_compare = |a: ExprId, b: ExprId| {
-        [a, b].iter().all(|&x| {
-            axis_coef(nest, x, Axis::Inner, &mut compare_coef).is_some()
-                && ranges[x as usize]
-                    .is_some_and(|(lo, hi)| lo >= i32::MIN as i64 / 2 && hi <= i32::MAX as i64 / 2)
+        rules.compare_ranges.is_some_and(|ranges| {
+            [a, b].iter().all(|&x| {
+                axis_coef(nest, x, rules.axis, &mut compare_coef).is_some()
+                    && ranges[x as usize].is_some_and(|(lo, hi)| {
+                        lo >= i32::MIN as i64 / 2 && hi <= i32::MAX as i64 / 2
+                    })
+            })
         })
     };
     let mut index_only = vec![false; nest.nodes.len()];
     for e in (0..nest.nodes.len()).rev() {
         let id = e as ExprId;
-        if !live[e] || !inner_scopes.contains(&place[e]) || !varies[e] {
+        if !live[e] || !in_set(e) {
             continue;
         }
         let node = nest.node(id);
@@ -576,9 +556,13 @@ fn vectorizable(
                 index_only[e]
             }
             (DType::F32, Expr::Load { index, .. }) => {
-                axis_coef(nest, index, Axis::Inner, &mut coef).is_some()
+                match axis_coef(nest, index, rules.axis, &mut coef) {
+                    Some(1) => true,
+                    Some(_) => rules.strided_loads,
+                    None => false,
+                }
             }
-            (DType::F32, Expr::Reduce { combine, .. }) => matches!(
+            (DType::F32, Expr::Reduce { combine, .. }) if rules.reductions => matches!(
                 combine,
                 Combine::Sum | Combine::Prod | Combine::Max | Combine::Min
             ),
@@ -648,6 +632,7 @@ fn lane_binary(op: BinaryOp) -> bool {
 fn reduction_vectorizes(
     nest: &LoopNest,
     live: &[bool],
+    users: &[Vec<ExprId>],
     place: &[Scope],
     stores_at: &HashMap<Scope, Vec<usize>>,
     e: ExprId,
@@ -674,48 +659,18 @@ fn reduction_vectorizes(
         && nest.node(body).dtype == DType::F32
         && !nested
         && !stores_at.contains_key(&scope)
-        && scope_vectorizes(nest, live, place, scope, Axis::Reduction(var))
-}
-
-/// Whether every expression placed in `scope` has a four-lane form along `axis`: f32
-/// arithmetic, loads contiguous along the axis, and index arithmetic that only feeds them.
-fn scope_vectorizes(
-    nest: &LoopNest,
-    live: &[bool],
-    place: &[Scope],
-    scope: Scope,
-    axis: Axis,
-) -> bool {
-    let mut coef = HashMap::new();
-    let users = users_of(nest, live);
-    let mut index_only = vec![false; nest.nodes.len()];
-    for e in (0..nest.nodes.len()).rev() {
-        let id = e as ExprId;
-        if !live[e] || place[e] != scope {
-            continue;
-        }
-        let node = nest.node(id);
-        let ok = match (node.dtype, node.expr) {
-            (DType::I64, _) => {
-                let only = users[e].iter().all(|&u| match nest.node(u).expr {
-                    Expr::Load { index, .. } => index == id && nest.node(u).dtype == DType::F32,
-                    _ => index_only[u as usize],
-                });
-                let is_store_index = nest.stores.iter().any(|s| s.index == id);
-                let used_as_data = nest.stores.iter().any(|s| s.value == id);
-                index_only[e] = (only || is_store_index) && !used_as_data;
-                index_only[e] && !matches!(node.expr, Expr::Reduce { .. } | Expr::Load { .. })
-            }
-            (DType::F32, Expr::Load { index, .. }) => {
-                axis_coef(nest, index, axis, &mut coef) == Some(1)
-            }
-            _ => lane_value(nest, node, &mut |_, _| false),
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+        && lanes_fit(
+            nest,
+            live,
+            users,
+            &|i| place[i] == scope,
+            &LaneRules {
+                axis: Axis::Reduction(var),
+                strided_loads: false,
+                reductions: false,
+                compare_ranges: None,
+            },
+        )
 }
 
 impl<M: Module> Gen<'_, '_, M> {
@@ -894,25 +849,8 @@ impl<M: Module> Gen<'_, '_, M> {
                     leaves.push(x);
                 }
             }
-            if !arg && !leaves.is_empty() {
-                // A balanced tree instead of a chain: the combines of a window overlap
-                // (a 3x3 max is 4 dependent steps, not 9).
-                while leaves.len() > 1 {
-                    let mut next = Vec::with_capacity(leaves.len().div_ceil(2));
-                    for pair in leaves.chunks(2) {
-                        next.push(match pair {
-                            [x, y] => self.combine(combine, dtype, *x, *y),
-                            [x] => *x,
-                            _ => unreachable!("chunks of two"),
-                        });
-                    }
-                    leaves = next;
-                }
-                acc = if combine == Combine::Sum {
-                    self.combine(combine, dtype, init, leaves[0])
-                } else {
-                    leaves[0]
-                };
+            if !arg {
+                acc = self.combine_tree(combine, dtype, init, leaves);
             }
             (acc, best)
         } else {
@@ -1032,6 +970,37 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(total)
     }
 
+    /// The unrolled values of a reduction combined as a balanced tree instead of a chain,
+    /// so the combines of a window overlap (a 3x3 max is 4 dependent steps, not 9); sums
+    /// also add the identity, as the sequential loop does (so -0 sums to +0).
+    fn combine_tree(
+        &mut self,
+        combine: Combine,
+        dtype: DType,
+        init: Value,
+        mut leaves: Vec<Value>,
+    ) -> Value {
+        if leaves.is_empty() {
+            return init;
+        }
+        while leaves.len() > 1 {
+            let mut next = Vec::with_capacity(leaves.len().div_ceil(2));
+            for pair in leaves.chunks(2) {
+                next.push(match pair {
+                    [x, y] => self.combine(combine, dtype, *x, *y),
+                    [x] => *x,
+                    _ => unreachable!("chunks of two"),
+                });
+            }
+            leaves = next;
+        }
+        if combine == Combine::Sum {
+            self.combine(combine, dtype, init, leaves[0])
+        } else {
+            leaves[0]
+        }
+    }
+
     /// `v` through a stack slot, so it is computed here once: Cranelift re-places pure
     /// instructions at their uses and left a softmax row's horizontal sum (and a layer
     /// norm's mean and 1/sqrt) inside the inner loops that use them (block parameters get
@@ -1065,25 +1034,7 @@ impl<M: Module> Gen<'_, '_, M> {
                 let at = self.b.ins().iconst(types::I64, k as i64);
                 leaves.push(self.reduce_step(var, at, body)?);
             }
-            if leaves.is_empty() {
-                return Ok(init);
-            }
-            while leaves.len() > 1 {
-                let mut next = Vec::with_capacity(leaves.len().div_ceil(2));
-                for pair in leaves.chunks(2) {
-                    next.push(match pair {
-                        [x, y] => self.combine(combine, DType::F32, *x, *y),
-                        [x] => *x,
-                        _ => unreachable!("chunks of two"),
-                    });
-                }
-                leaves = next;
-            }
-            return Ok(if combine == Combine::Sum {
-                self.combine(combine, DType::F32, init, leaves[0])
-            } else {
-                leaves[0]
-            });
+            return Ok(self.combine_tree(combine, DType::F32, init, leaves));
         }
         let (header, bb, exit) = (
             self.b.create_block(),

@@ -184,7 +184,70 @@ pub struct LoopNest {
     pub stores: Vec<Store>,
 }
 
+/// The value range of an i64 expression given its operands' ranges (`operand`), where
+/// the arithmetic is simple enough to bound; domain variables range over `domain`.
+/// Reduction variables are left to the caller (their extents are in their `Reduce`).
+pub fn int_range(
+    expr: Expr,
+    domain: &[usize],
+    operand: impl Fn(ExprId) -> Option<(i64, i64)>,
+) -> Option<(i64, i64)> {
+    match expr {
+        Expr::Var(k) => domain.get(k as usize).map(|&d| (0, d as i64 - 1)),
+        Expr::Const(Const::Int(v)) => Some((v, v)),
+        Expr::Binary(op, a, b) => {
+            let ((a0, a1), (b0, b1)) = (operand(a)?, operand(b)?);
+            match op {
+                BinaryOp::Add => Some((a0.checked_add(b0)?, a1.checked_add(b1)?)),
+                BinaryOp::Sub => Some((a0.checked_sub(b1)?, a1.checked_sub(b0)?)),
+                BinaryOp::Mul => {
+                    let p = [
+                        a0.checked_mul(b0)?,
+                        a0.checked_mul(b1)?,
+                        a1.checked_mul(b0)?,
+                        a1.checked_mul(b1)?,
+                    ];
+                    Some((*p.iter().min()?, *p.iter().max()?))
+                }
+                BinaryOp::Div if a0 >= 0 && b0 == b1 && b0 > 0 => Some((a0 / b0, a1 / b0)),
+                BinaryOp::Rem if a0 >= 0 && b0 == b1 && b0 > 0 => Some((0, a1.min(b0 - 1))),
+                BinaryOp::Min => Some((a0.min(b0), a1.min(b1))),
+                BinaryOp::Max => Some((a0.max(b0), a1.max(b1))),
+                _ => None,
+            }
+        }
+        Expr::Select(_, a, b) => {
+            let ((a0, a1), (b0, b1)) = (operand(a)?, operand(b)?);
+            Some((a0.min(b0), a1.max(b1)))
+        }
+        _ => None,
+    }
+}
+
 impl LoopNest {
+    /// The range of every i64 expression over the domain and the reduction extents, where
+    /// [`int_range`] can bound it (indices computed from loaded data it cannot).
+    pub fn index_ranges(&self) -> Vec<Option<(i64, i64)>> {
+        let extents: std::collections::HashMap<u32, u64> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match n.expr {
+                Expr::Reduce { var, extent, .. } => Some((var, extent)),
+                _ => None,
+            })
+            .collect();
+        let mut ranges: Vec<Option<(i64, i64)>> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let range = match (node.dtype, node.expr) {
+                (DType::I64, Expr::RVar(v)) => extents.get(&v).map(|&x| (0, x as i64 - 1)),
+                (DType::I64, expr) => int_range(expr, &self.domain, |e| ranges[e as usize]),
+                _ => None,
+            };
+            ranges.push(range);
+        }
+        ranges
+    }
+
     /// The extent of the `[begin, end)` range that the runtime splits.
     pub fn outer_extent(&self) -> usize {
         match self.domain.len() {

@@ -360,40 +360,7 @@ impl<'g> Builder<'g> {
     }
 
     fn range_of(&self, expr: Expr) -> Option<(i64, i64)> {
-        let r = |e: ExprId| self.range[e as usize];
-        match expr {
-            Expr::Var(k) => Some((0, *self.nest.domain.get(k as usize)? as i64 - 1)),
-            Expr::Const(Const::Int(v)) => Some((v, v)),
-            Expr::Binary(BinaryOp::Add, a, b) => {
-                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
-                Some((a0.checked_add(b0)?, a1.checked_add(b1)?))
-            }
-            Expr::Binary(BinaryOp::Sub, a, b) => {
-                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
-                Some((a0.checked_sub(b1)?, a1.checked_sub(b0)?))
-            }
-            Expr::Binary(BinaryOp::Max, a, b) => {
-                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
-                Some((a0.max(b0), a1.max(b1)))
-            }
-            Expr::Binary(BinaryOp::Min, a, b) => {
-                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
-                Some((a0.min(b0), a1.min(b1)))
-            }
-            Expr::Binary(BinaryOp::Mul, a, b) => {
-                let ((a0, a1), (b0, b1)) = (r(a)?, r(b)?);
-                (a0 >= 0 && b0 >= 0).then_some((a0.checked_mul(b0)?, a1.checked_mul(b1)?))
-            }
-            Expr::Binary(BinaryOp::Div, a, b) => {
-                let ((a0, a1), c) = (r(a)?, self.const_of(b)?);
-                (a0 >= 0 && c > 0).then_some((a0 / c, a1 / c))
-            }
-            Expr::Binary(BinaryOp::Rem, a, b) => {
-                let ((a0, _), c) = (r(a)?, self.const_of(b)?);
-                (a0 >= 0 && c > 0).then_some((0, c - 1))
-            }
-            _ => None,
-        }
+        crate::kernel::int_range(expr, &self.nest.domain, |e| self.range[e as usize])
     }
 
     /// A bool constant's value.
