@@ -1130,6 +1130,11 @@ impl<M: Module> Gen<'_, '_, M> {
     /// IEEE max or min (NaN-propagating). Scalars go through the vector instruction:
     /// x86's scalar `fmax` lowering branches on equality and NaN, and equal operands are
     /// common (a max pool over ReLU zeros), so it mispredicts; the vector one is branch-free.
+    /// Whether `e` is a float constant that is not NaN.
+    fn ordered_const(&self, e: ExprId) -> bool {
+        matches!(self.nest.node(e).expr, Expr::Const(Const::Float(bits)) if !f64::from_bits(bits).is_nan())
+    }
+
     fn float_extreme(&mut self, max: bool, x: Value, y: Value) -> Value {
         let ty = self.b.func.dfg.value_type(x);
         let vector = match ty {
@@ -1408,6 +1413,24 @@ impl<M: Module> Gen<'_, '_, M> {
                 let unsigned = false;
                 self.b.ins().icmp(int_cc(op, unsigned), x, y)
             }
+            Expr::Binary(op @ (BinaryOp::Max | BinaryOp::Min), a, c)
+                if self.ordered_const(a) || self.ordered_const(c) =>
+            {
+                // Against a number that is never NaN, max and min are one maxps / minps:
+                // `k < v ? v : k` keeps a NaN `v` (x86 returns the second operand when
+                // unordered), where the general lowering needs eight instructions.
+                let (v, k) = if self.ordered_const(c) {
+                    (a, c)
+                } else {
+                    (c, a)
+                };
+                let (v, k) = (self.lanes(v), self.lanes(k));
+                let b = &mut self.b;
+                let (lhs, rhs) = if op == BinaryOp::Max { (v, k) } else { (k, v) };
+                let pick_k = b.ins().fcmp(FloatCC::LessThan, lhs, rhs);
+                let mask = b.ins().bitcast(types::F32X4, MemFlags::new(), pick_k);
+                b.ins().bitselect(mask, k, v)
+            }
             Expr::Binary(op, a, c) => {
                 let (x, y) = (self.lanes(a), self.lanes(c));
                 let b = &mut self.b;
@@ -1530,6 +1553,37 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(out)
     }
 
+    /// An i64 quotient or remainder of a non-negative value by a positive constant (index
+    /// arithmetic: channel shuffles, pooling taps) as an unsigned division by an immediate,
+    /// which Cranelift turns into a multiply and shifts; the general path guards its divisor
+    /// with selects, which keeps it a hardware division of ~40 cycles.
+    fn divide_by_constant(
+        &mut self,
+        op: BinaryOp,
+        a: ExprId,
+        c: ExprId,
+        x: Value,
+    ) -> Option<Value> {
+        if !matches!(op, BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod)
+            || self.nest.node(a).dtype != DType::I64
+        {
+            return None;
+        }
+        let Expr::Const(Const::Int(d)) = self.nest.node(c).expr else {
+            return None;
+        };
+        let (lo, _) = self.ranges[a as usize]?;
+        if d <= 0 || lo < 0 {
+            return None;
+        }
+        let b = &mut self.b;
+        Some(match op {
+            BinaryOp::Div => b.ins().udiv_imm(x, d),
+            // Floor and truncating remainders agree for a non-negative dividend.
+            _ => b.ins().urem_imm(x, d),
+        })
+    }
+
     fn emit_scalar(&mut self, e: ExprId) -> Result<Value, CpuError> {
         let node = *self.nest.node(e);
         let dtype = node.dtype;
@@ -1560,7 +1614,11 @@ impl<M: Module> Gen<'_, '_, M> {
                 self.unary(op, src, x)?
             }
             Expr::Binary(op, a, c) => {
-                let (x, y) = (self.scalar(a), self.scalar(c));
+                let x = self.scalar(a);
+                if let Some(v) = self.divide_by_constant(op, a, c, x) {
+                    return Ok(v);
+                }
+                let y = self.scalar(c);
                 let src = self.nest.node(a).dtype;
                 self.binary(op, src, dtype, x, y)?
             }
