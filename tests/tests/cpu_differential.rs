@@ -105,3 +105,52 @@ fn groups_too_large_to_fuse_are_split() {
         .unwrap();
     compare(&want[0], &smelt::to_ir_tensor(&got[0]).unwrap(), 1e-5, 1e-6).unwrap();
 }
+
+/// Row reductions whose per-step values the inner loop needs again (a softmax's exponentials,
+/// and variants where the stash must not apply or must keep other users working) agree
+/// with the reference for row lengths around the vector block sizes, including tails.
+#[test]
+fn stashed_row_reductions_match_the_reference() {
+    // (name, body over %x: f32[R, N] and %m = its row max, output %y)
+    let bodies = [
+        // softmax: exp(x - max) stashed in the output, then divided by the row sum.
+        "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %y = div(%e, %s) : f32[R, N]",
+        // The twin also feeds another output element-wise expression.
+        "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %q = div(%e, %s) : f32[R, N]\n  %y = add(%q, %e) : f32[R, N]",
+        // log-softmax: the sum's body has no inner-loop twin.
+        "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %l = log(%s) : f32[R, 1]\n  %y = sub(%d, %l) : f32[R, N]",
+        // Two reductions of the same body (sum and max of the exponentials).
+        "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %t = reduce_max<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %u = add(%s, %t) : f32[R, 1]\n  %y = div(%e, %u) : f32[R, N]",
+    ];
+    let pool = ThreadPool::new(2);
+    for body in bodies {
+        for rows in [1usize, 3] {
+            for n in [1usize, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 33, 100] {
+                let text = format!(
+                    "graph stash (%x: f32[R, N]) {{\n  %m = reduce_max<axes=[1], keep_dims=true>(%x) : f32[R, 1]\n  %d = sub(%x, %m) : f32[R, N]\n  {body}\n  return %y\n}}\n"
+                )
+                .replace('R', &rows.to_string())
+                .replace('N', &n.to_string());
+                let g = smelt_ir::text::parse_graph(&text).unwrap();
+                let x = konst(vec![rows, n], 5, None);
+                let x = smelt_ir::Tensor::from_f64(
+                    smelt_ir::DType::F32,
+                    vec![rows, n],
+                    x.to_f64()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| v * (1 + i % 7) as f64 * 9.0)
+                        .collect(),
+                )
+                .unwrap();
+                let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+                let exe = Executable::from_graph(g.clone(), true).unwrap();
+                let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
+                let got = smelt::to_ir_tensor(&got[0]).unwrap();
+                if let Err(e) = compare(&want[0], &got, 1e-4, 1e-6) {
+                    panic!("{e}\n{text}\nkernels:\n{}", exe.kernel_text());
+                }
+            }
+        }
+    }
+}

@@ -101,6 +101,10 @@ struct Gen<'a, 'm, M: Module> {
     vector_reductions: HashSet<ExprId>,
     /// Value range of each i64 expression over the whole domain, where known.
     ranges: Vec<Option<(i64, i64)>>,
+    /// A reduction that stores its steps for the inner loop (`find_stash`), and the
+    /// inner-loop expressions its twin no longer needs.
+    stash: Option<Stash>,
+    stash_skip: HashSet<ExprId>,
     fma: bool,
 }
 
@@ -171,6 +175,8 @@ pub fn build<M: Module>(
             live[e as usize] && reduction_vectorizes(nest, &live, &users, &place, &stores_at, e)
         })
         .collect();
+    let stash = find_stash(nest, &live, &place, &users, &vector_reductions, kernel);
+    let stash_skip = stash.map_or_else(HashSet::new, |st| only_for(nest, &live, &users, st.twin));
     let row_divisors: HashSet<ExprId> = (0..nest.nodes.len())
         .filter_map(|e| match nest.nodes[e].expr {
             Expr::Binary(BinaryOp::Div, a, d)
@@ -208,6 +214,8 @@ pub fn build<M: Module>(
         inner_coefs,
         vector_reductions,
         ranges,
+        stash,
+        stash_skip,
         fma,
     };
     let entry = g.b.create_block();
@@ -422,6 +430,177 @@ fn users_of(nest: &LoopNest, live: &[bool]) -> Vec<Vec<ExprId>> {
         }
     }
     users
+}
+
+/// A per-row reduction whose per-step values an inner-loop expression (its twin) computes
+/// again, as a softmax's `exp(x - max)` for its sum and for its output: the reduction
+/// stores its steps into the output row, and the inner loop loads the twin from there
+/// instead of recomputing it (the store then overwrites each element after its load).
+#[derive(Debug, Clone, Copy)]
+struct Stash {
+    reduction: ExprId,
+    twin: ExprId,
+    /// The output parameter and its store's index, `row_base + inner variable`.
+    param: u32,
+    index: ExprId,
+    row_base: Option<ExprId>,
+}
+
+/// The stash of `nest`, if it has one: a vectorized f32 reduction placed per row over the
+/// inner extent whose body is more than a load, an inner-loop twin of that body (the same
+/// expression with the reduction variable for the inner one), and an f32 output stored
+/// contiguously along the inner variable that nothing in the kernel loads or stores again.
+fn find_stash(
+    nest: &LoopNest,
+    live: &[bool],
+    place: &[Scope],
+    users: &[Vec<ExprId>],
+    vector_reductions: &HashSet<ExprId>,
+    kernel: &Kernel,
+) -> Option<Stash> {
+    let rank = nest.domain.len();
+    if rank < 2 {
+        return None;
+    }
+    let inner = (rank - 1) as u32;
+    let store = nest
+        .stores
+        .iter()
+        .find(|st| place[st.index as usize] == Scope::Inner)?;
+    let param = store.param;
+    if kernel.params[param as usize].dtype != DType::F32
+        || nest.stores.iter().filter(|st| st.param == param).count() != 1
+        || nest
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(e, n)| live[e] && matches!(n.expr, Expr::Load { param: q, .. } if q == param))
+    {
+        return None;
+    }
+    let is_inner = |e: ExprId| nest.node(e).expr == Expr::Var(inner);
+    let row_base = match nest.node(store.index).expr {
+        Expr::Var(k) if k == inner => None,
+        Expr::Binary(BinaryOp::Add, a, b) if is_inner(a) || is_inner(b) => {
+            let base = if is_inner(a) { b } else { a };
+            if !matches!(place[base as usize], Scope::Row | Scope::Entry) {
+                return None;
+            }
+            Some(base)
+        }
+        _ => return None,
+    };
+    for (r, node) in nest.nodes.iter().enumerate() {
+        let r = r as ExprId;
+        let Expr::Reduce {
+            extent, var, body, ..
+        } = node.expr
+        else {
+            continue;
+        };
+        if !vector_reductions.contains(&r)
+            || place[r as usize] != Scope::Row
+            || extent != nest.domain[rank - 1] as u64
+            || nest.node(body).dtype != DType::F32
+            || matches!(nest.node(body).expr, Expr::Load { .. })
+            || row_base.is_some_and(|b| b > r)
+        {
+            continue;
+        }
+        let mut memo = HashMap::new();
+        let twin = (0..nest.nodes.len() as ExprId).find(|&x| {
+            live[x as usize]
+                && place[x as usize] == Scope::Inner
+                && x > store.index
+                && twins(nest, x, body, inner, var, &mut memo)
+        });
+        if let Some(twin) = twin {
+            // The twin must be read by the inner loop only (not by reductions nested
+            // there, whose bodies would see it before the inner loop loads it).
+            if users[twin as usize]
+                .iter()
+                .all(|&u| place[u as usize] == Scope::Inner)
+            {
+                return Some(Stash {
+                    reduction: r,
+                    twin,
+                    param,
+                    index: store.index,
+                    row_base,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Whether `x` (in the inner loop) computes what `b` (a reduction body) does, with the
+/// inner variable `inner` in place of the reduction variable `var`.
+fn twins(
+    nest: &LoopNest,
+    x: ExprId,
+    b: ExprId,
+    inner: u32,
+    var: u32,
+    memo: &mut HashMap<(ExprId, ExprId), bool>,
+) -> bool {
+    if x == b {
+        // Shared: it uses neither variable.
+        return true;
+    }
+    if let Some(&v) = memo.get(&(x, b)) {
+        return v;
+    }
+    let (nx, nb) = (nest.node(x), nest.node(b));
+    let same = nx.dtype == nb.dtype
+        && match (nx.expr, nb.expr) {
+            (Expr::Var(k), Expr::RVar(v)) => k == inner && v == var,
+            (Expr::Load { param: p, index: i }, Expr::Load { param: q, index: j }) => {
+                p == q && twins(nest, i, j, inner, var, memo)
+            }
+            (Expr::Unary(o, a), Expr::Unary(p, c)) => o == p && twins(nest, a, c, inner, var, memo),
+            (Expr::Cast(a), Expr::Cast(c)) => twins(nest, a, c, inner, var, memo),
+            (Expr::Binary(o, a, a2), Expr::Binary(p, c, c2)) => {
+                o == p
+                    && twins(nest, a, c, inner, var, memo)
+                    && twins(nest, a2, c2, inner, var, memo)
+            }
+            (Expr::Select(k, a, a2), Expr::Select(l, c, c2)) => {
+                twins(nest, k, l, inner, var, memo)
+                    && twins(nest, a, c, inner, var, memo)
+                    && twins(nest, a2, c2, inner, var, memo)
+            }
+            _ => false,
+        };
+    memo.insert((x, b), same);
+    same
+}
+
+/// Inner-loop expressions that only feed `twin` (which the stash replaces by a load).
+fn only_for(
+    nest: &LoopNest,
+    live: &[bool],
+    users: &[Vec<ExprId>],
+    twin: ExprId,
+) -> HashSet<ExprId> {
+    let stored: HashSet<ExprId> = nest
+        .stores
+        .iter()
+        .flat_map(|s| [s.index, s.value])
+        .collect();
+    let mut only = HashSet::new();
+    for e in (0..twin).rev() {
+        if live[e as usize]
+            && !stored.contains(&e)
+            && !users[e as usize].is_empty()
+            && users[e as usize]
+                .iter()
+                .all(|&u| u == twin || only.contains(&u))
+        {
+            only.insert(e);
+        }
+    }
+    only
 }
 
 /// Whether each expression depends on the innermost domain variable.
@@ -742,6 +921,9 @@ impl<M: Module> Gen<'_, '_, M> {
     fn emit_scope(&mut self, scope: Scope) -> Result<(), CpuError> {
         let exprs = self.members.get(&scope).cloned().unwrap_or_default();
         for e in exprs {
+            if scope == Scope::Inner && self.stash_skip.contains(&e) {
+                continue;
+            }
             if matches!(self.nest.node(e).expr, Expr::Reduce { .. }) {
                 self.emit_reduce(e)?;
             } else {
@@ -830,7 +1012,8 @@ impl<M: Module> Gen<'_, '_, M> {
         // body runs in lanes only through `vector_reduce`.
         self.lanes_scope = None;
         let (out_acc, out_best) = if self.vector_reductions.contains(&e) {
-            (self.vector_reduce(combine, extent, var, body)?, zero)
+            let stash = self.stash.is_some_and(|st| st.reduction == e);
+            (self.vector_reduce(combine, extent, var, body, stash)?, zero)
         } else if extent <= MAX_UNROLL && extent as usize * body_size <= MAX_UNROLLED {
             // Small windows (pooling, small kernels) unroll: the index arithmetic on a
             // constant variable then folds away.
@@ -898,6 +1081,12 @@ impl<M: Module> Gen<'_, '_, M> {
             self.round_half(r, dtype)?
         };
         let result = self.pin(result);
+        if self.row_divisors.contains(&e) {
+            let one = self.b.ins().f32const(1.0);
+            let r = self.b.ins().fdiv(one, result);
+            let r = self.pin(r);
+            self.reciprocals.insert(e, r);
+        }
         self.set(e, Val::S(result));
         Ok(())
     }
@@ -912,6 +1101,7 @@ impl<M: Module> Gen<'_, '_, M> {
         extent: u64,
         var: u32,
         body: ExprId,
+        stash: bool,
     ) -> Result<Value, CpuError> {
         let scope = Scope::Reduce(var);
         let init = self.identity(combine, DType::F32);
@@ -941,6 +1131,10 @@ impl<M: Module> Gen<'_, '_, M> {
         let x0 = self.reduce_step(var, i, body)?;
         let i4 = self.b.ins().iadd_imm(i, LANES);
         let x1 = self.reduce_step(var, i4, body)?;
+        if stash {
+            self.stash_step(i, x0);
+            self.stash_step(i4, x1);
+        }
         let next0 = self.combine(combine, DType::F32, acc0, x0);
         let next1 = self.combine(combine, DType::F32, acc1, x1);
         let next = self.b.ins().iadd_imm(i, 2 * LANES);
@@ -953,6 +1147,9 @@ impl<M: Module> Gen<'_, '_, M> {
         if extent as i64 - done >= LANES {
             let at = self.b.ins().iconst(types::I64, done);
             let x = self.reduce_step(var, at, body)?;
+            if stash {
+                self.stash_step(at, x);
+            }
             acc = self.combine(combine, DType::F32, acc, x);
             done += LANES;
         }
@@ -965,9 +1162,28 @@ impl<M: Module> Gen<'_, '_, M> {
         for k in done..extent as i64 {
             let at = self.b.ins().iconst(types::I64, k);
             let x = self.reduce_step(var, at, body)?;
+            if stash {
+                self.stash_step(at, x);
+            }
             total = self.combine(combine, DType::F32, total, x);
         }
         Ok(total)
+    }
+
+    /// Stores the stashed reduction's step `x` (lanes or a scalar) at position `at` of
+    /// the output row.
+    fn stash_step(&mut self, at: Value, x: Value) {
+        let st = self.stash.expect("a stash");
+        let index = match st.row_base {
+            Some(base) => {
+                let base = self.scalar(base);
+                self.b.ins().iadd(base, at)
+            }
+            None => at,
+        };
+        let scaled = self.b.ins().imul_imm(index, 4);
+        let addr = self.b.ins().iadd(self.params[st.param as usize], scaled);
+        self.b.ins().store(mem(), x, addr, 0);
     }
 
     /// The unrolled values of a reduction combined as a balanced tree instead of a chain,
@@ -1340,6 +1556,18 @@ impl<M: Module> Gen<'_, '_, M> {
         let place = self.place[e as usize];
         let in_lanes = self.lanes_scope == Some(place)
             || (self.inner_lanes && self.inner_scopes.contains(&place) && self.varies[e as usize]);
+        if let Some(st) = self.stash.filter(|st| st.twin == e) {
+            // The reduction left this element's value in the output (`find_stash`).
+            let index = self.scalar(st.index);
+            let in_bounds = self.in_bounds(st.param, st.index);
+            let v = if self.inner_lanes {
+                Val::V(self.vector_load(st.param, index, in_bounds)?)
+            } else {
+                Val::S(self.load_scalar(st.param, index, in_bounds)?)
+            };
+            self.set(e, v);
+            return Ok(());
+        }
         if in_lanes && node.dtype != DType::I64 {
             let v = self.emit_vector(e)?;
             self.set(e, Val::V(v));
