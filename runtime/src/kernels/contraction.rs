@@ -60,6 +60,12 @@ unsafe fn gemm_into<T: Float>(
         }
         return;
     }
+    if m == 1 && b_cs == 1 && b_rs >= 0 && a_cs >= 0 {
+        // SAFETY: row 0 of `c`, per the contract.
+        let row = unsafe { std::slice::from_raw_parts_mut(c, n) };
+        row_times_matrix(a, a_cs as usize, b, b_rs as usize, k, row);
+        return;
+    }
     // SAFETY: per the contract.
     unsafe {
         gemm(
@@ -83,6 +89,73 @@ unsafe fn gemm_into<T: Float>(
             false,
             Parallelism::None,
         );
+    }
+}
+
+/// Output columns a [`row_times_matrix`] block keeps in registers: eight 8-lane
+/// accumulators, enough independent FMAs to cover their latency.
+const ROW_BLOCK: usize = 64;
+
+/// `c = a * b` for one row `a` (`k` elements `a_cs` apart) and a row-major `b` (rows
+/// `b_rs` apart): the 1 x k x n products of a recurrence step, where `gemm`'s packing and
+/// dispatch cost more than the arithmetic. Columns go in blocks whose sums stay in
+/// registers while `k` runs.
+fn row_times_matrix<T: Float>(a: &[T], a_cs: usize, b: &[T], b_rs: usize, k: usize, c: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: T is f32 (same layout), and the CPU has the features enabled below.
+        unsafe {
+            let cast = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+            let c32 = std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len());
+            row_times_matrix_fma(cast(a), a_cs, cast(b), b_rs, k, c32);
+        }
+        return;
+    }
+    row_times_matrix_in(a, a_cs, b, b_rs, k, c, |s, x, y| s + x * y);
+}
+
+/// [`row_times_matrix`] for f32 with AVX2 and FMA, whatever the build's baseline.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_times_matrix_fma(a: &[f32], a_cs: usize, b: &[f32], b_rs: usize, k: usize, c: &mut [f32]) {
+    row_times_matrix_in(a, a_cs, b, b_rs, k, c, |s, x, y| x.mul_add(y, s));
+}
+
+#[inline(always)]
+fn row_times_matrix_in<T: Float>(
+    a: &[T],
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    k: usize,
+    c: &mut [T],
+    fma: impl Fn(T, T, T) -> T,
+) {
+    for (block, out) in c.chunks_mut(ROW_BLOCK).enumerate() {
+        let first = block * ROW_BLOCK;
+        let mut sums = [T::ZERO; ROW_BLOCK];
+        if out.len() == ROW_BLOCK {
+            for kk in 0..k {
+                let x = a[kk * a_cs];
+                let row = &b[kk * b_rs + first..kk * b_rs + first + ROW_BLOCK];
+                for (s, &y) in sums.iter_mut().zip(row) {
+                    *s = fma(*s, x, y);
+                }
+            }
+        } else {
+            let w = out.len();
+            for kk in 0..k {
+                let x = a[kk * a_cs];
+                let row = &b[kk * b_rs + first..kk * b_rs + first + w];
+                for (s, &y) in sums[..w].iter_mut().zip(row) {
+                    *s = fma(*s, x, y);
+                }
+            }
+        }
+        out.copy_from_slice(&sums[..out.len()]);
     }
 }
 
@@ -931,6 +1004,58 @@ mod matmul_tests {
                 }
             }
         }
+    }
+
+    /// One row times a matrix (the register-blocked path, not `gemm`) for widths around its
+    /// block size, a strided row (transposed `a`), with bias, in f32 (the FMA path where
+    /// the CPU has it) and f64, against the definition.
+    #[test]
+    fn one_row_times_a_matrix() {
+        fn check<T: Float + Into<f64> + From<f32>>() {
+            for (k, n) in [
+                (1usize, 1usize),
+                (7, 63),
+                (64, 64),
+                (13, 65),
+                (3, 130),
+                (64, 256),
+            ] {
+                for trans_a in [false, true] {
+                    let a: Vec<T> = (0..k).map(|i| T::from((i % 5) as f32 - 2.0)).collect();
+                    let b: Vec<T> = (0..k * n)
+                        .map(|i| T::from((i % 11) as f32 * 0.25 - 1.0))
+                        .collect();
+                    let bias: Vec<T> = (0..n).map(|j| T::from(j as f32 * 0.5)).collect();
+                    let mut out = vec![T::ZERO; n];
+                    let a_shape = if trans_a { [k, 1] } else { [1, k] };
+                    batched_matmul(
+                        &a,
+                        &a_shape,
+                        trans_a,
+                        &b,
+                        &[k, n],
+                        false,
+                        Some(&bias),
+                        &mut out,
+                        &ThreadPool::new(1),
+                    )
+                    .unwrap();
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|p| a[p].into() * b[p * n + j].into())
+                            .sum::<f64>()
+                            + bias[j].into();
+                        let got: f64 = out[j].into();
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "k{k} n{n} trans_a {trans_a} [{j}]: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        check::<f32>();
+        check::<f64>();
     }
 
     /// Batches of `a` sharing one `b` fold into a single product; the result must equal
