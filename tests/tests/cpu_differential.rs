@@ -154,3 +154,48 @@ fn stashed_row_reductions_match_the_reference() {
         }
     }
 }
+
+/// A NaN anywhere in a max or min window (vectorized row reductions, stride-1 and
+/// stride-2 pooling windows walked four outputs at a time) comes out as NaN, and the
+/// other outputs match the reference.
+#[test]
+fn nan_propagates_through_max_and_min_windows() {
+    let graphs = [
+        "graph r (%x: f32[3, 37]) {\n  %y = reduce_max<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
+        "graph r (%x: f32[3, 37]) {\n  %y = reduce_min<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
+        "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]>(%x) : f32[1, 2, 9, 11]\n  return %y\n}\n",
+        "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f32[1, 2, 19, 23]\n  return %y\n}\n",
+    ];
+    let pool = ThreadPool::new(2);
+    for text in graphs {
+        let g = smelt_ir::text::parse_graph(text).unwrap();
+        let shape = g.ty(g.inputs[0]).fixed_shape().unwrap();
+        let n: usize = shape.iter().product();
+        for nan_at in [0, 1, 5, n / 2, n - 1] {
+            let v: Vec<f64> = (0..n)
+                .map(|i| {
+                    if i == nan_at {
+                        f64::NAN
+                    } else {
+                        ((i * 37) % 23) as f64 - 11.0
+                    }
+                })
+                .collect();
+            let x = smelt_ir::Tensor::from_f64(smelt_ir::DType::F32, shape.clone(), v).unwrap();
+            let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+            let exe = Executable::from_graph(g.clone(), true).unwrap();
+            let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
+            let got = smelt::to_ir_tensor(&got[0]).unwrap();
+            assert!(
+                want[0].to_f64().iter().any(|v| v.is_nan()),
+                "the NaN reaches an output"
+            );
+            if let Err(e) = compare(&want[0], &got, 0.0, 0.0) {
+                panic!(
+                    "NaN at {nan_at}: {e}\n{text}\nkernels:\n{}",
+                    exe.kernel_text()
+                );
+            }
+        }
+    }
+}

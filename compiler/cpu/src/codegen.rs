@@ -1362,16 +1362,32 @@ impl<M: Module> Gen<'_, '_, M> {
         match vector {
             Some(vt) => {
                 let (xv, yv) = (b.ins().splat(vt, x), b.ins().splat(vt, y));
-                let r = if max {
-                    b.ins().fmax(xv, yv)
-                } else {
-                    b.ins().fmin(xv, yv)
-                };
-                b.ins().extractlane(r, 0)
+                let r = self.lanes_extreme(max, xv, yv, vt);
+                self.b.ins().extractlane(r, 0)
             }
+            None if ty == types::F32X4 || ty == types::F64X2 => self.lanes_extreme(max, x, y, ty),
             None if max => b.ins().fmax(x, y),
             None => b.ins().fmin(x, y),
         }
+    }
+
+    /// Lane-wise max or min that keeps a NaN from either operand, in three instructions
+    /// where Cranelift's `fmax` takes eight: one maxps/minps (which keeps a NaN only from
+    /// its second operand, `x` here, matched from the `x < y ? y : x` select) and a blend
+    /// for a NaN in `y`. Unlike `fmax` it does not order -0 below +0; reductions and
+    /// pooling windows, its users, give either.
+    fn lanes_extreme(&mut self, max: bool, x: Value, y: Value, vt: Type) -> Value {
+        let b = &mut self.b;
+        let take_y = if max {
+            b.ins().fcmp(FloatCC::LessThan, x, y)
+        } else {
+            b.ins().fcmp(FloatCC::LessThan, y, x)
+        };
+        let take_y = b.ins().bitcast(vt, MemFlags::new(), take_y);
+        let r = b.ins().bitselect(take_y, y, x);
+        let y_nan = b.ins().fcmp(FloatCC::Unordered, y, y);
+        let y_nan = b.ins().bitcast(vt, MemFlags::new(), y_nan);
+        b.ins().bitselect(y_nan, y, r)
     }
 
     fn combine(&mut self, combine: Combine, dtype: DType, acc: Value, x: Value) -> Value {
@@ -1727,6 +1743,20 @@ impl<M: Module> Gen<'_, '_, M> {
         step: i64,
         in_bounds: bool,
     ) -> Result<Value, CpuError> {
+        if step == 2 {
+            return self.even_lanes(param, base, in_bounds);
+        }
+        self.lane_loads(param, base, step, in_bounds)
+    }
+
+    /// Four f32 loaded one by one, `step` apart from `base`.
+    fn lane_loads(
+        &mut self,
+        param: u32,
+        base: Value,
+        step: i64,
+        in_bounds: bool,
+    ) -> Result<Value, CpuError> {
         let zero = self.b.ins().f32const(0.0);
         let mut acc = self.b.ins().splat(types::F32X4, zero);
         for lane in 0..LANES {
@@ -1735,6 +1765,54 @@ impl<M: Module> Gen<'_, '_, M> {
             acc = self.b.ins().insertlane(acc, x, lane as u8);
         }
         Ok(acc)
+    }
+
+    /// The elements at `base, base + 2, base + 4, base + 6` (a stride-2 window walk): two
+    /// vector loads and one shufps of their even lanes, where all eight elements lie in
+    /// the buffer; lane by lane otherwise.
+    fn even_lanes(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
+        let len = self.kernel.params[param as usize].len() as i64;
+        let ptr = self.params[param as usize];
+        let (fast, slow, join) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let out = self.b.append_block_param(join, types::F32X4);
+        let ge0 = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedGreaterThanOrEqual, base, 0);
+        let fits = self
+            .b
+            .ins()
+            .icmp_imm(IntCC::SignedLessThanOrEqual, base, len - 2 * LANES);
+        let ok = self.b.ins().band(ge0, fits);
+        self.b.ins().brif(ok, fast, &[], slow, &[]);
+        self.b.switch_to_block(fast);
+        let scaled = self.b.ins().imul_imm(base, 4);
+        let addr = self.b.ins().iadd(ptr, scaled);
+        let little = MemFlags::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let low = self.b.ins().load(types::F32X4, mem(), addr, 0);
+        let high = self.b.ins().load(types::F32X4, mem(), addr, 16);
+        let low = self.b.ins().bitcast(types::I8X16, little, low);
+        let high = self.b.ins().bitcast(types::I8X16, little, high);
+        // Bytes of lanes 0 and 2 of each operand (the second operand's are 16..31).
+        let evens: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27];
+        let mask = self
+            .b
+            .func
+            .dfg
+            .immediates
+            .push(cranelift_codegen::ir::ConstantData::from(evens.as_ref()));
+        let v = self.b.ins().shuffle(low, high, mask);
+        let v = self.b.ins().bitcast(types::F32X4, little, v);
+        self.b.ins().jump(join, &[v.into()]);
+        self.b.switch_to_block(slow);
+        let v = self.lane_loads(param, base, 2, in_bounds)?;
+        self.b.ins().jump(join, &[v.into()]);
+        self.b.switch_to_block(join);
+        Ok(out)
     }
 
     /// Four contiguous f32 from `base`, falling back to clamped lane loads at the edges.
