@@ -88,3 +88,70 @@ fn channel_shuffle_indexes_without_flattening() {
     assert_eq!(text.matches(" div ").count(), 1, "{text}");
     assert_eq!(text.matches(" rem ").count(), 1, "{text}");
 }
+
+/// Axes that every index walks as one merge into one loop axis (elementwise kernels become
+/// one flat loop; a channel concat keeps its channel axis and merges height and width),
+/// while a padded window's checks on height and width keep them apart; the compiled
+/// kernels still compute what the reference does.
+#[test]
+fn contiguous_axes_merge_into_one_loop() {
+    let cases = [
+        (
+            "graph e (%x: f32[2, 3, 5, 7], %y: f32[3, 1, 7]) {
+  %a = add(%x, %y) : f32[2, 3, 5, 7]
+  %z = exp(%a) : f32[2, 3, 5, 7]
+  return %z
+}",
+            "for [2, 3, 5, 7]",
+            "for [2, 3, 35]",
+        ),
+        (
+            "graph e (%x: f32[2, 3, 5, 7]) {
+  %z = exp(%x) : f32[2, 3, 5, 7]
+  return %z
+}",
+            "for [210]",
+            "for [2, 3, 5, 7]",
+        ),
+        (
+            "graph c (%x: f32[1, 2, 5, 7], %y: f32[1, 3, 5, 7]) {
+  %z = concat<axis=1>(%x, %y) : f32[1, 5, 5, 7]
+  return %z
+}",
+            "for [1, 5, 35]",
+            "for [1, 5, 5, 7]",
+        ),
+        (
+            "graph p (%x: f32[1, 2, 9, 11]) {
+  %z = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f32[1, 2, 9, 11]
+  return %z
+}",
+            "for [1, 2, 9, 11]",
+            "for [1, 2, 99]",
+        ),
+    ];
+    let pool = smelt_runtime::pool::ThreadPool::new(2);
+    for (text, want, not) in cases {
+        let g = parse_graph(text).unwrap();
+        let plan = smelt_fuse::plan(&g).unwrap();
+        let kernels = smelt_fuse::lower(&g, &plan).unwrap();
+        let printed: String = kernels.iter().map(|k| k.kernel.print()).collect();
+        assert!(printed.contains(want), "{want} expected:\n{printed}");
+        assert!(!printed.contains(not), "{not} unexpected:\n{printed}");
+        let inputs: Vec<smelt_ir::Tensor> = g
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                smelt_tests::random_graph::konst(g.ty(v).fixed_shape().unwrap(), k as u16 + 3, None)
+            })
+            .collect();
+        let expected = smelt_ir::interp::run(&g, &inputs).unwrap();
+        let exe = smelt::Executable::from_graph(g.clone(), false).unwrap();
+        let host: Vec<_> = inputs.iter().map(smelt::to_host_tensor).collect();
+        let refs: Vec<_> = host.iter().collect();
+        let got = exe.run(&pool, &refs, None).unwrap();
+        let got = smelt::to_ir_tensor(&got[0]).unwrap();
+        smelt_tests::compare::compare(&expected[0], &got, 1e-6, 1e-6).unwrap();
+    }
+}

@@ -281,6 +281,166 @@ impl LoopNest {
         }
     }
 
+    /// Merges the two innermost axes, again and again, while every use of their
+    /// variables is affine index arithmetic that walks them as one axis: in every load
+    /// and store index the outer variable's coefficient is the inner one's times the inner
+    /// extent (or the outer extent is 1). The result is the same kernel over longer rows:
+    /// fewer row decodes and vector-loop tails (a 7x7 feature map is one row of 49, not
+    /// seven rows of 7). A variable used any other way (a padding check, a channel
+    /// division, a cast) stops the merging.
+    pub fn collapse_inner_axes(&mut self) {
+        while self.domain.len() >= 2 && self.inner_axes_merge() {
+            self.merge_inner_axes();
+        }
+    }
+
+    /// Whether the two innermost axes can merge (see [`LoopNest::collapse_inner_axes`]).
+    fn inner_axes_merge(&self) -> bool {
+        let rank = self.domain.len();
+        let (outer, inner) = (rank - 2, rank - 1);
+        let live = self.live();
+        let mut uses = vec![false; self.nodes.len()];
+        for (e, node) in self.nodes.iter().enumerate() {
+            uses[e] = match node.expr {
+                Expr::Var(k) => k as usize >= outer,
+                _ => self.operands(e as ExprId).iter().any(|&o| uses[o as usize]),
+            };
+        }
+        let coefs = self.inner_coefficients(outer as u32, &uses);
+        let walks_as_one = |e: ExprId| match coefs[e as usize] {
+            Some((co, ci)) => {
+                self.domain[outer] == 1 || Some(co) == ci.checked_mul(self.domain[inner] as i64)
+            }
+            None => false,
+        };
+        for (e, node) in self.nodes.iter().enumerate() {
+            if !live[e] {
+                continue;
+            }
+            for o in self.operands(e as ExprId) {
+                if !uses[o as usize] || self.node(o).dtype != DType::I64 {
+                    continue;
+                }
+                let allowed = match node.expr {
+                    Expr::Load { index, .. } => index == o && walks_as_one(o),
+                    Expr::Binary(BinaryOp::Add | BinaryOp::Mul, ..) => coefs[e].is_some(),
+                    _ => false,
+                };
+                if !allowed {
+                    return false;
+                }
+            }
+        }
+        self.stores
+            .iter()
+            .all(|s| !uses[s.index as usize] || walks_as_one(s.index))
+    }
+
+    /// Replaces the two innermost axes by one of their combined extent: the outer
+    /// variable becomes 0 and the inner one ranges over both (exact for the affine uses
+    /// [`LoopNest::inner_axes_merge`] admits).
+    fn merge_inner_axes(&mut self) {
+        let rank = self.domain.len();
+        let (outer, inner) = ((rank - 2) as u32, (rank - 1) as u32);
+        let mut dedup: std::collections::HashMap<Node, ExprId> = Default::default();
+        let mut map = Vec::with_capacity(self.nodes.len());
+        let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let m = |e: ExprId| map[e as usize];
+            let expr = match node.expr {
+                Expr::Var(k) if k == outer => Expr::Const(Const::Int(0)),
+                Expr::Var(k) if k == inner => Expr::Var(outer),
+                Expr::Load { param, index } => Expr::Load {
+                    param,
+                    index: m(index),
+                },
+                Expr::Unary(op, a) => Expr::Unary(op, m(a)),
+                Expr::Binary(op, a, b) => Expr::Binary(op, m(a), m(b)),
+                Expr::Select(c, a, b) => Expr::Select(m(c), m(a), m(b)),
+                Expr::Cast(a) => Expr::Cast(m(a)),
+                Expr::Reduce {
+                    combine,
+                    extent,
+                    var,
+                    body,
+                } => Expr::Reduce {
+                    combine,
+                    extent,
+                    var,
+                    body: m(body),
+                },
+                other => other,
+            };
+            // The outer variable's terms vanish: 0 * x is 0, and x + 0 is x.
+            let zero = |e: ExprId| {
+                node.dtype == DType::I64 && nodes[e as usize].expr == Expr::Const(Const::Int(0))
+            };
+            match expr {
+                Expr::Binary(BinaryOp::Mul, a, b) if zero(a) || zero(b) => {
+                    map.push(if zero(a) { a } else { b });
+                    continue;
+                }
+                Expr::Binary(BinaryOp::Add, a, b) if zero(a) || zero(b) => {
+                    map.push(if zero(a) { b } else { a });
+                    continue;
+                }
+                _ => {}
+            }
+            let node = Node {
+                expr,
+                dtype: node.dtype,
+            };
+            let id = *dedup.entry(node).or_insert_with(|| {
+                nodes.push(node);
+                (nodes.len() - 1) as ExprId
+            });
+            map.push(id);
+        }
+        for s in &mut self.stores {
+            s.index = map[s.index as usize];
+            s.value = map[s.value as usize];
+        }
+        self.nodes = nodes;
+        let merged = self.domain[rank - 2] * self.domain[rank - 1];
+        self.domain.truncate(rank - 1);
+        self.domain[rank - 2] = merged;
+    }
+
+    /// For every i64 expression that is `rest + co * i_outer + ci * i_inner` with `rest`
+    /// free of both variables (sums and constant multiples of such terms), `(co, ci)`;
+    /// `uses` says which expressions involve the variables at all.
+    fn inner_coefficients(&self, outer: u32, uses: &[bool]) -> Vec<Option<(i64, i64)>> {
+        let mut forms: Vec<Option<(i64, i64)>> = Vec::with_capacity(self.nodes.len());
+        for (e, node) in self.nodes.iter().enumerate() {
+            let form = |e: ExprId| forms[e as usize];
+            let constant = |e: ExprId| match self.node(e).expr {
+                Expr::Const(Const::Int(c)) => Some(c),
+                _ => None,
+            };
+            let f = match (node.dtype, node.expr) {
+                (DType::I64, _) if !uses[e] => Some((0, 0)),
+                (DType::I64, Expr::Var(k)) if k == outer => Some((1, 0)),
+                (DType::I64, Expr::Var(_)) => Some((0, 1)),
+                (DType::I64, Expr::Binary(BinaryOp::Add, a, b)) => {
+                    form(a).zip(form(b)).and_then(|((oa, ia), (ob, ib))| {
+                        Some((oa.checked_add(ob)?, ia.checked_add(ib)?))
+                    })
+                }
+                (DType::I64, Expr::Binary(BinaryOp::Mul, a, b)) => {
+                    let (k, v) = match (constant(a), constant(b)) {
+                        (Some(k), _) => (k, form(b)),
+                        (_, Some(k)) => (k, form(a)),
+                        _ => (0, None),
+                    };
+                    v.and_then(|(o, i)| Some((o.checked_mul(k)?, i.checked_mul(k)?)))
+                }
+                _ => None,
+            };
+            forms.push(f);
+        }
+        forms
+    }
+
     /// Which expressions the stores need.
     pub fn live(&self) -> Vec<bool> {
         let mut live = vec![false; self.nodes.len()];

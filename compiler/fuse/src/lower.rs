@@ -60,7 +60,15 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelE
             }
             other => other?,
         };
-        for k in kernels {
+        for mut k in kernels {
+            match &mut k.kernel.body {
+                Body::Loop(nest) => nest.collapse_inner_axes(),
+                Body::Contraction {
+                    epilogue: Some(nest),
+                    ..
+                } => nest.collapse_inner_axes(),
+                Body::Contraction { epilogue: None, .. } => {}
+            }
             k.kernel.verify()?;
             out.push(k);
         }
