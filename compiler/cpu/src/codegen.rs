@@ -47,6 +47,9 @@ enum Val {
 
 const LANES: i64 = 4;
 
+/// Most versions of an inner loop unswitched on per-row select conditions.
+const MAX_VERSIONS: usize = 8;
+
 /// Reductions over at most this many elements unroll...
 const MAX_UNROLL: u64 = 16;
 /// ...when their unrolled body has at most this many expressions.
@@ -105,6 +108,13 @@ struct Gen<'a, 'm, M: Module> {
     /// inner-loop expressions its twin no longer needs.
     stash: Option<Stash>,
     stash_skip: HashSet<ExprId>,
+    /// Inner-loop selects whose condition is fixed per row (a concat choosing its part):
+    /// the inner loop is emitted once per outcome (`inner_loop_versions`), and in each
+    /// version `chosen` maps such a select to its arm and `needed` lists the inner-loop
+    /// expressions that version computes (None: all).
+    row_selects: Vec<ExprId>,
+    chosen: HashMap<ExprId, bool>,
+    needed: Option<HashSet<ExprId>>,
     fma: bool,
 }
 
@@ -176,6 +186,14 @@ pub fn build<M: Module>(
         })
         .collect();
     let stash = find_stash(nest, &live, &place, &users, &vector_reductions, kernel);
+    let row_selects: Vec<ExprId> = (0..nest.nodes.len() as ExprId)
+        .filter(|&e| {
+            live[e as usize]
+                && place[e as usize] == Scope::Inner
+                && matches!(nest.node(e).expr, Expr::Select(c, _, _)
+                    if matches!(place[c as usize], Scope::Row | Scope::Entry))
+        })
+        .collect();
     let stash_skip = stash.map_or_else(HashSet::new, |st| only_for(nest, &live, &users, st.twin));
     let row_divisors: HashSet<ExprId> = (0..nest.nodes.len())
         .filter_map(|e| match nest.nodes[e].expr {
@@ -216,6 +234,9 @@ pub fn build<M: Module>(
         ranges,
         stash,
         stash_skip,
+        row_selects,
+        chosen: HashMap::new(),
+        needed: None,
         fma,
     };
     let entry = g.b.create_block();
@@ -258,13 +279,13 @@ pub fn build<M: Module>(
         g.emit_scope(Scope::Row)?;
         let zero = g.b.ins().iconst(types::I64, 0);
         let n = g.b.ins().iconst(types::I64, nest.domain[rank - 1] as i64);
-        g.inner_loop(zero, n, vectorize)?;
+        g.inner_loop_versions(zero, n, vectorize, &HashMap::new())?;
         g.frames.pop();
         let next = g.b.ins().iadd_imm(r, 1);
         g.b.ins().jump(header, &[next.into()]);
         g.b.switch_to_block(exit);
     } else {
-        g.inner_loop(begin, end, vectorize)?;
+        g.inner_loop_versions(begin, end, vectorize, &HashMap::new())?;
     }
     g.b.ins().return_(&[]);
     g.b.seal_all_blocks();
@@ -921,7 +942,18 @@ impl<M: Module> Gen<'_, '_, M> {
     fn emit_scope(&mut self, scope: Scope) -> Result<(), CpuError> {
         let exprs = self.members.get(&scope).cloned().unwrap_or_default();
         for e in exprs {
-            if scope == Scope::Inner && self.stash_skip.contains(&e) {
+            if scope == Scope::Inner
+                && (self.stash_skip.contains(&e)
+                    || self.needed.as_ref().is_some_and(|n| !n.contains(&e)))
+            {
+                continue;
+            }
+            if let Some(&pick) = self.chosen.get(&e) {
+                let Expr::Select(_, a, b) = self.nest.node(e).expr else {
+                    unreachable!("only selects are chosen")
+                };
+                let v = self.get(if pick { a } else { b });
+                self.set(e, v);
                 continue;
             }
             if matches!(self.nest.node(e).expr, Expr::Reduce { .. }) {
@@ -935,6 +967,83 @@ impl<M: Module> Gen<'_, '_, M> {
             self.emit_store(i)?;
         }
         Ok(())
+    }
+
+    /// The inner loop, once per outcome of the per-row select conditions it needs (at most
+    /// `MAX_VERSIONS` versions): each version computes only the arms its outcome picks, so
+    /// a concatenation reads one part per row instead of all of them.
+    fn inner_loop_versions(
+        &mut self,
+        lo: Value,
+        hi: Value,
+        vectorize: bool,
+        chosen: &HashMap<ExprId, bool>,
+    ) -> Result<(), CpuError> {
+        let needed = self.needed_in_inner(chosen);
+        let open = self
+            .row_selects
+            .iter()
+            .copied()
+            .find(|e| needed.contains(e) && !chosen.contains_key(e));
+        match open {
+            Some(e) if chosen.len() + 1 < MAX_VERSIONS => {
+                let Expr::Select(c, _, _) = self.nest.node(e).expr else {
+                    unreachable!("row selects are selects")
+                };
+                let cond = self.scalar(c);
+                let (then, other, join) = (
+                    self.b.create_block(),
+                    self.b.create_block(),
+                    self.b.create_block(),
+                );
+                self.b.ins().brif(cond, then, &[], other, &[]);
+                for (block, pick) in [(then, true), (other, false)] {
+                    self.b.switch_to_block(block);
+                    let mut more = chosen.clone();
+                    more.insert(e, pick);
+                    self.inner_loop_versions(lo, hi, vectorize, &more)?;
+                    self.b.ins().jump(join, &[]);
+                }
+                self.b.switch_to_block(join);
+                Ok(())
+            }
+            _ => {
+                self.chosen = chosen.clone();
+                self.needed = (!chosen.is_empty()).then_some(needed);
+                let r = self.inner_loop(lo, hi, vectorize);
+                self.chosen.clear();
+                self.needed = None;
+                r
+            }
+        }
+    }
+
+    /// The inner-loop expressions the inner stores need when the selects in `chosen` take
+    /// the arms it says.
+    fn needed_in_inner(&self, chosen: &HashMap<ExprId, bool>) -> HashSet<ExprId> {
+        let (mut needed, mut seen) = (HashSet::new(), HashSet::new());
+        let mut stack: Vec<ExprId> = self
+            .stores_at
+            .get(&Scope::Inner)
+            .into_iter()
+            .flatten()
+            .flat_map(|&i| [self.nest.stores[i].index, self.nest.stores[i].value])
+            .collect();
+        // Through every scope: the bodies of reductions placed in the inner loop may read
+        // inner-loop values.
+        while let Some(e) = stack.pop() {
+            if !seen.insert(e) {
+                continue;
+            }
+            if self.place[e as usize] == Scope::Inner {
+                needed.insert(e);
+            }
+            match (chosen.get(&e), self.nest.node(e).expr) {
+                (Some(&pick), Expr::Select(_, a, b)) => stack.push(if pick { a } else { b }),
+                _ => stack.extend(self.nest.operands(e)),
+            }
+        }
+        needed
     }
 
     fn inner_loop(&mut self, lo: Value, hi: Value, vectorize: bool) -> Result<(), CpuError> {
