@@ -235,3 +235,47 @@ fn concatenations_choose_their_part_per_row() {
         }
     }
 }
+
+/// Padded windows, whose inner loop splits into edges and an interior where the edge
+/// checks are known to hold, agree with the reference: max, average (with and without
+/// the padding counted), strides 1 and 2, asymmetric pads, dilation, and rows too short
+/// for an interior.
+#[test]
+fn padded_windows_match_the_reference_at_edges_and_inside() {
+    let pool = ThreadPool::new(2);
+    let geometries = [
+        (
+            [1usize, 2, 9, 30],
+            [3usize, 3],
+            [1usize, 1],
+            [1usize, 1, 1, 1],
+            [1usize, 1],
+        ),
+        ([1, 3, 11, 29], [3, 3], [2, 2], [0, 0, 1, 1], [1, 1]),
+        ([1, 2, 8, 33], [3, 5], [1, 1], [2, 1, 0, 3], [1, 1]),
+        ([1, 1, 7, 40], [3, 3], [1, 2], [2, 2, 2, 2], [2, 2]),
+        ([1, 2, 6, 5], [3, 3], [1, 1], [1, 1, 1, 1], [1, 1]),
+    ];
+    for (input, kernel, strides, pads, dilations) in geometries {
+        let out = |d: usize| {
+            (input[2 + d] + pads[d] + pads[d + 2] - dilations[d] * (kernel[d] - 1) - 1) / strides[d]
+                + 1
+        };
+        let (oh, ow) = (out(0), out(1));
+        for op in ["max_pool", "avg_pool", "avg_pool_include_pad"] {
+            let text = format!(
+                "graph w (%x: f32[{}, {}, {}, {}]) {{\n  %y = {op}<kernel={kernel:?}, strides={strides:?}, pads={pads:?}, dilations={dilations:?}>(%x) : f32[{}, {}, {oh}, {ow}]\n  return %y\n}}\n",
+                input[0], input[1], input[2], input[3], input[0], input[1]
+            );
+            let g = smelt_ir::text::parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let x = konst(input.to_vec(), 9, None);
+            let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
+            let exe = Executable::from_graph(g.clone(), true).unwrap();
+            let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
+            let got = smelt::to_ir_tensor(&got[0]).unwrap();
+            if let Err(e) = compare(&want[0], &got, 1e-5, 1e-6) {
+                panic!("{e}\n{text}\nkernels:\n{}", exe.kernel_text());
+            }
+        }
+    }
+}

@@ -115,6 +115,11 @@ struct Gen<'a, 'm, M: Module> {
     row_selects: Vec<ExprId>,
     chosen: HashMap<ExprId, bool>,
     needed: Option<HashSet<ExprId>>,
+    /// Inner-loop positions where the comparisons in `interior.2` hold whatever the other
+    /// variables are (`interior_of`), and, while that part of the loop is emitted, the
+    /// boolean expressions known true there.
+    interior: Option<(i64, i64, HashSet<ExprId>)>,
+    known_true: Option<HashSet<ExprId>>,
     fma: bool,
 }
 
@@ -208,6 +213,7 @@ pub fn build<M: Module>(
             _ => None,
         })
         .collect();
+    let interior = interior_of(nest, &live, &varies, &inner_coefs);
     let b = FunctionBuilder::new(func, fctx);
     let mut g = Gen {
         b,
@@ -237,6 +243,8 @@ pub fn build<M: Module>(
         row_selects,
         chosen: HashMap::new(),
         needed: None,
+        interior,
+        known_true: None,
         fma,
     };
     let entry = g.b.create_block();
@@ -451,6 +459,76 @@ fn users_of(nest: &LoopNest, live: &[bool]) -> Vec<Vec<ExprId>> {
         }
     }
     users
+}
+
+/// The inner-loop positions `[lo, hi)` where every comparison that is affine in the inner
+/// variable holds whatever values the other variables (rows, reduction taps) take, and
+/// those comparisons: inside a padded window's plane, its edge checks. None when fewer
+/// than two vector blocks of positions qualify.
+fn interior_of(
+    nest: &LoopNest,
+    live: &[bool],
+    varies: &[bool],
+    inner_coefs: &HashMap<ExprId, Option<i64>>,
+) -> Option<(i64, i64, HashSet<ExprId>)> {
+    let rank = nest.domain.len();
+    let n = *nest.domain.last()? as i64;
+    // Ranges with the inner variable pinned to 0: an affine `x` is `x(0) + c * i`.
+    let mut pinned = nest.domain.clone();
+    pinned[rank - 1] = 1;
+    let rest = nest.index_ranges_over(&pinned);
+    let (mut lo, mut hi) = (0i64, n - 1);
+    let mut holds = HashSet::new();
+    for (e, node) in nest.nodes.iter().enumerate() {
+        let Expr::Binary(op, a, b) = node.expr else {
+            continue;
+        };
+        if !live[e]
+            || !varies[e]
+            || nest.node(a).dtype != DType::I64
+            || !matches!(
+                op,
+                BinaryOp::Less | BinaryOp::LessEqual | BinaryOp::Greater | BinaryOp::GreaterEqual
+            )
+        {
+            continue;
+        }
+        let coef = |x: ExprId| inner_coefs.get(&x).copied().flatten();
+        let (Some(ca), Some(cb), Some((alo, ahi)), Some((blo, bhi))) =
+            (coef(a), coef(b), rest[a as usize], rest[b as usize])
+        else {
+            continue;
+        };
+        // a - b = c * i + d with d in [dlo, dhi].
+        let (Some(c), Some(dlo), Some(dhi)) = (
+            ca.checked_sub(cb),
+            alo.checked_sub(bhi),
+            ahi.checked_sub(blo),
+        ) else {
+            continue;
+        };
+        if c == 0 {
+            continue;
+        }
+        // The comparison as `c * i >= t` (at least) or `c * i <= t` (at most), for the
+        // worst d.
+        let (at_least, t) = match op {
+            BinaryOp::GreaterEqual => (true, -dlo),
+            BinaryOp::Greater => (true, 1 - dlo),
+            BinaryOp::LessEqual => (false, -dhi),
+            _ => (false, -1 - dhi),
+        };
+        let floor = |x: i64, y: i64| x.div_euclid(y) - i64::from(y < 0 && x.rem_euclid(y) != 0);
+        let ceil = |x: i64, y: i64| -floor(-x, y);
+        // Dividing by a negative c flips the inequality.
+        if at_least == (c > 0) {
+            lo = lo.max(ceil(t, c));
+        } else {
+            hi = hi.min(floor(t, c));
+        }
+        holds.insert(e as ExprId);
+    }
+    (!holds.is_empty() && hi + 1 - lo >= 2 * LANES).then_some((lo, hi + 1, holds))
 }
 
 /// A per-row reduction whose per-step values an inner-loop expression (its twin) computes
@@ -1010,7 +1088,7 @@ impl<M: Module> Gen<'_, '_, M> {
             _ => {
                 self.chosen = chosen.clone();
                 self.needed = (!chosen.is_empty()).then_some(needed);
-                let r = self.inner_loop(lo, hi, vectorize);
+                let r = self.inner_loop_split(lo, hi, vectorize);
                 self.chosen.clear();
                 self.needed = None;
                 r
@@ -1044,6 +1122,62 @@ impl<M: Module> Gen<'_, '_, M> {
             }
         }
         needed
+    }
+
+    /// The inner loop over `[lo, hi)`, in three parts where it has an interior
+    /// (`interior_of`): before it, the interior (where the edge comparisons are known
+    /// true, so their masks and selects vanish), and after it.
+    fn inner_loop_split(&mut self, lo: Value, hi: Value, vectorize: bool) -> Result<(), CpuError> {
+        let Some((first, end, holds)) = self.interior.clone() else {
+            return self.inner_loop(lo, hi, vectorize);
+        };
+        let b = &mut self.b;
+        let first = b.ins().iconst(types::I64, first);
+        let end = b.ins().iconst(types::I64, end);
+        let first = b.ins().smax(first, lo);
+        let first = b.ins().smin(first, hi);
+        let end = b.ins().smax(end, first);
+        let end = b.ins().smin(end, hi);
+        self.inner_loop(lo, first, vectorize)?;
+        self.known_true = Some(holds);
+        let r = self.inner_loop(first, end, vectorize);
+        self.known_true = None;
+        r?;
+        self.inner_loop(end, hi, vectorize)
+    }
+
+    /// Whether `e` is known true in the part of the inner loop being emitted.
+    fn is_known_true(&self, e: ExprId) -> bool {
+        self.known_true.as_ref().is_some_and(|k| k.contains(&e))
+    }
+
+    /// Emits `e` from what is known true in the interior, if that decides it: a known
+    /// comparison is true, an `and` with a true side is its other side, a select on a
+    /// true condition is its first arm.
+    fn emit_known(&mut self, e: ExprId) -> bool {
+        if self.known_true.is_none() {
+            return false;
+        }
+        let aliased = match self.nest.node(e).expr {
+            _ if self.is_known_true(e) => {
+                let t = self.b.ins().iconst(types::I8, 1);
+                self.set(e, Val::S(t));
+                return true;
+            }
+            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(a) && self.is_known_true(b) => {
+                self.known_true.as_mut().expect("known").insert(e);
+                let t = self.b.ins().iconst(types::I8, 1);
+                self.set(e, Val::S(t));
+                return true;
+            }
+            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(a) => b,
+            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(b) => a,
+            Expr::Select(c, a, _) if self.is_known_true(c) => a,
+            _ => return false,
+        };
+        let v = self.get(aliased);
+        self.set(e, v);
+        true
     }
 
     fn inner_loop(&mut self, lo: Value, hi: Value, vectorize: bool) -> Result<(), CpuError> {
@@ -1677,6 +1811,9 @@ impl<M: Module> Gen<'_, '_, M> {
     }
 
     fn emit_op(&mut self, e: ExprId) -> Result<(), CpuError> {
+        if self.emit_known(e) {
+            return Ok(());
+        }
         let node = *self.nest.node(e);
         let place = self.place[e as usize];
         let in_lanes = self.lanes_scope == Some(place)

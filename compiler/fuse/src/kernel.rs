@@ -228,6 +228,12 @@ impl LoopNest {
     /// The range of every i64 expression over the domain and the reduction extents, where
     /// [`int_range`] can bound it (indices computed from loaded data it cannot).
     pub fn index_ranges(&self) -> Vec<Option<(i64, i64)>> {
+        self.index_ranges_over(&self.domain)
+    }
+
+    /// [`LoopNest::index_ranges`] with the domain variables ranging over `domain` instead
+    /// (an extent of 1 pins a variable to 0).
+    pub fn index_ranges_over(&self, domain: &[usize]) -> Vec<Option<(i64, i64)>> {
         let extents: std::collections::HashMap<u32, u64> = self
             .nodes
             .iter()
@@ -240,7 +246,7 @@ impl LoopNest {
         for node in &self.nodes {
             let range = match (node.dtype, node.expr) {
                 (DType::I64, Expr::RVar(v)) => extents.get(&v).map(|&x| (0, x as i64 - 1)),
-                (DType::I64, expr) => int_range(expr, &self.domain, |e| ranges[e as usize]),
+                (DType::I64, expr) => int_range(expr, domain, |e| ranges[e as usize]),
                 _ => None,
             };
             ranges.push(range);
