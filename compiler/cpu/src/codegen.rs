@@ -2355,16 +2355,13 @@ impl<M: Module> Gen<'_, '_, M> {
             return Ok(self.wrap(v, out));
         }
         let b = &mut self.b;
-        let zero = b.ins().iconst(types::I64, 0);
-        let one = b.ins().iconst(types::I64, 1);
-        let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
-        // Divisors of 0 (and -1, whose MIN / -1 traps) are replaced before dividing.
-        let y_neg1 = b.ins().icmp_imm(IntCC::Equal, y, -1);
         let v = match op {
             BinaryOp::Add => b.ins().iadd(x, y),
             BinaryOp::Sub => b.ins().isub(x, y),
             BinaryOp::Mul => b.ins().imul(x, y),
             BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod if unsigned => {
+                let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
+                let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
                 let safe = b.ins().select(y_zero, one, y);
                 let r = if op == BinaryOp::Div {
                     b.ins().udiv(x, safe)
@@ -2374,6 +2371,10 @@ impl<M: Module> Gen<'_, '_, M> {
                 b.ins().select(y_zero, zero, r)
             }
             BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod => {
+                let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
+                let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
+                // Divisors of 0 (and -1, whose MIN / -1 traps) are replaced before dividing.
+                let y_neg1 = b.ins().icmp_imm(IntCC::Equal, y, -1);
                 let special = b.ins().bor(y_zero, y_neg1);
                 let safe = b.ins().select(special, one, y);
                 let r = match op {
@@ -2415,6 +2416,7 @@ impl<M: Module> Gen<'_, '_, M> {
                     } else {
                         b.ins().ushr(x, y)
                     };
+                    let zero = b.ins().iconst(types::I64, 0);
                     b.ins().select(big, zero, s)
                 } else {
                     let sixty3 = b.ins().iconst(types::I64, 63);
