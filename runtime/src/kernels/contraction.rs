@@ -92,6 +92,35 @@ unsafe fn gemm_into<T: Float>(
     }
 }
 
+/// `acc += w * x`, element by element (AVX2 and FMA for f32 where the CPU has them).
+fn multiply_add<T: Float>(acc: &mut [T], w: T, x: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: T is f32 (same layout), and the CPU has the features enabled below.
+        unsafe {
+            let acc32 = std::slice::from_raw_parts_mut(acc.as_mut_ptr().cast::<f32>(), acc.len());
+            let x32 = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
+            let w32 = *(&w as *const T).cast::<f32>();
+            multiply_add_fma(acc32, w32, x32);
+        }
+        return;
+    }
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = *a + w * v;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn multiply_add_fma(acc: &mut [f32], w: f32, x: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = w.mul_add(v, *a);
+    }
+}
+
 /// Output columns a [`row_times_matrix`] block keeps in registers: eight 8-lane
 /// accumulators, enough independent FMAs to cover their latency.
 const ROW_BLOCK: usize = 64;
@@ -444,6 +473,7 @@ fn conv_tiled<T: Float>(
         // channel would cost more than the arithmetic, so accumulate tap by tap.
         let per_channel = |items: std::ops::Range<usize>| {
             let mut row = vec![T::ZERO; out_count];
+            let (mut padded, mut sums) = (Vec::new(), Vec::new());
             for item in items {
                 let (b, ch) = (item / m, item % m);
                 let plane = &x[(b * c + ch) * in_count..(b * c + ch + 1) * in_count];
@@ -454,6 +484,10 @@ fn conv_tiled<T: Float>(
                 let start = bias.map_or(T::ZERO, |bs| bs[ch]);
                 dst.iter_mut().for_each(|v| *v = start);
                 let taps = &w[ch * kc..(ch + 1) * kc];
+                if kernel.len() == 2 && window.unit_steps() {
+                    window.depthwise_unit_steps(plane, taps, dst, &mut padded, &mut sums);
+                    continue;
+                }
                 if kernel.len() == 2 {
                     window.depthwise_2d(plane, taps, dst);
                     continue;
@@ -660,6 +694,56 @@ impl Window<'_> {
         }
     }
 
+    /// Whether every stride and dilation is 1.
+    fn unit_steps(&self) -> bool {
+        self.strides.iter().chain(self.dilations).all(|&v| v == 1)
+    }
+
+    /// [`Window::depthwise_2d`] for unit strides and dilations: the plane is copied once
+    /// into `padded`, zero-bordered with rows `pitch` wide, after which each tap is one
+    /// multiply-add over the whole plane at a fixed offset (into `sums`, whose rows have
+    /// the same pitch and whose extra columns are dropped): nine long vector loops
+    /// instead of nine short ones per output row.
+    fn depthwise_unit_steps<T: Float>(
+        &self,
+        plane: &[T],
+        taps: &[T],
+        dst: &mut [T],
+        padded: &mut Vec<T>,
+        sums: &mut Vec<T>,
+    ) {
+        let (ih, iw) = (self.in_sp[0], self.in_sp[1]);
+        let (oh, ow) = (self.out_sp[0], self.out_sp[1]);
+        let (kh_n, kw_n) = (self.kernel[0], self.kernel[1]);
+        let (top, left, right) = (self.pads[0], self.pads[1], self.pads[3]);
+        let pitch = iw + left + right;
+        let rows = (oh + kh_n - 1).max(ih + top);
+        padded.clear();
+        padded.resize(rows * pitch, T::ZERO);
+        for r in 0..ih {
+            let at = (r + top) * pitch + left;
+            padded[at..at + iw].copy_from_slice(&plane[r * iw..(r + 1) * iw]);
+        }
+        if oh == 0 || ow == 0 {
+            return;
+        }
+        // Output position j (row j / pitch) reads padded[j + kh * pitch + kw].
+        let len = (oh - 1) * pitch + ow;
+        sums.clear();
+        sums.resize(len, T::ZERO);
+        for kh in 0..kh_n {
+            for kw in 0..kw_n {
+                let shift = kh * pitch + kw;
+                multiply_add(sums, taps[kh * kw_n + kw], &padded[shift..shift + len]);
+            }
+        }
+        for (y, out) in dst.chunks_mut(ow).enumerate() {
+            for (d, &v) in out.iter_mut().zip(&sums[y * pitch..y * pitch + ow]) {
+                *d = *d + v;
+            }
+        }
+    }
+
     /// Input offset of kernel tap `tap` on axis `d` (negative: in the begin padding).
     fn offset(&self, d: usize, tap: usize) -> i64 {
         (tap * self.dilations[d]) as i64 - self.pads[d] as i64
@@ -860,7 +944,7 @@ mod tests {
     use super::*;
 
     /// Direct convolution by definition, for checking the im2col path.
-    fn reference(x: &[f64], w: &[f64], bias: &[f64], geo: &ConvGeometry) -> Vec<f64> {
+    pub(super) fn reference(x: &[f64], w: &[f64], bias: &[f64], geo: &ConvGeometry) -> Vec<f64> {
         let (n, c, m) = (geo.input[0], geo.input[1], geo.weight[0]);
         let g = geo.group;
         let (cg, mg) = (c / g, m / g);
@@ -932,6 +1016,8 @@ mod tests {
             (vec![1, 5, 40], vec![3, 5, 5], vec![3], vec![4, 2], vec![2], 1),
             (vec![1, 2, 5, 6, 7], vec![2, 2, 2, 3, 2], vec![1, 2, 1], vec![1, 0, 1, 0, 1, 1], vec![1, 1, 2], 1),
             (vec![1, 6, 9, 10], vec![6, 1, 3, 3], vec![1, 1], vec![2, 2, 2, 2], vec![1, 1], 6),
+            (vec![2, 3, 7, 13], vec![3, 1, 3, 5], vec![1, 1], vec![0, 2, 1, 1], vec![1, 1], 3),
+            (vec![1, 2, 1, 9], vec![2, 1, 1, 3], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 2),
             (vec![2, 4, 11, 12], vec![4, 1, 3, 2], vec![2, 3], vec![1, 0, 0, 1], vec![1, 2], 4),
             (vec![1, 3, 20], vec![3, 1, 4], vec![2], vec![1, 2], vec![1], 3),
             (vec![1, 8, 10, 10], vec![5, 8, 1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
@@ -970,6 +1056,46 @@ mod tests {
         }
     }
 }
+#[cfg(test)]
+mod depthwise_tests {
+    use super::*;
+
+    /// Depthwise convolutions with unit steps in f32 (the FMA path where the CPU has it)
+    /// against the f64 definition: same, valid and asymmetric padding, odd kernels.
+    #[test]
+    fn unit_step_depthwise_in_f32() {
+        for (input, kernel, pads) in [
+            ([1usize, 4, 28, 28], [3usize, 3], [1usize, 1, 1, 1]),
+            ([2, 3, 7, 7], [3, 3], [1, 1, 1, 1]),
+            ([1, 2, 9, 17], [5, 3], [2, 0, 1, 2]),
+            ([1, 2, 6, 6], [3, 3], [0, 0, 0, 0]),
+        ] {
+            let c = input[1];
+            let geo = ConvGeometry {
+                input: input.to_vec(),
+                weight: vec![c, 1, kernel[0], kernel[1]],
+                strides: vec![1, 1],
+                pads: pads.to_vec(),
+                dilations: vec![1, 1],
+                group: c,
+            };
+            let numel = |d: &[usize]| d.iter().product::<usize>();
+            let value =
+                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f32 / 50.0 - 2.0;
+            let x: Vec<f32> = (0..numel(&geo.input)).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..numel(&geo.weight)).map(|i| value(i, 2)).collect();
+            let bias: Vec<f32> = (0..c).map(|i| value(i, 3)).collect();
+            let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
+            let want = super::tests::reference(&wide(&x), &wide(&w), &wide(&bias), &geo);
+            let mut got = vec![f32::NAN; want.len()];
+            conv(&x, &w, Some(&bias), &geo, &mut got, &ThreadPool::new(2)).unwrap();
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() < 1e-4, "{geo:?}: [{i}] {a} vs {b}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod matmul_tests {
     use super::*;
