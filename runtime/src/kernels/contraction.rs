@@ -482,12 +482,12 @@ fn conv_tiled<T: Float>(
                     std::slice::from_raw_parts_mut(base.get().add(item * out_count), out_count)
                 };
                 let start = bias.map_or(T::ZERO, |bs| bs[ch]);
-                dst.iter_mut().for_each(|v| *v = start);
                 let taps = &w[ch * kc..(ch + 1) * kc];
-                if kernel.len() == 2 && window.unit_steps() {
-                    window.depthwise_unit_steps(plane, taps, dst, &mut padded, &mut sums);
+                if kernel.len() == 2 && window.undilated() {
+                    window.depthwise_planes(plane, taps, start, dst, &mut padded, &mut sums);
                     continue;
                 }
+                dst.iter_mut().for_each(|v| *v = start);
                 if kernel.len() == 2 {
                     window.depthwise_2d(plane, taps, dst);
                     continue;
@@ -694,20 +694,23 @@ impl Window<'_> {
         }
     }
 
-    /// Whether every stride and dilation is 1.
-    fn unit_steps(&self) -> bool {
-        self.strides.iter().chain(self.dilations).all(|&v| v == 1)
+    /// Whether every dilation is 1.
+    fn undilated(&self) -> bool {
+        self.dilations.iter().all(|&v| v == 1)
     }
 
-    /// [`Window::depthwise_2d`] for unit strides and dilations: the plane is copied once
-    /// into `padded`, zero-bordered with rows `pitch` wide, after which each tap is one
-    /// multiply-add over the whole plane at a fixed offset (into `sums`, whose rows have
-    /// the same pitch and whose extra columns are dropped): nine long vector loops
-    /// instead of nine short ones per output row.
-    fn depthwise_unit_steps<T: Float>(
+    /// [`Window::depthwise_2d`] for undilated windows: the plane is copied once into a
+    /// zero-bordered buffer and split by stride phase (for strides `sh, sw`, phase
+    /// `(a, b)` holds padded rows `sh * r + a` and columns `sw * c + b`), after which each
+    /// tap is one multiply-add over a whole phase plane at a fixed offset (into `sums`,
+    /// whose rows have the phase pitch and whose extra columns are dropped): one long
+    /// vector loop per tap instead of a short (or strided) one per output row.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_planes<T: Float>(
         &self,
         plane: &[T],
         taps: &[T],
+        start: T,
         dst: &mut [T],
         padded: &mut Vec<T>,
         sums: &mut Vec<T>,
@@ -715,32 +718,61 @@ impl Window<'_> {
         let (ih, iw) = (self.in_sp[0], self.in_sp[1]);
         let (oh, ow) = (self.out_sp[0], self.out_sp[1]);
         let (kh_n, kw_n) = (self.kernel[0], self.kernel[1]);
+        let (sh, sw) = (self.strides[0].max(1), self.strides[1].max(1));
         let (top, left, right) = (self.pads[0], self.pads[1], self.pads[3]);
-        let pitch = iw + left + right;
-        let rows = (oh + kh_n - 1).max(ih + top);
-        padded.clear();
-        padded.resize(rows * pitch, T::ZERO);
-        for r in 0..ih {
-            let at = (r + top) * pitch + left;
-            padded[at..at + iw].copy_from_slice(&plane[r * iw..(r + 1) * iw]);
-        }
         if oh == 0 || ow == 0 {
+            dst.fill(start);
             return;
         }
-        // Output position j (row j / pitch) reads padded[j + kh * pitch + kw].
-        let len = (oh - 1) * pitch + ow;
+        let pitch = iw + left + right;
+        let rows = ((oh - 1) * sh + kh_n).max(ih + top);
+        // Phase planes of `rows_p` rows of `pitch_p`, one after another in `padded`.
+        let (rows_p, pitch_p) = (rows.div_ceil(sh), pitch.div_ceil(sw));
+        let phase_len = rows_p * pitch_p;
+        // Every channel writes the same positions, so the zero border a buffer of this
+        // size got once is still in place.
+        if padded.len() != sh * sw * phase_len {
+            padded.clear();
+            padded.resize(sh * sw * phase_len, T::ZERO);
+        }
+        for r in 0..ih {
+            let (pr, a) = ((r + top) / sh, (r + top) % sh);
+            let src = &plane[r * iw..(r + 1) * iw];
+            let row_at = |b: usize| (a * sw + b) * phase_len + pr * pitch_p;
+            if sw == 1 {
+                let at = row_at(0) + left;
+                padded[at..at + iw].copy_from_slice(src);
+                continue;
+            }
+            // Column c + left lands in phase (c + left) % sw at (c + left) / sw: each
+            // phase takes every sw-th column from its first.
+            for b in 0..sw {
+                let first = (b + sw - left % sw) % sw;
+                if first >= iw {
+                    continue;
+                }
+                let count = (iw - first).div_ceil(sw);
+                let at = row_at(b) + (first + left) / sw;
+                let dst = &mut padded[at..at + count];
+                for (d, &v) in dst.iter_mut().zip(src[first..].iter().step_by(sw)) {
+                    *d = v;
+                }
+            }
+        }
+        // Output position j (row j / pitch_p) reads phase (kh % sh, kw % sw) at
+        // j + (kh / sh) * pitch_p + kw / sw.
+        let len = (oh - 1) * pitch_p + ow;
         sums.clear();
-        sums.resize(len, T::ZERO);
+        sums.resize(len, start);
         for kh in 0..kh_n {
             for kw in 0..kw_n {
-                let shift = kh * pitch + kw;
+                let phase = ((kh % sh) * sw + kw % sw) * phase_len;
+                let shift = phase + (kh / sh) * pitch_p + kw / sw;
                 multiply_add(sums, taps[kh * kw_n + kw], &padded[shift..shift + len]);
             }
         }
         for (y, out) in dst.chunks_mut(ow).enumerate() {
-            for (d, &v) in out.iter_mut().zip(&sums[y * pitch..y * pitch + ow]) {
-                *d = *d + v;
-            }
+            out.copy_from_slice(&sums[y * pitch_p..y * pitch_p + ow]);
         }
     }
 
@@ -1060,21 +1092,30 @@ mod tests {
 mod depthwise_tests {
     use super::*;
 
-    /// Depthwise convolutions with unit steps in f32 (the FMA path where the CPU has it)
-    /// against the f64 definition: same, valid and asymmetric padding, odd kernels.
+    /// Undilated depthwise convolutions in f32 (the FMA path where the CPU has it) against
+    /// the f64 definition: same, valid and asymmetric padding, odd kernels, strides 1 to 3.
     #[test]
-    fn unit_step_depthwise_in_f32() {
-        for (input, kernel, pads) in [
-            ([1usize, 4, 28, 28], [3usize, 3], [1usize, 1, 1, 1]),
-            ([2, 3, 7, 7], [3, 3], [1, 1, 1, 1]),
-            ([1, 2, 9, 17], [5, 3], [2, 0, 1, 2]),
-            ([1, 2, 6, 6], [3, 3], [0, 0, 0, 0]),
+    fn undilated_depthwise_in_f32() {
+        for (input, kernel, pads, strides) in [
+            (
+                [1usize, 4, 28, 28],
+                [3usize, 3],
+                [1usize, 1, 1, 1],
+                [1usize, 1],
+            ),
+            ([2, 3, 7, 7], [3, 3], [1, 1, 1, 1], [1, 1]),
+            ([1, 2, 9, 17], [5, 3], [2, 0, 1, 2], [1, 1]),
+            ([1, 2, 6, 6], [3, 3], [0, 0, 0, 0], [1, 1]),
+            ([1, 4, 28, 28], [3, 3], [1, 1, 1, 1], [2, 2]),
+            ([1, 3, 15, 14], [3, 3], [1, 1, 1, 1], [2, 2]),
+            ([2, 2, 11, 13], [3, 2], [0, 1, 2, 0], [3, 2]),
+            ([1, 2, 5, 9], [1, 3], [0, 0, 0, 0], [1, 3]),
         ] {
             let c = input[1];
             let geo = ConvGeometry {
                 input: input.to_vec(),
                 weight: vec![c, 1, kernel[0], kernel[1]],
-                strides: vec![1, 1],
+                strides: strides.to_vec(),
                 pads: pads.to_vec(),
                 dilations: vec![1, 1],
                 group: c,
