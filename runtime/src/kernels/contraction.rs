@@ -517,10 +517,17 @@ fn conv_tiled<T: Float>(
     let small = n * m * out_count * depth < SERIAL_MACS;
     let wanted = 2 * pool.threads();
     let cols_per = tile_columns(
-        tile_elements,
+        // A 1x1 convolution builds no im2col matrix to keep in cache, and every column
+        // tile repacks all the filters: one tile, unless splitting the columns (rather
+        // than the filters, whose blocks each repack the input) repacks less.
+        if pointwise { usize::MAX } else { tile_elements },
         depth,
         out_count,
-        if small { 1 } else { wanted.div_ceil(n * g) },
+        if small || (pointwise && out_count < mg) {
+            1
+        } else {
+            wanted.div_ceil(n * g)
+        },
     );
     let tiles = out_count.div_ceil(cols_per);
     let column_items = n * g * tiles;
@@ -534,6 +541,71 @@ fn conv_tiled<T: Float>(
     };
     let filters_per = mg.div_ceil(filter_blocks);
     let filter_blocks = mg.div_ceil(filters_per).max(1);
+    if filter_blocks > 1 && !pointwise {
+        // Few, deep column tiles (small late-stage feature maps): each tile's im2col
+        // matrix is built once, its rows split over the threads, and then shared by the
+        // threads' filter blocks, instead of every block building the same matrix.
+        let mut shared = vec![T::ZERO; depth * cols_per];
+        for column_item in 0..column_items {
+            let (b, gi, t) = (
+                column_item / (g * tiles),
+                column_item / tiles % g,
+                column_item % tiles,
+            );
+            let cols = t * cols_per..((t + 1) * cols_per).min(out_count);
+            let width = cols.len();
+            let xs = &x[(b * c + gi * cg) * in_count..(b * c + (gi + 1) * cg) * in_count];
+            let matrix = SyncPtr(shared.as_mut_ptr());
+            let build = |rows: std::ops::Range<usize>| {
+                for r in rows {
+                    let plane = &xs[(r / kc) * in_count..(r / kc + 1) * in_count];
+                    // SAFETY: row r of the matrix is written by this call only.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(matrix.get().add(r * width), width)
+                    };
+                    window.columns(plane, r % kc, cols.clone(), dst);
+                }
+            };
+            pool.run(depth, 1, &build);
+            let rhs = &shared[..depth * width];
+            let multiply = |blocks: std::ops::Range<usize>| {
+                for fb in blocks {
+                    let filters = fb * filters_per..((fb + 1) * filters_per).min(mg);
+                    let first_filter = gi * mg + filters.start;
+                    let wg = &w[first_filter * depth..(gi * mg + filters.end) * depth];
+                    let first_row = (b * m + first_filter) * out_count + cols.start;
+                    // SAFETY: the block's filters' rows of this tile of `out` are written
+                    // by this call only; `out` outlives the run.
+                    unsafe {
+                        let dst = base.get().add(first_row);
+                        gemm_into(
+                            filters.len(),
+                            width,
+                            depth,
+                            dst,
+                            out_count,
+                            wg,
+                            depth as isize,
+                            1,
+                            rhs,
+                            width as isize,
+                            1,
+                        );
+                        if let Some(bias) = bias {
+                            let own = &bias[first_filter..gi * mg + filters.end];
+                            for (r, &bv) in own.iter().enumerate() {
+                                let row =
+                                    std::slice::from_raw_parts_mut(dst.add(r * out_count), width);
+                                row.iter_mut().for_each(|v| *v = *v + bv);
+                            }
+                        }
+                    }
+                }
+            };
+            pool.run(filter_blocks, 1, &multiply);
+        }
+        return Ok(());
+    }
     let items = column_items * filter_blocks;
     let body = |range: std::ops::Range<usize>| {
         with_scratch::<T>(if pointwise { 0 } else { depth * cols_per }, |col| {
