@@ -510,29 +510,35 @@ fn conv_tiled<T: Float>(
     }
     // Work items are (batch, group, block of output columns, block of filters): each
     // builds the im2col matrix of its columns only (small enough to stay in cache until
-    // the GEMM reads it) and multiplies its filters by it. Filters split into blocks only
-    // when there are too few column blocks to keep every thread busy (small late-stage
-    // feature maps), at the price of building the same columns once per block.
+    // the GEMM reads it) and multiplies its filters by it. Every column tile repacks all
+    // its filters, and every filter block its columns, so where the filters outweigh the
+    // columns (more filters than output positions: small late-stage feature maps) the
+    // columns stay in one tile and the threads split the filters instead.
     let depth = cg * kc;
     let small = n * m * out_count * depth < SERIAL_MACS;
     let wanted = 2 * pool.threads();
-    let cols_per = tile_columns(
-        // A 1x1 convolution builds no im2col matrix to keep in cache, and every column
-        // tile repacks all the filters: one tile, unless splitting the columns (rather
-        // than the filters, whose blocks each repack the input) repacks less.
-        if pointwise { usize::MAX } else { tile_elements },
-        depth,
-        out_count,
-        if small || (pointwise && out_count < mg) {
-            1
-        } else {
-            wanted.div_ceil(n * g)
-        },
-    );
+    let filters_outweigh = mg > out_count;
+    let cols_per = if filters_outweigh {
+        out_count.max(1)
+    } else {
+        tile_columns(
+            // A 1x1 convolution builds no im2col matrix to keep in cache.
+            if pointwise { usize::MAX } else { tile_elements },
+            depth,
+            out_count,
+            if small { 1 } else { wanted.div_ceil(n * g) },
+        )
+    };
     let tiles = out_count.div_ceil(cols_per);
     let column_items = n * g * tiles;
     let filter_blocks = if small || column_items >= wanted {
         1
+    } else if filters_outweigh {
+        // One block per thread: each more block repacks the columns once more.
+        pool.threads()
+            .div_ceil(column_items)
+            .min(mg.div_ceil(MIN_FILTER_BLOCK))
+            .max(1)
     } else {
         wanted
             .div_ceil(column_items)
