@@ -466,7 +466,9 @@ fn conv_tiled<T: Float>(
         strides: &geo.strides,
         dilations: &geo.dilations,
         pads: &geo.pads,
-    };
+        taps: Vec::new(),
+    }
+    .with_taps();
     let base = SyncPtr(out.as_mut_ptr());
     if cg == 1 && mg == 1 && !pointwise {
         // Depthwise: each output channel reads one input channel; a tiny GEMM per
@@ -569,7 +571,7 @@ fn conv_tiled<T: Float>(
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(matrix.get().add(r * width), width)
                     };
-                    window.columns(plane, r % kc, cols.clone(), dst);
+                    window.im2col_row(plane, r % kc, cols.clone(), dst);
                 }
             };
             pool.run(depth, 1, &build);
@@ -632,7 +634,7 @@ fn conv_tiled<T: Float>(
                     for r in 0..depth {
                         let plane = &xs[(r / kc) * in_count..(r / kc + 1) * in_count];
                         let dst = &mut col[r * width..(r + 1) * width];
-                        window.columns(plane, r % kc, cols.clone(), dst);
+                        window.im2col_row(plane, r % kc, cols.clone(), dst);
                     }
                     (&col[..depth * width], width)
                 };
@@ -730,9 +732,41 @@ struct Window<'a> {
     dilations: &'a [usize],
     /// All begin pads, then all end pads.
     pads: &'a [usize],
+    /// Every kernel tap, flat index first (see [`Window::with_taps`]).
+    taps: Vec<Tap>,
+}
+
+/// A kernel tap's position on every spatial axis and, along the last axis, its input
+/// offset and the output positions `lo..hi` whose input lies inside the plane: computed
+/// once per convolution instead of once per im2col row (they take divisions).
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    at: [usize; MAX_SPATIAL],
+    off: i64,
+    lo: usize,
+    hi: usize,
 }
 
 impl Window<'_> {
+    /// The window with its tap table filled in.
+    fn with_taps(mut self) -> Self {
+        let s = self.kernel.len();
+        let count: usize = self.kernel.iter().product();
+        self.taps = (0..count)
+            .map(|kk| {
+                let mut at = [0usize; MAX_SPATIAL];
+                let mut rest = kk;
+                for d in (0..s).rev() {
+                    at[d] = rest % self.kernel[d];
+                    rest /= self.kernel[d];
+                }
+                let (off, lo, hi) = self.inside(s - 1, at[s - 1]);
+                Tap { at, off, lo, hi }
+            })
+            .collect();
+        self
+    }
+
     /// `dst += conv(plane, taps)` for one channel of a two-dimensional depthwise
     /// convolution, straight from the input rows (no im2col row per tap): per output row
     /// and tap, the output positions whose input lies inside the plane accumulate
@@ -861,6 +895,7 @@ impl Window<'_> {
 
     /// The offset of tap `tap` on axis `d`, and the output positions `lo..hi` along `d`
     /// whose input lies inside the plane (`lo == hi` when none do).
+    #[inline(always)]
     fn inside(&self, d: usize, tap: usize) -> (i64, usize, usize) {
         let (off, step) = (self.offset(d, tap), self.strides[d]);
         let (outs, ins) = (self.out_sp[d] as i64, self.in_sp[d] as i64);
@@ -877,8 +912,46 @@ impl Window<'_> {
         (off, lo, hi.max(lo))
     }
 
+    /// [`Window::columns`], with 256-bit moves for f32 where the CPU has AVX2 (the
+    /// runtime is built for the x86-64 baseline, whose copies move 128 bits).
+    fn im2col_row<T: Float>(
+        &self,
+        plane: &[T],
+        kk: usize,
+        cols: std::ops::Range<usize>,
+        dst: &mut [T],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            // SAFETY: T is f32 (same layout), and the CPU has AVX2.
+            unsafe {
+                let plane32 = std::slice::from_raw_parts(plane.as_ptr().cast::<f32>(), plane.len());
+                let dst32 =
+                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len());
+                self.columns_avx2(plane32, kk, cols, dst32);
+            }
+            return;
+        }
+        self.columns(plane, kk, cols, dst);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn columns_avx2(
+        &self,
+        plane: &[f32],
+        kk: usize,
+        cols: std::ops::Range<usize>,
+        dst: &mut [f32],
+    ) {
+        self.columns(plane, kk, cols, dst);
+    }
+
     /// Columns `cols` (flat output positions) of the im2col row of `plane` at kernel tap
     /// `kk`, into `dst`: the input under the tap, zero in the padding.
+    #[inline(always)]
     fn columns<T: Float>(
         &self,
         plane: &[T],
@@ -886,17 +959,14 @@ impl Window<'_> {
         cols: std::ops::Range<usize>,
         dst: &mut [T],
     ) {
-        let s = self.kernel.len();
-        let last = s - 1;
-        let mut taps = [0usize; MAX_SPATIAL];
-        let mut rest = kk;
-        for d in (0..s).rev() {
-            taps[d] = rest % self.kernel[d];
-            rest /= self.kernel[d];
-        }
+        let last = self.kernel.len() - 1;
+        let Tap {
+            at: taps,
+            off,
+            lo,
+            hi,
+        } = self.taps[kk];
         let (ol, il, step) = (self.out_sp[last], self.in_sp[last], self.strides[last]);
-        // Output positions along the last axis whose input lies inside the plane.
-        let (off, lo, hi) = self.inside(last, taps[last]);
         let last_axis = LastAxis { lo, hi, step, off };
         if last == 1 {
             // Two spatial axes (the common case): the same walk without the odometer.
