@@ -467,6 +467,7 @@ fn conv_tiled<T: Float>(
         dilations: &geo.dilations,
         pads: &geo.pads,
         taps: Vec::new(),
+        phases: None,
     }
     .with_taps();
     let base = SyncPtr(out.as_mut_ptr());
@@ -510,6 +511,23 @@ fn conv_tiled<T: Float>(
         pool.run(n * m, min_items.max(1), &per_channel);
         return Ok(());
     }
+    // A stride along the rows makes every im2col run a strided copy; split the input rows
+    // by column phase once, and the runs are contiguous again.
+    let last = kernel.len() - 1;
+    let phased_input;
+    let (window, x, in_count) = if !pointwise && geo.strides[last] > 1 && geo.dilations[last] == 1 {
+        let phased = Window {
+            phases: Some(geo.strides[last]),
+            taps: Vec::new(),
+            ..window
+        }
+        .with_taps();
+        phased_input = phased.phased_rows(x);
+        let plane = in_count / geo.input[2 + last].max(1) * phased.row_len();
+        (phased, &phased_input[..], plane)
+    } else {
+        (window, x, in_count)
+    };
     // Work items are (batch, group, block of output columns, block of filters): each
     // builds the im2col matrix of its columns only (small enough to stay in cache until
     // the GEMM reads it) and multiplies its filters by it. Every column tile repacks all
@@ -734,6 +752,10 @@ struct Window<'a> {
     pads: &'a [usize],
     /// Every kernel tap, flat index first (see [`Window::with_taps`]).
     taps: Vec<Tap>,
+    /// Where the last axis has a stride `s` > 1: the input rows are read split by column
+    /// phase (`phased_rows`), each row `s` sub-rows of `ceil(width / s)`, so that every
+    /// im2col run is a contiguous copy instead of a strided one.
+    phases: Option<usize>,
 }
 
 /// A kernel tap's position on every spatial axis and, along the last axis, its input
@@ -752,6 +774,7 @@ impl Window<'_> {
     fn with_taps(mut self) -> Self {
         let s = self.kernel.len();
         let count: usize = self.kernel.iter().product();
+        let phase_width = self.in_sp[s - 1].div_ceil(self.strides[s - 1].max(1));
         self.taps = (0..count)
             .map(|kk| {
                 let mut at = [0usize; MAX_SPATIAL];
@@ -760,11 +783,46 @@ impl Window<'_> {
                     at[d] = rest % self.kernel[d];
                     rest /= self.kernel[d];
                 }
-                let (off, lo, hi) = self.inside(s - 1, at[s - 1]);
+                let (mut off, lo, hi) = self.inside(s - 1, at[s - 1]);
+                if let Some(step) = self.phases {
+                    // Input column a * step + off is column a + off / step (rounded down)
+                    // of phase off mod step.
+                    let step = step as i64;
+                    off = off.rem_euclid(step) * phase_width as i64 + off.div_euclid(step);
+                }
                 Tap { at, off, lo, hi }
             })
             .collect();
         self
+    }
+
+    /// The length of an input row as `columns` reads it (split by phase or not).
+    fn row_len(&self) -> usize {
+        let last = self.in_sp.len() - 1;
+        match self.phases {
+            Some(step) => step * self.in_sp[last].div_ceil(step),
+            None => self.in_sp[last],
+        }
+    }
+
+    /// `x` (planes of `in_count` elements, rows of the last axis) with each row split by
+    /// column phase for `phases`: row r becomes sub-rows b = 0..step, sub-row b holding
+    /// columns b, b + step, ... (zero-filled to equal lengths).
+    fn phased_rows<T: Float>(&self, x: &[T]) -> Vec<T> {
+        let (Some(step), last) = (self.phases, self.in_sp.len() - 1) else {
+            return x.to_vec();
+        };
+        let width = self.in_sp[last];
+        let sub = width.div_ceil(step);
+        let mut out = vec![T::ZERO; x.len() / width.max(1) * step * sub];
+        for (row, dst) in x.chunks(width).zip(out.chunks_mut(step * sub)) {
+            for (b, part) in dst.chunks_mut(sub).enumerate() {
+                for (d, &v) in part.iter_mut().zip(row.iter().skip(b).step_by(step)) {
+                    *d = v;
+                }
+            }
+        }
+        out
     }
 
     /// `dst += conv(plane, taps)` for one channel of a two-dimensional depthwise
@@ -966,7 +1024,12 @@ impl Window<'_> {
             lo,
             hi,
         } = self.taps[kk];
-        let (ol, il, step) = (self.out_sp[last], self.in_sp[last], self.strides[last]);
+        let (ol, il) = (self.out_sp[last], self.row_len());
+        let step = if self.phases.is_some() {
+            1
+        } else {
+            self.strides[last]
+        };
         let last_axis = LastAxis { lo, hi, step, off };
         if last == 1 {
             // Two spatial axes (the common case): the same walk without the odometer.
@@ -1197,6 +1260,12 @@ mod tests {
             (vec![1, 2, 5, 6, 7], vec![2, 2, 2, 3, 2], vec![1, 2, 1], vec![1, 0, 1, 0, 1, 1], vec![1, 1, 2], 1),
             (vec![1, 6, 9, 10], vec![6, 1, 3, 3], vec![1, 1], vec![2, 2, 2, 2], vec![1, 1], 6),
             (vec![2, 3, 7, 13], vec![3, 1, 3, 5], vec![1, 1], vec![0, 2, 1, 1], vec![1, 1], 3),
+            // Strided rows, read split by column phase.
+            (vec![1, 3, 15, 17], vec![4, 3, 7, 7], vec![2, 2], vec![3, 3, 3, 3], vec![1, 1], 1),
+            (vec![1, 2, 23, 25], vec![3, 2, 11, 11], vec![4, 4], vec![2, 2, 1, 0], vec![1, 1], 1),
+            (vec![1, 4, 9, 11], vec![6, 4, 1, 1], vec![2, 2], vec![0, 0, 0, 0], vec![1, 1], 1),
+            (vec![1, 2, 5, 6, 9], vec![2, 2, 2, 3, 3], vec![1, 1, 2], vec![0, 1, 1, 0, 1, 1], vec![1, 1, 1], 1),
+            (vec![1, 4, 10, 13], vec![6, 2, 3, 3], vec![2, 3], vec![1, 1, 1, 1], vec![1, 1], 2),
             (vec![1, 2, 1, 9], vec![2, 1, 1, 3], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 2),
             (vec![2, 4, 11, 12], vec![4, 1, 3, 2], vec![2, 3], vec![1, 0, 0, 1], vec![1, 2], 4),
             (vec![1, 3, 20], vec![3, 1, 4], vec![2], vec![1, 2], vec![1], 3),
