@@ -52,6 +52,33 @@ fn both_non_finite_agree(
     (rebuild(wv), rebuild(av))
 }
 
+/// Compiles `text` (optimized or not) and runs it on `inputs` on two threads; panics
+/// with the graph and its kernels unless every output matches the reference interpreter
+/// within `rtol`/`atol` (NaN matching NaN).
+fn agrees_with_reference(
+    text: &str,
+    inputs: &[smelt_ir::Tensor],
+    optimize: bool,
+    rtol: f64,
+    atol: f64,
+) {
+    let g = smelt_ir::text::parse_graph(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let want = smelt_ir::interp::run(&g, inputs).unwrap();
+    let exe = Executable::from_graph(g, optimize).unwrap();
+    let host: Vec<_> = inputs.iter().map(smelt::to_host_tensor).collect();
+    let refs: Vec<_> = host.iter().collect();
+    let got = exe.run(&ThreadPool::new(2), &refs, None).unwrap();
+    for (w, a) in want.iter().zip(&got) {
+        let a = smelt::to_ir_tensor(a).unwrap();
+        if let Err(e) = compare(w, &a, rtol, atol) {
+            panic!(
+                "{e} (optimize: {optimize})\n{text}\nkernels:\n{}",
+                exe.kernel_text()
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -122,7 +149,6 @@ fn stashed_row_reductions_match_the_reference() {
         // Two reductions of the same body (sum and max of the exponentials).
         "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %t = reduce_max<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %u = add(%s, %t) : f32[R, 1]\n  %y = div(%e, %u) : f32[R, N]",
     ];
-    let pool = ThreadPool::new(2);
     for body in bodies {
         for rows in [1usize, 3] {
             for n in [1usize, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 33, 100] {
@@ -131,7 +157,6 @@ fn stashed_row_reductions_match_the_reference() {
                 )
                 .replace('R', &rows.to_string())
                 .replace('N', &n.to_string());
-                let g = smelt_ir::text::parse_graph(&text).unwrap();
                 let x = konst(vec![rows, n], 5, None);
                 let x = smelt_ir::Tensor::from_f64(
                     smelt_ir::DType::F32,
@@ -143,13 +168,7 @@ fn stashed_row_reductions_match_the_reference() {
                         .collect(),
                 )
                 .unwrap();
-                let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
-                let exe = Executable::from_graph(g.clone(), true).unwrap();
-                let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
-                let got = smelt::to_ir_tensor(&got[0]).unwrap();
-                if let Err(e) = compare(&want[0], &got, 1e-4, 1e-6) {
-                    panic!("{e}\n{text}\nkernels:\n{}", exe.kernel_text());
-                }
+                agrees_with_reference(&text, &[x], true, 1e-4, 1e-6);
             }
         }
     }
@@ -166,7 +185,6 @@ fn nan_propagates_through_max_and_min_windows() {
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]>(%x) : f32[1, 2, 9, 11]\n  return %y\n}\n",
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f32[1, 2, 19, 23]\n  return %y\n}\n",
     ];
-    let pool = ThreadPool::new(2);
     for text in graphs {
         let g = smelt_ir::text::parse_graph(text).unwrap();
         let shape = g.ty(g.inputs[0]).fixed_shape().unwrap();
@@ -183,19 +201,11 @@ fn nan_propagates_through_max_and_min_windows() {
                 .collect();
             let x = smelt_ir::Tensor::from_f64(smelt_ir::DType::F32, shape.clone(), v).unwrap();
             let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
-            let exe = Executable::from_graph(g.clone(), true).unwrap();
-            let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
-            let got = smelt::to_ir_tensor(&got[0]).unwrap();
             assert!(
                 want[0].to_f64().iter().any(|v| v.is_nan()),
-                "the NaN reaches an output"
+                "the NaN at {nan_at} reaches an output"
             );
-            if let Err(e) = compare(&want[0], &got, 0.0, 0.0) {
-                panic!(
-                    "NaN at {nan_at}: {e}\n{text}\nkernels:\n{}",
-                    exe.kernel_text()
-                );
-            }
+            agrees_with_reference(text, &[x], true, 0.0, 0.0);
         }
     }
 }
@@ -211,7 +221,6 @@ fn concatenations_choose_their_part_per_row() {
         "graph c (%a: f32[1, 2, 6, 6], %b: f32[1, 2, 6, 6]) {\n  %p = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%b) : f32[1, 2, 6, 6]\n  %x = concat<axis=1>(%a, %p) : f32[1, 4, 6, 6]\n  return %x\n}\n",
         "graph c (%a: f32[3, 5], %b: f32[3, 6]) {\n  %x = concat<axis=1>(%a, %b) : f32[3, 11]\n  return %x\n}\n",
     ];
-    let pool = ThreadPool::new(2);
     for text in graphs {
         let g = smelt_ir::text::parse_graph(text).unwrap();
         let inputs: Vec<smelt_ir::Tensor> = g
@@ -220,18 +229,8 @@ fn concatenations_choose_their_part_per_row() {
             .enumerate()
             .map(|(k, &v)| konst(g.ty(v).fixed_shape().unwrap(), 7 * k as u16 + 1, None))
             .collect();
-        let want = smelt_ir::interp::run(&g, &inputs).unwrap();
         for optimize in [false, true] {
-            let exe = Executable::from_graph(g.clone(), optimize).unwrap();
-            let host: Vec<_> = inputs.iter().map(smelt::to_host_tensor).collect();
-            let refs: Vec<_> = host.iter().collect();
-            let got = exe.run(&pool, &refs, None).unwrap();
-            for (w, a) in want.iter().zip(&got) {
-                let a = smelt::to_ir_tensor(a).unwrap();
-                if let Err(e) = compare(w, &a, 1e-6, 1e-6) {
-                    panic!("{e}\n{text}\nkernels:\n{}", exe.kernel_text());
-                }
-            }
+            agrees_with_reference(text, &inputs, optimize, 1e-6, 1e-6);
         }
     }
 }
@@ -242,7 +241,6 @@ fn concatenations_choose_their_part_per_row() {
 /// for an interior.
 #[test]
 fn padded_windows_match_the_reference_at_edges_and_inside() {
-    let pool = ThreadPool::new(2);
     let geometries = [
         (
             [1usize, 2, 9, 30],
@@ -267,15 +265,8 @@ fn padded_windows_match_the_reference_at_edges_and_inside() {
                 "graph w (%x: f32[{}, {}, {}, {}]) {{\n  %y = {op}<kernel={kernel:?}, strides={strides:?}, pads={pads:?}, dilations={dilations:?}>(%x) : f32[{}, {}, {oh}, {ow}]\n  return %y\n}}\n",
                 input[0], input[1], input[2], input[3], input[0], input[1]
             );
-            let g = smelt_ir::text::parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
             let x = konst(input.to_vec(), 9, None);
-            let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
-            let exe = Executable::from_graph(g.clone(), true).unwrap();
-            let got = exe.run(&pool, &[&smelt::to_host_tensor(&x)], None).unwrap();
-            let got = smelt::to_ir_tensor(&got[0]).unwrap();
-            if let Err(e) = compare(&want[0], &got, 1e-5, 1e-6) {
-                panic!("{e}\n{text}\nkernels:\n{}", exe.kernel_text());
-            }
+            agrees_with_reference(&text, &[x], true, 1e-5, 1e-6);
         }
     }
 }

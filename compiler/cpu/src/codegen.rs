@@ -11,8 +11,8 @@ use crate::CpuError;
 use crate::math::Math;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
-    AbiParam, FuncRef, Function, InstBuilder, MemFlags, Signature, StackSlotData, StackSlotKind,
-    Type, Value, types,
+    AbiParam, Block, FuncRef, Function, InstBuilder, MemFlags, Signature, StackSlotData,
+    StackSlotKind, Type, Value, types,
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
@@ -2013,12 +2013,11 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(acc)
     }
 
-    /// The elements at `base, base + 2, base + 4, base + 6` (a stride-2 window walk): two
-    /// vector loads and one shufps of their even lanes, where all eight elements lie in
-    /// the buffer; lane by lane otherwise.
-    fn even_lanes(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
+    /// Branches on whether elements `base..base + span` of `param` lie in its buffer and
+    /// continues in the block where they do; returns the block where they do not, and the
+    /// join block with its f32x4 parameter (both paths jump there with their lanes).
+    fn when_inside(&mut self, param: u32, base: Value, span: i64) -> (Block, Block, Value) {
         let len = self.kernel.params[param as usize].len() as i64;
-        let ptr = self.params[param as usize];
         let (fast, slow, join) = (
             self.b.create_block(),
             self.b.create_block(),
@@ -2032,10 +2031,19 @@ impl<M: Module> Gen<'_, '_, M> {
         let fits = self
             .b
             .ins()
-            .icmp_imm(IntCC::SignedLessThanOrEqual, base, len - 2 * LANES);
+            .icmp_imm(IntCC::SignedLessThanOrEqual, base, len - span);
         let ok = self.b.ins().band(ge0, fits);
         self.b.ins().brif(ok, fast, &[], slow, &[]);
         self.b.switch_to_block(fast);
+        (slow, join, out)
+    }
+
+    /// The elements at `base, base + 2, base + 4, base + 6` (a stride-2 window walk): two
+    /// vector loads and one shufps of their even lanes, where all eight elements lie in
+    /// the buffer; lane by lane otherwise.
+    fn even_lanes(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
+        let ptr = self.params[param as usize];
+        let (slow, join, out) = self.when_inside(param, base, 2 * LANES);
         let scaled = self.b.ins().imul_imm(base, 4);
         let addr = self.b.ins().iadd(ptr, scaled);
         let little = MemFlags::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
@@ -2063,7 +2071,6 @@ impl<M: Module> Gen<'_, '_, M> {
 
     /// Four contiguous f32 from `base`, falling back to clamped lane loads at the edges.
     fn vector_load(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
-        let len = self.kernel.params[param as usize].len() as i64;
         let ptr = self.params[param as usize];
         if in_bounds {
             // Every lane is the index at some point of the domain, inside the range.
@@ -2071,23 +2078,7 @@ impl<M: Module> Gen<'_, '_, M> {
             let addr = self.b.ins().iadd(ptr, scaled);
             return Ok(self.b.ins().load(types::F32X4, mem(), addr, 0));
         }
-        let (fast, slow, join) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
-        let out = self.b.append_block_param(join, types::F32X4);
-        let ge0 = self
-            .b
-            .ins()
-            .icmp_imm(IntCC::SignedGreaterThanOrEqual, base, 0);
-        let fits = self
-            .b
-            .ins()
-            .icmp_imm(IntCC::SignedLessThanOrEqual, base, len - LANES);
-        let ok = self.b.ins().band(ge0, fits);
-        self.b.ins().brif(ok, fast, &[], slow, &[]);
-        self.b.switch_to_block(fast);
+        let (slow, join, out) = self.when_inside(param, base, LANES);
         let scaled = self.b.ins().imul_imm(base, 4);
         let addr = self.b.ins().iadd(ptr, scaled);
         let v = self.b.ins().load(types::F32X4, mem(), addr, 0);

@@ -567,6 +567,44 @@ fn conv_tiled<T: Float>(
     };
     let filters_per = mg.div_ceil(filter_blocks);
     let filter_blocks = mg.div_ceil(filters_per).max(1);
+    // Filters `filters` of group `gi` times one column tile's matrix `rhs` (rows `rhs_rs`
+    // apart), plus their bias, into their rows of `out` at the tile's columns.
+    //
+    // Callers make sure no other call writes the same filters at the same columns while
+    // this one runs (the SAFETY of the writes below); `out` outlives the run.
+    let multiply_tile = |b: usize,
+                         gi: usize,
+                         filters: std::ops::Range<usize>,
+                         cols: &std::ops::Range<usize>,
+                         rhs: &[T],
+                         rhs_rs: usize| unsafe {
+        let width = cols.len();
+        let first_filter = gi * mg + filters.start;
+        let wg = &w[first_filter * depth..(gi * mg + filters.end) * depth];
+        let dst = base
+            .get()
+            .add((b * m + first_filter) * out_count + cols.start);
+        gemm_into(
+            filters.len(),
+            width,
+            depth,
+            dst,
+            out_count,
+            wg,
+            depth as isize,
+            1,
+            rhs,
+            rhs_rs as isize,
+            1,
+        );
+        if let Some(bias) = bias {
+            let own = &bias[first_filter..gi * mg + filters.end];
+            for (r, &bv) in own.iter().enumerate() {
+                let row = std::slice::from_raw_parts_mut(dst.add(r * out_count), width);
+                row.iter_mut().for_each(|v| *v = *v + bv);
+            }
+        }
+    };
     if filter_blocks > 1 && !pointwise {
         // Few, deep column tiles (small late-stage feature maps): each tile's im2col
         // matrix is built once, its rows split over the threads, and then shared by the
@@ -597,35 +635,9 @@ fn conv_tiled<T: Float>(
             let multiply = |blocks: std::ops::Range<usize>| {
                 for fb in blocks {
                     let filters = fb * filters_per..((fb + 1) * filters_per).min(mg);
-                    let first_filter = gi * mg + filters.start;
-                    let wg = &w[first_filter * depth..(gi * mg + filters.end) * depth];
-                    let first_row = (b * m + first_filter) * out_count + cols.start;
-                    // SAFETY: the block's filters' rows of this tile of `out` are written
-                    // by this call only; `out` outlives the run.
-                    unsafe {
-                        let dst = base.get().add(first_row);
-                        gemm_into(
-                            filters.len(),
-                            width,
-                            depth,
-                            dst,
-                            out_count,
-                            wg,
-                            depth as isize,
-                            1,
-                            rhs,
-                            width as isize,
-                            1,
-                        );
-                        if let Some(bias) = bias {
-                            let own = &bias[first_filter..gi * mg + filters.end];
-                            for (r, &bv) in own.iter().enumerate() {
-                                let row =
-                                    std::slice::from_raw_parts_mut(dst.add(r * out_count), width);
-                                row.iter_mut().for_each(|v| *v = *v + bv);
-                            }
-                        }
-                    }
+                    // Each block of filters is multiplied by one call only, as
+                    // `multiply_tile` requires.
+                    multiply_tile(b, gi, filters, &cols, rhs, width);
                 }
             };
             pool.run(filter_blocks, 1, &multiply);
@@ -656,34 +668,9 @@ fn conv_tiled<T: Float>(
                     }
                     (&col[..depth * width], width)
                 };
-                let first_filter = gi * mg + filters.start;
-                let wg = &w[first_filter * depth..(gi * mg + filters.end) * depth];
-                let first_row = (b * m + first_filter) * out_count + cols.start;
-                // SAFETY: the item's columns of its filters' rows of `out` are written by
-                // this item only; `out` outlives the run.
-                unsafe {
-                    let dst = base.get().add(first_row);
-                    gemm_into(
-                        filters.len(),
-                        width,
-                        depth,
-                        dst,
-                        out_count,
-                        wg,
-                        depth as isize,
-                        1,
-                        rhs,
-                        rhs_rs as isize,
-                        1,
-                    );
-                    if let Some(bias) = bias {
-                        let own = &bias[first_filter..gi * mg + filters.end];
-                        for (r, &bv) in own.iter().enumerate() {
-                            let row = std::slice::from_raw_parts_mut(dst.add(r * out_count), width);
-                            row.iter_mut().for_each(|v| *v = *v + bv);
-                        }
-                    }
-                }
+                // Each (column tile, filter block) item is multiplied by one call only, as
+                // `multiply_tile` requires.
+                multiply_tile(b, gi, filters, &cols, rhs, rhs_rs);
             }
         });
     };
