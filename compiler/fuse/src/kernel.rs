@@ -494,7 +494,7 @@ pub enum Contraction {
 pub enum Body {
     Loop(LoopNest),
     /// The contraction writes `out`; the epilogue (if any) then reads it back, element
-    /// for element, while the runtime still has the rows it just wrote.
+    /// for element, as a launch of its own over the whole output.
     Contraction {
         call: Contraction,
         out: u32,
