@@ -1086,11 +1086,28 @@ impl<'g> Builder<'g> {
                         let body = self.select(valid, value, zero);
                         let sum = self.reduce(Combine::Sum, extent, var, body);
                         let count = if *kind == PoolKind::Avg {
-                            let (cvar, cvalid, _) = window(self)?;
+                            // The taps inside the input, counted axis by axis and
+                            // multiplied (exact: small integers): the outer axes' counts
+                            // depend on the row only, and the innermost one takes its
+                            // kernel width of taps instead of the whole window's.
                             let (one, zero) =
                                 (self.constant(dtype, 1.0), self.constant(dtype, 0.0));
-                            let body = self.select(cvalid, one, zero);
-                            self.reduce(Combine::Sum, extent, cvar, body)
+                            let mut count: Option<ExprId> = None;
+                            for a in 0..s {
+                                let (cvar, rv) = self.fresh_var(kernel[a]);
+                                let base = self.imul_c(coords[lead + a], strides[a] as i64);
+                                let off = self.imul_c(rv, dilations[a] as i64);
+                                let pos = self.iadd(base, off);
+                                let pos = self.iadd_c(pos, -(pads[a] as i64));
+                                let ok = self.in_range(pos, 0, x[lead + a] as i64);
+                                let body = self.select(ok, one, zero);
+                                let n = self.reduce(Combine::Sum, kernel[a], cvar, body);
+                                count = Some(match count {
+                                    None => n,
+                                    Some(c) => self.add(Expr::Binary(BinaryOp::Mul, c, n), dtype),
+                                });
+                            }
+                            count.unwrap_or(one)
                         } else {
                             self.constant(dtype, extent as f64)
                         };
