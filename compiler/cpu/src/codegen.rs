@@ -16,7 +16,7 @@ use cranelift_codegen::ir::{
 };
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{Linkage, Module};
-use smelt_fuse::kernel::{Combine, Const, Expr, ExprId, Kernel, LoopNest};
+use smelt_fuse::kernel::{Combine, Const, Expr, ExprId, Kernel, LoopNest, Variable};
 use smelt_ir::{BinaryOp, DType, UnaryOp};
 use std::collections::{HashMap, HashSet};
 
@@ -109,17 +109,18 @@ struct Gen<'a, 'm, M: Module> {
     stash: Option<Stash>,
     stash_skip: HashSet<ExprId>,
     /// Inner-loop selects whose condition is fixed per row (a concat choosing its part):
-    /// the inner loop is emitted once per outcome (`inner_loop_versions`), and in each
-    /// version `chosen` maps such a select to its arm and `needed` lists the inner-loop
-    /// expressions that version computes (None: all).
+    /// the inner loop is emitted once per outcome of those conditions
+    /// (`inner_loop_versions`), and `needed` lists the inner-loop expressions the version
+    /// being emitted computes (None: all).
     row_selects: Vec<ExprId>,
-    chosen: HashMap<ExprId, bool>,
     needed: Option<HashSet<ExprId>>,
     /// Inner-loop positions where the comparisons in `interior.2` hold whatever the other
-    /// variables are (`interior_of`), and, while that part of the loop is emitted, the
-    /// boolean expressions known true there.
+    /// variables are (`interior_of`).
     interior: Option<(i64, i64, HashSet<ExprId>)>,
-    known_true: Option<HashSet<ExprId>>,
+    /// Booleans known in the part of the inner loop being emitted: the per-row conditions
+    /// of its version, the edge comparisons in the interior, and what `emit_known`
+    /// derives from them.
+    known: HashMap<ExprId, bool>,
     fma: bool,
 }
 
@@ -241,10 +242,9 @@ pub fn build<M: Module>(
         stash,
         stash_skip,
         row_selects,
-        chosen: HashMap::new(),
         needed: None,
         interior,
-        known_true: None,
+        known: HashMap::new(),
         fma,
     };
     let entry = g.b.create_block();
@@ -287,13 +287,13 @@ pub fn build<M: Module>(
         g.emit_scope(Scope::Row)?;
         let zero = g.b.ins().iconst(types::I64, 0);
         let n = g.b.ins().iconst(types::I64, nest.domain[rank - 1] as i64);
-        g.inner_loop_versions(zero, n, vectorize, &HashMap::new())?;
+        g.inner_loop_versions(zero, n, vectorize, &mut (MAX_VERSIONS - 1))?;
         g.frames.pop();
         let next = g.b.ins().iadd_imm(r, 1);
         g.b.ins().jump(header, &[next.into()]);
         g.b.switch_to_block(exit);
     } else {
-        g.inner_loop_versions(begin, end, vectorize, &HashMap::new())?;
+        g.inner_loop_versions(begin, end, vectorize, &mut (MAX_VERSIONS - 1))?;
     }
     g.b.ins().return_(&[]);
     g.b.seal_all_blocks();
@@ -396,56 +396,19 @@ enum Axis {
     Reduction(u32),
 }
 
-/// The coefficient of `axis` in an index expression, if the expression is affine in it.
+/// The coefficient of `axis` in an index expression, if the expression is affine in it
+/// (`LoopNest::coefficient`).
 fn axis_coef(
     nest: &LoopNest,
     e: ExprId,
     axis: Axis,
     memo: &mut HashMap<ExprId, Option<i64>>,
 ) -> Option<i64> {
-    if let Some(&c) = memo.get(&e) {
-        return c;
-    }
-    let rank = nest.domain.len() as u32;
-    let node = nest.node(e);
-    let c = match node.expr {
-        Expr::Var(k) => Some(i64::from(axis == Axis::Inner && k + 1 == rank)),
-        Expr::RVar(v) => Some(i64::from(axis == Axis::Reduction(v))),
-        Expr::Const(_) => Some(0),
-        Expr::Binary(BinaryOp::Add, a, b) => {
-            Some(axis_coef(nest, a, axis, memo)? + axis_coef(nest, b, axis, memo)?)
-        }
-        Expr::Binary(BinaryOp::Sub, a, b) => {
-            Some(axis_coef(nest, a, axis, memo)? - axis_coef(nest, b, axis, memo)?)
-        }
-        Expr::Binary(BinaryOp::Mul, a, b) if node.dtype == DType::I64 => {
-            let (ca, cb) = (
-                axis_coef(nest, a, axis, memo)?,
-                axis_coef(nest, b, axis, memo)?,
-            );
-            let konst = |x: ExprId| match nest.node(x).expr {
-                Expr::Const(Const::Int(v)) => Some(v),
-                _ => None,
-            };
-            match (ca, cb) {
-                (0, 0) => Some(0),
-                (0, _) => konst(a).map(|k| k * cb),
-                (_, 0) => konst(b).map(|k| k * ca),
-                _ => None,
-            }
-        }
-        _ => {
-            let mut all_zero = true;
-            for o in nest.operands(e) {
-                if axis_coef(nest, o, axis, memo) != Some(0) {
-                    all_zero = false;
-                }
-            }
-            all_zero.then_some(0)
-        }
+    let var = match axis {
+        Axis::Inner => Variable::Domain(nest.domain.len() as u32 - 1),
+        Axis::Reduction(v) => Variable::Reduction(v),
     };
-    memo.insert(e, c);
-    c
+    nest.coefficient(e, var, memo)
 }
 
 /// Users of every live expression.
@@ -1026,14 +989,6 @@ impl<M: Module> Gen<'_, '_, M> {
             {
                 continue;
             }
-            if let Some(&pick) = self.chosen.get(&e) {
-                let Expr::Select(_, a, b) = self.nest.node(e).expr else {
-                    unreachable!("only selects are chosen")
-                };
-                let v = self.get(if pick { a } else { b });
-                self.set(e, v);
-                continue;
-            }
             if matches!(self.nest.node(e).expr, Expr::Reduce { .. }) {
                 self.emit_reduce(e)?;
             } else {
@@ -1048,26 +1003,29 @@ impl<M: Module> Gen<'_, '_, M> {
     }
 
     /// The inner loop, once per outcome of the per-row select conditions it needs (at most
-    /// `MAX_VERSIONS` versions): each version computes only the arms its outcome picks, so
-    /// a concatenation reads one part per row instead of all of them.
+    /// `MAX_VERSIONS` versions: each split spends one of `splits`): each version computes
+    /// only the arms its outcome picks, so a concatenation reads one part per row instead
+    /// of all of them.
     fn inner_loop_versions(
         &mut self,
         lo: Value,
         hi: Value,
         vectorize: bool,
-        chosen: &HashMap<ExprId, bool>,
+        splits: &mut usize,
     ) -> Result<(), CpuError> {
-        let needed = self.needed_in_inner(chosen);
+        let needed = self.needed_in_inner();
         let open = self
             .row_selects
             .iter()
-            .copied()
-            .find(|e| needed.contains(e) && !chosen.contains_key(e));
+            .find_map(|&e| match self.nest.node(e).expr {
+                Expr::Select(c, _, _) if needed.contains(&e) && !self.known.contains_key(&c) => {
+                    Some(c)
+                }
+                _ => None,
+            });
         match open {
-            Some(e) if chosen.len() + 1 < MAX_VERSIONS => {
-                let Expr::Select(c, _, _) = self.nest.node(e).expr else {
-                    unreachable!("row selects are selects")
-                };
+            Some(c) if *splits > 0 => {
+                *splits -= 1;
                 let cond = self.scalar(c);
                 let (then, other, join) = (
                     self.b.create_block(),
@@ -1077,28 +1035,26 @@ impl<M: Module> Gen<'_, '_, M> {
                 self.b.ins().brif(cond, then, &[], other, &[]);
                 for (block, pick) in [(then, true), (other, false)] {
                     self.b.switch_to_block(block);
-                    let mut more = chosen.clone();
-                    more.insert(e, pick);
-                    self.inner_loop_versions(lo, hi, vectorize, &more)?;
+                    self.known.insert(c, pick);
+                    self.inner_loop_versions(lo, hi, vectorize, splits)?;
+                    self.known.remove(&c);
                     self.b.ins().jump(join, &[]);
                 }
                 self.b.switch_to_block(join);
                 Ok(())
             }
             _ => {
-                self.chosen = chosen.clone();
-                self.needed = (!chosen.is_empty()).then_some(needed);
+                self.needed = (!self.known.is_empty()).then_some(needed);
                 let r = self.inner_loop_split(lo, hi, vectorize);
-                self.chosen.clear();
                 self.needed = None;
                 r
             }
         }
     }
 
-    /// The inner-loop expressions the inner stores need when the selects in `chosen` take
-    /// the arms it says.
-    fn needed_in_inner(&self, chosen: &HashMap<ExprId, bool>) -> HashSet<ExprId> {
+    /// The inner-loop expressions the inner stores need when the selects on known
+    /// conditions take the arms those say.
+    fn needed_in_inner(&self) -> HashSet<ExprId> {
         let (mut needed, mut seen) = (HashSet::new(), HashSet::new());
         let mut stack: Vec<ExprId> = self
             .stores_at
@@ -1116,8 +1072,10 @@ impl<M: Module> Gen<'_, '_, M> {
             if self.place[e as usize] == Scope::Inner {
                 needed.insert(e);
             }
-            match (chosen.get(&e), self.nest.node(e).expr) {
-                (Some(&pick), Expr::Select(_, a, b)) => stack.push(if pick { a } else { b }),
+            match self.nest.node(e).expr {
+                Expr::Select(c, a, b) if self.known.contains_key(&c) => {
+                    stack.push(if self.known[&c] { a } else { b })
+                }
                 _ => stack.extend(self.nest.operands(e)),
             }
         }
@@ -1128,8 +1086,11 @@ impl<M: Module> Gen<'_, '_, M> {
     /// (`interior_of`): before it, the interior (where the edge comparisons are known
     /// true, so their masks and selects vanish), and after it.
     fn inner_loop_split(&mut self, lo: Value, hi: Value, vectorize: bool) -> Result<(), CpuError> {
+        let saved = self.known.clone();
         let Some((first, end, holds)) = self.interior.clone() else {
-            return self.inner_loop(lo, hi, vectorize);
+            let r = self.inner_loop(lo, hi, vectorize);
+            self.known = saved;
+            return r;
         };
         let b = &mut self.b;
         let first = b.ins().iconst(types::I64, first);
@@ -1139,43 +1100,53 @@ impl<M: Module> Gen<'_, '_, M> {
         let end = b.ins().smax(end, first);
         let end = b.ins().smin(end, hi);
         self.inner_loop(lo, first, vectorize)?;
-        self.known_true = Some(holds);
+        self.known = saved.clone();
+        self.known.extend(holds.into_iter().map(|h| (h, true)));
         let r = self.inner_loop(first, end, vectorize);
-        self.known_true = None;
+        self.known = saved.clone();
         r?;
-        self.inner_loop(end, hi, vectorize)
+        let r = self.inner_loop(end, hi, vectorize);
+        self.known = saved;
+        r
     }
 
-    /// Whether `e` is known true in the part of the inner loop being emitted.
-    fn is_known_true(&self, e: ExprId) -> bool {
-        self.known_true.as_ref().is_some_and(|k| k.contains(&e))
-    }
-
-    /// Emits `e` from what is known true in the interior, if that decides it: a known
-    /// comparison is true, an `and` with a true side is its other side, a select on a
-    /// true condition is its first arm.
+    /// Emits `e` from the booleans known where it is being emitted, if they decide it: a
+    /// known boolean is a constant, an `and` with a false side is false and with a true
+    /// side is its other side, a select on a known condition is the arm it picks.
     fn emit_known(&mut self, e: ExprId) -> bool {
-        if self.known_true.is_none() {
+        if self.known.is_empty() {
             return false;
         }
-        let aliased = match self.nest.node(e).expr {
-            _ if self.is_known_true(e) => {
-                let t = self.b.ins().iconst(types::I8, 1);
-                self.set(e, Val::S(t));
-                return true;
+        let known = |x: ExprId| self.known.get(&x).copied();
+        let constant = match (known(e), self.nest.node(e).expr) {
+            (Some(v), _) => Some(v),
+            (None, Expr::Binary(BinaryOp::And, a, b)) => match (known(a), known(b)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                (Some(true), None) => return self.alias(e, b),
+                (None, Some(true)) => return self.alias(e, a),
+                (None, None) => None,
+            },
+            (None, Expr::Select(c, a, b)) => {
+                return match known(c) {
+                    Some(pick) => self.alias(e, if pick { a } else { b }),
+                    None => false,
+                };
             }
-            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(a) && self.is_known_true(b) => {
-                self.known_true.as_mut().expect("known").insert(e);
-                let t = self.b.ins().iconst(types::I8, 1);
-                self.set(e, Val::S(t));
-                return true;
-            }
-            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(a) => b,
-            Expr::Binary(BinaryOp::And, a, b) if self.is_known_true(b) => a,
-            Expr::Select(c, a, _) if self.is_known_true(c) => a,
-            _ => return false,
+            _ => None,
         };
-        let v = self.get(aliased);
+        let Some(v) = constant else {
+            return false;
+        };
+        self.known.insert(e, v);
+        let t = self.b.ins().iconst(types::I8, i64::from(v));
+        self.set(e, Val::S(t));
+        true
+    }
+
+    /// Makes `e` the value `of` already has; true, for `emit_known`.
+    fn alias(&mut self, e: ExprId, of: ExprId) -> bool {
+        let v = self.get(of);
         self.set(e, v);
         true
     }
@@ -1323,13 +1294,7 @@ impl<M: Module> Gen<'_, '_, M> {
             let r = self.wrap(out_acc, dtype);
             self.round_half(r, dtype)?
         };
-        let result = self.pin(result);
-        if self.row_divisors.contains(&e) {
-            let one = self.b.ins().f32const(1.0);
-            let r = self.b.ins().fdiv(one, result);
-            let r = self.pin(r);
-            self.reciprocals.insert(e, r);
-        }
+        let result = self.pin_row_value(e, result);
         self.set(e, Val::S(result));
         Ok(())
     }
@@ -1475,6 +1440,19 @@ impl<M: Module> Gen<'_, '_, M> {
         self.b.ins().stack_load(ty, slot, 0)
     }
 
+    /// Per-row value `v` of `e` pinned (`pin`), and, where `e` divides per-element values,
+    /// its reciprocal too (the inner loop multiplies by it).
+    fn pin_row_value(&mut self, e: ExprId, v: Value) -> Value {
+        let v = self.pin(v);
+        if self.row_divisors.contains(&e) {
+            let one = self.b.ins().f32const(1.0);
+            let r = self.b.ins().fdiv(one, v);
+            let r = self.pin(r);
+            self.reciprocals.insert(e, r);
+        }
+        v
+    }
+
     /// A reduction inside a vectorized inner loop: four independent accumulators, one per
     /// output lane (a pooling window or a small contraction per output element).
     fn lanes_reduce(
@@ -1586,14 +1564,14 @@ impl<M: Module> Gen<'_, '_, M> {
         }
     }
 
-    /// IEEE max or min (NaN-propagating). Scalars go through the vector instruction:
-    /// x86's scalar `fmax` lowering branches on equality and NaN, and equal operands are
-    /// common (a max pool over ReLU zeros), so it mispredicts; the vector one is branch-free.
     /// Whether `e` is a float constant that is not NaN.
     fn ordered_const(&self, e: ExprId) -> bool {
         matches!(self.nest.node(e).expr, Expr::Const(Const::Float(bits)) if !f64::from_bits(bits).is_nan())
     }
 
+    /// Max or min that keeps NaN (`lanes_extreme`). Scalars go through the vector
+    /// instructions: x86's scalar `fmax` lowering branches on equality and NaN, and equal
+    /// operands are common (a max pool over ReLU zeros), so it mispredicts.
     fn float_extreme(&mut self, max: bool, x: Value, y: Value) -> Value {
         let ty = self.b.func.dfg.value_type(x);
         let vector = match ty {
@@ -1605,10 +1583,12 @@ impl<M: Module> Gen<'_, '_, M> {
         match vector {
             Some(vt) => {
                 let (xv, yv) = (b.ins().splat(vt, x), b.ins().splat(vt, y));
-                let r = self.lanes_extreme(max, xv, yv, vt);
+                let r = self.lanes_extreme(max, xv, yv, vt, false);
                 self.b.ins().extractlane(r, 0)
             }
-            None if ty == types::F32X4 || ty == types::F64X2 => self.lanes_extreme(max, x, y, ty),
+            None if ty == types::F32X4 || ty == types::F64X2 => {
+                self.lanes_extreme(max, x, y, ty, false)
+            }
             None if max => b.ins().fmax(x, y),
             None => b.ins().fmin(x, y),
         }
@@ -1617,9 +1597,10 @@ impl<M: Module> Gen<'_, '_, M> {
     /// Lane-wise max or min that keeps a NaN from either operand, in three instructions
     /// where Cranelift's `fmax` takes eight: one maxps/minps (which keeps a NaN only from
     /// its second operand, `x` here, matched from the `x < y ? y : x` select) and a blend
-    /// for a NaN in `y`. Unlike `fmax` it does not order -0 below +0; reductions and
-    /// pooling windows, its users, give either.
-    fn lanes_extreme(&mut self, max: bool, x: Value, y: Value, vt: Type) -> Value {
+    /// for a NaN in `y`, left out when `y_ordered` says `y` is never NaN (a constant).
+    /// Unlike `fmax` it does not order -0 below +0; its users (reductions, pooling
+    /// windows, activations) give either.
+    fn lanes_extreme(&mut self, max: bool, x: Value, y: Value, vt: Type, y_ordered: bool) -> Value {
         let b = &mut self.b;
         let take_y = if max {
             b.ins().fcmp(FloatCC::LessThan, x, y)
@@ -1628,6 +1609,9 @@ impl<M: Module> Gen<'_, '_, M> {
         };
         let take_y = b.ins().bitcast(vt, MemFlags::new(), take_y);
         let r = b.ins().bitselect(take_y, y, x);
+        if y_ordered {
+            return r;
+        }
         let y_nan = b.ins().fcmp(FloatCC::Unordered, y, y);
         let y_nan = b.ins().bitcast(vt, MemFlags::new(), y_nan);
         b.ins().bitselect(y_nan, y, r)
@@ -1839,13 +1823,7 @@ impl<M: Module> Gen<'_, '_, M> {
         if place == Scope::Row && node.dtype.is_float() && !matches!(node.expr, Expr::Const(_)) {
             // Per-row float values (a mean, a reciprocal standard deviation) would otherwise
             // be recomputed inside the loops that use them (see `pin`).
-            v = self.pin(v);
-            if self.row_divisors.contains(&e) {
-                let one = self.b.ins().f32const(1.0);
-                let r = self.b.ins().fdiv(one, v);
-                let r = self.pin(r);
-                self.reciprocals.insert(e, r);
-            }
+            v = self.pin_row_value(e, v);
         }
         self.set(e, Val::S(v));
         Ok(())
@@ -1906,20 +1884,14 @@ impl<M: Module> Gen<'_, '_, M> {
             Expr::Binary(op @ (BinaryOp::Max | BinaryOp::Min), a, c)
                 if self.ordered_const(a) || self.ordered_const(c) =>
             {
-                // Against a number that is never NaN, max and min are one maxps / minps:
-                // `k < v ? v : k` keeps a NaN `v` (x86 returns the second operand when
-                // unordered), where the general lowering needs eight instructions.
+                // Against a number that is never NaN, max and min are one maxps / minps.
                 let (v, k) = if self.ordered_const(c) {
                     (a, c)
                 } else {
                     (c, a)
                 };
                 let (v, k) = (self.lanes(v), self.lanes(k));
-                let b = &mut self.b;
-                let (lhs, rhs) = if op == BinaryOp::Max { (v, k) } else { (k, v) };
-                let pick_k = b.ins().fcmp(FloatCC::LessThan, lhs, rhs);
-                let mask = b.ins().bitcast(types::F32X4, MemFlags::new(), pick_k);
-                b.ins().bitselect(mask, k, v)
+                self.lanes_extreme(op == BinaryOp::Max, v, k, types::F32X4, true)
             }
             Expr::Binary(op, a, c) => {
                 let (x, y) = (self.lanes(a), self.lanes(c));
@@ -2084,13 +2056,7 @@ impl<M: Module> Gen<'_, '_, M> {
         let v = self.b.ins().load(types::F32X4, mem(), addr, 0);
         self.b.ins().jump(join, &[v.into()]);
         self.b.switch_to_block(slow);
-        let zero = self.b.ins().f32const(0.0);
-        let mut acc = self.b.ins().splat(types::F32X4, zero);
-        for lane in 0..LANES {
-            let idx = self.b.ins().iadd_imm(base, lane);
-            let x = self.load_scalar(param, idx, false)?;
-            acc = self.b.ins().insertlane(acc, x, lane as u8);
-        }
+        let acc = self.lane_loads(param, base, 1, false)?;
         self.b.ins().jump(join, &[acc.into()]);
         self.b.switch_to_block(join);
         Ok(out)
@@ -2350,44 +2316,43 @@ impl<M: Module> Gen<'_, '_, M> {
             BinaryOp::Add => b.ins().iadd(x, y),
             BinaryOp::Sub => b.ins().isub(x, y),
             BinaryOp::Mul => b.ins().imul(x, y),
-            BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod if unsigned => {
-                let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
-                let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
-                let safe = b.ins().select(y_zero, one, y);
-                let r = if op == BinaryOp::Div {
-                    b.ins().udiv(x, safe)
-                } else {
-                    b.ins().urem(x, safe)
-                };
-                b.ins().select(y_zero, zero, r)
-            }
             BinaryOp::Div | BinaryOp::Rem | BinaryOp::Mod => {
                 let (zero, one) = (b.ins().iconst(types::I64, 0), b.ins().iconst(types::I64, 1));
+                // Divisors of 0 (and, signed, -1, whose MIN / -1 traps) are replaced before
+                // dividing; a zero divisor gives 0.
                 let y_zero = b.ins().icmp_imm(IntCC::Equal, y, 0);
-                // Divisors of 0 (and -1, whose MIN / -1 traps) are replaced before dividing.
-                let y_neg1 = b.ins().icmp_imm(IntCC::Equal, y, -1);
-                let special = b.ins().bor(y_zero, y_neg1);
-                let safe = b.ins().select(special, one, y);
-                let r = match op {
-                    BinaryOp::Div => {
-                        let q = b.ins().sdiv(x, safe);
-                        let neg = b.ins().ineg(x);
-                        b.ins().select(y_neg1, neg, q)
+                let r = if unsigned {
+                    let safe = b.ins().select(y_zero, one, y);
+                    if op == BinaryOp::Div {
+                        b.ins().udiv(x, safe)
+                    } else {
+                        b.ins().urem(x, safe)
                     }
-                    BinaryOp::Rem => {
-                        let r = b.ins().srem(x, safe);
-                        b.ins().select(y_neg1, zero, r)
-                    }
-                    _ => {
-                        let r = b.ins().srem(x, safe);
-                        let r = b.ins().select(y_neg1, zero, r);
-                        let nz = b.ins().icmp_imm(IntCC::NotEqual, r, 0);
-                        let rneg = b.ins().icmp_imm(IntCC::SignedLessThan, r, 0);
-                        let yneg = b.ins().icmp_imm(IntCC::SignedLessThan, y, 0);
-                        let differ = b.ins().bxor(rneg, yneg);
-                        let fix = b.ins().band(nz, differ);
-                        let shifted = b.ins().iadd(r, y);
-                        b.ins().select(fix, shifted, r)
+                } else {
+                    let y_neg1 = b.ins().icmp_imm(IntCC::Equal, y, -1);
+                    let special = b.ins().bor(y_zero, y_neg1);
+                    let safe = b.ins().select(special, one, y);
+                    match op {
+                        BinaryOp::Div => {
+                            let q = b.ins().sdiv(x, safe);
+                            let neg = b.ins().ineg(x);
+                            b.ins().select(y_neg1, neg, q)
+                        }
+                        BinaryOp::Rem => {
+                            let r = b.ins().srem(x, safe);
+                            b.ins().select(y_neg1, zero, r)
+                        }
+                        _ => {
+                            let r = b.ins().srem(x, safe);
+                            let r = b.ins().select(y_neg1, zero, r);
+                            let nz = b.ins().icmp_imm(IntCC::NotEqual, r, 0);
+                            let rneg = b.ins().icmp_imm(IntCC::SignedLessThan, r, 0);
+                            let yneg = b.ins().icmp_imm(IntCC::SignedLessThan, y, 0);
+                            let differ = b.ins().bxor(rneg, yneg);
+                            let fix = b.ins().band(nz, differ);
+                            let shifted = b.ins().iadd(r, y);
+                            b.ins().select(fix, shifted, r)
+                        }
                     }
                 };
                 b.ins().select(y_zero, zero, r)

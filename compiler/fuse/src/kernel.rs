@@ -13,6 +13,7 @@
 //! without its innermost axis) for rank >= 2, the elements for rank 1.
 
 use smelt_ir::{BinaryOp, DType, UnaryOp};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use thiserror::Error;
 
@@ -184,6 +185,15 @@ pub struct LoopNest {
     pub stores: Vec<Store>,
 }
 
+/// A loop variable whose coefficient `LoopNest::coefficient` finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variable {
+    /// Domain variable `k`.
+    Domain(u32),
+    /// Reduction variable `v`.
+    Reduction(u32),
+}
+
 /// The value range of an i64 expression given its operands' ranges (`operand`), where
 /// the arithmetic is simple enough to bound; domain variables range over `domain`.
 /// Reduction variables are left to the caller (their extents are in their `Reduce`).
@@ -234,7 +244,7 @@ impl LoopNest {
     /// [`LoopNest::index_ranges`] with the domain variables ranging over `domain` instead
     /// (an extent of 1 pins a variable to 0).
     pub fn index_ranges_over(&self, domain: &[usize]) -> Vec<Option<(i64, i64)>> {
-        let extents: std::collections::HashMap<u32, u64> = self
+        let extents: HashMap<u32, u64> = self
             .nodes
             .iter()
             .filter_map(|n| match n.expr {
@@ -312,12 +322,11 @@ impl LoopNest {
                 _ => self.operands(e as ExprId).iter().any(|&o| uses[o as usize]),
             };
         }
-        let coefs = self.inner_coefficients(outer as u32, &uses);
-        let walks_as_one = |e: ExprId| match coefs[e as usize] {
-            Some((co, ci)) => {
-                self.domain[outer] == 1 || Some(co) == ci.checked_mul(self.domain[inner] as i64)
-            }
-            None => false,
+        let (mut outer_memo, mut inner_memo) = (HashMap::new(), HashMap::new());
+        let mut coefs = |e: ExprId| {
+            let co = self.coefficient(e, Variable::Domain(outer as u32), &mut outer_memo)?;
+            let ci = self.coefficient(e, Variable::Domain(inner as u32), &mut inner_memo)?;
+            Some((co, ci))
         };
         for (e, node) in self.nodes.iter().enumerate() {
             if !live[e] {
@@ -328,8 +337,8 @@ impl LoopNest {
                     continue;
                 }
                 let allowed = match node.expr {
-                    Expr::Load { index, .. } => index == o && walks_as_one(o),
-                    Expr::Binary(BinaryOp::Add | BinaryOp::Mul, ..) => coefs[e].is_some(),
+                    Expr::Load { index, .. } => index == o && self.walks_as_one(coefs(o)),
+                    Expr::Binary(BinaryOp::Add | BinaryOp::Mul, ..) => coefs(e as ExprId).is_some(),
                     _ => false,
                 };
                 if !allowed {
@@ -339,7 +348,16 @@ impl LoopNest {
         }
         self.stores
             .iter()
-            .all(|s| !uses[s.index as usize] || walks_as_one(s.index))
+            .all(|s| !uses[s.index as usize] || self.walks_as_one(coefs(s.index)))
+    }
+
+    /// Whether an index with coefficients `(outer, inner)` on the two innermost axes
+    /// (None: not affine in them) walks them as one axis.
+    fn walks_as_one(&self, coefs: Option<(i64, i64)>) -> bool {
+        let rank = self.domain.len();
+        coefs.is_some_and(|(co, ci)| {
+            self.domain[rank - 2] == 1 || Some(co) == ci.checked_mul(self.domain[rank - 1] as i64)
+        })
     }
 
     /// Replaces the two innermost axes by one of their combined extent: the outer
@@ -348,7 +366,7 @@ impl LoopNest {
     fn merge_inner_axes(&mut self) {
         let rank = self.domain.len();
         let (outer, inner) = ((rank - 2) as u32, (rank - 1) as u32);
-        let mut dedup: std::collections::HashMap<Node, ExprId> = Default::default();
+        let mut dedup: HashMap<Node, ExprId> = Default::default();
         let mut map = Vec::with_capacity(self.nodes.len());
         let mut nodes: Vec<Node> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -412,39 +430,56 @@ impl LoopNest {
         self.domain[rank - 2] = merged;
     }
 
-    /// For every i64 expression that is `rest + co * i_outer + ci * i_inner` with `rest`
-    /// free of both variables (sums and constant multiples of such terms), `(co, ci)`;
-    /// `uses` says which expressions involve the variables at all.
-    fn inner_coefficients(&self, outer: u32, uses: &[bool]) -> Vec<Option<(i64, i64)>> {
-        let mut forms: Vec<Option<(i64, i64)>> = Vec::with_capacity(self.nodes.len());
-        for (e, node) in self.nodes.iter().enumerate() {
-            let form = |e: ExprId| forms[e as usize];
-            let constant = |e: ExprId| match self.node(e).expr {
-                Expr::Const(Const::Int(c)) => Some(c),
-                _ => None,
-            };
-            let f = match (node.dtype, node.expr) {
-                (DType::I64, _) if !uses[e] => Some((0, 0)),
-                (DType::I64, Expr::Var(k)) if k == outer => Some((1, 0)),
-                (DType::I64, Expr::Var(_)) => Some((0, 1)),
-                (DType::I64, Expr::Binary(BinaryOp::Add, a, b)) => {
-                    form(a).zip(form(b)).and_then(|((oa, ia), (ob, ib))| {
-                        Some((oa.checked_add(ob)?, ia.checked_add(ib)?))
-                    })
-                }
-                (DType::I64, Expr::Binary(BinaryOp::Mul, a, b)) => {
-                    let (k, v) = match (constant(a), constant(b)) {
-                        (Some(k), _) => (k, form(b)),
-                        (_, Some(k)) => (k, form(a)),
-                        _ => (0, None),
-                    };
-                    v.and_then(|(o, i)| Some((o.checked_mul(k)?, i.checked_mul(k)?)))
-                }
-                _ => None,
-            };
-            forms.push(f);
+    /// The coefficient of `var` in `e`, where `e` is affine in it: sums, differences and
+    /// constant multiples of terms, any term without `var` counting 0. Memoized per
+    /// variable in `memo`.
+    pub fn coefficient(
+        &self,
+        e: ExprId,
+        var: Variable,
+        memo: &mut HashMap<ExprId, Option<i64>>,
+    ) -> Option<i64> {
+        if let Some(&c) = memo.get(&e) {
+            return c;
         }
-        forms
+        let node = self.node(e);
+        let konst = |x: ExprId| match self.node(x).expr {
+            Expr::Const(Const::Int(v)) => Some(v),
+            _ => None,
+        };
+        let c = match node.expr {
+            Expr::Var(k) => Some(i64::from(var == Variable::Domain(k))),
+            Expr::RVar(v) => Some(i64::from(var == Variable::Reduction(v))),
+            Expr::Const(_) => Some(0),
+            Expr::Binary(BinaryOp::Add, a, b) => self
+                .coefficient(a, var, memo)?
+                .checked_add(self.coefficient(b, var, memo)?),
+            Expr::Binary(BinaryOp::Sub, a, b) => self
+                .coefficient(a, var, memo)?
+                .checked_sub(self.coefficient(b, var, memo)?),
+            Expr::Binary(BinaryOp::Mul, a, b) if node.dtype == DType::I64 => {
+                match (
+                    self.coefficient(a, var, memo)?,
+                    self.coefficient(b, var, memo)?,
+                ) {
+                    (0, 0) => Some(0),
+                    (0, cb) => konst(a).and_then(|k| k.checked_mul(cb)),
+                    (ca, 0) => konst(b).and_then(|k| k.checked_mul(ca)),
+                    _ => None,
+                }
+            }
+            _ => {
+                let mut all_zero = true;
+                for o in self.operands(e) {
+                    if self.coefficient(o, var, memo) != Some(0) {
+                        all_zero = false;
+                    }
+                }
+                all_zero.then_some(0)
+            }
+        };
+        memo.insert(e, c);
+        c
     }
 
     /// Which expressions the stores need.
