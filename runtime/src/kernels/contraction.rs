@@ -92,20 +92,50 @@ unsafe fn gemm_into<T: Float>(
     }
 }
 
+/// Instruction sets the runtime's own loops have `#[target_feature]` twins for (the crate
+/// builds for the x86-64 baseline, whose vectors are 128 bits).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum Simd {
+    Avx2,
+    Avx2Fma,
+}
+
+/// Whether `T` is f32 and the CPU has `simd`, so a twin built for it may run on `T`s
+/// viewed as f32 (`as_f32`).
+#[cfg(target_arch = "x86_64")]
+fn f32_with<T: Float>(simd: Simd) -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && std::arch::is_x86_feature_detected!("avx2")
+        && (matches!(simd, Simd::Avx2) || std::arch::is_x86_feature_detected!("fma"))
+}
+
+/// `x` as f32.
+///
+/// # Safety
+/// `T` must be f32 (`f32_with` checked it).
+#[cfg(target_arch = "x86_64")]
+unsafe fn as_f32<T>(x: &[T]) -> &[f32] {
+    // SAFETY: per the contract, the same type.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
+}
+
+/// `x` as f32, mutably.
+///
+/// # Safety
+/// `T` must be f32 (`f32_with` checked it).
+#[cfg(target_arch = "x86_64")]
+unsafe fn as_f32_mut<T>(x: &mut [T]) -> &mut [f32] {
+    // SAFETY: per the contract, the same type.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
+}
+
 /// `acc += w * x`, element by element (AVX2 and FMA for f32 where the CPU has them).
 fn multiply_add<T: Float>(acc: &mut [T], w: T, x: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: T is f32 (same layout), and the CPU has the features enabled below.
-        unsafe {
-            let acc32 = std::slice::from_raw_parts_mut(acc.as_mut_ptr().cast::<f32>(), acc.len());
-            let x32 = std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-            let w32 = *(&w as *const T).cast::<f32>();
-            multiply_add_fma(acc32, w32, x32);
-        }
+    if f32_with::<T>(Simd::Avx2Fma) {
+        // SAFETY: T is f32, and the CPU has the features enabled below.
+        unsafe { multiply_add_fma(as_f32_mut(acc), as_f32(&[w])[0], as_f32(x)) };
         return;
     }
     for (a, &v) in acc.iter_mut().zip(x) {
@@ -131,16 +161,9 @@ const ROW_BLOCK: usize = 64;
 /// registers while `k` runs.
 fn row_times_matrix<T: Float>(a: &[T], a_cs: usize, b: &[T], b_rs: usize, k: usize, c: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: T is f32 (same layout), and the CPU has the features enabled below.
-        unsafe {
-            let cast = |x: &[T]| std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len());
-            let c32 = std::slice::from_raw_parts_mut(c.as_mut_ptr().cast::<f32>(), c.len());
-            row_times_matrix_fma(cast(a), a_cs, cast(b), b_rs, k, c32);
-        }
+    if f32_with::<T>(Simd::Avx2Fma) {
+        // SAFETY: T is f32, and the CPU has the features enabled below.
+        unsafe { row_times_matrix_fma(as_f32(a), a_cs, as_f32(b), b_rs, k, as_f32_mut(c)) };
         return;
     }
     row_times_matrix_in(a, a_cs, b, b_rs, k, c, |s, x, y| s + x * y);
@@ -967,16 +990,9 @@ impl Window<'_> {
         dst: &mut [T],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-            && std::arch::is_x86_feature_detected!("avx2")
-        {
-            // SAFETY: T is f32 (same layout), and the CPU has AVX2.
-            unsafe {
-                let plane32 = std::slice::from_raw_parts(plane.as_ptr().cast::<f32>(), plane.len());
-                let dst32 =
-                    std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len());
-                self.columns_avx2(plane32, kk, cols, dst32);
-            }
+        if f32_with::<T>(Simd::Avx2) {
+            // SAFETY: T is f32, and the CPU has AVX2.
+            unsafe { self.columns_avx2(as_f32(plane), kk, cols, as_f32_mut(dst)) };
             return;
         }
         self.columns(plane, kk, cols, dst);
