@@ -129,6 +129,16 @@ fn contiguous_axes_merge_into_one_loop() {
             "for [1, 2, 9, 11]",
             "for [1, 2, 99]",
         ),
+        (
+            // A reduction over trailing axes reads them as one run: the flattened
+            // variable's split into coordinates and their linearization cancel.
+            "graph m (%x: f32[1, 4, 5, 7]) {
+  %z = reduce_mean<axes=[2, 3], keep_dims=true>(%x) : f32[1, 4, 1, 1]
+  return %z
+}",
+            "reduce_sum r0 < 35",
+            "rem ",
+        ),
     ];
     let pool = smelt_runtime::pool::ThreadPool::new(2);
     for (text, want, not) in cases {

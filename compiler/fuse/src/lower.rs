@@ -442,6 +442,11 @@ impl<'g> Builder<'g> {
             };
             return Some(self.int(v));
         }
+        if op == BinaryOp::Add
+            && let Some(e) = self.recombine(a, b).or_else(|| self.recombine(b, a))
+        {
+            return Some(e);
+        }
         let ra = self.range[a as usize];
         match (op, ca, cb) {
             (BinaryOp::Add, Some(0), _) => Some(b),
@@ -467,6 +472,36 @@ impl<'g> Builder<'g> {
             (BinaryOp::Min, _, Some(c)) if ra.is_some_and(|(_, hi)| hi <= c) => Some(a),
             _ => None,
         }
+    }
+
+    /// `p + q` as `x` (or `s + x`) when `q` is `x % c` and `p` is `(x / c) * c` (or a sum
+    /// holding it): a flattened reduction variable split into coordinates and linearized
+    /// again, as in a reduction over the trailing axes of a contiguous tensor. Exact for
+    /// every `x` under truncated division with a nonzero constant `c`.
+    fn recombine(&mut self, p: ExprId, q: ExprId) -> Option<ExprId> {
+        let Expr::Binary(BinaryOp::Rem, x, c) = self.nest.nodes[q as usize].expr else {
+            return None;
+        };
+        if self.const_of(c).is_none_or(|c| c == 0) {
+            return None;
+        }
+        let is_quotient_times_c = |g: &Self, e: ExprId| match g.nest.nodes[e as usize].expr {
+            Expr::Binary(BinaryOp::Mul, m, n) => [(m, n), (n, m)].into_iter().any(|(d, k)| {
+                k == c && g.nest.nodes[d as usize].expr == Expr::Binary(BinaryOp::Div, x, c)
+            }),
+            _ => false,
+        };
+        if is_quotient_times_c(self, p) {
+            return Some(x);
+        }
+        if let Expr::Binary(BinaryOp::Add, s, t) = self.nest.nodes[p as usize].expr {
+            for (rest, part) in [(s, t), (t, s)] {
+                if is_quotient_times_c(self, part) {
+                    return Some(self.iadd(rest, x));
+                }
+            }
+        }
+        None
     }
 
     /// A known divisor of every value of `e` (0: `e` is always 0).
