@@ -1159,23 +1159,41 @@ impl<M: Module> Gen<'_, '_, M> {
                 self.b.create_block(),
                 self.b.create_block(),
             );
+            // Two vectors a step, then at most one more: the loop's own instructions
+            // (index, compare, branch) are a large share of a short body.
             let i = self.b.append_block_param(header, types::I64);
             let done = self.b.append_block_param(exit, types::I64);
             self.b.ins().jump(header, &[lo.into()]);
             self.b.switch_to_block(header);
-            let last = self.b.ins().iadd_imm(i, LANES);
+            let last = self.b.ins().iadd_imm(i, 2 * LANES);
             let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi);
             self.b.ins().brif(more, body, &[], exit, &[i.into()]);
             self.b.switch_to_block(body);
-            self.inner = Some(i);
+            self.inner_lanes = true;
+            for at in [i, self.b.ins().iadd_imm(i, LANES)] {
+                self.inner = Some(at);
+                self.frames.push(HashMap::new());
+                self.emit_scope(Scope::Inner)?;
+                self.frames.pop();
+            }
+            self.inner_lanes = false;
+            self.b.ins().jump(header, &[last.into()]);
+            self.b.switch_to_block(exit);
+            let (once, after) = (self.b.create_block(), self.b.create_block());
+            let rest = self.b.append_block_param(after, types::I64);
+            let last = self.b.ins().iadd_imm(done, LANES);
+            let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi);
+            self.b.ins().brif(fits, once, &[], after, &[done.into()]);
+            self.b.switch_to_block(once);
+            self.inner = Some(done);
             self.inner_lanes = true;
             self.frames.push(HashMap::new());
             self.emit_scope(Scope::Inner)?;
             self.frames.pop();
             self.inner_lanes = false;
-            self.b.ins().jump(header, &[last.into()]);
-            self.b.switch_to_block(exit);
-            start = done;
+            self.b.ins().jump(after, &[last.into()]);
+            self.b.switch_to_block(after);
+            start = rest;
         }
         let (header, body, exit) = (
             self.b.create_block(),

@@ -156,3 +156,36 @@ fn special_values() {
         }
     }
 }
+
+/// exp at the edges of its range: the largest finite results, the smallest normal ones,
+/// and the first inputs past them (+inf above, 0 below), on both code paths.
+#[test]
+fn exp_range_edges() {
+    let cases: [(f32, Option<f32>); 8] = [
+        (88.72283, None),
+        (88.7, None),
+        (88.722_84, Some(f32::INFINITY)),
+        (1e30, Some(f32::INFINITY)),
+        (-87.33654, None),
+        (-87.3, None),
+        (-87.336_55, Some(0.0)),
+        (-1e30, Some(0.0)),
+    ];
+    let xs: Vec<f32> = cases.iter().map(|c| c.0).collect();
+    for vector in [true, false] {
+        let got = run(UnaryOp::Exp, &xs, vector);
+        for (&(x, exact), &y) in cases.iter().zip(&got) {
+            match exact {
+                Some(want) => assert_eq!(y, want, "exp({x}) (vector: {vector})"),
+                None => {
+                    let want = (x as f64).exp();
+                    let err = (y as f64 - want).abs() / want;
+                    assert!(
+                        err < 1e-6,
+                        "exp({x}) = {y}, expected {want} (vector: {vector})"
+                    );
+                }
+            }
+        }
+    }
+}
