@@ -2029,28 +2029,35 @@ impl<M: Module> Gen<'_, '_, M> {
     }
 
     /// The elements at `base, base + 2, base + 4, base + 6` (a stride-2 window walk): two
-    /// vector loads and one shufps of their even lanes, where all eight elements lie in
-    /// the buffer; lane by lane otherwise.
+    /// vector loads, of `base..base + 4` and `base + 3..base + 7`, and one shuffle of lanes
+    /// 0 and 2 of the first with lanes 1 and 3 of the second. They read no element past
+    /// the last lane's, so lanes known in bounds need no check; otherwise lane by lane
+    /// where the span leaves the buffer.
     fn even_lanes(&mut self, param: u32, base: Value, in_bounds: bool) -> Result<Value, CpuError> {
         let ptr = self.params[param as usize];
-        let (slow, join, out) = self.when_inside(param, base, 2 * LANES);
+        let span = 2 * LANES - 1;
+        let edge = (!in_bounds).then(|| self.when_inside(param, base, span));
         let scaled = self.b.ins().imul_imm(base, 4);
         let addr = self.b.ins().iadd(ptr, scaled);
         let little = MemFlags::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
         let low = self.b.ins().load(types::F32X4, mem(), addr, 0);
-        let high = self.b.ins().load(types::F32X4, mem(), addr, 16);
+        let high = self.b.ins().load(types::F32X4, mem(), addr, 12);
         let low = self.b.ins().bitcast(types::I8X16, little, low);
         let high = self.b.ins().bitcast(types::I8X16, little, high);
-        // Bytes of lanes 0 and 2 of each operand (the second operand's are 16..31).
-        let evens: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27];
+        // Bytes of lanes 0 and 2 of the first operand, then of lanes 1 and 3 of the second
+        // (whose bytes are 16..31).
+        let picks: [u8; 16] = [0, 1, 2, 3, 8, 9, 10, 11, 20, 21, 22, 23, 28, 29, 30, 31];
         let mask = self
             .b
             .func
             .dfg
             .immediates
-            .push(cranelift_codegen::ir::ConstantData::from(evens.as_ref()));
+            .push(cranelift_codegen::ir::ConstantData::from(picks.as_ref()));
         let v = self.b.ins().shuffle(low, high, mask);
         let v = self.b.ins().bitcast(types::F32X4, little, v);
+        let Some((slow, join, out)) = edge else {
+            return Ok(v);
+        };
         self.b.ins().jump(join, &[v.into()]);
         self.b.switch_to_block(slow);
         let v = self.lane_loads(param, base, 2, in_bounds)?;
