@@ -137,7 +137,7 @@ pub(crate) fn lower_graph(
     }
     let plan = smelt_fuse::plan(graph)?;
     let kernels = smelt_fuse::lower(graph, &plan)?;
-    let program = build_program(graph, input_names, output_names, &kernels)?;
+    let program = build_program(graph, input_names, output_names, &plan, &kernels)?;
     Ok((plan, kernels, program))
 }
 
@@ -167,13 +167,83 @@ pub(crate) fn compile_graph(
 /// Elements of work per chunk that make a thread hand-off worth it.
 const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
 
+/// Arena bytes a concatenation view's offset must be a multiple of: what every buffer's
+/// offset is, so kernels see the same alignment through a view.
+const VIEW_ALIGN: usize = 64;
+
+/// Concatenations that need no copy: a fusion group holding only a concatenation along
+/// an axis with only 1s before it, whose output is not a graph output, and whose operands
+/// are distinct values computed by other launches (not graph inputs, outputs or
+/// constants), each at an offset that keeps the arena's alignment. Their operands become
+/// views of the concatenation's buffer, where their producers write directly, and the
+/// group's copy kernel is not launched. Returns the views (operand -> (concatenation,
+/// byte offset)) and the skipped concatenations.
+fn concat_views(
+    g: &Graph,
+    plan: &FusionPlan,
+) -> (HashMap<ValueId, (ValueId, usize)>, Vec<ValueId>) {
+    let producer = g.producers();
+    let mut views = HashMap::new();
+    let mut skipped = Vec::new();
+    for group in &plan.groups {
+        let [node] = group.nodes[..] else { continue };
+        let n = &g.nodes[node];
+        let Op::Concat { axis } = n.op else { continue };
+        let out = n.outputs[0];
+        let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
+        let computed = |v: ValueId| {
+            !g.inputs.contains(&v)
+                && !g.outputs.contains(&v)
+                && producer[v.index()].is_some_and(|p| !matches!(g.nodes[p].op, Op::Constant(_)))
+        };
+        let distinct = n
+            .inputs
+            .iter()
+            .enumerate()
+            .all(|(i, v)| !n.inputs[..i].contains(v));
+        if shape[..axis].iter().any(|&d| d != 1)
+            || g.outputs.contains(&out)
+            || !distinct
+            || !n
+                .inputs
+                .iter()
+                .all(|&v| computed(v) && !views.contains_key(&v))
+        {
+            continue;
+        }
+        let elem = g.ty(out).dtype.size_bytes();
+        let mut offsets = Vec::with_capacity(n.inputs.len());
+        let mut offset = 0;
+        for &v in &n.inputs {
+            offsets.push(offset);
+            offset += g
+                .ty(v)
+                .fixed_shape()
+                .expect("shapes are fixed")
+                .iter()
+                .product::<usize>()
+                * elem;
+        }
+        if offsets.iter().any(|o| o % VIEW_ALIGN != 0) {
+            continue;
+        }
+        for (&v, o) in n.inputs.iter().zip(offsets) {
+            views.insert(v, (out, o));
+        }
+        skipped.push(out);
+    }
+    (views, skipped)
+}
+
 fn build_program(
     g: &Graph,
     input_names: &[String],
     output_names: &[String],
+    plan: &FusionPlan,
     kernels: &[LoweredKernel],
 ) -> Result<Program, SmeltError> {
     let producer = g.producers();
+    let (views, skipped_concats) = concat_views(g, plan);
     let mut buffers: Vec<BufferSpec> = Vec::new();
     let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
     let mut constants: Vec<u8> = Vec::new();
@@ -215,6 +285,15 @@ fn build_program(
     let mut launches = Vec::new();
     for (ki, lk) in kernels.iter().enumerate() {
         let k = &lk.kernel;
+        let writes_skipped = k
+            .params
+            .iter()
+            .zip(&lk.args)
+            .any(|(p, v)| p.role == Role::Output && skipped_concats.contains(v));
+        if writes_skipped {
+            // Its operands' producers wrote the concatenation in place.
+            continue;
+        }
         let args: Vec<usize> = lk
             .args
             .iter()
@@ -365,8 +444,28 @@ fn build_program(
     for io in &outputs {
         touch(io.buffer, n);
     }
+    // A view lives as long as the buffer it is part of (the concatenation's, or the
+    // buffer that one is part of in turn) and takes no room of its own.
+    let value_of_buffer: HashMap<usize, ValueId> =
+        buffer_of.iter().map(|(&v, &b)| (b, v)).collect();
+    let view_of = |b: usize| -> Option<(usize, usize)> {
+        let (mut whole, mut offset) = *views.get(value_of_buffer.get(&b)?)?;
+        while let Some(&(outer, o)) = views.get(&whole) {
+            (whole, offset) = (outer, offset + o);
+        }
+        Some((*buffer_of.get(&whole)?, offset))
+    };
+    let view_place: Vec<Option<(usize, usize)>> = (0..buffers.len()).map(view_of).collect();
+    for (b, place) in view_place.iter().enumerate() {
+        if let Some((whole, _)) = *place
+            && first[b] != usize::MAX
+        {
+            first[whole] = first[whole].min(first[b]);
+            last[whole] = last[whole].max(last[b]);
+        }
+    }
     let arena_ids: Vec<usize> = (0..buffers.len())
-        .filter(|&b| matches!(buffers[b].place, Place::Arena { .. }))
+        .filter(|&b| matches!(buffers[b].place, Place::Arena { .. }) && view_place[b].is_none())
         .collect();
     let lives: Vec<BufferLife> = arena_ids
         .iter()
@@ -381,6 +480,16 @@ fn build_program(
         buffers[b].place = Place::Arena {
             offset: plan.offsets[j],
         };
+    }
+    for (b, place) in view_place.iter().enumerate() {
+        if let Some((whole, offset)) = *place {
+            let Place::Arena { offset: base } = buffers[whole].place else {
+                unreachable!("concatenations are computed, so in the arena")
+            };
+            buffers[b].place = Place::Arena {
+                offset: base + offset,
+            };
+        }
     }
     let mut blob = AlignedBytes::zeroed(constants.len());
     blob.as_mut_slice().copy_from_slice(&constants);
