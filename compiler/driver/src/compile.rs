@@ -136,8 +136,14 @@ pub(crate) fn lower_graph(
         }
     }
     let plan = smelt_fuse::plan(graph)?;
-    let kernels = smelt_fuse::lower(graph, &plan)?;
-    let program = build_program(graph, input_names, output_names, &plan, &kernels)?;
+    // Concatenations their operands' producers write in place are no group's to store.
+    let (views, in_place) = concat_views(graph, &plan);
+    let mut storing = plan.clone();
+    for group in &mut storing.groups {
+        group.outputs.retain(|v| !in_place.contains(v));
+    }
+    let kernels = smelt_fuse::lower(graph, &storing)?;
+    let program = build_program(graph, input_names, output_names, &kernels, &views)?;
     Ok((plan, kernels, program))
 }
 
@@ -171,79 +177,95 @@ const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
 /// offset is, so kernels see the same alignment through a view.
 const VIEW_ALIGN: usize = 64;
 
-/// Concatenations that need no copy: a fusion group holding only a concatenation along
-/// an axis with only 1s before it, whose output is not a graph output, and whose operands
-/// are distinct values computed by other launches (not graph inputs, outputs or
-/// constants), each at an offset that keeps the arena's alignment. Their operands become
-/// views of the concatenation's buffer, where their producers write directly, and the
-/// group's copy kernel is not launched. Returns the views (operand -> (concatenation,
-/// byte offset)) and the skipped concatenations.
-fn concat_views(
-    g: &Graph,
-    plan: &FusionPlan,
-) -> (HashMap<ValueId, (ValueId, usize)>, Vec<ValueId>) {
+/// Concatenation operands' places in their concatenation: value -> (concatenation,
+/// byte offset).
+type Views = HashMap<ValueId, (ValueId, usize)>;
+
+/// Concatenations that need no copy: a concatenation along an axis with only 1s before it
+/// whose output its group stores and is not a graph output, and whose operands are
+/// distinct values that other groups store (not graph inputs, outputs or constants),
+/// each at an offset that keeps the arena's alignment. Their operands become views of
+/// the concatenation's buffer, where their producers write directly, and the
+/// concatenation's group no longer stores it (a group that only concatenated is not
+/// launched at all). Returns the views and the concatenations written in place.
+fn concat_views(g: &Graph, plan: &FusionPlan) -> (Views, Vec<ValueId>) {
     let producer = g.producers();
+    let mut group_of = vec![usize::MAX; g.nodes.len()];
+    for (gi, group) in plan.groups.iter().enumerate() {
+        for &n in &group.nodes {
+            group_of[n] = gi;
+        }
+    }
+    let stored = |v: ValueId| {
+        producer[v.index()].is_some_and(|p| {
+            !matches!(g.nodes[p].op, Op::Constant(_))
+                && plan
+                    .groups
+                    .get(group_of[p])
+                    .is_some_and(|grp| grp.outputs.contains(&v))
+        })
+    };
     let mut views = HashMap::new();
-    let mut skipped = Vec::new();
-    for group in &plan.groups {
-        let [node] = group.nodes[..] else { continue };
-        let n = &g.nodes[node];
-        let Op::Concat { axis } = n.op else { continue };
-        let out = n.outputs[0];
-        let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
-        let computed = |v: ValueId| {
-            !g.inputs.contains(&v)
-                && !g.outputs.contains(&v)
-                && producer[v.index()].is_some_and(|p| !matches!(g.nodes[p].op, Op::Constant(_)))
-        };
-        let distinct = n
-            .inputs
-            .iter()
-            .enumerate()
-            .all(|(i, v)| !n.inputs[..i].contains(v));
-        if shape[..axis].iter().any(|&d| d != 1)
-            || g.outputs.contains(&out)
-            || !distinct
-            || !n
+    let mut in_place = Vec::new();
+    for (gi, group) in plan.groups.iter().enumerate() {
+        for &node in &group.nodes {
+            let n = &g.nodes[node];
+            let Op::Concat { axis } = n.op else { continue };
+            let out = n.outputs[0];
+            let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
+            let operand_ok = |v: ValueId| {
+                !g.inputs.contains(&v)
+                    && !g.outputs.contains(&v)
+                    && stored(v)
+                    && producer[v.index()].is_some_and(|p| group_of[p] != gi)
+                    && !views.contains_key(&v)
+            };
+            let distinct = n
                 .inputs
                 .iter()
-                .all(|&v| computed(v) && !views.contains_key(&v))
-        {
-            continue;
+                .enumerate()
+                .all(|(i, v)| !n.inputs[..i].contains(v));
+            if shape[..axis].iter().any(|&d| d != 1)
+                || g.outputs.contains(&out)
+                || !group.outputs.contains(&out)
+                || !distinct
+                || !n.inputs.iter().all(|&v| operand_ok(v))
+            {
+                continue;
+            }
+            let elem = g.ty(out).dtype.size_bytes();
+            let mut offsets = Vec::with_capacity(n.inputs.len());
+            let mut offset = 0;
+            for &v in &n.inputs {
+                offsets.push(offset);
+                let count: usize = g
+                    .ty(v)
+                    .fixed_shape()
+                    .expect("shapes are fixed")
+                    .iter()
+                    .product();
+                offset += count * elem;
+            }
+            if offsets.iter().any(|o| o % VIEW_ALIGN != 0) {
+                continue;
+            }
+            for (&v, o) in n.inputs.iter().zip(offsets) {
+                views.insert(v, (out, o));
+            }
+            in_place.push(out);
         }
-        let elem = g.ty(out).dtype.size_bytes();
-        let mut offsets = Vec::with_capacity(n.inputs.len());
-        let mut offset = 0;
-        for &v in &n.inputs {
-            offsets.push(offset);
-            offset += g
-                .ty(v)
-                .fixed_shape()
-                .expect("shapes are fixed")
-                .iter()
-                .product::<usize>()
-                * elem;
-        }
-        if offsets.iter().any(|o| o % VIEW_ALIGN != 0) {
-            continue;
-        }
-        for (&v, o) in n.inputs.iter().zip(offsets) {
-            views.insert(v, (out, o));
-        }
-        skipped.push(out);
     }
-    (views, skipped)
+    (views, in_place)
 }
 
 fn build_program(
     g: &Graph,
     input_names: &[String],
     output_names: &[String],
-    plan: &FusionPlan,
     kernels: &[LoweredKernel],
+    views: &Views,
 ) -> Result<Program, SmeltError> {
     let producer = g.producers();
-    let (views, skipped_concats) = concat_views(g, plan);
     let mut buffers: Vec<BufferSpec> = Vec::new();
     let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
     let mut constants: Vec<u8> = Vec::new();
@@ -285,15 +307,6 @@ fn build_program(
     let mut launches = Vec::new();
     for (ki, lk) in kernels.iter().enumerate() {
         let k = &lk.kernel;
-        let writes_skipped = k
-            .params
-            .iter()
-            .zip(&lk.args)
-            .any(|(p, v)| p.role == Role::Output && skipped_concats.contains(v));
-        if writes_skipped {
-            // Its operands' producers wrote the concatenation in place.
-            continue;
-        }
         let args: Vec<usize> = lk
             .args
             .iter()
