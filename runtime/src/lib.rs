@@ -11,6 +11,7 @@ pub mod memory;
 pub mod npy;
 pub mod pool;
 pub mod program;
+pub mod rows;
 pub mod tensor;
 
 pub use npy::{NpyError, read_npy, write_npy};

@@ -1329,6 +1329,12 @@ impl<M: Module> Gen<'_, '_, M> {
         body: ExprId,
         stash: bool,
     ) -> Result<Value, CpuError> {
+        if stash
+            && combine == Combine::Sum
+            && let Expr::Unary(UnaryOp::Exp, arg) = self.nest.node(body).expr
+        {
+            return self.stashed_exp_sum(extent, var, arg);
+        }
         let scope = Scope::Reduce(var);
         let init = self.identity(combine, DType::F32);
         let init = self.b.ins().splat(types::F32X4, init);
@@ -1396,9 +1402,42 @@ impl<M: Module> Gen<'_, '_, M> {
         Ok(total)
     }
 
-    /// Stores the stashed reduction's step `x` (lanes or a scalar) at position `at` of
-    /// the output row.
-    fn stash_step(&mut self, at: Value, x: Value) {
+    /// A stashed sum of exps (a softmax's denominator): the exponents are stashed in the
+    /// output row four lanes at a time, then the runtime's `smelt_rt_exp_sum_f32` takes
+    /// the exp of the row in place at the CPU's full vector width and returns the sum.
+    fn stashed_exp_sum(&mut self, extent: u64, var: u32, arg: ExprId) -> Result<Value, CpuError> {
+        let blocks = (extent / LANES as u64) as i64 * LANES;
+        let (header, bb, exit) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        let zero = self.b.ins().iconst(types::I64, 0);
+        let i = self.b.append_block_param(header, types::I64);
+        self.b.ins().jump(header, &[zero.into()]);
+        self.b.switch_to_block(header);
+        let more = self.b.ins().icmp_imm(IntCC::SignedLessThan, i, blocks);
+        self.b.ins().brif(more, bb, &[], exit, &[]);
+        self.b.switch_to_block(bb);
+        self.lanes_scope = Some(Scope::Reduce(var));
+        let x = self.reduce_step(var, i, arg)?;
+        self.stash_step(i, x);
+        let next = self.b.ins().iadd_imm(i, LANES);
+        self.b.ins().jump(header, &[next.into()]);
+        self.b.switch_to_block(exit);
+        self.lanes_scope = None;
+        for k in blocks..extent as i64 {
+            let at = self.b.ins().iconst(types::I64, k);
+            let x = self.reduce_step(var, at, arg)?;
+            self.stash_step(at, x);
+        }
+        let row = self.stash_address(zero);
+        let n = self.b.ins().iconst(types::I64, extent as i64);
+        self.call("smelt_rt_exp_sum_f32", &[row, n], types::F32)
+    }
+
+    /// The address of position `at` of the stash's output row.
+    fn stash_address(&mut self, at: Value) -> Value {
         let st = self.stash.expect("a stash");
         let index = match st.row_base {
             Some(base) => {
@@ -1408,7 +1447,13 @@ impl<M: Module> Gen<'_, '_, M> {
             None => at,
         };
         let scaled = self.b.ins().imul_imm(index, 4);
-        let addr = self.b.ins().iadd(self.params[st.param as usize], scaled);
+        self.b.ins().iadd(self.params[st.param as usize], scaled)
+    }
+
+    /// Stores the stashed reduction's step `x` (lanes or a scalar) at position `at` of
+    /// the output row.
+    fn stash_step(&mut self, at: Value, x: Value) {
+        let addr = self.stash_address(at);
         self.b.ins().store(mem(), x, addr, 0);
     }
 

@@ -1,0 +1,227 @@
+//! Row helpers generated code calls where a whole row is better done at the CPU's full
+//! vector width than at the 128 bits Cranelift emits: exp of a row in place, returning its
+//! sum (a softmax's middle pass), with AVX-512 and AVX2/FMA twins chosen at run time.
+//!
+//! The exp is the generated code's formula (`smelt-cpu`'s `math.rs`): n = round(x log2 e),
+//! r = x - n ln 2 in two steps, a degree-5 polynomial, n added to the exponent field;
+//! +inf above ln(f32::MAX) (NaN stays NaN), 0 below the normal range.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+const LN2_HI: f32 = -0.693_359_4;
+const LN2_LO: f32 = 2.121_944_4e-4;
+const C2: f32 = 0.499_992_3;
+const C3: f32 = 0.166_671_14;
+const C4: f32 = 0.041_890_12;
+const C5: f32 = 0.008_312_528;
+const HI: f32 = 88.72283;
+const LO: f32 = -87.33654;
+
+/// Replaces `row[0..n]` by its exp and returns the sum of the results.
+///
+/// # Safety
+/// `row` points at `n` (>= 0) writable, initialized f32 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smelt_rt_exp_sum_f32(row: *mut f32, n: i64) -> f32 {
+    if n <= 0 {
+        return 0.0;
+    }
+    // SAFETY: per the contract.
+    let row = unsafe { std::slice::from_raw_parts_mut(row, n as usize) };
+    exp_sum(row)
+}
+
+/// `row[i] = exp(row[i])`, returning the sum.
+pub fn exp_sum(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { exp_sum_avx512(row) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { exp_sum_avx2(row) };
+        }
+    }
+    row.iter_mut().fold(0.0, |sum, x| {
+        *x = exp_scalar(*x);
+        sum + *x
+    })
+}
+
+/// One element, by the same formula.
+fn exp_scalar(x: f32) -> f32 {
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = n.mul_add(LN2_HI, x);
+    let r = n.mul_add(LN2_LO, r);
+    let p = [C4, C3, C2, 1.0, 1.0]
+        .iter()
+        .fold(C5, |acc, &c| acc.mul_add(r, c));
+    let y = f32::from_bits(p.to_bits().wrapping_add(shifted.to_bits() << 23));
+    if x > HI || x.is_nan() {
+        x + f32::INFINITY
+    } else if x < LO {
+        0.0
+    } else {
+        y
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_sum_avx2(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps;
+    let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
+    let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
+    let (hi, lo, inf) = (s(HI), s(LO), s(f32::INFINITY));
+    let mut acc = _mm256_setzero_ps();
+    let mut chunks = row.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        // SAFETY: eight floats in the chunk.
+        let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
+        let shifted = _mm256_fmadd_ps(x, log2e, magic);
+        let n = _mm256_sub_ps(shifted, magic);
+        let r = _mm256_fmadd_ps(n, ln2_hi, x);
+        let r = _mm256_fmadd_ps(n, ln2_lo, r);
+        let p = _mm256_fmadd_ps(c5, r, c4);
+        let p = _mm256_fmadd_ps(p, r, c3);
+        let p = _mm256_fmadd_ps(p, r, c2);
+        let p = _mm256_fmadd_ps(p, r, one);
+        let p = _mm256_fmadd_ps(p, r, one);
+        let exponent = _mm256_slli_epi32::<23>(_mm256_castps_si256(shifted));
+        let y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent));
+        let over = _mm256_cmp_ps::<_CMP_NLE_UQ>(x, hi);
+        let y = _mm256_blendv_ps(y, _mm256_add_ps(x, inf), over);
+        let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
+        let y = _mm256_and_ps(y, keep);
+        // SAFETY: eight floats in the chunk.
+        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), y) };
+        acc = _mm256_add_ps(acc, y);
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: eight floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    let mut sum = lanes.iter().sum::<f32>();
+    for x in chunks.into_remainder() {
+        *x = exp_scalar(*x);
+        sum += *x;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn exp_sum_avx512(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let s = _mm512_set1_ps;
+    let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
+    let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
+    let (hi, lo, inf) = (s(HI), s(LO), s(f32::INFINITY));
+    let mut acc = _mm512_setzero_ps();
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        // SAFETY: sixteen floats in the chunk.
+        let x = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+        let shifted = _mm512_fmadd_ps(x, log2e, magic);
+        let n = _mm512_sub_ps(shifted, magic);
+        let r = _mm512_fmadd_ps(n, ln2_hi, x);
+        let r = _mm512_fmadd_ps(n, ln2_lo, r);
+        let p = _mm512_fmadd_ps(c5, r, c4);
+        let p = _mm512_fmadd_ps(p, r, c3);
+        let p = _mm512_fmadd_ps(p, r, c2);
+        let p = _mm512_fmadd_ps(p, r, one);
+        let p = _mm512_fmadd_ps(p, r, one);
+        let exponent = _mm512_slli_epi32::<23>(_mm512_castps_si512(shifted));
+        let y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), exponent));
+        let over = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, hi);
+        let y = _mm512_mask_blend_ps(over, y, _mm512_add_ps(x, inf));
+        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo);
+        let y = _mm512_maskz_mov_ps(keep, y);
+        // SAFETY: sixteen floats in the chunk.
+        unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), y) };
+        acc = _mm512_add_ps(acc, y);
+    }
+    let mut sum = _mm512_reduce_add_ps(acc);
+    for x in chunks.into_remainder() {
+        *x = exp_scalar(*x);
+        sum += *x;
+    }
+    sum
+}
+
+/// The helpers by symbol name, for a JIT to resolve.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![("smelt_rt_exp_sum_f32", smelt_rt_exp_sum_f32 as *const u8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.
+    #[test]
+    fn exp_sum_matches_f64() {
+        let mut xs: Vec<f32> = (0..4001)
+            .map(|i| -90.0 + 180.0 * i as f32 / 4000.0)
+            .collect();
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            88.72283,
+            -87.33654,
+        ]);
+        let mut got = xs.clone();
+        exp_sum(&mut got);
+        // Sums over rows around 0 whose lengths leave scalar tails, and over a whole
+        // finite range (of sixteens and eights, rows of 1000 and 1001).
+        for slice in [
+            &xs[1990..1997],
+            &xs[2003..2026],
+            &xs[100..1100],
+            &xs[100..1101],
+        ] {
+            let mut part = slice.to_vec();
+            let sum = exp_sum(&mut part) as f64;
+            let want: f64 = slice.iter().map(|&x| (x as f64).exp()).sum();
+            assert!(
+                (sum - want).abs() <= 1e-5 * want,
+                "sum of {}: {sum} vs {want}",
+                slice.len()
+            );
+        }
+        let mut scalar = xs.clone();
+        scalar.iter_mut().for_each(|x| *x = exp_scalar(*x));
+        // The AVX2 twin too, where the dispatch above took AVX-512.
+        let mut avx2 = scalar.clone();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            avx2.clone_from(&xs);
+            // SAFETY: the CPU has AVX2 and FMA.
+            unsafe { exp_sum_avx2(&mut avx2) };
+        }
+        for (((&x, &y), &z), &w) in xs.iter().zip(&got).zip(&scalar).zip(&avx2) {
+            let want = (x as f64).exp();
+            for v in [y, z, w] {
+                let ok = if x.is_nan() {
+                    v.is_nan()
+                } else if want > f32::MAX as f64 {
+                    v == f32::INFINITY
+                } else if want < f32::MIN_POSITIVE as f64 {
+                    v == 0.0
+                } else {
+                    ((v as f64 - want) / want).abs() < 1e-6
+                };
+                assert!(ok, "exp({x}) = {v}, expected {want}");
+            }
+        }
+    }
+}
