@@ -915,28 +915,35 @@ impl Window<'_> {
             padded.clear();
             padded.resize(sh * sw * phase_len, T::ZERO);
         }
+        // Column c + left lands in phase (c + left) % sw at (c + left) / sw: each column
+        // phase b takes every sw-th column from its first, `count` of them, from `column`
+        // on. Worked out once: rows are short, and divisions cost more than their copies.
+        let column_phases: Vec<(usize, usize, usize, usize)> = (0..sw)
+            .filter_map(|b| {
+                let first = (b + sw - left % sw) % sw;
+                (first < iw).then(|| (b, first, (iw - first).div_ceil(sw), (first + left) / sw))
+            })
+            .collect();
+        // Padded row r + top is row pr of row phase a.
+        let (mut pr, mut a) = (top / sh, top % sh);
         for r in 0..ih {
-            let (pr, a) = ((r + top) / sh, (r + top) % sh);
             let src = &plane[r * iw..(r + 1) * iw];
             let row_at = |b: usize| (a * sw + b) * phase_len + pr * pitch_p;
             if sw == 1 {
                 let at = row_at(0) + left;
                 padded[at..at + iw].copy_from_slice(src);
-                continue;
+            } else {
+                for &(b, first, count, column) in &column_phases {
+                    let at = row_at(b) + column;
+                    let dst = &mut padded[at..at + count];
+                    for (d, &v) in dst.iter_mut().zip(src[first..].iter().step_by(sw)) {
+                        *d = v;
+                    }
+                }
             }
-            // Column c + left lands in phase (c + left) % sw at (c + left) / sw: each
-            // phase takes every sw-th column from its first.
-            for b in 0..sw {
-                let first = (b + sw - left % sw) % sw;
-                if first >= iw {
-                    continue;
-                }
-                let count = (iw - first).div_ceil(sw);
-                let at = row_at(b) + (first + left) / sw;
-                let dst = &mut padded[at..at + count];
-                for (d, &v) in dst.iter_mut().zip(src[first..].iter().step_by(sw)) {
-                    *d = v;
-                }
+            a += 1;
+            if a == sh {
+                (pr, a) = (pr + 1, 0);
             }
         }
         // Output position j (row j / pitch_p) reads phase (kh % sh, kw % sw) at
