@@ -24,32 +24,74 @@ const LO: f32 = -87.33654;
 /// `row` points at `n` (>= 0) writable, initialized f32 values.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn smelt_rt_exp_sum_f32(row: *mut f32, n: i64) -> f32 {
+    // SAFETY: per the contract; reading and writing the same row is what `exp_shifted_sum`
+    // allows.
+    unsafe { exp_shifted_sum(row, row, 0.0, n) }
+}
+
+/// `dst[i] = exp(src[i] - shift)` for `i < n`, returning the sum of the results: a
+/// softmax's middle pass reading the input row directly.
+///
+/// # Safety
+/// `src` points at `n` (>= 0) initialized f32 values and `dst` at `n` writable ones; the
+/// rows are the same or do not overlap.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smelt_rt_exp_shifted_sum_f32(
+    dst: *mut f32,
+    src: *const f32,
+    shift: f32,
+    n: i64,
+) -> f32 {
+    // SAFETY: per the contract.
+    unsafe { exp_shifted_sum(dst, src, shift, n) }
+}
+
+/// The helpers' common body (subtracting 0 changes no value, NaN and -0 included).
+///
+/// # Safety
+/// As `smelt_rt_exp_shifted_sum_f32`.
+unsafe fn exp_shifted_sum(dst: *mut f32, src: *const f32, shift: f32, n: i64) -> f32 {
     if n <= 0 {
         return 0.0;
     }
-    // SAFETY: per the contract.
-    let row = unsafe { std::slice::from_raw_parts_mut(row, n as usize) };
-    exp_sum(row)
+    let n = n as usize;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the rows per the contract.
+            return unsafe { exp_sum_avx512(dst, src, shift, n) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the rows per the contract.
+            return unsafe { exp_sum_avx2(dst, src, shift, n) };
+        }
+    }
+    // SAFETY: the rows per the contract.
+    unsafe { exp_sum_tail(dst, src, shift, 0, n) }
+}
+
+/// Elements `from..n` one by one, returning their sum.
+///
+/// # Safety
+/// As `smelt_rt_exp_shifted_sum_f32`.
+unsafe fn exp_sum_tail(dst: *mut f32, src: *const f32, shift: f32, from: usize, n: usize) -> f32 {
+    let mut sum = 0.0;
+    for i in from..n {
+        // SAFETY: i < n, per the contract.
+        unsafe {
+            let y = exp_scalar(*src.add(i) - shift);
+            *dst.add(i) = y;
+            sum += y;
+        }
+    }
+    sum
 }
 
 /// `row[i] = exp(row[i])`, returning the sum.
 pub fn exp_sum(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { exp_sum_avx512(row) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { exp_sum_avx2(row) };
-        }
-    }
-    row.iter_mut().fold(0.0, |sum, x| {
-        *x = exp_scalar(*x);
-        sum + *x
-    })
+    // SAFETY: one row of row.len() floats, read and written in place.
+    unsafe { exp_shifted_sum(row.as_mut_ptr(), row.as_ptr(), 0.0, row.len() as i64) }
 }
 
 /// One element, by the same formula.
@@ -71,19 +113,21 @@ fn exp_scalar(x: f32) -> f32 {
     }
 }
 
+/// # Safety
+/// As `smelt_rt_exp_shifted_sum_f32`, on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn exp_sum_avx2(row: &mut [f32]) -> f32 {
+unsafe fn exp_sum_avx2(dst: *mut f32, src: *const f32, shift: f32, n: usize) -> f32 {
     use std::arch::x86_64::*;
     let s = _mm256_set1_ps;
     let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
     let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
-    let (hi, lo, inf) = (s(HI), s(LO), s(f32::INFINITY));
+    let (hi, lo, inf, shift_v) = (s(HI), s(LO), s(f32::INFINITY), s(shift));
     let mut acc = _mm256_setzero_ps();
-    let mut chunks = row.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        // SAFETY: eight floats in the chunk.
-        let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: i + 8 <= n, per the contract.
+        let x = _mm256_sub_ps(unsafe { _mm256_loadu_ps(src.add(i)) }, shift_v);
         let shifted = _mm256_fmadd_ps(x, log2e, magic);
         let n = _mm256_sub_ps(shifted, magic);
         let r = _mm256_fmadd_ps(n, ln2_hi, x);
@@ -99,34 +143,32 @@ fn exp_sum_avx2(row: &mut [f32]) -> f32 {
         let y = _mm256_blendv_ps(y, _mm256_add_ps(x, inf), over);
         let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
         let y = _mm256_and_ps(y, keep);
-        // SAFETY: eight floats in the chunk.
-        unsafe { _mm256_storeu_ps(chunk.as_mut_ptr(), y) };
+        // SAFETY: i + 8 <= n, per the contract.
+        unsafe { _mm256_storeu_ps(dst.add(i), y) };
         acc = _mm256_add_ps(acc, y);
     }
     let mut lanes = [0f32; 8];
     // SAFETY: eight floats.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    let mut sum = lanes.iter().sum::<f32>();
-    for x in chunks.into_remainder() {
-        *x = exp_scalar(*x);
-        sum += *x;
-    }
-    sum
+    // SAFETY: per the contract.
+    lanes.iter().sum::<f32>() + unsafe { exp_sum_tail(dst, src, shift, full, n) }
 }
 
+/// # Safety
+/// As `smelt_rt_exp_shifted_sum_f32`, on a CPU with AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn exp_sum_avx512(row: &mut [f32]) -> f32 {
+unsafe fn exp_sum_avx512(dst: *mut f32, src: *const f32, shift: f32, n: usize) -> f32 {
     use std::arch::x86_64::*;
     let s = _mm512_set1_ps;
     let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
     let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
-    let (hi, lo, inf) = (s(HI), s(LO), s(f32::INFINITY));
+    let (hi, lo, inf, shift_v) = (s(HI), s(LO), s(f32::INFINITY), s(shift));
     let mut acc = _mm512_setzero_ps();
-    let mut chunks = row.chunks_exact_mut(16);
-    for chunk in &mut chunks {
-        // SAFETY: sixteen floats in the chunk.
-        let x = unsafe { _mm512_loadu_ps(chunk.as_ptr()) };
+    let full = n / 16 * 16;
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 <= n, per the contract.
+        let x = _mm512_sub_ps(unsafe { _mm512_loadu_ps(src.add(i)) }, shift_v);
         let shifted = _mm512_fmadd_ps(x, log2e, magic);
         let n = _mm512_sub_ps(shifted, magic);
         let r = _mm512_fmadd_ps(n, ln2_hi, x);
@@ -142,26 +184,50 @@ fn exp_sum_avx512(row: &mut [f32]) -> f32 {
         let y = _mm512_mask_blend_ps(over, y, _mm512_add_ps(x, inf));
         let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo);
         let y = _mm512_maskz_mov_ps(keep, y);
-        // SAFETY: sixteen floats in the chunk.
-        unsafe { _mm512_storeu_ps(chunk.as_mut_ptr(), y) };
+        // SAFETY: i + 16 <= n, per the contract.
+        unsafe { _mm512_storeu_ps(dst.add(i), y) };
         acc = _mm512_add_ps(acc, y);
     }
-    let mut sum = _mm512_reduce_add_ps(acc);
-    for x in chunks.into_remainder() {
-        *x = exp_scalar(*x);
-        sum += *x;
-    }
-    sum
+    // SAFETY: per the contract.
+    _mm512_reduce_add_ps(acc) + unsafe { exp_sum_tail(dst, src, shift, full, n) }
 }
 
 /// The helpers by symbol name, for a JIT to resolve.
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
-    vec![("smelt_rt_exp_sum_f32", smelt_rt_exp_sum_f32 as *const u8)]
+    vec![
+        ("smelt_rt_exp_sum_f32", smelt_rt_exp_sum_f32 as *const u8),
+        (
+            "smelt_rt_exp_shifted_sum_f32",
+            smelt_rt_exp_shifted_sum_f32 as *const u8,
+        ),
+    ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading one row and writing another: exp(src - shift), and the sum.
+    #[test]
+    fn shifted_exp_sum_reads_the_source_row() {
+        let src: Vec<f32> = (0..1003).map(|i| (i % 97) as f32 / 9.0).collect();
+        let shift = 3.5;
+        let mut dst = vec![f32::NAN; src.len()];
+        // SAFETY: two rows of src.len() floats.
+        let sum = unsafe {
+            smelt_rt_exp_shifted_sum_f32(dst.as_mut_ptr(), src.as_ptr(), shift, src.len() as i64)
+        };
+        let mut want_sum = 0.0;
+        for (&x, &y) in src.iter().zip(&dst) {
+            let want = ((x - shift) as f64).exp();
+            want_sum += want;
+            assert!(
+                ((y as f64 - want) / want).abs() < 1e-6,
+                "exp({x} - {shift}) = {y}"
+            );
+        }
+        assert!((sum as f64 - want_sum).abs() < 1e-5 * want_sum);
+    }
 
     /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.
     #[test]
@@ -205,8 +271,8 @@ mod tests {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             avx2.clone_from(&xs);
-            // SAFETY: the CPU has AVX2 and FMA.
-            unsafe { exp_sum_avx2(&mut avx2) };
+            // SAFETY: the CPU has AVX2 and FMA; one row in place.
+            unsafe { exp_sum_avx2(avx2.as_mut_ptr(), avx2.as_ptr(), 0.0, avx2.len()) };
         }
         for (((&x, &y), &z), &w) in xs.iter().zip(&got).zip(&scalar).zip(&avx2) {
             let want = (x as f64).exp();

@@ -142,6 +142,8 @@ fn stashed_row_reductions_match_the_reference() {
     let bodies = [
         // softmax: exp(x - max) stashed in the output, then divided by the row sum.
         "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %y = div(%e, %s) : f32[R, N]",
+        // The exponent is not the row minus its max: stashed, then exponentiated in place.
+        "%h = tanh(%d) : f32[R, N]\n  %e = exp(%h) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %y = div(%e, %s) : f32[R, N]",
         // The twin also feeds another output element-wise expression.
         "%e = exp(%d) : f32[R, N]\n  %s = reduce_sum<axes=[1], keep_dims=true>(%e) : f32[R, 1]\n  %q = div(%e, %s) : f32[R, N]\n  %y = add(%q, %e) : f32[R, N]",
         // log-softmax: the sum's body has no inner-loop twin.

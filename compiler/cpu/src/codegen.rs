@@ -1406,6 +1406,34 @@ impl<M: Module> Gen<'_, '_, M> {
     /// output row four lanes at a time, then the runtime's `smelt_rt_exp_sum_f32` takes
     /// the exp of the row in place at the CPU's full vector width and returns the sum.
     fn stashed_exp_sum(&mut self, extent: u64, var: u32, arg: ExprId) -> Result<Value, CpuError> {
+        // exp(x - m) of a contiguous, in-bounds f32 row x and a per-row m (a plain
+        // softmax): the helper reads the row itself, so there is no stashing pass.
+        if let Expr::Binary(BinaryOp::Sub, x, m) = self.nest.node(arg).expr
+            && matches!(self.place[m as usize], Scope::Row | Scope::Entry)
+            && let Expr::Load { param, index } = self.nest.node(x).expr
+            && self.kernel.params[param as usize].dtype == DType::F32
+            && self.in_bounds(param, index)
+            && self
+                .nest
+                .coefficient(index, Variable::Reduction(var), &mut HashMap::new())
+                == Some(1)
+        {
+            let shift = self.scalar(m);
+            let zero = self.b.ins().iconst(types::I64, 0);
+            self.rvars.insert(var, zero);
+            self.frames.push(HashMap::new());
+            self.emit_scope(Scope::Reduce(var))?;
+            let start = self.scalar(index);
+            self.frames.pop();
+            let (src, _) = self.address(param, start, true);
+            let dst = self.stash_address(zero);
+            let n = self.b.ins().iconst(types::I64, extent as i64);
+            return self.call(
+                "smelt_rt_exp_shifted_sum_f32",
+                &[dst, src, shift, n],
+                types::F32,
+            );
+        }
         let blocks = (extent / LANES as u64) as i64 * LANES;
         let (header, bb, exit) = (
             self.b.create_block(),
