@@ -825,7 +825,9 @@ fn lane_value(
 ) -> bool {
     match (node.dtype, node.expr) {
         (DType::F32, Expr::Unary(op, _)) => lane_unary(op),
-        (DType::F32, Expr::Binary(op, _, _)) => lane_binary(op),
+        (DType::F32, Expr::Binary(op, _, _)) => {
+            lane_binary(op) || pow_exponent(nest, node).is_some()
+        }
         (DType::F32, Expr::Select(..)) => true,
         (DType::Bool, Expr::Binary(op, a, b)) if op.is_comparison() => {
             nest.node(a).dtype == DType::F32
@@ -854,6 +856,18 @@ fn lane_unary(op: UnaryOp) -> bool {
             | UnaryOp::Ceil
             | UnaryOp::Round
     )
+}
+
+/// The finite f32 constant exponent of a `pow`, which then runs as `Math::pow_const`.
+fn pow_exponent(nest: &LoopNest, node: &smelt_fuse::kernel::Node) -> Option<f32> {
+    let Expr::Binary(BinaryOp::Pow, _, c) = node.expr else {
+        return None;
+    };
+    let Expr::Const(Const::Float(bits)) = nest.node(c).expr else {
+        return None;
+    };
+    let v = f64::from_bits(bits) as f32;
+    (node.dtype == DType::F32 && nest.node(c).dtype == DType::F32 && v.is_finite()).then_some(v)
 }
 
 fn lane_binary(op: BinaryOp) -> bool {
@@ -1972,6 +1986,11 @@ impl<M: Module> Gen<'_, '_, M> {
                 let unsigned = false;
                 self.b.ins().icmp(int_cc(op, unsigned), x, y)
             }
+            Expr::Binary(BinaryOp::Pow, a, _) if pow_exponent(self.nest, &node).is_some() => {
+                let c = pow_exponent(self.nest, &node).expect("checked by the guard");
+                let x = self.lanes(a);
+                m.pow_const(&mut self.b, x, c)
+            }
             Expr::Binary(op @ (BinaryOp::Max | BinaryOp::Min), a, c)
                 if self.ordered_const(a) || self.ordered_const(c) =>
             {
@@ -2224,6 +2243,14 @@ impl<M: Module> Gen<'_, '_, M> {
                 let x = self.scalar(a);
                 if let Some(v) = self.divide_by_constant(op, a, c, x) {
                     return Ok(v);
+                }
+                if let Some(k) = pow_exponent(self.nest, &node) {
+                    // As the vector lanes compute it, so tails agree with them.
+                    let m = Math {
+                        ty: types::F32,
+                        fma: self.fma,
+                    };
+                    return Ok(m.pow_const(&mut self.b, x, k));
                 }
                 let y = self.scalar(c);
                 let src = self.nest.node(a).dtype;

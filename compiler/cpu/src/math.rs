@@ -216,6 +216,34 @@ impl Math {
         self.select(b, is_nan, x, y)
     }
 
+    /// `x^c` for a finite constant `c`, as exp(c log|x|) with the sign and domain rules of
+    /// IEEE pow: an odd integer `c` keeps the sign of `x`, a non-integer one gives NaN for
+    /// finite negative `x`, `c = 0` gives 1 (NaN included).
+    pub fn pow_const(&self, b: &mut FunctionBuilder, x: Value, c: f32) -> Value {
+        if c == 0.0 {
+            return self.f(b, 1.0);
+        }
+        let ax = b.ins().fabs(x);
+        let l = self.log(b, ax);
+        let cv = self.f(b, c);
+        let t = b.ins().fmul(l, cv);
+        let r = self.exp(b, t);
+        let integer = c.fract() == 0.0;
+        if integer && (c / 2.0).fract() != 0.0 {
+            return self.copysign(b, r, x);
+        }
+        if integer {
+            return r;
+        }
+        let zero = self.f(b, 0.0);
+        let ninf = self.f(b, f32::NEG_INFINITY);
+        let nan = self.f(b, f32::NAN);
+        let negative = self.fcmp(b, FloatCC::LessThan, x, zero);
+        let finite = self.fcmp(b, FloatCC::NotEqual, x, ninf);
+        let invalid = b.ins().band(negative, finite);
+        self.select(b, invalid, nan, r)
+    }
+
     pub fn tanh(&self, b: &mut FunctionBuilder, x: Value) -> Value {
         let ax = b.ins().fabs(x);
         // Small |x|: odd polynomial; large: 1 - 2 / (exp(2|x|) + 1), with the sign restored.

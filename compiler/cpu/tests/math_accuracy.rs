@@ -189,3 +189,78 @@ fn exp_range_edges() {
         }
     }
 }
+
+/// `x^c` for constant exponents (LRN's 0.75 among them) on both code paths: within 1e-5
+/// relative of f64 where the result is a normal float, and IEEE pow's special values
+/// (signs of odd powers, NaN for negative bases of fractional ones, infinities, zeros).
+#[test]
+fn pow_by_a_constant() {
+    use smelt_fuse::kernel::Const;
+    let mut xs: Vec<f32> = sweep(-30.0, 30.0, 20_001);
+    xs.extend(sweep(1e-3, 2.0, 2_001));
+    xs.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        1e30,
+        1e-30,
+    ]);
+    for c in [0.75f32, -0.75, 0.5, 2.0, 3.0, -1.0, -2.0, 0.0, 1.5] {
+        for vector in [true, false] {
+            let n = xs.len();
+            let param = |role| Param {
+                value: "x".into(),
+                dtype: DType::F32,
+                shape: vec![n],
+                role,
+            };
+            let node = |expr, dtype| Node { expr, dtype };
+            let k = Kernel {
+                name: format!("pow_{vector}"),
+                params: vec![param(Role::Output), param(Role::Input)],
+                body: Body::Loop(LoopNest {
+                    domain: if vector { vec![n] } else { vec![n, 1] },
+                    nodes: vec![
+                        node(Expr::Var(0), DType::I64),
+                        node(Expr::Load { param: 1, index: 0 }, DType::F32),
+                        node(Expr::Const(Const::Float((c as f64).to_bits())), DType::F32),
+                        node(Expr::Binary(smelt_ir::BinaryOp::Pow, 1, 2), DType::F32),
+                    ],
+                    stores: vec![Store {
+                        param: 0,
+                        index: 0,
+                        value: 3,
+                    }],
+                }),
+            };
+            k.verify().unwrap();
+            let code = smelt_cpu::compile(&[&k]).unwrap();
+            let f = code.function(0).unwrap();
+            let mut out = vec![0f32; n];
+            let args = [
+                out.as_mut_ptr().cast::<u8>(),
+                xs.as_ptr().cast_mut().cast::<u8>(),
+            ];
+            // SAFETY: both buffers hold n f32 values, as the kernel's parameters declare.
+            unsafe { f(args.as_ptr(), 0, n as i64) };
+            for (&x, &y) in xs.iter().zip(&out) {
+                let want = (x as f64).powf(c as f64);
+                let w = want as f32;
+                let ok = if want.is_nan() {
+                    y.is_nan()
+                } else if w.is_infinite() || w == 0.0 {
+                    y == w && y.is_sign_negative() == w.is_sign_negative()
+                } else if w.abs() < f32::MIN_POSITIVE {
+                    y.abs() < f32::MIN_POSITIVE * 2.0
+                } else {
+                    ((y as f64 - want) / want).abs() < 1e-5
+                };
+                assert!(ok, "{x}^{c} = {y}, expected {want} (vector: {vector})");
+            }
+        }
+    }
+}
