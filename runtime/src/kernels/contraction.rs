@@ -330,34 +330,42 @@ pub fn batched_matmul<T: Float>(
     } else {
         (n as isize, 1)
     };
-    let run = |bi: usize, rows: std::ops::Range<usize>, c: &mut [T]| {
+    // Rows `rows` by columns `cols` of batch `bi` into `c` (that block of `out`, rows `n`
+    // apart).
+    let run = |bi: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, c: *mut T| {
         let ai = batch_index(bi, &batch, ba) * m * k;
         let bj = batch_index(bi, &batch, bb) * k * n;
         let row_offset = rows.start as isize * a_rs;
         let a_part = &a[(ai as isize + row_offset) as usize..];
-        // SAFETY: `c` is this item's rows x n block; the strides stay in `a` and `b`.
+        let b_part = &b[(bj as isize + cols.start as isize * b_cs) as usize..];
+        // SAFETY: `c` is this item's block, rows n apart; the strides stay in `a` and `b`.
         unsafe {
             gemm_into(
                 rows.len(),
-                n,
+                cols.len(),
                 k,
-                c.as_mut_ptr(),
+                c,
                 n,
                 a_part,
                 a_rs,
                 a_cs,
-                &b[bj..],
+                b_part,
                 b_rs,
                 b_cs,
             );
-        }
-        if let Some(bias) = bias {
-            for row in c.chunks_mut(n) {
-                row.iter_mut().zip(bias).for_each(|(x, &b)| *x = *x + b);
+            if let Some(bias) = bias {
+                for r in 0..rows.len() {
+                    let row = std::slice::from_raw_parts_mut(c.add(r * n), cols.len());
+                    row.iter_mut()
+                        .zip(&bias[cols.clone()])
+                        .for_each(|(x, &b)| *x = *x + b);
+                }
             }
         }
     };
-    // Work items: (batch, block of rows); the pool runs them on its threads.
+    // Work items: (batch, block of rows, block of columns); the pool runs them on its
+    // threads. Columns split only where rows cannot give every thread work (one-row
+    // products: a classifier's dense layers, memory-bound on their weights).
     let threads = pool.threads();
     let small = threads == 1 || batches * m * n * k < SERIAL_MACS;
     let rows_per = if small || batches >= threads {
@@ -366,22 +374,30 @@ pub fn batched_matmul<T: Float>(
         m.div_ceil(threads).max(1)
     };
     let blocks = m.div_ceil(rows_per).max(1);
-    let items = batches * blocks;
+    let cols_per = if small || batches * blocks >= threads {
+        n.max(1)
+    } else {
+        n.div_ceil(2 * threads)
+            .next_multiple_of(16)
+            .clamp(1, n.max(1))
+    };
+    let col_blocks = n.div_ceil(cols_per).max(1);
+    let items = batches * blocks * col_blocks;
     let base = SyncPtr(out.as_mut_ptr());
     let body = |range: std::ops::Range<usize>| {
         for item in range {
-            let (bi, blk) = (item / blocks, item % blocks);
+            let (bi, blk, cb) = (
+                item / (blocks * col_blocks),
+                item / col_blocks % blocks,
+                item % col_blocks,
+            );
             let rows = blk * rows_per..((blk + 1) * rows_per).min(m);
-            // SAFETY: items cover disjoint rows of `out`, which outlives the run.
-            let c = unsafe {
-                std::slice::from_raw_parts_mut(
-                    base.get().add((bi * m + rows.start) * n),
-                    rows.len() * n,
-                )
-            };
+            let cols = cb * cols_per..((cb + 1) * cols_per).min(n);
+            // SAFETY: items cover disjoint blocks of `out`, which outlives the run.
+            let c = unsafe { base.get().add((bi * m + rows.start) * n + cols.start) };
             // `a` rows for a transposed `a` start at a column offset, which the row
             // stride of 1 gives.
-            run(bi, rows, c);
+            run(bi, rows, cols, c);
         }
     };
     pool.run(items, if small { items.max(1) } else { 1 }, &body);
@@ -1450,6 +1466,44 @@ mod matmul_tests {
         }
         check::<f32>();
         check::<f64>();
+    }
+
+    /// One-row products big enough for the threads split their columns (blocks of 16,
+    /// the last one short), with `b` plain or transposed and a bias.
+    #[test]
+    fn one_row_products_split_their_columns_over_threads() {
+        let (k, n) = (1024usize, 600usize);
+        let a: Vec<f32> = (0..k).map(|i| (i % 5) as f32 - 2.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 11) as f32 * 0.25 - 1.0).collect();
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
+        for trans_b in [false, true] {
+            for threads in [2, 3] {
+                let mut out = vec![f32::NAN; n];
+                let b_shape = if trans_b { [n, k] } else { [k, n] };
+                batched_matmul(
+                    &a,
+                    &[1, k],
+                    false,
+                    &b,
+                    &b_shape,
+                    trans_b,
+                    Some(&bias),
+                    &mut out,
+                    &ThreadPool::new(threads),
+                )
+                .unwrap();
+                for j in 0..n {
+                    let weight = |p: usize| if trans_b { b[j * k + p] } else { b[p * n + j] };
+                    let want: f64 = (0..k).map(|p| a[p] as f64 * weight(p) as f64).sum::<f64>()
+                        + bias[j] as f64;
+                    assert!(
+                        (out[j] as f64 - want).abs() < 1e-3,
+                        "trans_b {trans_b}, {threads} threads, [{j}]: {} vs {want}",
+                        out[j]
+                    );
+                }
+            }
+        }
     }
 
     /// Batches of `a` sharing one `b` fold into a single product; the result must equal
