@@ -1183,14 +1183,9 @@ impl<M: Module> Gen<'_, '_, M> {
             let more = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi);
             self.b.ins().brif(more, body, &[], exit, &[i.into()]);
             self.b.switch_to_block(body);
-            self.inner_lanes = true;
             for at in [i, self.b.ins().iadd_imm(i, LANES)] {
-                self.inner = Some(at);
-                self.frames.push(HashMap::new());
-                self.emit_scope(Scope::Inner)?;
-                self.frames.pop();
+                self.inner_step(at, true)?;
             }
-            self.inner_lanes = false;
             self.b.ins().jump(header, &[last.into()]);
             self.b.switch_to_block(exit);
             let (once, after) = (self.b.create_block(), self.b.create_block());
@@ -1199,12 +1194,7 @@ impl<M: Module> Gen<'_, '_, M> {
             let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, last, hi);
             self.b.ins().brif(fits, once, &[], after, &[done.into()]);
             self.b.switch_to_block(once);
-            self.inner = Some(done);
-            self.inner_lanes = true;
-            self.frames.push(HashMap::new());
-            self.emit_scope(Scope::Inner)?;
-            self.frames.pop();
-            self.inner_lanes = false;
+            self.inner_step(done, true)?;
             self.b.ins().jump(after, &[last.into()]);
             self.b.switch_to_block(after);
             start = rest;
@@ -1220,13 +1210,21 @@ impl<M: Module> Gen<'_, '_, M> {
         let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
         self.b.ins().brif(more, body, &[], exit, &[]);
         self.b.switch_to_block(body);
-        self.inner = Some(i);
-        self.frames.push(HashMap::new());
-        self.emit_scope(Scope::Inner)?;
-        self.frames.pop();
+        self.inner_step(i, false)?;
         let next = self.b.ins().iadd_imm(i, 1);
         self.b.ins().jump(header, &[next.into()]);
         self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// The inner loop's body at inner index `at`: four lanes from it, or one element.
+    fn inner_step(&mut self, at: Value, lanes: bool) -> Result<(), CpuError> {
+        self.inner = Some(at);
+        self.inner_lanes = lanes;
+        self.frames.push(HashMap::new());
+        self.emit_scope(Scope::Inner)?;
+        self.frames.pop();
+        self.inner_lanes = false;
         Ok(())
     }
 

@@ -4,39 +4,55 @@
 use smelt_fuse::kernel::{Body, Expr, Kernel, LoopNest, Node, Param, Role, Store};
 use smelt_ir::{DType, UnaryOp};
 
-/// A kernel computing `op` over `n` f32 values; `vector` picks a domain whose inner
+/// A kernel storing the last of `values` (nodes after `[Var(0), Load x]`, node 1 being
+/// the loaded element) for each of `n` f32 inputs; `vector` picks a domain whose inner
 /// axis vectorizes ([n]) or one that runs scalar ([n, 1]).
-fn kernel(op: UnaryOp, n: usize, vector: bool) -> Kernel {
+fn elementwise(name: &str, n: usize, vector: bool, values: Vec<Node>) -> Kernel {
     let param = |role| Param {
         value: "x".into(),
         dtype: DType::F32,
         shape: vec![n],
         role,
     };
-    let node = |expr, dtype| Node { expr, dtype };
+    let mut nodes = vec![
+        Node {
+            expr: Expr::Var(0),
+            dtype: DType::I64,
+        },
+        Node {
+            expr: Expr::Load { param: 1, index: 0 },
+            dtype: DType::F32,
+        },
+    ];
+    nodes.extend(values);
     Kernel {
-        name: format!("{}_{}", op.name(), if vector { "vector" } else { "scalar" }),
+        name: format!("{name}_{}", if vector { "vector" } else { "scalar" }),
         params: vec![param(Role::Output), param(Role::Input)],
         body: Body::Loop(LoopNest {
             domain: if vector { vec![n] } else { vec![n, 1] },
-            nodes: vec![
-                node(Expr::Var(0), DType::I64),
-                node(Expr::Load { param: 1, index: 0 }, DType::F32),
-                node(Expr::Unary(op, 1), DType::F32),
-            ],
             stores: vec![Store {
                 param: 0,
                 index: 0,
-                value: 2,
+                value: nodes.len() as u32 - 1,
             }],
+            nodes,
         }),
     }
 }
 
-fn run(op: UnaryOp, xs: &[f32], vector: bool) -> Vec<f32> {
-    let k = kernel(op, xs.len(), vector);
+/// A kernel computing `op` over `n` f32 values.
+fn kernel(op: UnaryOp, n: usize, vector: bool) -> Kernel {
+    let value = Node {
+        expr: Expr::Unary(op, 1),
+        dtype: DType::F32,
+    };
+    elementwise(op.name(), n, vector, vec![value])
+}
+
+/// Compiles and runs `k` over `xs`.
+fn run_kernel(k: &Kernel, xs: &[f32]) -> Vec<f32> {
     k.verify().unwrap();
-    let code = smelt_cpu::compile(&[&k]).unwrap();
+    let code = smelt_cpu::compile(&[k]).unwrap();
     let f = code.function(0).unwrap();
     let mut out = vec![0f32; xs.len()];
     let args = [
@@ -46,6 +62,10 @@ fn run(op: UnaryOp, xs: &[f32], vector: bool) -> Vec<f32> {
     // SAFETY: both buffers hold xs.len() f32 values, as the kernel's parameters declare.
     unsafe { f(args.as_ptr(), 0, xs.len() as i64) };
     out
+}
+
+fn run(op: UnaryOp, xs: &[f32], vector: bool) -> Vec<f32> {
+    run_kernel(&kernel(op, xs.len(), vector), xs)
 }
 
 fn sweep(lo: f64, hi: f64, n: usize) -> Vec<f32> {
@@ -211,42 +231,17 @@ fn pow_by_a_constant() {
     ]);
     for c in [0.75f32, -0.75, 0.5, 2.0, 3.0, -1.0, -2.0, 0.0, 1.5] {
         for vector in [true, false] {
-            let n = xs.len();
-            let param = |role| Param {
-                value: "x".into(),
-                dtype: DType::F32,
-                shape: vec![n],
-                role,
-            };
-            let node = |expr, dtype| Node { expr, dtype };
-            let k = Kernel {
-                name: format!("pow_{vector}"),
-                params: vec![param(Role::Output), param(Role::Input)],
-                body: Body::Loop(LoopNest {
-                    domain: if vector { vec![n] } else { vec![n, 1] },
-                    nodes: vec![
-                        node(Expr::Var(0), DType::I64),
-                        node(Expr::Load { param: 1, index: 0 }, DType::F32),
-                        node(Expr::Const(Const::Float((c as f64).to_bits())), DType::F32),
-                        node(Expr::Binary(smelt_ir::BinaryOp::Pow, 1, 2), DType::F32),
-                    ],
-                    stores: vec![Store {
-                        param: 0,
-                        index: 0,
-                        value: 3,
-                    }],
-                }),
-            };
-            k.verify().unwrap();
-            let code = smelt_cpu::compile(&[&k]).unwrap();
-            let f = code.function(0).unwrap();
-            let mut out = vec![0f32; n];
-            let args = [
-                out.as_mut_ptr().cast::<u8>(),
-                xs.as_ptr().cast_mut().cast::<u8>(),
+            let values = vec![
+                Node {
+                    expr: Expr::Const(Const::Float((c as f64).to_bits())),
+                    dtype: DType::F32,
+                },
+                Node {
+                    expr: Expr::Binary(smelt_ir::BinaryOp::Pow, 1, 2),
+                    dtype: DType::F32,
+                },
             ];
-            // SAFETY: both buffers hold n f32 values, as the kernel's parameters declare.
-            unsafe { f(args.as_ptr(), 0, n as i64) };
+            let out = run_kernel(&elementwise("pow", xs.len(), vector, values), &xs);
             for (&x, &y) in xs.iter().zip(&out) {
                 let want = (x as f64).powf(c as f64);
                 let w = want as f32;
