@@ -574,7 +574,9 @@ fn conv_tiled<T: Float>(
     // columns (more filters than output positions: small late-stage feature maps) the
     // columns stay in one tile and the threads split the filters instead.
     let depth = cg * kc;
-    let small = n * m * out_count * depth < SERIAL_MACS;
+    // One thread gains nothing from more work items, and every filter block repacks the
+    // columns once more (MNIST CNN's 32->64 conv at 1 thread: 0.124 -> 0.108 ms).
+    let small = pool.threads() == 1 || n * m * out_count * depth < SERIAL_MACS;
     let wanted = 2 * pool.threads();
     let filters_outweigh = mg > out_count;
     let cols_per = if filters_outweigh {
