@@ -1199,7 +1199,19 @@ impl<M: Module> Gen<'_, '_, M> {
             self.b.switch_to_block(after);
             start = rest;
         }
-        let (header, body, exit) = (
+        self.counted_loop(start, hi, 1, |g, i| g.inner_step(i, false))
+    }
+
+    /// A loop of `body(i)` for `i` from `start` while `i < end`, `step` at a time, with no
+    /// values carried between iterations; the builder continues after it.
+    fn counted_loop(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        mut body: impl FnMut(&mut Self, Value) -> Result<(), CpuError>,
+    ) -> Result<(), CpuError> {
+        let (header, bb, exit) = (
             self.b.create_block(),
             self.b.create_block(),
             self.b.create_block(),
@@ -1207,11 +1219,11 @@ impl<M: Module> Gen<'_, '_, M> {
         let i = self.b.append_block_param(header, types::I64);
         self.b.ins().jump(header, &[start.into()]);
         self.b.switch_to_block(header);
-        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, hi);
-        self.b.ins().brif(more, body, &[], exit, &[]);
-        self.b.switch_to_block(body);
-        self.inner_step(i, false)?;
-        let next = self.b.ins().iadd_imm(i, 1);
+        let more = self.b.ins().icmp(IntCC::SignedLessThan, i, end);
+        self.b.ins().brif(more, bb, &[], exit, &[]);
+        self.b.switch_to_block(bb);
+        body(self, i)?;
+        let next = self.b.ins().iadd_imm(i, step);
         self.b.ins().jump(header, &[next.into()]);
         self.b.switch_to_block(exit);
         Ok(())
@@ -1432,11 +1444,7 @@ impl<M: Module> Gen<'_, '_, M> {
         {
             let shift = self.scalar(m);
             let zero = self.b.ins().iconst(types::I64, 0);
-            self.rvars.insert(var, zero);
-            self.frames.push(HashMap::new());
-            self.emit_scope(Scope::Reduce(var))?;
-            let start = self.scalar(index);
-            self.frames.pop();
+            let start = self.reduce_step(var, zero, index)?;
             let (src, _) = self.address(param, start, true);
             let dst = self.stash_address(zero);
             let n = self.b.ins().iconst(types::I64, extent as i64);
@@ -1447,24 +1455,14 @@ impl<M: Module> Gen<'_, '_, M> {
             );
         }
         let blocks = (extent / LANES as u64) as i64 * LANES;
-        let (header, bb, exit) = (
-            self.b.create_block(),
-            self.b.create_block(),
-            self.b.create_block(),
-        );
         let zero = self.b.ins().iconst(types::I64, 0);
-        let i = self.b.append_block_param(header, types::I64);
-        self.b.ins().jump(header, &[zero.into()]);
-        self.b.switch_to_block(header);
-        let more = self.b.ins().icmp_imm(IntCC::SignedLessThan, i, blocks);
-        self.b.ins().brif(more, bb, &[], exit, &[]);
-        self.b.switch_to_block(bb);
+        let end = self.b.ins().iconst(types::I64, blocks);
         self.lanes_scope = Some(Scope::Reduce(var));
-        let x = self.reduce_step(var, i, arg)?;
-        self.stash_step(i, x);
-        let next = self.b.ins().iadd_imm(i, LANES);
-        self.b.ins().jump(header, &[next.into()]);
-        self.b.switch_to_block(exit);
+        self.counted_loop(zero, end, LANES, |g, i| {
+            let x = g.reduce_step(var, i, arg)?;
+            g.stash_step(i, x);
+            Ok(())
+        })?;
         self.lanes_scope = None;
         for k in blocks..extent as i64 {
             let at = self.b.ins().iconst(types::I64, k);
