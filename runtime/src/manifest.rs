@@ -216,6 +216,7 @@ impl Program {
             arena_bytes: m.arena_bytes as usize,
             intermediate_bytes: m.intermediate_bytes as usize,
             launches,
+            packed_filters: Default::default(),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! ordered launches (generated loop kernels split over the thread pool, contraction
 //! microkernels, copies).
 
-use crate::kernels::{ConvGeometry, KernelError, batched_matmul, conv};
+use crate::kernels::{
+    ConvGeometry, KernelError, batched_matmul, conv, conv_prepacked, prepack_conv_filters,
+};
 use crate::pool::ThreadPool;
 use crate::tensor::{ElemType, HostTensor};
 use std::time::{Duration, Instant};
@@ -199,6 +201,50 @@ pub struct Program {
     /// What the arena buffers would take without reuse.
     pub intermediate_bytes: usize,
     pub launches: Vec<Launch>,
+    /// Filters of convolutions with constant weights, packed on their first run.
+    pub packed_filters: PackedFilters,
+}
+
+/// Per launch, the packed filters of a convolution whose weights are constants: packed
+/// once (on the launch's first run) instead of on every run. Cloning gives an empty
+/// cache (the clone packs again on its first run).
+#[derive(Default)]
+pub struct PackedFilters {
+    slots: std::sync::OnceLock<Vec<std::sync::OnceLock<Option<Vec<f32>>>>>,
+}
+
+impl Clone for PackedFilters {
+    fn clone(&self) -> Self {
+        PackedFilters::default()
+    }
+}
+
+impl std::fmt::Debug for PackedFilters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let packed = self.slots.get().map_or(0, |slots| {
+            slots
+                .iter()
+                .filter(|s| s.get().is_some_and(|p| p.is_some()))
+                .count()
+        });
+        write!(f, "PackedFilters({packed} packed)")
+    }
+}
+
+impl PackedFilters {
+    /// The packed filters of launch `index` of `launches`, packing them with `pack` on
+    /// the first call.
+    fn get(
+        &self,
+        index: usize,
+        launches: usize,
+        pack: impl FnOnce() -> Option<Vec<f32>>,
+    ) -> Option<&[f32]> {
+        let slots = self
+            .slots
+            .get_or_init(|| (0..launches).map(|_| std::sync::OnceLock::new()).collect());
+        slots.get(index)?.get_or_init(pack).as_deref()
+    }
 }
 
 /// Pointers that the pool's threads share; each launch writes disjoint elements.
@@ -361,7 +407,7 @@ impl Program {
         }
         for (li, launch) in self.launches.iter().enumerate() {
             let start = Instant::now();
-            self.launch(launch, functions, pool, &mem)?;
+            self.launch(li, launch, functions, pool, &mem)?;
             if let Some(p) = profile.as_deref_mut() {
                 p[li] += start.elapsed();
             }
@@ -401,6 +447,7 @@ impl Program {
 
     fn launch(
         &self,
+        index: usize,
         launch: &Launch,
         functions: &dyn Fn(usize) -> Option<KernelFn>,
         pool: &ThreadPool,
@@ -461,8 +508,19 @@ impl Program {
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
                     let (xv, wv, bias, ov) = self.slices::<f32>(mem, *x, *w, *bias, *out);
-                    conv(xv, wv, bias, geometry, ov, pool)
-                        .map_err(|e: KernelError| fail(e.to_string()))?
+                    let constant = matches!(self.buffers[*w].place, Place::Constant { .. });
+                    let packed = constant
+                        .then(|| {
+                            self.packed_filters.get(index, self.launches.len(), || {
+                                prepack_conv_filters(wv, geometry)
+                            })
+                        })
+                        .flatten();
+                    match packed {
+                        Some(packed) => conv_prepacked(xv, wv, packed, bias, geometry, ov, pool),
+                        None => conv(xv, wv, bias, geometry, ov, pool),
+                    }
+                    .map_err(|e: KernelError| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
                     let (xv, wv, bias, ov) = self.slices::<f64>(mem, *x, *w, *bias, *out);

@@ -514,5 +514,6 @@ fn build_program(
         arena_bytes: plan.arena_bytes,
         intermediate_bytes: plan.total_bytes,
         launches,
+        packed_filters: Default::default(),
     })
 }

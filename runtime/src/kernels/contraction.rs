@@ -1,6 +1,7 @@
 //! Batched MatMul and N-d convolution (im2col, or a plain MatMul for 1x1 kernels) on
 //! `gemm`, for f32 and f64, split over a thread pool.
 
+use super::implicit;
 use crate::pool::ThreadPool;
 use gemm::{Parallelism, gemm};
 use thiserror::Error;
@@ -114,7 +115,6 @@ fn f32_with<T: Float>(simd: Simd) -> bool {
 ///
 /// # Safety
 /// `T` must be f32 (`f32_with` checked it).
-#[cfg(target_arch = "x86_64")]
 unsafe fn as_f32<T>(x: &[T]) -> &[f32] {
     // SAFETY: per the contract, the same type.
     unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) }
@@ -124,7 +124,6 @@ unsafe fn as_f32<T>(x: &[T]) -> &[f32] {
 ///
 /// # Safety
 /// `T` must be f32 (`f32_with` checked it).
-#[cfg(target_arch = "x86_64")]
 unsafe fn as_f32_mut<T>(x: &mut [T]) -> &mut [f32] {
     // SAFETY: per the contract, the same type.
     unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast::<f32>(), x.len()) }
@@ -405,13 +404,13 @@ pub fn batched_matmul<T: Float>(
 }
 
 /// A pointer the pool's threads share; each writes a disjoint part of the buffer.
-struct SyncPtr<T>(*mut T);
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 // SAFETY: used only for disjoint writes while the owner waits for the pool.
 unsafe impl<T> Sync for SyncPtr<T> {}
 unsafe impl<T> Send for SyncPtr<T> {}
 
 impl<T> SyncPtr<T> {
-    fn get(&self) -> *mut T {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
 }
@@ -459,13 +458,36 @@ pub fn conv<T: Float>(
     out: &mut [T],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
-    conv_tiled(x, w, bias, geo, out, pool, TILE_ELEMENTS)
+    conv_tiled(x, w, None, bias, geo, out, pool, TILE_ELEMENTS)
+}
+
+/// The filters `w` of convolution `geo` packed once for [`conv_prepacked`] (for weights
+/// that do not change between runs), or `None` where this CPU and geometry do not use
+/// packed filters (plain [`conv`] then).
+pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
+    let size: usize = geo.weight.iter().product();
+    (implicit::handles(geo) && w.len() == size).then(|| implicit::pack_filters(w, geo))
+}
+
+/// [`conv`] with the filters also given packed by [`prepack_conv_filters`].
+pub fn conv_prepacked(
+    x: &[f32],
+    w: &[f32],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    geo: &ConvGeometry,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), KernelError> {
+    conv_tiled(x, w, Some(packed), bias, geo, out, pool, TILE_ELEMENTS)
 }
 
 /// [`conv`] with work items of about `tile_elements` im2col elements.
+#[allow(clippy::too_many_arguments)]
 fn conv_tiled<T: Float>(
     x: &[T],
     w: &[T],
+    prepacked: Option<&[T]>,
     bias: Option<&[T]>,
     geo: &ConvGeometry,
     out: &mut [T],
@@ -549,6 +571,21 @@ fn conv_tiled<T: Float>(
         };
         pool.run(n * m, min_items.max(1), &per_channel);
         return Ok(());
+    }
+    if is_f32::<T>() && implicit::handles(geo) {
+        // SAFETY: T is f32.
+        return unsafe {
+            implicit::conv2d(
+                as_f32(x),
+                as_f32(w),
+                prepacked.map(|p| as_f32(p)),
+                bias.map(|b| as_f32(b)),
+                geo,
+                as_f32_mut(out),
+                pool,
+                tile_elements,
+            )
+        };
     }
     // A stride along the rows makes every im2col run a strided copy; split the input rows
     // by column phase once, and the runs are contiguous again.
@@ -720,9 +757,14 @@ fn conv_tiled<T: Float>(
     Ok(())
 }
 
+/// Whether `T` is f32.
+fn is_f32<T: Float>() -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+}
+
 /// Contractions with fewer multiply-adds than this run on the calling thread: about 10 us
 /// of work, less than waking the pool's workers costs.
-const SERIAL_MACS: usize = 1 << 19;
+pub(crate) const SERIAL_MACS: usize = 1 << 19;
 
 /// Fewest filters a work item multiplies (below this the GEMM's packing dominates).
 const MIN_FILTER_BLOCK: usize = 32;
@@ -1322,11 +1364,32 @@ mod tests {
             for (threads, tile) in [(1, TILE_ELEMENTS), (2, 1), (3, 200)] {
                 let mut got = vec![f64::NAN; want.len()];
                 let pool = ThreadPool::new(threads);
-                conv_tiled(&x, &w, Some(&bias), &geo, &mut got, &pool, tile).unwrap();
+                conv_tiled(&x, &w, None, Some(&bias), &geo, &mut got, &pool, tile).unwrap();
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-9,
                         "{geo:?} threads {threads} tile {tile}: [{i}] {a} vs {b}"
+                    );
+                }
+                // The same in f32: the implicit convolution where the CPU has AVX-512.
+                let narrow = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+                let mut got = vec![f32::NAN; want.len()];
+                let bias = narrow(&bias);
+                conv_tiled(
+                    &narrow(&x),
+                    &narrow(&w),
+                    None,
+                    Some(&bias),
+                    &geo,
+                    &mut got,
+                    &pool,
+                    tile,
+                )
+                .unwrap();
+                for (i, (&a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() < 1e-4 * b.abs().max(1.0),
+                        "f32 {geo:?} threads {threads} tile {tile}: [{i}] {a} vs {b}"
                     );
                 }
             }

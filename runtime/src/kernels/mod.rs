@@ -1,6 +1,10 @@
 //! Contraction kernels the compiled code calls: batched MatMul and Conv on the `gemm`
-//! crate (AVX-512 kernels through its `x86-v4` feature), with their bias epilogue.
+//! crate (AVX-512 kernels through its `x86-v4` feature), with their bias epilogue, and
+//! 2-D f32 convolutions as implicit matrix products of our own where the CPU has AVX-512.
 
 pub mod contraction;
+mod implicit;
 
-pub use contraction::{ConvGeometry, KernelError, batched_matmul, conv};
+pub use contraction::{
+    ConvGeometry, KernelError, batched_matmul, conv, conv_prepacked, prepack_conv_filters,
+};
