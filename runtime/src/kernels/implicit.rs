@@ -121,13 +121,72 @@ pub(crate) fn handles(geo: &ConvGeometry) -> bool {
 }
 
 /// The filters `w` of `geo` packed for [`conv2d`]: per group, panels of
-/// `panel_rows(filters per group)` rows (see [`pack_rows`]).
+/// `panel_rows(filters per group)` rows (see [`pack_rows`]), or where the filters are
+/// the lanes ([`filters_as_lanes`]), panels of 32 filters (see [`pack_lanes`]).
 pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
     let (m, g) = (geo.weight[0], geo.group.max(1));
     let depth: usize = geo.weight[1..].iter().product();
-    let mut packed = vec![0.0; m * depth];
-    pack_groups(w, g, m / g, depth, &mut packed);
+    let mut packed = vec![0.0; packed_len(geo)];
+    if filters_as_lanes(geo) {
+        pack_lanes(w, g, m / g, depth, &mut packed);
+    } else {
+        pack_groups(w, g, m / g, depth, &mut packed);
+    }
     packed
+}
+
+/// Elements of [`pack_filters`]'s result.
+fn packed_len(geo: &ConvGeometry) -> usize {
+    let (m, g) = (geo.weight[0], geo.group.max(1));
+    let depth: usize = geo.weight[1..].iter().product();
+    if filters_as_lanes(geo) {
+        g * (m / g).div_ceil(TILE_LANES) * TILE_LANES * depth
+    } else {
+        m * depth
+    }
+}
+
+/// Packs the `g` groups of `mg` filters each as lane panels: panel by panel, depth by
+/// depth, 32 filters side by side (zeros past the group's last filter).
+fn pack_lanes(w: &[f32], g: usize, mg: usize, depth: usize, packed: &mut [f32]) {
+    let panels = mg.div_ceil(TILE_LANES);
+    for gi in 0..g {
+        for j in 0..panels {
+            let panel = &mut packed[(gi * panels + j) * depth * TILE_LANES..][..depth * TILE_LANES];
+            panel.fill(0.0);
+            for l in 0..TILE_LANES.min(mg - j * TILE_LANES) {
+                let filter = gi * mg + j * TILE_LANES + l;
+                for (k, &v) in w[filter * depth..(filter + 1) * depth].iter().enumerate() {
+                    panel[k * TILE_LANES + l] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`conv2d`] makes the filters its vector lanes (and runs of output positions
+/// its rows) rather than the other way round: where the output rows are short, position
+/// lanes compute many lanes past a row's end (a 7x7 map fills 49 of 64), while filter
+/// lanes waste none where the filters come in 32s, at the price of transposing each
+/// result tile into the output planes (about 1.5 cycles per value, the cost of 24 more
+/// steps of depth in these units).
+fn filters_as_lanes(geo: &ConvGeometry) -> bool {
+    let Ok(out_sp) = geo.out_spatial() else {
+        return false;
+    };
+    let (out_h, out_w) = (out_sp[0], out_sp[1]);
+    if out_h == 0 || out_w == 0 {
+        return false;
+    }
+    let (g, m) = (geo.group.max(1), geo.weight[0]);
+    let mg = m / g;
+    let depth: usize = geo.weight[1..].iter().product();
+    let row = (geo.input[3] + geo.pads[1] + geo.pads[3]).div_ceil(geo.strides[1]);
+    let q_end = (out_h - 1) * row + out_w;
+    let position_lanes = q_end.next_multiple_of(TILE_LANES) * mg * depth;
+    let filter_lanes = out_h * out_w * mg.next_multiple_of(TILE_LANES) * (depth + 24);
+    // Ties go to position lanes, which store without a transpose.
+    filter_lanes * 20 < position_lanes * 19
 }
 
 /// Packs the `g` groups of `mg` filters each.
@@ -253,6 +312,33 @@ pub(crate) fn conv2d(
 
     // Output positions along the phase rows, and the tiles covering them.
     let q_end = (out_h - 1) * phased.cols + out_w;
+    let want_packed = packed_len(geo);
+    if let Some(packed) = prepacked
+        && packed.len() != want_packed
+    {
+        return Err(KernelError::Shape(format!(
+            "{} prepacked filter values for {m} filters of depth {depth} (want {want_packed})",
+            packed.len(),
+        )));
+    }
+    if filters_as_lanes(geo) {
+        let lanes = FilterLanes {
+            source,
+            offsets: &offsets,
+            plane,
+            row: phased.cols,
+            c,
+            cg,
+            m,
+            mg,
+            g,
+            n,
+            depth,
+            out_h,
+            out_w,
+        };
+        return lanes.run(w, prepacked, bias, out, pool);
+    }
     let tiles = q_end.div_ceil(TILE_LANES);
     let threads = pool.threads();
     let small = threads == 1 || n * m * out_count * depth < super::contraction::SERIAL_MACS;
@@ -282,14 +368,7 @@ pub(crate) fn conv2d(
         gi * mg + fb * panels_per_block * per..gi * mg + ((fb + 1) * panels_per_block * per).min(mg)
     };
     let packed_filters = match prepacked {
-        Some(packed) if packed.len() == m * depth => SyncPtr(packed.as_ptr().cast_mut()),
-        Some(packed) => {
-            return Err(KernelError::Shape(format!(
-                "{} prepacked filter values for {} filters of depth {depth}",
-                packed.len(),
-                m
-            )));
-        }
+        Some(packed) => SyncPtr(packed.as_ptr().cast_mut()),
         None => PACKED_FILTERS.with(|cell| {
             let mut filters = cell.borrow_mut();
             filters.clear();
@@ -345,6 +424,223 @@ pub(crate) fn conv2d(
     };
     pool.run(items, if small { items } else { 1 }, &body);
     Ok(())
+}
+
+/// A convolution whose vector lanes are 32 filters and whose rows are runs of up to 12
+/// output positions (see [`filters_as_lanes`]), set up by [`conv2d`].
+struct FilterLanes<'a> {
+    /// The (phase-split) input, the offset of every tap from a position's first read,
+    /// and the elements per channel.
+    source: &'a [f32],
+    offsets: &'a [u32],
+    plane: usize,
+    /// Positions per phase row (at least the output width).
+    row: usize,
+    c: usize,
+    cg: usize,
+    m: usize,
+    mg: usize,
+    g: usize,
+    n: usize,
+    depth: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl FilterLanes<'_> {
+    /// Runs of output positions a micro-kernel call takes, as (first position along the
+    /// phase rows, first output position, length): within output rows where the phase
+    /// rows are wider (the lanes past the width are not computed), else across them; of
+    /// up to 12 positions, all about as long.
+    fn runs(&self) -> Vec<(usize, usize, usize)> {
+        let split = |len: usize| -> Vec<(usize, usize)> {
+            let per = panel_rows(len);
+            (0..len)
+                .step_by(per)
+                .map(|s| (s, per.min(len - s)))
+                .collect()
+        };
+        if self.row == self.out_w {
+            split(self.out_h * self.out_w)
+                .into_iter()
+                .map(|(s, len)| (s, s, len))
+                .collect()
+        } else {
+            let within = split(self.out_w);
+            (0..self.out_h)
+                .flat_map(|oy| {
+                    within
+                        .iter()
+                        .map(move |&(s, len)| (oy * self.row + s, oy * self.out_w + s, len))
+                })
+                .collect()
+        }
+    }
+
+    fn run(
+        &self,
+        w: &[f32],
+        prepacked: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+        pool: &ThreadPool,
+    ) -> Result<(), KernelError> {
+        let (depth, mg, g) = (self.depth, self.mg, self.g);
+        let panels = mg.div_ceil(TILE_LANES);
+        let weights = match prepacked {
+            Some(packed) => SyncPtr(packed.as_ptr().cast_mut()),
+            None => PACKED_FILTERS.with(|cell| {
+                let mut filters = cell.borrow_mut();
+                filters.clear();
+                filters.resize(g * panels * TILE_LANES * depth, 0.0);
+                pack_lanes(w, g, mg, depth, &mut filters);
+                SyncPtr(filters.as_mut_ptr())
+            }),
+        };
+        let runs = self.runs();
+        let out_count = self.out_h * self.out_w;
+        let threads = pool.threads();
+        let small =
+            threads == 1 || self.n * self.m * out_count * depth < super::contraction::SERIAL_MACS;
+        // Work items: (batch, group, filter panel, block of runs); a panel's weights stay
+        // in cache over its block.
+        let panel_items = self.n * g * panels;
+        let blocks = if small {
+            1
+        } else {
+            (2 * threads).div_ceil(panel_items).min(runs.len()).max(1)
+        };
+        let per_block = runs.len().div_ceil(blocks);
+        let blocks = runs.len().div_ceil(per_block);
+        let base = SyncPtr(out.as_mut_ptr());
+        let body = |items: std::ops::Range<usize>| {
+            for item in items {
+                let (block, panel_item) = (item % blocks, item / blocks);
+                let (b, gi, j) = (
+                    panel_item / (g * panels),
+                    panel_item / panels % g,
+                    panel_item % panels,
+                );
+                let first = gi * mg + j * TILE_LANES;
+                let filters = TILE_LANES.min(mg - j * TILE_LANES);
+                let input = self.source[(b * self.c + gi * self.cg) * self.plane..].as_ptr();
+                for &(q0, p0, len) in runs.iter().skip(block * per_block).take(per_block) {
+                    let job = LaneTile {
+                        depth,
+                        // SAFETY (of the reads): the panel lies inside the packed weights.
+                        weights: weights
+                            .get()
+                            .wrapping_add((gi * panels + j) * depth * TILE_LANES),
+                        input: input.wrapping_add(q0),
+                        offsets: self.offsets.as_ptr(),
+                        out: base
+                            .get()
+                            .wrapping_add((b * self.m + first) * out_count + p0),
+                        out_rs: out_count,
+                        bias: bias.map(|bs| bs[first..].as_ptr()),
+                        filters,
+                    };
+                    // SAFETY: this item alone writes these filters' planes at these runs'
+                    // positions, all inside the output.
+                    unsafe { job.run(len) };
+                }
+            }
+        };
+        let items = panel_items * blocks;
+        pool.run(items, if small { items } else { 1 }, &body);
+        Ok(())
+    }
+}
+
+/// One micro-kernel call with filters as lanes: up to 32 filters times a run of up to 12
+/// consecutive output positions.
+struct LaneTile {
+    depth: usize,
+    /// The filter panel: depth by depth, 32 filters side by side.
+    weights: *const f32,
+    /// The run's first input position; tap k of position r reads `input + offsets[k] + r`.
+    input: *const f32,
+    offsets: *const u32,
+    /// The first filter's output plane at the run's first position.
+    out: *mut f32,
+    out_rs: usize,
+    bias: Option<*const f32>,
+    /// Filters of the panel that exist (the rest of the lanes are not stored).
+    filters: usize,
+}
+
+impl LaneTile {
+    /// # Safety
+    /// The weights, offsets, input and output must address memory as
+    /// [`FilterLanes::run`] sets them up, for a run of `len` positions, and nothing else
+    /// may write those outputs meanwhile.
+    unsafe fn run(&self, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            macro_rules! by_len {
+                ($($h:literal)*) => {
+                    match len {
+                        $($h => unsafe { self.kernel::<$h>() },)*
+                        _ => unreachable!("runs hold 1 to {MOST_PANEL_ROWS} positions"),
+                    }
+                };
+            }
+            by_len!(1 2 3 4 5 6 7 8 9 10 11 12)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the implicit convolution needs x86-64 ({len} positions)");
+    }
+
+    /// The micro-kernel for runs of `H` positions: `2 * H` sums over the whole depth,
+    /// each step two weight loads and one broadcast input per position; the sums are then
+    /// transposed into the filters' planes through a stack tile.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn kernel<const H: usize>(&self) {
+        use std::arch::x86_64::*;
+        let filter_mask = ((1u64 << self.filters) - 1) as u32;
+        let start = match self.bias {
+            // SAFETY: one bias value per existing filter; masked lanes read nothing.
+            Some(bias) => unsafe {
+                [
+                    _mm512_maskz_loadu_ps(filter_mask as u16, bias),
+                    _mm512_maskz_loadu_ps((filter_mask >> 16) as u16, bias.wrapping_add(16)),
+                ]
+            },
+            None => [_mm512_setzero_ps(); 2],
+        };
+        let mut acc = [start; H];
+        let mut weights = self.weights;
+        for k in 0..self.depth {
+            // SAFETY: per `run`'s contract.
+            unsafe {
+                let lo = _mm512_loadu_ps(weights);
+                let hi = _mm512_loadu_ps(weights.add(16));
+                let at = self.input.add(*self.offsets.add(k) as usize);
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*at.add(r));
+                    sums[0] = _mm512_fmadd_ps(x, lo, sums[0]);
+                    sums[1] = _mm512_fmadd_ps(x, hi, sums[1]);
+                }
+                weights = weights.add(TILE_LANES);
+            }
+        }
+        let mut tile = [[0.0f32; TILE_LANES]; H];
+        for (sums, row) in acc.iter().zip(tile.iter_mut()) {
+            // SAFETY: each stack row holds 32 values.
+            unsafe {
+                _mm512_storeu_ps(row.as_mut_ptr(), sums[0]);
+                _mm512_storeu_ps(row.as_mut_ptr().add(16), sums[1]);
+            }
+        }
+        for l in 0..self.filters {
+            // SAFETY: filter l's plane holds the run's H positions, per `run`'s contract.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.out.add(l * self.out_rs), H) };
+            for (d, row) in dst.iter_mut().zip(&tile) {
+                *d = row[l];
+            }
+        }
+    }
 }
 
 thread_local! {
@@ -456,6 +752,220 @@ impl Tile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition of a 2-D convolution with bias, in f64.
+    fn reference(x: &[f32], w: &[f32], bias: &[f32], geo: &ConvGeometry) -> Vec<f64> {
+        let [n, c, h, wd] = geo.input[..] else {
+            unreachable!()
+        };
+        let [m, cg, kh, kw] = geo.weight[..] else {
+            unreachable!()
+        };
+        let out_sp = geo.out_spatial().unwrap();
+        let (oh, ow, g) = (out_sp[0], out_sp[1], geo.group);
+        let mut out = vec![0.0; n * m * oh * ow];
+        for b in 0..n {
+            for f in 0..m {
+                let gi = f / (m / g);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut sum = f64::from(bias[f]);
+                        for ci in 0..cg {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let y = (oy * geo.strides[0] + ky * geo.dilations[0])
+                                        .checked_sub(geo.pads[0]);
+                                    let xx = (ox * geo.strides[1] + kx * geo.dilations[1])
+                                        .checked_sub(geo.pads[1]);
+                                    let (Some(y), Some(xx)) = (y, xx) else {
+                                        continue;
+                                    };
+                                    if y >= h || xx >= wd {
+                                        continue;
+                                    }
+                                    let xv = x[((b * c + gi * cg + ci) * h + y) * wd + xx];
+                                    let wv = w[((f * cg + ci) * kh + ky) * kw + kx];
+                                    sum += f64::from(xv) * f64::from(wv);
+                                }
+                            }
+                        }
+                        out[((b * m + f) * oh + oy) * ow + ox] = sum;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Both layouts (filters or positions as lanes), with filters packed per call and
+    /// prepacked, on one and three threads, against the definition.
+    #[test]
+    fn both_layouts_match_the_definition() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: the implicit convolution is not used here");
+            return;
+        }
+        // (input, weight, strides, pads, dilations, group)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            Vec<usize>,
+            Vec<usize>,
+            [usize; 2],
+            [usize; 4],
+            [usize; 2],
+            usize,
+        )> = vec![
+            (
+                vec![1, 16, 9, 9],
+                vec![96, 16, 3, 3],
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![1, 64, 7, 7],
+                vec![40, 64, 1, 1],
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![2, 32, 7, 7],
+                vec![64, 32, 1, 1],
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![1, 8, 15, 14],
+                vec![70, 4, 3, 3],
+                [2, 2],
+                [1, 0, 2, 1],
+                [1, 1],
+                2,
+            ),
+            (
+                vec![1, 6, 30, 33],
+                vec![12, 6, 3, 3],
+                [1, 1],
+                [1, 1, 1, 1],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![1, 6, 30, 33],
+                vec![12, 6, 3, 5],
+                [2, 3],
+                [2, 1, 0, 3],
+                [2, 1],
+                1,
+            ),
+            (
+                vec![1, 1, 28, 28],
+                vec![32, 1, 3, 3],
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![1, 32, 13, 13],
+                vec![64, 32, 3, 3],
+                [1, 1],
+                [0, 0, 0, 0],
+                [1, 1],
+                1,
+            ),
+            (
+                vec![1, 12, 5, 5],
+                vec![33, 12, 2, 2],
+                [1, 1],
+                [0, 0, 0, 0],
+                [2, 2],
+                1,
+            ),
+        ];
+        let mut layouts = [false; 2];
+        for (input, weight, strides, pads, dilations, group) in cases {
+            let geo = ConvGeometry {
+                input,
+                weight,
+                strides: strides.to_vec(),
+                pads: pads.to_vec(),
+                dilations: dilations.to_vec(),
+                group,
+            };
+            assert!(handles(&geo), "{geo:?}");
+            layouts[usize::from(filters_as_lanes(&geo))] = true;
+            let value =
+                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f32 / 50.0 - 2.0;
+            let x: Vec<f32> = (0..geo.input.iter().product())
+                .map(|i| value(i, 1))
+                .collect();
+            let w: Vec<f32> = (0..geo.weight.iter().product())
+                .map(|i| value(i, 2))
+                .collect();
+            let bias: Vec<f32> = (0..geo.weight[0]).map(|i| value(i, 3)).collect();
+            let want = reference(&x, &w, &bias, &geo);
+            let packed = pack_filters(&w, &geo);
+            for threads in [1, 3] {
+                let pool = ThreadPool::new(threads);
+                for prepacked in [None, Some(&packed[..])] {
+                    let mut got = vec![f32::NAN; want.len()];
+                    conv2d(
+                        &x,
+                        &w,
+                        prepacked,
+                        Some(&bias),
+                        &geo,
+                        &mut got,
+                        &pool,
+                        1 << 16,
+                    )
+                    .unwrap();
+                    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (f64::from(a) - b).abs() < 1e-4 * b.abs().max(1.0),
+                            "{geo:?} threads {threads} prepacked {}: [{i}] {a} vs {b}",
+                            prepacked.is_some()
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(layouts, [true, true], "the cases cover both layouts");
+    }
+
+    #[test]
+    fn a_short_prepacked_buffer_is_an_error() {
+        if !available() {
+            return;
+        }
+        let geo = ConvGeometry {
+            input: vec![1, 2, 4, 4],
+            weight: vec![3, 2, 3, 3],
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+        };
+        let (x, w) = (vec![1.0; 32], vec![1.0; 54]);
+        let mut out = vec![0.0; 12];
+        let err = conv2d(
+            &x,
+            &w,
+            Some(&[0.0; 5]),
+            None,
+            &geo,
+            &mut out,
+            &ThreadPool::new(1),
+            1 << 16,
+        );
+        assert!(matches!(err, Err(KernelError::Shape(_))), "{err:?}");
+    }
 
     #[test]
     fn panels_are_about_as_tall() {
