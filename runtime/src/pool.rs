@@ -16,6 +16,9 @@ struct Job {
     body: *const (dyn Fn(std::ops::Range<usize>) + Sync),
     total: usize,
     chunk: usize,
+    /// With a divisor, each claim takes `max(chunk, left / divisor)` indices (large
+    /// contiguous claims first, single ones at the end); without, `chunk` each.
+    guided: Option<usize>,
     next: AtomicUsize,
     /// Workers between announcing themselves and finishing their last chunk.
     in_flight: AtomicUsize,
@@ -29,17 +32,34 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
+    /// The next chunk `[start, end)`, or `None` when every index is claimed.
+    fn claim(&self) -> Option<(usize, usize)> {
+        let Some(divisor) = self.guided else {
+            let start = self.next.fetch_add(self.chunk, Ordering::SeqCst);
+            return (start < self.total).then(|| (start, (start + self.chunk).min(self.total)));
+        };
+        let mut start = self.next.load(Ordering::SeqCst);
+        loop {
+            if start >= self.total {
+                return None;
+            }
+            let end = (start + ((self.total - start) / divisor).max(self.chunk)).min(self.total);
+            match self
+                .next
+                .compare_exchange(start, end, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return Some((start, end)),
+                Err(now) => start = now,
+            }
+        }
+    }
+
     /// Claims and runs chunks until none are left.
     fn work(&self) {
         // Announce before claiming: once `run` has seen every chunk claimed and nobody in
         // flight, any later claim (sequentially consistent) finds the range exhausted.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        loop {
-            let start = self.next.fetch_add(self.chunk, Ordering::SeqCst);
-            if start >= self.total {
-                break;
-            }
-            let end = (start + self.chunk).min(self.total);
+        while let Some((start, end)) = self.claim() {
             // SAFETY: see `unsafe impl Sync for Job`: the closure outlives the claim.
             let body = unsafe { &*self.body };
             if catch_unwind(AssertUnwindSafe(|| body(start..end))).is_err() {
@@ -130,6 +150,28 @@ impl ThreadPool {
             return;
         }
         let chunk = total.div_ceil(self.threads() * 4).max(min_chunk.max(1));
+        self.run_in_chunks(total, chunk, None, body);
+    }
+
+    /// Runs `body` over `[0, total)` one index at a time on every thread: for work items
+    /// long enough that the threads should finish within one item of each other (a
+    /// convolution's tiles), where `run`'s larger chunks leave one thread a chunk behind.
+    /// Claims start large and contiguous (a share of what is left, so each thread keeps
+    /// neighbouring items and their shared inputs in its cache) and shrink to one.
+    pub fn run_each(&self, total: usize, body: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        self.run_in_chunks(total, 1, Some(2 * self.threads()), body);
+    }
+
+    fn run_in_chunks(
+        &self,
+        total: usize,
+        chunk: usize,
+        guided: Option<usize>,
+        body: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    ) {
+        if total == 0 {
+            return;
+        }
         if self.workers.is_empty() || chunk >= total {
             body(0..total);
             return;
@@ -142,6 +184,7 @@ impl ThreadPool {
             body,
             total,
             chunk,
+            guided,
             next: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -221,16 +264,23 @@ mod tests {
         for threads in [1, 2, 3, 8] {
             let pool = ThreadPool::new(threads);
             for total in [0, 1, 7, 1000, 100_003] {
-                let hits: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
-                pool.run(total, 1, &|r| {
-                    for i in r {
-                        hits[i].fetch_add(1, Ordering::Relaxed);
+                for guided in [false, true] {
+                    let hits: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+                    let body = |r: std::ops::Range<usize>| {
+                        for i in r {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        }
+                    };
+                    if guided {
+                        pool.run_each(total, &body);
+                    } else {
+                        pool.run(total, 1, &body);
                     }
-                });
-                assert!(
-                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                    "threads {threads}, total {total}"
-                );
+                    assert!(
+                        hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                        "threads {threads}, total {total}, guided {guided}"
+                    );
+                }
             }
         }
     }

@@ -35,20 +35,34 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// Rows per panel for `rows` filters: as few panels as hold them, all about as tall
-/// (64 filters: five of 11 and one of 9, not five of 12 and one of 4, whose micro-kernel
-/// would keep too few sums in flight).
-fn panel_rows(rows: usize) -> usize {
-    rows.div_ceil(rows.div_ceil(MOST_PANEL_ROWS).max(1)).max(1)
+/// Panels for `rows` filters (or runs for `rows` positions): as few as hold them at up
+/// to 12 each, all as tall as can be (64 filters: four of 11 and two of 10, not five of 12
+/// and one of 4, whose micro-kernel would keep too few sums in flight). Panel `i` starts
+/// at `panel_start(rows, i)`.
+fn panel_count(rows: usize) -> usize {
+    rows.div_ceil(MOST_PANEL_ROWS).max(1)
 }
 
-/// Packs `rows` filters (`a`, row-major, `depth` apart) into panels of `panel_rows(rows)`
-/// rows: panel by panel, depth by depth, the panel's rows side by side. `packed` holds
+/// Where panel `i` of [`panel_count`]`(rows)` starts (`i == panel_count` gives `rows`).
+fn panel_start(rows: usize, i: usize) -> usize {
+    let count = panel_count(rows);
+    i * (rows / count) + i.min(rows % count)
+}
+
+/// The panels of `rows` as (start, height).
+fn panels(rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..panel_count(rows))
+        .map(move |i| {
+            let start = panel_start(rows, i);
+            (start, panel_start(rows, i + 1) - start)
+        })
+        .filter(|&(_, height)| height > 0)
+}
+
+/// Packs `rows` filters (`a`, row-major, `depth` apart) into the panels of [`panels`]: panel by panel, depth by depth, the panel's rows side by side. `packed` holds
 /// `rows * depth` elements; a panel starting at row `r` starts at `r * depth`.
 fn pack_rows(a: &[f32], rows: usize, depth: usize, packed: &mut [f32]) {
-    let per = panel_rows(rows);
-    for first in (0..rows).step_by(per) {
-        let height = per.min(rows - first);
+    for (first, height) in panels(rows) {
         let panel = &mut packed[first * depth..(first + height) * depth];
         for r in 0..height {
             let row = &a[(first + r) * depth..(first + r + 1) * depth];
@@ -120,8 +134,8 @@ pub(crate) fn handles(geo: &ConvGeometry) -> bool {
     geo.weight.len() == 4 && geo.input.len() == 4 && !depthwise && available()
 }
 
-/// The filters `w` of `geo` packed for [`conv2d`]: per group, panels of
-/// `panel_rows(filters per group)` rows (see [`pack_rows`]), or where the filters are
+/// The filters `w` of `geo` packed for [`conv2d`]: per group, the panels of [`panels`]
+/// (see [`pack_rows`]), or where the filters are
 /// the lanes ([`filters_as_lanes`]), panels of 32 filters (see [`pack_lanes`]).
 pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
     let (m, g) = (geo.weight[0], geo.group.max(1));
@@ -342,7 +356,8 @@ pub(crate) fn conv2d(
     let tiles = q_end.div_ceil(TILE_LANES);
     let threads = pool.threads();
     let small = threads == 1 || n * m * out_count * depth < super::contraction::SERIAL_MACS;
-    let wanted = 2 * threads;
+    // Items enough that the threads finish within a small one of each other.
+    let wanted = 8 * threads;
     // Tiles per work item: about `tile_elements` of input read (depth x lanes), and
     // enough items to share among the threads.
     let mut chunk = (tile_elements / depth.max(1) / TILE_LANES)
@@ -355,17 +370,20 @@ pub(crate) fn conv2d(
     let chunks = tiles.div_ceil(chunk);
     let column_items = n * g * chunks;
     // Filter blocks are whole panels, so one packing serves every split.
-    let per = panel_rows(mg);
-    let panels = mg.div_ceil(per);
+    let panel_total = panel_count(mg);
     let filter_blocks = if small || column_items >= wanted {
         1
     } else {
-        wanted.div_ceil(column_items).min(panels).max(1)
+        wanted.div_ceil(column_items).min(panel_total).max(1)
     };
-    let panels_per_block = panels.div_ceil(filter_blocks);
-    let filter_blocks = panels.div_ceil(panels_per_block);
-    let block_filters = |gi: usize, fb: usize| {
-        gi * mg + fb * panels_per_block * per..gi * mg + ((fb + 1) * panels_per_block * per).min(mg)
+    let panels_per_block = panel_total.div_ceil(filter_blocks);
+    let filter_blocks = panel_total.div_ceil(panels_per_block);
+    // Block fb of group gi: its panels, as (first filter, height).
+    let block_panels = |gi: usize, fb: usize| {
+        panels(mg)
+            .skip(fb * panels_per_block)
+            .take(panels_per_block)
+            .map(move |(start, height)| (gi * mg + start, height))
     };
     let packed_filters = match prepacked {
         Some(packed) => SyncPtr(packed.as_ptr().cast_mut()),
@@ -388,10 +406,8 @@ pub(crate) fn conv2d(
                 column_item / chunks % g,
                 column_item % chunks,
             );
-            let rows = block_filters(gi, fb);
             let input = source[(b * c + gi * cg) * plane..].as_ptr();
-            for first in (rows.start..rows.end).step_by(per) {
-                let height = per.min(rows.end - first);
+            for (first, height) in block_panels(gi, fb) {
                 // SAFETY: the packed filters hold `m * depth` elements (checked above)
                 // and are not written while the pool runs.
                 let panel = unsafe { packed_filters.get().add(first * depth) };
@@ -422,7 +438,11 @@ pub(crate) fn conv2d(
             }
         }
     };
-    pool.run(items, if small { items } else { 1 }, &body);
+    if small {
+        body(0..items);
+    } else {
+        pool.run_each(items, &body);
+    }
     Ok(())
 }
 
@@ -453,13 +473,7 @@ impl FilterLanes<'_> {
     /// rows are wider (the lanes past the width are not computed), else across them; of
     /// up to 12 positions, all about as long.
     fn runs(&self) -> Vec<(usize, usize, usize)> {
-        let split = |len: usize| -> Vec<(usize, usize)> {
-            let per = panel_rows(len);
-            (0..len)
-                .step_by(per)
-                .map(|s| (s, per.min(len - s)))
-                .collect()
-        };
+        let split = |len: usize| -> Vec<(usize, usize)> { panels(len).collect() };
         if self.row == self.out_w {
             split(self.out_h * self.out_w)
                 .into_iter()
@@ -508,7 +522,7 @@ impl FilterLanes<'_> {
         let blocks = if small {
             1
         } else {
-            (2 * threads).div_ceil(panel_items).min(runs.len()).max(1)
+            (8 * threads).div_ceil(panel_items).min(runs.len()).max(1)
         };
         let per_block = runs.len().div_ceil(blocks);
         let blocks = runs.len().div_ceil(per_block);
@@ -547,7 +561,11 @@ impl FilterLanes<'_> {
             }
         };
         let items = panel_items * blocks;
-        pool.run(items, if small { items } else { 1 }, &body);
+        if small {
+            body(0..items);
+        } else {
+            pool.run_each(items, &body);
+        }
         Ok(())
     }
 }
@@ -969,11 +987,18 @@ mod tests {
 
     #[test]
     fn panels_are_about_as_tall() {
-        assert_eq!(panel_rows(64), 11);
-        assert_eq!(panel_rows(12), 12);
-        assert_eq!(panel_rows(13), 7);
-        assert_eq!(panel_rows(1), 1);
-        assert_eq!(panel_rows(0), 1);
+        let heights = |rows: usize| panels(rows).map(|(_, h)| h).collect::<Vec<_>>();
+        assert_eq!(heights(64), [11, 11, 11, 11, 10, 10]);
+        assert_eq!(heights(12), [12]);
+        assert_eq!(heights(13), [7, 6]);
+        assert_eq!(heights(169).iter().filter(|&&h| h == 12).count(), 4);
+        assert_eq!(heights(169).iter().sum::<usize>(), 169);
+        assert_eq!(heights(1), [1]);
+        assert!(heights(0).is_empty());
+        assert_eq!(
+            panels(40).map(|(s, _)| s).collect::<Vec<_>>(),
+            [0, 10, 20, 30]
+        );
     }
 
     #[test]
