@@ -1,6 +1,7 @@
 //! Row helpers generated code calls where a whole row is better done at the CPU's full
 //! vector width than at the 128 bits Cranelift emits: exp of a row in place, returning its
-//! sum (a softmax's middle pass), with AVX-512 and AVX2/FMA twins chosen at run time.
+//! sum (a softmax's middle pass), and the max of a row (its first pass), with AVX-512 and
+//! AVX2/FMA twins chosen at run time.
 //!
 //! The exp is the generated code's formula (`smelt-cpu`'s `math.rs`): n = round(x log2 e),
 //! r = x - n ln 2 in two steps, a degree-5 polynomial, n added to the exponent field;
@@ -192,6 +193,115 @@ unsafe fn exp_sum_avx512(dst: *mut f32, src: *const f32, shift: f32, n: usize) -
     _mm512_reduce_add_ps(acc) + unsafe { exp_sum_tail(dst, src, shift, full, n) }
 }
 
+/// The largest of `src[0..n]`, NaN if any is NaN, -inf for an empty row (the generated
+/// max reduction's rules; either zero may come out of a row whose max is a zero).
+///
+/// # Safety
+/// `src` points at `n` (>= 0) initialized f32 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smelt_rt_row_max_f32(src: *const f32, n: i64) -> f32 {
+    if n <= 0 {
+        return f32::NEG_INFINITY;
+    }
+    let n = n as usize;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: per the contract, and the CPU has AVX-512F.
+            return unsafe { row_max_avx512(src, n) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: per the contract, and the CPU has AVX2.
+            return unsafe { row_max_avx2(src, n) };
+        }
+    }
+    // SAFETY: per the contract.
+    unsafe { row_max_tail(f32::NEG_INFINITY, src, 0, n) }
+}
+
+/// `best` combined with the max of `src[from..n]`, NaN-propagating.
+///
+/// # Safety
+/// As `smelt_rt_row_max_f32`.
+#[inline(always)]
+unsafe fn row_max_tail(mut best: f32, src: *const f32, from: usize, n: usize) -> f32 {
+    for i in from..n {
+        // SAFETY: i < n, per the contract.
+        let x = unsafe { *src.add(i) };
+        if x.is_nan() {
+            return f32::NAN;
+        }
+        if x > best {
+            best = x;
+        }
+    }
+    best
+}
+
+/// # Safety
+/// As `smelt_rt_row_max_f32`, on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_max_avx512(src: *const f32, n: usize) -> f32 {
+    use std::arch::x86_64::*;
+    // Two accumulators to overlap the max latency; NaNs tracked in a mask (maxps keeps
+    // a NaN only from its second operand).
+    let (mut a0, mut a1) = (
+        _mm512_set1_ps(f32::NEG_INFINITY),
+        _mm512_set1_ps(f32::NEG_INFINITY),
+    );
+    let mut nan: u16 = 0;
+    let full = n / 32 * 32;
+    for i in (0..full).step_by(32) {
+        // SAFETY: i + 32 <= n, per the contract.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_ps(src.add(i)),
+                _mm512_loadu_ps(src.add(i + 16)),
+            )
+        };
+        nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x0, x1);
+        a0 = _mm512_max_ps(x0, a0);
+        a1 = _mm512_max_ps(x1, a1);
+    }
+    if nan != 0 {
+        return f32::NAN;
+    }
+    let best = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    // SAFETY: per the contract.
+    unsafe { row_max_tail(best, src, full, n) }
+}
+
+/// # Safety
+/// As `smelt_rt_row_max_f32`, on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_max_avx2(src: *const f32, n: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (mut a0, mut a1) = (
+        _mm256_set1_ps(f32::NEG_INFINITY),
+        _mm256_set1_ps(f32::NEG_INFINITY),
+    );
+    let mut nan = _mm256_setzero_ps();
+    let full = n / 16 * 16;
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 <= n, per the contract.
+        let (x0, x1) = unsafe { (_mm256_loadu_ps(src.add(i)), _mm256_loadu_ps(src.add(i + 8))) };
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(x0, x1));
+        a0 = _mm256_max_ps(x0, a0);
+        a1 = _mm256_max_ps(x1, a1);
+    }
+    if _mm256_movemask_ps(nan) != 0 {
+        return f32::NAN;
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: eight lanes into eight floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(a0, a1)) };
+    let best = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // SAFETY: per the contract.
+    unsafe { row_max_tail(best, src, full, n) }
+}
+
 /// The helpers by symbol name, for a JIT to resolve.
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     vec![
@@ -200,6 +310,7 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
             "smelt_rt_exp_shifted_sum_f32",
             smelt_rt_exp_shifted_sum_f32 as *const u8,
         ),
+        ("smelt_rt_row_max_f32", smelt_rt_row_max_f32 as *const u8),
     ]
 }
 
@@ -230,6 +341,57 @@ mod tests {
     }
 
     /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.
+    /// Every length around the vector blocks, the max anywhere, NaN anywhere, all -inf,
+    /// and the empty row; through each path this CPU has.
+    #[test]
+    fn row_max_finds_the_max_and_keeps_nan() {
+        type RowMax = unsafe fn(*const f32, usize) -> f32;
+        let paths: Vec<(&str, RowMax)> = {
+            let mut p: Vec<(&str, RowMax)> = vec![("scalar", |src, n| unsafe {
+                row_max_tail(f32::NEG_INFINITY, src, 0, n)
+            })];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    p.push(("avx512", |src, n| unsafe { row_max_avx512(src, n) }));
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    p.push(("avx2", |src, n| unsafe { row_max_avx2(src, n) }));
+                }
+            }
+            p
+        };
+        for n in [1usize, 7, 15, 16, 17, 31, 32, 33, 64, 100, 1024, 1031] {
+            for at in [0, n / 2, n - 1] {
+                let mut row: Vec<f32> = (0..n).map(|i| -((i * 37 % 101) as f32) - 1.0).collect();
+                row[at] = 5.5;
+                for (name, f) in &paths {
+                    // SAFETY: the row holds n values.
+                    assert_eq!(unsafe { f(row.as_ptr(), n) }, 5.5, "{name} n {n} at {at}");
+                }
+                row[at] = f32::NAN;
+                for (name, f) in &paths {
+                    // SAFETY: as above.
+                    assert!(
+                        unsafe { f(row.as_ptr(), n) }.is_nan(),
+                        "{name} NaN n {n} at {at}"
+                    );
+                }
+            }
+            let all = vec![f32::NEG_INFINITY; n];
+            // SAFETY: as above.
+            assert_eq!(
+                unsafe { smelt_rt_row_max_f32(all.as_ptr(), n as i64) },
+                f32::NEG_INFINITY
+            );
+        }
+        // SAFETY: an empty row reads nothing.
+        assert_eq!(
+            unsafe { smelt_rt_row_max_f32(std::ptr::null(), 0) },
+            f32::NEG_INFINITY
+        );
+    }
+
     #[test]
     fn exp_sum_matches_f64() {
         let mut xs: Vec<f32> = (0..4001)

@@ -153,7 +153,10 @@ fn stashed_row_reductions_match_the_reference() {
     ];
     for body in bodies {
         for rows in [1usize, 3] {
-            for n in [1usize, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 33, 100] {
+            // 64 and longer: the row max is the runtime's full-width helper.
+            for n in [
+                1usize, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 31, 33, 63, 64, 100, 1031,
+            ] {
                 let text = format!(
                     "graph stash (%x: f32[R, N]) {{\n  %m = reduce_max<axes=[1], keep_dims=true>(%x) : f32[R, 1]\n  %d = sub(%x, %m) : f32[R, N]\n  {body}\n  return %y\n}}\n"
                 )
@@ -184,6 +187,8 @@ fn nan_propagates_through_max_and_min_windows() {
     let graphs = [
         "graph r (%x: f32[3, 37]) {\n  %y = reduce_max<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
         "graph r (%x: f32[3, 37]) {\n  %y = reduce_min<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
+        // Rows of 64 and more: the runtime's full-width max helper.
+        "graph r (%x: f32[3, 100]) {\n  %y = reduce_max<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]>(%x) : f32[1, 2, 9, 11]\n  return %y\n}\n",
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f32[1, 2, 19, 23]\n  return %y\n}\n",
     ];

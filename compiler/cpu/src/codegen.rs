@@ -45,6 +45,10 @@ enum Val {
     V(Value),
 }
 
+/// Shortest row whose max goes to the runtime's full-width helper: below it the call
+/// costs about what the 128-bit loop does.
+const ROW_HELPER_MIN: u64 = 64;
+
 const LANES: i64 = 4;
 
 /// Most versions of an inner loop unswitched on per-row select conditions.
@@ -1358,6 +1362,25 @@ impl<M: Module> Gen<'_, '_, M> {
             && let Expr::Unary(UnaryOp::Exp, arg) = self.nest.node(body).expr
         {
             return self.stashed_exp_sum(extent, var, arg);
+        }
+        // The max of a contiguous, in-bounds f32 row (a softmax's first pass): the
+        // runtime's helper at the CPU's full vector width.
+        if !stash
+            && combine == Combine::Max
+            && extent >= ROW_HELPER_MIN
+            && let Expr::Load { param, index } = self.nest.node(body).expr
+            && self.kernel.params[param as usize].dtype == DType::F32
+            && self.in_bounds(param, index)
+            && self
+                .nest
+                .coefficient(index, Variable::Reduction(var), &mut HashMap::new())
+                == Some(1)
+        {
+            let zero = self.b.ins().iconst(types::I64, 0);
+            let start = self.reduce_step(var, zero, index)?;
+            let (src, _) = self.address(param, start, true);
+            let n = self.b.ins().iconst(types::I64, extent as i64);
+            return self.call("smelt_rt_row_max_f32", &[src, n], types::F32);
         }
         let scope = Scope::Reduce(var);
         let init = self.identity(combine, DType::F32);
