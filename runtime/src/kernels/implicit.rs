@@ -284,41 +284,55 @@ pub(crate) fn conv2d(
             let read_x: Vec<bool> = (0..sx)
                 .map(|p| (0..kw).any(|kx| kx * dx % sx == p))
                 .collect();
-            let split = |planes: std::ops::Range<usize>| {
-                for p in planes {
-                    let src = &x[p * h * wd..(p + 1) * h * wd];
-                    for y in 0..h {
-                        let py = y + pt;
-                        if !read_y[py % sy] {
+            // Row by row (every input row of every channel), split over the threads.
+            let split = |rows: std::ops::Range<usize>| {
+                for r in rows {
+                    let (p, y) = (r / h, r % h);
+                    let py = y + pt;
+                    if !read_y[py % sy] {
+                        continue;
+                    }
+                    let row_base = p * plane
+                        + ((py % sy) * sx) * phased.rows * phased.cols
+                        + (py / sy) * phased.cols;
+                    let src_row = &x[r * wd..(r + 1) * wd];
+                    for phase in (0..sx).filter(|&p| read_x[p]) {
+                        // The first column of this phase, and where it lands.
+                        let first = (phase + sx - pl % sx) % sx;
+                        if first >= wd {
                             continue;
                         }
-                        let row_base = p * plane
-                            + ((py % sy) * sx) * phased.rows * phased.cols
-                            + (py / sy) * phased.cols;
-                        let src_row = &src[y * wd..(y + 1) * wd];
-                        if sx == 1 {
-                            // SAFETY: as below; the row lies inside plane p.
-                            let dst = unsafe {
-                                std::slice::from_raw_parts_mut(dst.get().add(row_base + pl), wd)
-                            };
-                            dst.copy_from_slice(src_row);
-                            continue;
-                        }
-                        for phase in (0..sx).filter(|&p| read_x[p]) {
-                            // The first column of this phase, and where it lands.
-                            let first = (phase + sx - pl % sx) % sx;
-                            let at =
-                                row_base + phase * phased.rows * phased.cols + (first + pl) / sx;
-                            for (j, &v) in src_row.iter().skip(first).step_by(sx).enumerate() {
-                                // SAFETY: plane p of the buffer is written by this call
-                                // only, and every position lies inside it.
-                                unsafe { *dst.get().add(at + j) = v };
+                        let count = (wd - first).div_ceil(sx);
+                        let at = row_base + phase * phased.rows * phased.cols + (first + pl) / sx;
+                        // SAFETY: this input row's phase row, written by this call only,
+                        // lies inside plane p of the buffer.
+                        let dst_row =
+                            unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), count) };
+                        let src = &src_row[first..];
+                        match sx {
+                            1 => dst_row.copy_from_slice(src),
+                            2 => {
+                                // Pairs, so the loop vectorizes as a deinterleave.
+                                let pairs = src.chunks_exact(2);
+                                let odd = pairs.remainder().first().copied();
+                                let (body, tail) = dst_row.split_at_mut(src.len() / 2);
+                                for (d, pair) in body.iter_mut().zip(pairs) {
+                                    *d = pair[0];
+                                }
+                                if let (Some(v), Some(d)) = (odd, tail.first_mut()) {
+                                    *d = v;
+                                }
+                            }
+                            _ => {
+                                for (d, run) in dst_row.iter_mut().zip(src.chunks(sx)) {
+                                    *d = run[0];
+                                }
                             }
                         }
                     }
                 }
             };
-            pool.run(n * c, (n * c).div_ceil(pool.threads()).max(16), &split);
+            pool.run(n * c * h, 64, &split);
             // SAFETY: the buffer is this thread's and is not touched again until this
             // call returns (the slice is used only inside it).
             unsafe { std::slice::from_raw_parts(buf.as_ptr(), buf.len()) }
