@@ -24,6 +24,12 @@ pub enum RuntimeError {
         expected: String,
         got: String,
     },
+    #[error("output {name}: expected {expected}, got {got}")]
+    OutputMismatch {
+        name: String,
+        expected: String,
+        got: String,
+    },
     #[error("kernel {name}: {reason}")]
     Kernel { name: String, reason: String },
 }
@@ -266,21 +272,6 @@ impl Program {
         arena: &mut AlignedBytes,
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: self.inputs.len(),
-                got: inputs.len(),
-            });
-        }
-        for (spec, t) in self.inputs.iter().zip(inputs) {
-            if spec.elem != t.elem || spec.shape != t.shape {
-                return Err(RuntimeError::InputMismatch {
-                    name: spec.name.clone(),
-                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
-                    got: format!("{}{:?}", t.elem.name(), t.shape),
-                });
-            }
-        }
         let mut outputs: Vec<HostTensor> = self
             .outputs
             .iter()
@@ -290,6 +281,56 @@ impl Program {
                 bytes: vec![0; self.buffers[spec.buffer].bytes()],
             })
             .collect();
+        self.run_into(functions, pool, inputs, &mut outputs, arena, profile)?;
+        Ok(outputs)
+    }
+
+    /// As [`Program::run`], writing into `outputs` (an earlier run's results, or tensors
+    /// of the outputs' types), so that repeated runs allocate nothing.
+    pub fn run_into(
+        &self,
+        functions: &dyn Fn(usize) -> Option<KernelFn>,
+        pool: &ThreadPool,
+        inputs: &[&HostTensor],
+        outputs: &mut [HostTensor],
+        arena: &mut AlignedBytes,
+        profile: Option<&mut Vec<Duration>>,
+    ) -> Result<(), RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let mismatch = |spec: &IoSpec, t: &HostTensor| RuntimeError::InputMismatch {
+            name: spec.name.clone(),
+            expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+            got: format!("{}{:?}", t.elem.name(), t.shape),
+        };
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            if spec.elem != t.elem || spec.shape != t.shape {
+                return Err(mismatch(spec, t));
+            }
+        }
+        if outputs.len() != self.outputs.len() {
+            return Err(RuntimeError::OutputMismatch {
+                name: "(outputs)".into(),
+                expected: format!("{} outputs", self.outputs.len()),
+                got: format!("{} outputs", outputs.len()),
+            });
+        }
+        for (spec, t) in self.outputs.iter().zip(outputs.iter()) {
+            if spec.elem != t.elem
+                || spec.shape != t.shape
+                || t.bytes.len() != self.buffers[spec.buffer].bytes()
+            {
+                return Err(RuntimeError::OutputMismatch {
+                    name: spec.name.clone(),
+                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+                    got: format!("{}{:?} ({} bytes)", t.elem.name(), t.shape, t.bytes.len()),
+                });
+            }
+        }
         if arena.len() < self.arena_bytes {
             *arena = AlignedBytes::zeroed(self.arena_bytes);
         }
@@ -302,8 +343,7 @@ impl Program {
             &mut outs,
             arena.as_mut_slice(),
             profile,
-        )?;
-        Ok(outputs)
+        )
     }
 
     /// Runs the program on raw input and output bytes (in declaration order), using

@@ -1,5 +1,6 @@
 //! One compiled model run from 8 threads at once gives results bit-identical to a
-//! single run, and runs are deterministic at a fixed thread count.
+//! single run, and runs are deterministic at a fixed thread count; runs into reused
+//! output tensors give the same results and refuse outputs of the wrong type.
 
 use smelt::{Model, Options, Tensor};
 
@@ -49,4 +50,43 @@ fn eight_threads_share_one_compiled_model() {
 fn compiled_models_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<smelt::Compiled>();
+}
+
+#[test]
+fn runs_into_reused_outputs_match_and_check_their_types() {
+    let path = smelt_tests::workspace_root().join("docs/examples/lenet5/model.onnx");
+    let compiled = Model::load(&path)
+        .unwrap()
+        .compile(&Options {
+            threads: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    let name = compiled.input_names()[0].clone();
+    let feeds = |seed: u32| vec![(name.clone(), input(seed).0)];
+    let exe = compiled.prepare(&feeds(0)).unwrap();
+    let mut outputs: Vec<_> = compiled
+        .run_named(&feeds(0))
+        .unwrap()
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    for seed in [1, 2, 3] {
+        let fed = feeds(seed);
+        let want: Vec<_> = compiled
+            .run_named(&fed)
+            .unwrap()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        compiled
+            .run_prepared_into(&exe, &[&fed[0].1], &mut outputs, None)
+            .unwrap();
+        assert_eq!(outputs, want, "seed {seed}");
+    }
+    outputs[0].shape.push(1);
+    let err = compiled
+        .run_prepared_into(&exe, &[&feeds(1)[0].1], &mut outputs, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("output"), "{err}");
 }

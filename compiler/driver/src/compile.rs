@@ -70,6 +70,27 @@ impl Executable {
         Ok(result?)
     }
 
+    /// As [`Executable::run`], writing into `outputs` (an earlier run's results), so that
+    /// repeated runs allocate nothing: what a serving loop, and `smelt bench`, do.
+    pub fn run_into(
+        &self,
+        pool: &smelt_runtime::pool::ThreadPool,
+        inputs: &[&HostTensor],
+        outputs: &mut [HostTensor],
+        profile: Option<&mut Vec<Duration>>,
+    ) -> Result<(), SmeltError> {
+        let functions = |i: usize| self.code.function(i);
+        let taken = self.scratch.lock().map(|mut s| s.pop()).unwrap_or(None);
+        let mut arena = taken.unwrap_or_else(|| AlignedBytes::zeroed(0));
+        let result = self
+            .program
+            .run_into(&functions, pool, inputs, outputs, &mut arena, profile);
+        if let Ok(mut s) = self.scratch.lock() {
+            s.push(arena);
+        }
+        Ok(result?)
+    }
+
     /// Floating-point operations of the contractions (2 per multiply-add of every
     /// MatMul, Conv and ConvTranspose), the figure GFLOP/s are computed from.
     pub fn contraction_flops(&self) -> u64 {

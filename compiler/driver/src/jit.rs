@@ -238,6 +238,19 @@ impl Compiled {
         Ok(exe.output_names.iter().cloned().zip(outs).collect())
     }
 
+    /// Runs code from [`Compiled::prepare`] on its inputs in declaration order, writing
+    /// into `outputs` (an earlier run's results, in declaration order): repeated runs
+    /// allocate nothing and skip the lookup by input shapes.
+    pub fn run_prepared_into(
+        &self,
+        exe: &Executable,
+        inputs: &[&HostTensor],
+        outputs: &mut [HostTensor],
+        profile: Option<&mut Vec<Duration>>,
+    ) -> Result<()> {
+        exe.run_into(&self.pool, inputs, outputs, profile)
+    }
+
     /// Compiles (or finds) the code for these inputs.
     pub fn prepare(&self, inputs: &[(String, HostTensor)]) -> Result<Arc<Executable>> {
         let info = self.model.info();
