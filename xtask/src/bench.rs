@@ -143,6 +143,16 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .map(String::as_str)
     };
+    if let Some(json) = flag("--render") {
+        // The table and chart again from a results file (after a change of format).
+        let result: Value = serde_json::from_str(
+            &std::fs::read_to_string(json).with_context(|| format!("reading {json}"))?,
+        )?;
+        std::fs::write(root.join("docs/performance.md"), markdown(&result))?;
+        std::fs::write(root.join("docs/performance.svg"), svg(&result))?;
+        println!("wrote docs/performance.md, docs/performance.svg from {json}");
+        return Ok(());
+    }
     if let Some(old) = flag("--compare") {
         return compare(
             root,
@@ -281,7 +291,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn fmt_ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.3}"))
+    // Sub-10-microsecond models keep four decimals, so they do not print as 0.000.
+    v.map_or("-".into(), |v| {
+        if v < 0.01 {
+            format!("{v:.4}")
+        } else {
+            format!("{v:.3}")
+        }
+    })
 }
 
 fn fmt_ratio(v: Option<f64>) -> String {
