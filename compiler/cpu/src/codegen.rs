@@ -1368,13 +1368,7 @@ impl<M: Module> Gen<'_, '_, M> {
         if !stash
             && combine == Combine::Max
             && extent >= ROW_HELPER_MIN
-            && let Expr::Load { param, index } = self.nest.node(body).expr
-            && self.kernel.params[param as usize].dtype == DType::F32
-            && self.in_bounds(param, index)
-            && self
-                .nest
-                .coefficient(index, Variable::Reduction(var), &mut HashMap::new())
-                == Some(1)
+            && let Some((param, index)) = self.contiguous_f32_row(body, var)
         {
             let zero = self.b.ins().iconst(types::I64, 0);
             let start = self.reduce_step(var, zero, index)?;
@@ -1457,13 +1451,7 @@ impl<M: Module> Gen<'_, '_, M> {
         // softmax): the helper reads the row itself, so there is no stashing pass.
         if let Expr::Binary(BinaryOp::Sub, x, m) = self.nest.node(arg).expr
             && matches!(self.place[m as usize], Scope::Row | Scope::Entry)
-            && let Expr::Load { param, index } = self.nest.node(x).expr
-            && self.kernel.params[param as usize].dtype == DType::F32
-            && self.in_bounds(param, index)
-            && self
-                .nest
-                .coefficient(index, Variable::Reduction(var), &mut HashMap::new())
-                == Some(1)
+            && let Some((param, index)) = self.contiguous_f32_row(x, var)
         {
             let shift = self.scalar(m);
             let zero = self.b.ins().iconst(types::I64, 0);
@@ -1495,6 +1483,22 @@ impl<M: Module> Gen<'_, '_, M> {
         let row = self.stash_address(zero);
         let n = self.b.ins().iconst(types::I64, extent as i64);
         self.call("smelt_rt_exp_sum_f32", &[row, n], types::F32)
+    }
+
+    /// `expr` as a load of an f32 parameter that stays in bounds and walks reduction
+    /// `var` one element per step (a contiguous row a runtime row helper can read), as
+    /// (parameter, index).
+    fn contiguous_f32_row(&self, expr: ExprId, var: u32) -> Option<(u32, ExprId)> {
+        let Expr::Load { param, index } = self.nest.node(expr).expr else {
+            return None;
+        };
+        (self.kernel.params[param as usize].dtype == DType::F32
+            && self.in_bounds(param, index)
+            && self
+                .nest
+                .coefficient(index, Variable::Reduction(var), &mut HashMap::new())
+                == Some(1))
+        .then_some((param, index))
     }
 
     /// The address of position `at` of the stash's output row.
