@@ -757,6 +757,32 @@ fn conv_tiled<T: Float>(
     Ok(())
 }
 
+/// `dst[j] = src[j * step]` for every `j < dst.len()` (`src` holds them): a row's
+/// column phase. Steps 1 and 2 as a copy and a pair deinterleave that vectorize (an
+/// iterator with `step_by` compiled to a scalar loop with a division per element, 80%
+/// of a stride-2 depthwise convolution).
+pub(crate) fn every_nth<T: Copy>(dst: &mut [T], src: &[T], step: usize) {
+    match step {
+        1 => dst.copy_from_slice(&src[..dst.len()]),
+        2 => {
+            let whole = dst.len().min(src.len() / 2);
+            let (body, tail) = dst.split_at_mut(whole);
+            let pairs = &src[..2 * whole];
+            for (j, d) in body.iter_mut().enumerate() {
+                *d = pairs[2 * j];
+            }
+            if let (Some(&v), Some(d)) = (src.get(2 * whole), tail.first_mut()) {
+                *d = v;
+            }
+        }
+        _ => {
+            for (d, run) in dst.iter_mut().zip(src.chunks(step)) {
+                *d = run[0];
+            }
+        }
+    }
+}
+
 /// Whether `T` is f32.
 fn is_f32<T: Float>() -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
@@ -995,10 +1021,7 @@ impl Window<'_> {
             } else {
                 for &(b, first, count, column) in &column_phases {
                     let at = row_at(b) + column;
-                    let dst = &mut padded[at..at + count];
-                    for (d, &v) in dst.iter_mut().zip(src[first..].iter().step_by(sw)) {
-                        *d = v;
-                    }
+                    every_nth(&mut padded[at..at + count], &src[first..], sw);
                 }
             }
             a += 1;
@@ -1399,6 +1422,27 @@ mod tests {
 #[cfg(test)]
 mod depthwise_tests {
     use super::*;
+
+    #[test]
+    fn every_nth_takes_each_phase_of_a_row() {
+        for len in [11usize, 32, 33, 67, 112] {
+            let src: Vec<u32> = (0..len as u32).collect();
+            let floats: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+            for step in 1..=4 {
+                for first in 0..step {
+                    let count = (len - first).div_ceil(step);
+                    let mut dst = vec![99; count];
+                    every_nth(&mut dst, &src[first..], step);
+                    let want: Vec<u32> = src[first..].iter().step_by(step).copied().collect();
+                    assert_eq!(dst, want, "len {len} step {step} first {first}");
+                    let mut dst = vec![-1.0f32; count];
+                    every_nth(&mut dst, &floats[first..], step);
+                    let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+                    assert_eq!(dst, want, "f32 len {len} step {step} first {first}");
+                }
+            }
+        }
+    }
 
     /// Undilated depthwise convolutions in f32 (the FMA path where the CPU has it) against
     /// the f64 definition: same, valid and asymmetric padding, odd kernels, strides 1 to 3.

@@ -13,7 +13,7 @@
 //! depth, so the micro-kernel broadcasts one filter value per row and step and keeps
 //! 2 x 12 sums in registers over the whole depth.
 
-use super::contraction::{ConvGeometry, KernelError, SyncPtr};
+use super::contraction::{ConvGeometry, KernelError, SyncPtr, every_nth};
 use crate::pool::ThreadPool;
 
 /// Output positions one micro-kernel call computes: two 16-lane vectors.
@@ -308,27 +308,7 @@ pub(crate) fn conv2d(
                         // lies inside plane p of the buffer.
                         let dst_row =
                             unsafe { std::slice::from_raw_parts_mut(dst.get().add(at), count) };
-                        let src = &src_row[first..];
-                        match sx {
-                            1 => dst_row.copy_from_slice(src),
-                            2 => {
-                                // Pairs, so the loop vectorizes as a deinterleave.
-                                let pairs = src.chunks_exact(2);
-                                let odd = pairs.remainder().first().copied();
-                                let (body, tail) = dst_row.split_at_mut(src.len() / 2);
-                                for (d, pair) in body.iter_mut().zip(pairs) {
-                                    *d = pair[0];
-                                }
-                                if let (Some(v), Some(d)) = (odd, tail.first_mut()) {
-                                    *d = v;
-                                }
-                            }
-                            _ => {
-                                for (d, run) in dst_row.iter_mut().zip(src.chunks(sx)) {
-                                    *d = run[0];
-                                }
-                            }
-                        }
+                        every_nth(dst_row, &src_row[first..], sx);
                     }
                 }
             };
