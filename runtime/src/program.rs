@@ -254,10 +254,10 @@ impl PackedFilters {
 }
 
 /// Pointers that the pool's threads share; each launch writes disjoint elements.
-struct Args(Vec<*mut u8>);
+struct Args<'a>(&'a [*mut u8]);
 // SAFETY: the kernels write disjoint parts of their outputs per range, and the buffers
 // outlive the launch, which waits for all threads.
-unsafe impl Sync for Args {}
+unsafe impl Sync for Args<'_> {}
 
 impl Program {
     /// Runs the program on `inputs` (in declaration order) with `arena` as scratch memory
@@ -446,9 +446,10 @@ impl Program {
             p.resize(self.launches.len(), Duration::ZERO);
         }
         for (li, launch) in self.launches.iter().enumerate() {
-            let start = Instant::now();
+            // Timed only when profiling (a clock read per launch shows in recurrences).
+            let start = profile.is_some().then(Instant::now);
             self.launch(li, launch, functions, pool, &mem)?;
-            if let Some(p) = profile.as_deref_mut() {
+            if let (Some(p), Some(start)) = (profile.as_deref_mut(), start) {
                 p[li] += start.elapsed();
             }
         }
@@ -507,7 +508,20 @@ impl Program {
             } => {
                 let f = functions(*function)
                     .ok_or_else(|| fail(format!("no code for function {function}")))?;
-                let args = Args(args.iter().map(|&b| self.ptr(mem, b)).collect());
+                // On the stack for the usual few parameters: a launch is ~1 us for the
+                // small kernels of an unrolled recurrence, where an allocation shows.
+                let mut stack = [std::ptr::null_mut(); 16];
+                let heap: Vec<*mut u8>;
+                let pointers: &[*mut u8] = if args.len() <= stack.len() {
+                    for (slot, &b) in stack.iter_mut().zip(args) {
+                        *slot = self.ptr(mem, b);
+                    }
+                    &stack[..args.len()]
+                } else {
+                    heap = args.iter().map(|&b| self.ptr(mem, b)).collect();
+                    &heap
+                };
+                let args = Args(pointers);
                 let body = |r: std::ops::Range<usize>| {
                     let a = &args;
                     // SAFETY: the kernel reads and writes inside its planned buffers.
