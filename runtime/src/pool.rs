@@ -146,18 +146,15 @@ impl ThreadPool {
         min_chunk: usize,
         body: &(dyn Fn(std::ops::Range<usize>) + Sync),
     ) {
-        if total == 0 {
-            return;
-        }
         let chunk = total.div_ceil(self.threads() * 4).max(min_chunk.max(1));
         self.run_in_chunks(total, chunk, None, body);
     }
 
-    /// Runs `body` over `[0, total)` one index at a time on every thread: for work items
-    /// long enough that the threads should finish within one item of each other (a
-    /// convolution's tiles), where `run`'s larger chunks leave one thread a chunk behind.
-    /// Claims start large and contiguous (a share of what is left, so each thread keeps
-    /// neighbouring items and their shared inputs in its cache) and shrink to one.
+    /// Runs `body` over `[0, total)` on every thread in guided claims: each a share of
+    /// what is left, so they start large and contiguous (each thread keeps neighbouring
+    /// items and their shared inputs in its cache) and shrink to one index. For work
+    /// items long enough that the threads should finish within one item of each other (a
+    /// convolution's tiles), where `run`'s fixed chunks leave one thread a chunk behind.
     pub fn run_each(&self, total: usize, body: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         self.run_in_chunks(total, 1, Some(2 * self.threads()), body);
     }

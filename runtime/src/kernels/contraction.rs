@@ -106,7 +106,7 @@ enum Simd {
 /// viewed as f32 (`as_f32`).
 #[cfg(target_arch = "x86_64")]
 fn f32_with<T: Float>(simd: Simd) -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+    is_f32::<T>()
         && std::arch::is_x86_feature_detected!("avx2")
         && (matches!(simd, Simd::Avx2) || std::arch::is_x86_feature_detected!("fma"))
 }
@@ -757,10 +757,35 @@ fn conv_tiled<T: Float>(
     Ok(())
 }
 
+/// How a row of `width` inputs, `left` columns into its zero-padded row, splits into
+/// `step` column phases (padded column c goes to phase c % step at c / step): for each
+/// phase that gets a column, (phase, its first input column, how many, where the first
+/// lands in the phase row). Worked out once per row shape: rows are short, and divisions
+/// cost more than their copies.
+pub(crate) fn column_phases(
+    width: usize,
+    left: usize,
+    step: usize,
+) -> Vec<(usize, usize, usize, usize)> {
+    (0..step)
+        .filter_map(|phase| {
+            let first = (phase + step - left % step) % step;
+            (first < width).then(|| {
+                (
+                    phase,
+                    first,
+                    (width - first).div_ceil(step),
+                    (first + left) / step,
+                )
+            })
+        })
+        .collect()
+}
+
 /// `dst[j] = src[j * step]` for every `j < dst.len()` (`src` holds them): a row's
-/// column phase. Steps 1 and 2 as a copy and a pair deinterleave that vectorize (an
-/// iterator with `step_by` compiled to a scalar loop with a division per element, 80%
-/// of a stride-2 depthwise convolution).
+/// column phase. Steps 1 and 2 as a copy and a plain index loop (an iterator with
+/// `step_by` compiled to a scalar loop with a division per element, 80% of a stride-2
+/// depthwise convolution).
 pub(crate) fn every_nth<T: Copy>(dst: &mut [T], src: &[T], step: usize) {
     match step {
         1 => dst.copy_from_slice(&src[..dst.len()]),
@@ -1001,15 +1026,7 @@ impl Window<'_> {
             padded.clear();
             padded.resize(sh * sw * phase_len, T::ZERO);
         }
-        // Column c + left lands in phase (c + left) % sw at (c + left) / sw: each column
-        // phase b takes every sw-th column from its first, `count` of them, from `column`
-        // on. Worked out once: rows are short, and divisions cost more than their copies.
-        let column_phases: Vec<(usize, usize, usize, usize)> = (0..sw)
-            .filter_map(|b| {
-                let first = (b + sw - left % sw) % sw;
-                (first < iw).then(|| (b, first, (iw - first).div_ceil(sw), (first + left) / sw))
-            })
-            .collect();
+        let column_phases = column_phases(iw, left, sw);
         // Padded row r + top is row pr of row phase a.
         let (mut pr, mut a) = (top / sh, top % sh);
         for r in 0..ih {

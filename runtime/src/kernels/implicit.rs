@@ -9,11 +9,13 @@
 //! `q = oy * row + ox` over the phase's rows (`row` may exceed the output width: those
 //! few lanes are computed and not stored), and the kernel walks q in 32-lane tiles.
 //!
-//! Filters are packed once per call into panels of up to 12 rows, laid out depth by
-//! depth, so the micro-kernel broadcasts one filter value per row and step and keeps
-//! 2 x 12 sums in registers over the whole depth.
+//! Filters are packed into panels of up to 12 rows, laid out depth by depth, so the
+//! micro-kernel broadcasts one filter value per row and step and keeps 2 x 12 sums in
+//! registers over the whole depth: once per program for constant weights (the caller
+//! keeps [`pack_filters`]'s result), per call otherwise. Where output rows are short, the
+//! lanes are 32 filters instead ([`filters_as_lanes`]).
 
-use super::contraction::{ConvGeometry, KernelError, SyncPtr, every_nth};
+use super::contraction::{ConvGeometry, KernelError, SyncPtr, column_phases, every_nth};
 use crate::pool::ThreadPool;
 
 /// Output positions one micro-kernel call computes: two 16-lane vectors.
@@ -59,7 +61,8 @@ fn panels(rows: usize) -> impl Iterator<Item = (usize, usize)> {
         .filter(|&(_, height)| height > 0)
 }
 
-/// Packs `rows` filters (`a`, row-major, `depth` apart) into the panels of [`panels`]: panel by panel, depth by depth, the panel's rows side by side. `packed` holds
+/// Packs `rows` filters (`a`, row-major, `depth` apart) into the panels of [`panels`]:
+/// panel by panel, depth by depth, the panel's rows side by side. `packed` holds
 /// `rows * depth` elements; a panel starting at row `r` starts at `r * depth`.
 fn pack_rows(a: &[f32], rows: usize, depth: usize, packed: &mut [f32]) {
     for (first, height) in panels(rows) {
@@ -135,13 +138,14 @@ pub(crate) fn handles(geo: &ConvGeometry) -> bool {
 }
 
 /// The filters `w` of `geo` packed for [`conv2d`]: per group, the panels of [`panels`]
-/// (see [`pack_rows`]), or where the filters are
-/// the lanes ([`filters_as_lanes`]), panels of 32 filters (see [`pack_lanes`]).
+/// (see [`pack_rows`]), or where the filters are the lanes ([`filters_as_lanes`]),
+/// panels of 32 filters (see [`pack_lanes`]).
 pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
     let (m, g) = (geo.weight[0], geo.group.max(1));
     let depth: usize = geo.weight[1..].iter().product();
-    let mut packed = vec![0.0; packed_len(geo)];
-    if filters_as_lanes(geo) {
+    let lanes = filters_as_lanes(geo);
+    let mut packed = vec![0.0; packed_len(geo, lanes)];
+    if lanes {
         pack_lanes(w, g, m / g, depth, &mut packed);
     } else {
         pack_groups(w, g, m / g, depth, &mut packed);
@@ -149,11 +153,11 @@ pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
     packed
 }
 
-/// Elements of [`pack_filters`]'s result.
-fn packed_len(geo: &ConvGeometry) -> usize {
+/// Elements of [`pack_filters`]'s result; `lanes` is [`filters_as_lanes`]`(geo)`.
+fn packed_len(geo: &ConvGeometry, lanes: bool) -> usize {
     let (m, g) = (geo.weight[0], geo.group.max(1));
     let depth: usize = geo.weight[1..].iter().product();
-    if filters_as_lanes(geo) {
+    if lanes {
         g * (m / g).div_ceil(TILE_LANES) * TILE_LANES * depth
     } else {
         m * depth
@@ -284,6 +288,10 @@ pub(crate) fn conv2d(
             let read_x: Vec<bool> = (0..sx)
                 .map(|p| (0..kw).any(|kx| kx * dx % sx == p))
                 .collect();
+            let phases: Vec<_> = column_phases(wd, pl, sx)
+                .into_iter()
+                .filter(|&(phase, ..)| read_x[phase])
+                .collect();
             // Row by row (every input row of every channel), split over the threads.
             let split = |rows: std::ops::Range<usize>| {
                 for r in rows {
@@ -296,14 +304,8 @@ pub(crate) fn conv2d(
                         + ((py % sy) * sx) * phased.rows * phased.cols
                         + (py / sy) * phased.cols;
                     let src_row = &x[r * wd..(r + 1) * wd];
-                    for phase in (0..sx).filter(|&p| read_x[p]) {
-                        // The first column of this phase, and where it lands.
-                        let first = (phase + sx - pl % sx) % sx;
-                        if first >= wd {
-                            continue;
-                        }
-                        let count = (wd - first).div_ceil(sx);
-                        let at = row_base + phase * phased.rows * phased.cols + (first + pl) / sx;
+                    for &(phase, first, count, column) in &phases {
+                        let at = row_base + phase * phased.rows * phased.cols + column;
                         // SAFETY: this input row's phase row, written by this call only,
                         // lies inside plane p of the buffer.
                         let dst_row =
@@ -321,7 +323,8 @@ pub(crate) fn conv2d(
 
     // Output positions along the phase rows, and the tiles covering them.
     let q_end = (out_h - 1) * phased.cols + out_w;
-    let want_packed = packed_len(geo);
+    let lanes = filters_as_lanes(geo);
+    let want_packed = packed_len(geo, lanes);
     if let Some(packed) = prepacked
         && packed.len() != want_packed
     {
@@ -330,7 +333,8 @@ pub(crate) fn conv2d(
             packed.len(),
         )));
     }
-    if filters_as_lanes(geo) {
+    let small = pool.threads() == 1 || n * m * out_count * depth < super::contraction::SERIAL_MACS;
+    if lanes {
         let lanes = FilterLanes {
             source,
             offsets: &offsets,
@@ -345,14 +349,13 @@ pub(crate) fn conv2d(
             depth,
             out_h,
             out_w,
+            small,
         };
         return lanes.run(w, prepacked, bias, out, pool);
     }
     let tiles = q_end.div_ceil(TILE_LANES);
-    let threads = pool.threads();
-    let small = threads == 1 || n * m * out_count * depth < super::contraction::SERIAL_MACS;
     // Items enough that the threads finish within a small one of each other.
-    let wanted = 8 * threads;
+    let wanted = 8 * pool.threads();
     // Tiles per work item: about `tile_elements` of input read (depth x lanes), and
     // enough items to share among the threads.
     let mut chunk = (tile_elements / depth.max(1) / TILE_LANES)
@@ -460,6 +463,8 @@ struct FilterLanes<'a> {
     depth: usize,
     out_h: usize,
     out_w: usize,
+    /// Whether the convolution runs on the calling thread alone.
+    small: bool,
 }
 
 impl FilterLanes<'_> {
@@ -508,16 +513,17 @@ impl FilterLanes<'_> {
         };
         let runs = self.runs();
         let out_count = self.out_h * self.out_w;
-        let threads = pool.threads();
-        let small =
-            threads == 1 || self.n * self.m * out_count * depth < super::contraction::SERIAL_MACS;
+        let small = self.small;
         // Work items: (batch, group, filter panel, block of runs); a panel's weights stay
         // in cache over its block.
         let panel_items = self.n * g * panels;
         let blocks = if small {
             1
         } else {
-            (8 * threads).div_ceil(panel_items).min(runs.len()).max(1)
+            (8 * pool.threads())
+                .div_ceil(panel_items)
+                .min(runs.len())
+                .max(1)
         };
         let per_block = runs.len().div_ceil(blocks);
         let blocks = runs.len().div_ceil(per_block);
@@ -687,10 +693,13 @@ impl Tile<'_> {
     unsafe fn run(&self, height: usize) {
         #[cfg(target_arch = "x86_64")]
         {
+            let masked = self.load_mask != u32::MAX;
             macro_rules! by_height {
                 ($($h:literal)*) => {
                     match height {
-                        $($h => unsafe { self.kernel::<$h>() },)*
+                        // The last tile's loads are masked; the others need no mask.
+                        $($h if masked => unsafe { self.kernel::<$h, true>() },)*
+                        $($h => unsafe { self.kernel::<$h, false>() },)*
                         _ => unreachable!("panels hold 1 to {MOST_PANEL_ROWS} rows"),
                     }
                 };
@@ -702,10 +711,11 @@ impl Tile<'_> {
     }
 
     /// The micro-kernel for panels of `H` rows: `2 * H` sums stay in registers over the
-    /// whole depth (each step: one offset, two input loads and one broadcast per row).
+    /// whole depth (each step: one offset, two input loads and one broadcast per row);
+    /// `MASKED` loads only the lanes of `load_mask`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel<const H: usize>(&self) {
+    unsafe fn kernel<const H: usize, const MASKED: bool>(&self) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm512_setzero_ps(); 2]; H];
         if let Some(bias) = self.bias {
@@ -717,35 +727,24 @@ impl Tile<'_> {
         }
         let (lo_mask, hi_mask) = (self.load_mask as u16, (self.load_mask >> 16) as u16);
         let mut a = self.filters;
-        if self.load_mask == u32::MAX {
-            for k in 0..self.depth {
-                // SAFETY: per `run`'s contract.
-                unsafe {
-                    let at = self.input.add(*self.offsets.add(k) as usize);
-                    let lo = _mm512_loadu_ps(at);
-                    let hi = _mm512_loadu_ps(at.add(16));
-                    for (r, sums) in acc.iter_mut().enumerate() {
-                        let w = _mm512_set1_ps(*a.add(r));
-                        sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
-                        sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
-                    }
-                    a = a.add(H);
+        for k in 0..self.depth {
+            // SAFETY: per `run`'s contract; masked-off lanes read nothing.
+            unsafe {
+                let at = self.input.wrapping_add(*self.offsets.add(k) as usize);
+                let (lo, hi) = if MASKED {
+                    (
+                        _mm512_maskz_loadu_ps(lo_mask, at),
+                        _mm512_maskz_loadu_ps(hi_mask, at.wrapping_add(16)),
+                    )
+                } else {
+                    (_mm512_loadu_ps(at), _mm512_loadu_ps(at.wrapping_add(16)))
+                };
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*a.add(r));
+                    sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
+                    sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
                 }
-            }
-        } else {
-            for k in 0..self.depth {
-                // SAFETY: per `run`'s contract; masked-off lanes read nothing.
-                unsafe {
-                    let at = self.input.wrapping_add(*self.offsets.add(k) as usize);
-                    let lo = _mm512_maskz_loadu_ps(lo_mask, at);
-                    let hi = _mm512_maskz_loadu_ps(hi_mask, at.wrapping_add(16));
-                    for (r, sums) in acc.iter_mut().enumerate() {
-                        let w = _mm512_set1_ps(*a.add(r));
-                        sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
-                        sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
-                    }
-                    a = a.add(H);
-                }
+                a = a.add(H);
             }
         }
         for (r, sums) in acc.iter().enumerate() {
