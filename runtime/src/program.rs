@@ -272,17 +272,22 @@ impl Program {
         arena: &mut AlignedBytes,
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
-        let mut outputs: Vec<HostTensor> = self
-            .outputs
+        let mut outputs = self.new_outputs();
+        self.run_into(functions, pool, inputs, &mut outputs, arena, profile)?;
+        Ok(outputs)
+    }
+
+    /// Zeroed tensors of the outputs' types, in declaration order: what
+    /// [`Program::run_into`] writes.
+    pub fn new_outputs(&self) -> Vec<HostTensor> {
+        self.outputs
             .iter()
             .map(|spec| HostTensor {
                 elem: spec.elem,
                 shape: spec.shape.clone(),
                 bytes: vec![0; self.buffers[spec.buffer].bytes()],
             })
-            .collect();
-        self.run_into(functions, pool, inputs, &mut outputs, arena, profile)?;
-        Ok(outputs)
+            .collect()
     }
 
     /// As [`Program::run`], writing into `outputs` (an earlier run's results, or tensors

@@ -148,8 +148,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let result: Value = serde_json::from_str(
             &std::fs::read_to_string(json).with_context(|| format!("reading {json}"))?,
         )?;
-        std::fs::write(root.join("docs/performance.md"), markdown(&result))?;
-        std::fs::write(root.join("docs/performance.svg"), svg(&result))?;
+        write_docs(root, &result)?;
         println!("wrote docs/performance.md, docs/performance.svg from {json}");
         return Ok(());
     }
@@ -281,12 +280,18 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{date}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
-    std::fs::write(root.join("docs/performance.md"), markdown(&result))?;
-    std::fs::write(root.join("docs/performance.svg"), svg(&result))?;
+    write_docs(root, &result)?;
     println!(
         "wrote {}, docs/performance.md, docs/performance.svg",
         path.display()
     );
+    Ok(())
+}
+
+/// The table `docs/performance.md` and the chart `docs/performance.svg` of a results file.
+fn write_docs(root: &Path, result: &Value) -> Result<()> {
+    std::fs::write(root.join("docs/performance.md"), markdown(result))?;
+    std::fs::write(root.join("docs/performance.svg"), svg(result))?;
     Ok(())
 }
 

@@ -95,18 +95,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     // Runs reuse the first run's output tensors, as a serving loop (and the deployable
     // executable's --bench) would: an allocation per run would time the allocator
     // (zeroing a softmax's 512 KiB output took a sixth of its run).
-    let by_name: std::collections::HashMap<&str, &smelt_runtime::HostTensor> =
-        feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let inputs: Vec<&smelt_runtime::HostTensor> = exe
-        .input_names
-        .iter()
-        .map(|n| by_name[n.as_str()])
-        .collect();
-    let mut outputs: Vec<smelt_runtime::HostTensor> = compiled
-        .run_named(&feeds)?
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect();
+    let inputs = exe.ordered_inputs(&feeds);
+    let mut outputs = exe.program.new_outputs();
     for _ in 0..a.warmup {
         compiled.run_prepared_into(&exe, &inputs, &mut outputs, None)?;
     }

@@ -56,18 +56,23 @@ impl Executable {
         inputs: &[&HostTensor],
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, SmeltError> {
-        let functions = |i: usize| self.code.function(i);
-        // A run takes an arena from the pool (or makes one) and gives it back, so repeated
-        // runs neither allocate nor fault in fresh pages.
-        let taken = self.scratch.lock().map(|mut s| s.pop()).unwrap_or(None);
-        let mut arena = taken.unwrap_or_else(|| AlignedBytes::zeroed(0));
-        let result = self
-            .program
-            .run(&functions, pool, inputs, &mut arena, profile);
-        if let Ok(mut s) = self.scratch.lock() {
-            s.push(arena);
-        }
-        Ok(result?)
+        let mut outputs = self.program.new_outputs();
+        self.run_into(pool, inputs, &mut outputs, profile)?;
+        Ok(outputs)
+    }
+
+    /// The tensors of `named` inputs in the order the program takes them.
+    ///
+    /// # Panics
+    /// If an input the program takes is missing from `named` (callers check the names
+    /// first, as [`crate::Compiled::prepare`] does).
+    pub fn ordered_inputs<'a>(&self, named: &'a [(String, HostTensor)]) -> Vec<&'a HostTensor> {
+        let by_name: HashMap<&str, &HostTensor> =
+            named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        self.input_names
+            .iter()
+            .map(|n| by_name[n.as_str()])
+            .collect()
     }
 
     /// As [`Executable::run`], writing into `outputs` (an earlier run's results), so that
@@ -80,6 +85,8 @@ impl Executable {
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<(), SmeltError> {
         let functions = |i: usize| self.code.function(i);
+        // A run takes an arena from the pool (or makes one) and gives it back, so repeated
+        // runs neither allocate nor fault in fresh pages.
         let taken = self.scratch.lock().map(|mut s| s.pop()).unwrap_or(None);
         let mut arena = taken.unwrap_or_else(|| AlignedBytes::zeroed(0));
         let result = self

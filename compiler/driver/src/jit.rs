@@ -227,14 +227,7 @@ impl Compiled {
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<(String, HostTensor)>> {
         let exe = self.prepare(inputs)?;
-        let by_name: HashMap<&str, &HostTensor> =
-            inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let feeds: Vec<&HostTensor> = exe
-            .input_names
-            .iter()
-            .map(|n| by_name[n.as_str()])
-            .collect();
-        let outs = exe.run(&self.pool, &feeds, profile)?;
+        let outs = exe.run(&self.pool, &exe.ordered_inputs(inputs), profile)?;
         Ok(exe.output_names.iter().cloned().zip(outs).collect())
     }
 

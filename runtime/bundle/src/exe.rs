@@ -201,15 +201,7 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
     };
     let pool = ThreadPool::new(threads);
     let mut arena = AlignedBytes::zeroed(p.arena_bytes);
-    let mut results: Vec<HostTensor> = p
-        .outputs
-        .iter()
-        .map(|s| HostTensor {
-            elem: s.elem,
-            shape: s.shape.clone(),
-            bytes: vec![0; p.buffers[s.buffer].bytes()],
-        })
-        .collect();
+    let mut results = p.new_outputs();
     let mut run_once = |results: &mut Vec<HostTensor>| -> Result<(), String> {
         let ins: Vec<&[u8]> = feeds.iter().map(|t| t.bytes.as_slice()).collect();
         let mut outs: Vec<&mut [u8]> = results.iter_mut().map(|t| t.bytes.as_mut_slice()).collect();
