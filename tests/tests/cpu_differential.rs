@@ -318,3 +318,72 @@ fn concatenations_of_computed_values_need_no_copy() {
         exe.plan.print(&exe.graph)
     );
 }
+
+/// Steps of a recurrence that slice a computed sequence read their slice in place (a view
+/// of the sequence's buffer, no copy kernel), so their kernels are identical and share
+/// one function, and the results are the reference's. Slices that are not one aligned,
+/// contiguous range still copy.
+#[test]
+fn contiguous_slices_are_views_and_identical_steps_share_code() {
+    let path = smelt_tests::workspace_root().join("tests/fusion/slice_views.graph");
+    let text = std::fs::read_to_string(path).unwrap();
+    let inputs = [
+        konst(vec![3, 1, 8], 1, None),
+        konst(vec![8, 64], 2, None),
+        konst(vec![16, 64], 3, None),
+        konst(vec![1, 16], 4, None),
+    ];
+    agrees_with_reference(&text, &inputs, false, 1e-5, 1e-6);
+    let g = smelt_ir::text::parse_graph(&text).unwrap();
+    let exe = Executable::from_graph(g, false).unwrap();
+    let params: Vec<String> = exe
+        .kernels
+        .iter()
+        .flat_map(|k| k.args.iter().map(|&v| exe.graph.value(v).name.clone()))
+        .collect();
+    for step in ["s0", "s1", "s2"] {
+        assert!(
+            params.contains(&step.to_string()),
+            "{step} read as a view: {params:?}"
+        );
+    }
+    let steps: Vec<usize> = exe
+        .kernels
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.kernel.name.ends_with("_reshape"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(steps.len(), 3, "{}", exe.kernel_text());
+    let functions_of_steps: std::collections::BTreeSet<usize> = exe
+        .program
+        .launches
+        .iter()
+        .filter_map(|l| match l {
+            smelt_runtime::program::Launch::Loop { name, function, .. }
+                if name.ends_with("_reshape") =>
+            {
+                Some(*function)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(functions_of_steps.len(), 1, "{}", exe.kernel_text());
+    // 3 matmuls of the same shape share one entry too; each remaining loop is distinct.
+    assert!(
+        exe.functions.len() < exe.kernels.len(),
+        "{:?}",
+        exe.functions
+    );
+    let copies = exe
+        .kernels
+        .iter()
+        .filter(|k| k.kernel.name.contains("slice"))
+        .count();
+    assert_eq!(
+        copies,
+        2,
+        "column and unaligned slices copy: {}",
+        exe.kernel_text()
+    );
+}

@@ -135,8 +135,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         );
         println!("median: {median:.3} ms  min: {min:.3} ms  max: {max:.3} ms");
         println!(
-            "compile: {compile_ms:.1} ms; {} kernels, {} launches; arena {} bytes",
+            "compile: {compile_ms:.1} ms; {} kernels ({} distinct), {} launches; arena {} bytes",
             exe.kernels.len(),
+            exe.functions.len(),
             exe.program.launches.len(),
             exe.program.arena_bytes
         );

@@ -227,8 +227,9 @@ fn explain(
             }
         }
         println!(
-            "# {} kernels, {} launches; arena {} bytes ({} bytes of intermediates without reuse); compiled in {:.1} ms",
+            "# {} kernels ({} distinct), {} launches; arena {} bytes ({} bytes of intermediates without reuse); compiled in {:.1} ms",
             exe.kernels.len(),
+            exe.functions.len(),
             exe.program.launches.len(),
             exe.program.arena_bytes,
             exe.program.intermediate_bytes,

@@ -112,6 +112,13 @@ fn tanh_is_within_1e6_relative() {
     assert!(err < 1e-6, "tanh: relative error {err:e} at {at}");
     let (err, at) = max_error(UnaryOp::Tanh, &sweep(-1e-3, 1e-3, 10_001), f64::tanh, 0.0);
     assert!(err < 1e-6, "tanh near 0: relative error {err:e} at {at}");
+    // Never outside [-1, 1], where rounding of the rational form would otherwise lift it.
+    let xs = sweep(-12.0, 12.0, 100_001);
+    for vector in [true, false] {
+        for (x, y) in xs.iter().zip(run(UnaryOp::Tanh, &xs, vector)) {
+            assert!(y.abs() <= 1.0, "tanh({x}) = {y} (vector: {vector})");
+        }
+    }
 }
 
 #[test]

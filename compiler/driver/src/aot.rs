@@ -131,8 +131,8 @@ impl Model {
             smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
                 .run(&mut graph)?;
         }
-        let (_, kernels, program) =
-            lower_graph(&graph, &imported.input_names, &imported.output_names)?;
+        let lowered = lower_graph(&graph, &imported.input_names, &imported.output_names)?;
+        let program = &lowered.program;
         let name = c_name(out, opts.emit);
         let manifest = program
             .manifest(
@@ -142,11 +142,10 @@ impl Model {
                 opts.threads.unwrap_or(0) as u32,
             )
             .encode_bytes();
-        let refs: Vec<&smelt_fuse::Kernel> = kernels.iter().map(|k| &k.kernel).collect();
         let object = emit_object(
             &ObjectParts {
                 name: &name,
-                kernels: &refs,
+                kernels: &lowered.function_kernels(),
                 manifest: &manifest,
                 constants: program.constants.as_slice(),
                 main: opts.emit == Emit::Exe,
@@ -192,14 +191,14 @@ impl Model {
             }
         }
         if opts.emit != Emit::Exe {
-            std::fs::write(&header_path, header(&name, &program, opts))
+            std::fs::write(&header_path, header(&name, program, opts))
                 .map_err(|e| io_err("writing", &header_path, e))?;
             files.push(header_path);
         }
         Ok(Artifacts {
             name,
             files,
-            kernels: kernels.len(),
+            kernels: lowered.kernels.len(),
             constant_bytes: program.constants.as_slice().len(),
             scratch_bytes: program.arena_bytes,
         })

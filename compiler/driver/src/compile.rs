@@ -3,7 +3,8 @@
 
 use crate::SmeltError;
 use smelt_fuse::kernel::{Body, Contraction, Role};
-use smelt_fuse::{FusionPlan, LoweredKernel};
+use smelt_fuse::plan::VIEW_ALIGN;
+use smelt_fuse::{FusionPlan, GroupKind, LoweredKernel};
 use smelt_ir::{Graph, Op, ValueId};
 use smelt_runtime::kernels::ConvGeometry;
 use smelt_runtime::memory::{BufferLife, plan_arena};
@@ -20,6 +21,9 @@ pub struct Executable {
     pub graph: Graph,
     pub plan: FusionPlan,
     pub kernels: Vec<LoweredKernel>,
+    /// The kernels that got code, as indices into `kernels`: one per set of identical
+    /// kernels (see `shared_functions`).
+    pub functions: Vec<usize>,
     pub program: Program,
     pub(crate) code: smelt_cpu::JitCode,
     /// ONNX names of the program's inputs and outputs, in order.
@@ -148,13 +152,34 @@ fn elem(g: &Graph, v: ValueId) -> ElemType {
     ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
 }
 
-/// Plans, lowers and assembles an optimized graph whose shapes are all fixed: what the
-/// JIT and the ahead-of-time path share.
+/// An optimized graph planned, lowered and assembled: what the JIT and the ahead-of-time
+/// path share.
+pub(crate) struct Lowered {
+    pub plan: FusionPlan,
+    /// Every kernel, in launch order.
+    pub kernels: Vec<LoweredKernel>,
+    /// The kernels that get code, as indices into `kernels`: one of each set of identical
+    /// kernels (the program's launches name their function by position in this list).
+    pub functions: Vec<usize>,
+    pub program: Program,
+}
+
+impl Lowered {
+    /// The kernels to generate code for, in function order.
+    pub fn function_kernels(&self) -> Vec<&smelt_fuse::Kernel> {
+        self.functions
+            .iter()
+            .map(|&k| &self.kernels[k].kernel)
+            .collect()
+    }
+}
+
+/// Plans, lowers and assembles an optimized graph whose shapes are all fixed.
 pub(crate) fn lower_graph(
     graph: &Graph,
     input_names: &[String],
     output_names: &[String],
-) -> Result<(FusionPlan, Vec<LoweredKernel>, Program), SmeltError> {
+) -> Result<Lowered, SmeltError> {
     for v in &graph.values {
         if v.ty.fixed_shape().is_none() {
             return Err(SmeltError::Compile(format!(
@@ -165,14 +190,53 @@ pub(crate) fn lower_graph(
     }
     let plan = smelt_fuse::plan(graph)?;
     // Concatenations their operands' producers write in place are no group's to store.
-    let (views, in_place) = concat_views(graph, &plan);
+    let (mut views, in_place) = concat_views(graph, &plan);
+    views.extend(slice_views(graph, &plan));
     let mut storing = plan.clone();
     for group in &mut storing.groups {
         group.outputs.retain(|v| !in_place.contains(v));
     }
     let kernels = smelt_fuse::lower(graph, &storing)?;
-    let program = build_program(graph, input_names, output_names, &kernels, &views)?;
-    Ok((plan, kernels, program))
+    let (functions, function_of) = shared_functions(&kernels);
+    let program = build_program(
+        graph,
+        input_names,
+        output_names,
+        &kernels,
+        &function_of,
+        &views,
+    )?;
+    Ok(Lowered {
+        plan,
+        kernels,
+        functions,
+        program,
+    })
+}
+
+/// One function per set of kernels identical but for their names and the values their
+/// parameters hold (the steps of an unrolled recurrence, repeated blocks of a network):
+/// returns the kernels that get code and, for every kernel, its function's position
+/// among them.
+fn shared_functions(kernels: &[LoweredKernel]) -> (Vec<usize>, Vec<usize>) {
+    let mut functions: Vec<usize> = Vec::new();
+    let mut function_of = Vec::with_capacity(kernels.len());
+    // Printed text finds candidates; structural equality decides.
+    let mut by_text: HashMap<String, Vec<usize>> = HashMap::new();
+    let anonymous: Vec<smelt_fuse::Kernel> = kernels.iter().map(|k| k.kernel.anonymous()).collect();
+    for (ki, k) in anonymous.iter().enumerate() {
+        let candidates = by_text.entry(k.print()).or_default();
+        let same = candidates
+            .iter()
+            .copied()
+            .find(|&f| anonymous[functions[f]] == *k);
+        function_of.push(same.unwrap_or_else(|| {
+            functions.push(ki);
+            candidates.push(functions.len() - 1);
+            functions.len() - 1
+        }));
+    }
+    (functions, function_of)
 }
 
 /// Compiles an optimized graph whose shapes are all fixed.
@@ -182,14 +246,14 @@ pub(crate) fn compile_graph(
     output_names: Vec<String>,
     started: Instant,
 ) -> Result<Executable, SmeltError> {
-    let (plan, kernels, program) = lower_graph(&graph, &input_names, &output_names)?;
-    let refs: Vec<&smelt_fuse::Kernel> = kernels.iter().map(|k| &k.kernel).collect();
-    let code = smelt_cpu::compile(&refs)?;
+    let lowered = lower_graph(&graph, &input_names, &output_names)?;
+    let code = smelt_cpu::compile(&lowered.function_kernels())?;
     Ok(Executable {
         graph,
-        plan,
-        kernels,
-        program,
+        plan: lowered.plan,
+        kernels: lowered.kernels,
+        functions: lowered.functions,
+        program: lowered.program,
         code,
         input_names,
         output_names,
@@ -201,13 +265,23 @@ pub(crate) fn compile_graph(
 /// Elements of work per chunk that make a thread hand-off worth it.
 const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
 
-/// Arena bytes a concatenation view's offset must be a multiple of: what every buffer's
-/// offset is, so kernels see the same alignment through a view.
-const VIEW_ALIGN: usize = 64;
-
-/// Concatenation operands' places in their concatenation: value -> (concatenation,
-/// byte offset).
+/// Values that are part of another value's buffer: value -> (the value whose buffer
+/// holds it, byte offset). Concatenation operands in their concatenation, and slices
+/// in their operand.
 type Views = HashMap<ValueId, (ValueId, usize)>;
+
+/// The slices the fusion plan made views: each in its operand's buffer.
+fn slice_views(g: &Graph, plan: &FusionPlan) -> Views {
+    plan.groups
+        .iter()
+        .filter(|grp| grp.kind == GroupKind::View)
+        .filter_map(|grp| {
+            let node = &g.nodes[grp.nodes[0]];
+            let offset = smelt_fuse::plan::view_offset(g, node)?;
+            Some((node.outputs[0], (node.inputs[0], offset)))
+        })
+        .collect()
+}
 
 /// Concatenations that need no copy: a concatenation along an axis with only 1s before it
 /// whose output its group stores and is not a graph output, and whose operands are
@@ -241,10 +315,16 @@ fn concat_views(g: &Graph, plan: &FusionPlan) -> (Views, Vec<ValueId>) {
             let Op::Concat { axis } = n.op else { continue };
             let out = n.outputs[0];
             let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
+            // Not a slice's view: a value is part of one buffer only.
             let operand_ok = |v: ValueId| {
                 !g.inputs.contains(&v)
                     && !g.outputs.contains(&v)
                     && stored(v)
+                    && producer[v.index()].is_some_and(|p| {
+                        plan.groups
+                            .get(group_of[p])
+                            .is_some_and(|grp| grp.kind != GroupKind::View)
+                    })
                     && producer[v.index()].is_some_and(|p| group_of[p] != gi)
                     && !views.contains_key(&v)
             };
@@ -291,6 +371,7 @@ fn build_program(
     input_names: &[String],
     output_names: &[String],
     kernels: &[LoweredKernel],
+    function_of: &[usize],
     views: &Views,
 ) -> Result<Program, SmeltError> {
     let producer = g.producers();
@@ -342,7 +423,7 @@ fn build_program(
             .collect();
         let loop_launch = |nest: &smelt_fuse::LoopNest| Launch::Loop {
             name: k.name.clone(),
-            function: ki,
+            function: function_of[ki],
             args: args.clone(),
             extent: nest.outer_extent(),
             min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1)),
@@ -450,6 +531,11 @@ fn build_program(
             buffer: buf,
         });
     }
+    // Every buffer a view is part of exists, even one no launch names (a concatenation
+    // written in place that only slices read).
+    for &(whole, _) in views.values() {
+        buffer(whole, &mut buffers, &mut constants);
+    }
     // Lifetimes over launches, then one arena for every non-constant buffer.
     let n = launches.len();
     let mut first = vec![usize::MAX; buffers.len()];
@@ -525,7 +611,7 @@ fn build_program(
     for (b, place) in view_place.iter().enumerate() {
         if let Some((whole, offset)) = *place {
             let Place::Arena { offset: base } = buffers[whole].place else {
-                unreachable!("concatenations are computed, so in the arena")
+                unreachable!("views are of computed values, so in the arena")
             };
             buffers[b].place = Place::Arena {
                 offset: base + offset,

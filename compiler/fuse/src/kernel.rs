@@ -546,6 +546,23 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// This kernel without its name and the names of the values its parameters hold:
+    /// two kernels equal in this form compile to the same code.
+    pub fn anonymous(&self) -> Kernel {
+        Kernel {
+            name: String::new(),
+            params: self
+                .params
+                .iter()
+                .map(|p| Param {
+                    value: String::new(),
+                    ..p.clone()
+                })
+                .collect(),
+            body: self.body.clone(),
+        }
+    }
+
     /// The loop nest the back ends generate code for, if any.
     pub fn loop_nest(&self) -> Option<&LoopNest> {
         match &self.body {

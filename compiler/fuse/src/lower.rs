@@ -34,6 +34,9 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelE
     let producer = g.producers();
     let mut out = Vec::new();
     for (gi, grp) in plan.groups.iter().enumerate() {
+        if grp.kind == GroupKind::View {
+            continue;
+        }
         let kernels = match lower_group(g, &producer, gi, grp) {
             Err(KernelError::TooLarge { .. }) if grp.nodes.len() > 1 => {
                 // Values read at many different coordinates multiply the fused

@@ -7,6 +7,12 @@
 //! a reduction group over the same rows, so softmax and layer normalization become one
 //! kernel. A contraction or opaque op starts a group. A node joins a group only if no
 //! other group it reads depends on that group, so groups stay acyclic.
+//!
+//! Afterwards, a slice that reads a value another group stores, and whose result is one
+//! contiguous, aligned range of it, leaves its group for a view group of its own: no
+//! kernel, its result is that range of the operand's buffer. The kernels that read it
+//! then no longer carry the slice's offset, so the steps of an unrolled recurrence
+//! become identical kernels that share one function.
 
 use crate::classify::{OpClass, classify};
 use smelt_ir::{Dim, Graph, Op, ValueId};
@@ -31,6 +37,9 @@ pub enum GroupKind {
     Contraction,
     /// One op run on its own.
     Opaque,
+    /// A slice that is a contiguous range of its operand's buffer (see `view_offset`):
+    /// no kernel; its result is stored nowhere else.
+    View,
 }
 
 impl GroupKind {
@@ -40,6 +49,7 @@ impl GroupKind {
             GroupKind::Reduction => "reduction",
             GroupKind::Contraction => "contraction",
             GroupKind::Opaque => "opaque",
+            GroupKind::View => "view",
         }
     }
 }
@@ -188,7 +198,53 @@ pub fn plan(g: &Graph) -> Result<FusionPlan, FusionError> {
             group_of.insert(o, gi);
         }
     }
-    finish(g, groups, &group_of)
+    let mut plan = finish(g, groups, &group_of)?;
+    plan.hoist_slice_views(g);
+    Ok(plan)
+}
+
+/// Byte alignment of a view's offset: what every arena buffer's offset has, so kernels
+/// see the same alignment through a view.
+pub const VIEW_ALIGN: usize = 64;
+
+/// Where `node`'s result lies in its operand's buffer, in bytes, when `node` is a slice
+/// whose result is one contiguous range of the operand (row-major) starting at a
+/// multiple of `VIEW_ALIGN`: every axis after some axis `j` taken whole, axis `j` a run
+/// of step 1, every axis before `j` a single index.
+pub fn view_offset(g: &Graph, node: &smelt_ir::Node) -> Option<usize> {
+    let Op::Slice {
+        starts,
+        ends,
+        steps,
+    } = &node.op
+    else {
+        return None;
+    };
+    let x = g.ty(node.inputs[0]).fixed_shape()?;
+    let y = g.ty(node.outputs[0]).fixed_shape()?;
+    if x.len() != y.len() || starts.len() != x.len() || y.contains(&0) {
+        return None;
+    }
+    let whole = |a: usize| y[a] == x[a] && (steps[a] == 1 || x[a] == 1);
+    // The innermost axis that is not taken whole (none: the slice is the whole operand).
+    let j = (0..x.len()).rev().find(|&a| !whole(a));
+    let mut offset = 0usize;
+    let mut stride = 1usize;
+    for a in (0..x.len()).rev() {
+        if Some(a) == j && !(steps[a] == 1 || y[a] == 1) {
+            return None;
+        }
+        if j.is_some_and(|j| a < j) && y[a] != 1 {
+            return None;
+        }
+        if !whole(a) {
+            let (start, _) = smelt_ir::slice_bounds(x[a], starts[a], ends[a], steps[a]);
+            offset += usize::try_from(start).ok()? * stride;
+        }
+        stride *= x[a];
+    }
+    let bytes = offset * g.ty(node.inputs[0]).dtype.size_bytes();
+    bytes.is_multiple_of(VIEW_ALIGN).then_some(bytes)
 }
 
 /// Orders the groups so that each follows those it reads, and lists inputs and outputs.
@@ -254,6 +310,62 @@ fn finish(
 }
 
 impl FusionPlan {
+    /// Moves every slice of a value that another group stores into a view group of its
+    /// own (placed just before the group it left) when `view_offset` finds it contiguous
+    /// and aligned. Not for graph inputs or outputs (the runtime may keep those in the
+    /// caller's memory) nor for constants (folding slices those).
+    fn hoist_slice_views(&mut self, g: &Graph) {
+        let producer = g.producers();
+        let boundary = |v: ValueId| g.inputs.contains(&v) || g.outputs.contains(&v);
+        let mut gi = 0;
+        while gi < self.groups.len() {
+            let grp = &self.groups[gi];
+            let hoist = grp.nodes.iter().copied().find(|&ni| {
+                let node = &g.nodes[ni];
+                let x = node.inputs.first().copied();
+                x.is_some_and(|x| {
+                    grp.kind != GroupKind::View
+                        && grp.inputs.contains(&x)
+                        && !boundary(x)
+                        && !boundary(node.outputs[0])
+                        && producer[x.index()]
+                            .is_some_and(|p| !matches!(g.nodes[p].op, Op::Constant(_)))
+                        && view_offset(g, node).is_some()
+                })
+            });
+            let Some(ni) = hoist else {
+                gi += 1;
+                continue;
+            };
+            let (x, y) = (g.nodes[ni].inputs[0], g.nodes[ni].outputs[0]);
+            let grp = &mut self.groups[gi];
+            grp.nodes.retain(|&n| n != ni);
+            let reads =
+                |v: ValueId, grp: &Group| grp.nodes.iter().any(|&n| g.nodes[n].inputs.contains(&v));
+            if !reads(x, grp) {
+                grp.inputs.retain(|&v| v != x);
+            }
+            grp.outputs.retain(|&v| v != y);
+            if reads(y, grp) {
+                grp.inputs.push(y);
+            }
+            let emptied = grp.nodes.is_empty();
+            let view = Group {
+                kind: GroupKind::View,
+                nodes: vec![ni],
+                inputs: vec![x],
+                outputs: vec![y],
+            };
+            if emptied {
+                self.groups[gi] = view;
+            } else {
+                self.groups.insert(gi, view);
+            }
+            // Next: the group it left (now at gi + 1, for more slices), or the one after.
+            gi += 1;
+        }
+    }
+
     /// Checks that every non-constant node is in exactly one group and that each group
     /// only reads graph inputs, constants and values of earlier groups.
     pub fn verify(&self, g: &Graph) -> Result<(), FusionError> {
@@ -323,20 +435,40 @@ impl FusionPlan {
 
 impl FusionPlan {
     /// The intermediate buffers (group outputs that are not graph outputs) with the
-    /// kernels that write and last read them, for the memory plan.
+    /// kernels that write and last read them, for the memory plan. A view takes no room
+    /// of its own; the buffer it is part of lives until the view's last reader.
     pub fn buffer_lives(&self, g: &Graph) -> Vec<(ValueId, smelt_runtime::memory::BufferLife)> {
         let graph_outputs: BTreeSet<ValueId> = g.outputs.iter().copied().collect();
-        let mut lives = Vec::new();
-        for (k, grp) in self.groups.iter().enumerate() {
-            for &o in grp.outputs.iter().filter(|o| !graph_outputs.contains(o)) {
-                let last = self
+        // Each value and the views of it, transitively.
+        let mut readers_of: HashMap<ValueId, Vec<ValueId>> = HashMap::new();
+        for grp in self.groups.iter().filter(|h| h.kind == GroupKind::View) {
+            readers_of
+                .entry(grp.inputs[0])
+                .or_default()
+                .push(grp.outputs[0]);
+        }
+        let last_reader = |o: ValueId, k: usize| {
+            let mut values = vec![o];
+            let mut last = k;
+            while let Some(v) = values.pop() {
+                values.extend(readers_of.get(&v).into_iter().flatten());
+                let read = self
                     .groups
                     .iter()
                     .enumerate()
-                    .filter(|(_, h)| h.inputs.contains(&o))
-                    .map(|(j, _)| j)
-                    .max()
-                    .unwrap_or(k);
+                    .filter(|(_, h)| h.kind != GroupKind::View && h.inputs.contains(&v))
+                    .map(|(j, _)| j);
+                last = last.max(read.max().unwrap_or(k));
+            }
+            last
+        };
+        let mut lives = Vec::new();
+        for (k, grp) in self.groups.iter().enumerate() {
+            if grp.kind == GroupKind::View {
+                continue;
+            }
+            for &o in grp.outputs.iter().filter(|o| !graph_outputs.contains(o)) {
+                let last = last_reader(o, k);
                 let bytes = g.ty(o).num_elements().unwrap_or(0) * g.ty(o).dtype.size_bytes();
                 lives.push((
                     o,
