@@ -1,7 +1,7 @@
 //! The serialized form of a `Program` (without its code and constants): a protobuf
 //! message, so that a deployed runtime loads what the compiler wrote.
 
-use crate::kernels::ConvGeometry;
+use crate::kernels::{ConvGeometry, PoolGeometry, PoolMode};
 use crate::program::{BufferSpec, Constants, IoSpec, Launch, Place, Program};
 use crate::tensor::ElemType;
 use prost::Message;
@@ -64,7 +64,7 @@ pub struct BufferProto {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct LaunchProto {
-    /// 0 loop, 1 matmul, 2 conv, 3 copy.
+    /// 0 loop, 1 matmul, 2 conv, 3 copy, 4 pool.
     #[prost(uint32, tag = "1")]
     pub kind: u32,
     #[prost(string, tag = "2")]
@@ -72,7 +72,7 @@ pub struct LaunchProto {
     #[prost(uint64, tag = "3")]
     pub function: u64,
     /// Loop: the kernel's buffers. MatMul: a, b, out[, bias]. Conv: x, w, out[, bias].
-    /// Copy: src, dst.
+    /// Copy: src, dst. Pool: x, out (input shape in `a_shape`, kernel in `b_shape`).
     #[prost(uint64, repeated, tag = "4")]
     pub args: Vec<u64>,
     #[prost(uint64, tag = "5")]
@@ -95,6 +95,9 @@ pub struct LaunchProto {
     pub dilations: Vec<u64>,
     #[prost(uint64, tag = "14")]
     pub group: u64,
+    /// Pool: `PoolMode::code`.
+    #[prost(uint32, tag = "15")]
+    pub pool_mode: u32,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -297,6 +300,17 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.kind = 3;
             p.args = vec![*src as u64, *dst as u64];
         }
+        Launch::Pool {
+            x, out, geometry, ..
+        } => {
+            p.kind = 4;
+            p.args = vec![*x as u64, *out as u64];
+            p.a_shape = u64s(&geometry.input);
+            p.b_shape = u64s(&geometry.kernel);
+            p.strides = u64s(&geometry.strides);
+            p.pads = u64s(&geometry.pads);
+            p.pool_mode = geometry.mode.code();
+        }
     }
     p
 }
@@ -364,6 +378,27 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                 name,
                 src: args[0],
                 dst: args[1],
+            }
+        }
+        4 => {
+            need(2)?;
+            let geometry = PoolGeometry {
+                mode: PoolMode::from_code(p.pool_mode).ok_or_else(|| {
+                    format!("launch {}: unknown pool mode {}", p.name, p.pool_mode)
+                })?,
+                input: usizes(&p.a_shape),
+                kernel: usizes(&p.b_shape),
+                strides: usizes(&p.strides),
+                pads: usizes(&p.pads),
+            };
+            geometry
+                .out_spatial()
+                .map_err(|e| format!("launch {}: {e}", p.name))?;
+            Launch::Pool {
+                name,
+                x: args[0],
+                out: args[1],
+                geometry,
             }
         }
         k => return Err(format!("launch {}: unknown kind {k}", p.name)),

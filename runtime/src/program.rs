@@ -3,7 +3,8 @@
 //! microkernels, copies).
 
 use crate::kernels::{
-    ConvGeometry, KernelError, batched_matmul, conv, conv_prepacked, prepack_conv_filters,
+    ConvGeometry, KernelError, PoolGeometry, batched_matmul, conv, conv_prepacked, pool2d,
+    prepack_conv_filters,
 };
 use crate::pool::ThreadPool;
 use crate::tensor::{ElemType, HostTensor};
@@ -110,6 +111,13 @@ pub enum Launch {
         src: usize,
         dst: usize,
     },
+    /// 2-D f32 max or average pooling (`kernels::pool`).
+    Pool {
+        name: String,
+        x: usize,
+        out: usize,
+        geometry: PoolGeometry,
+    },
 }
 
 impl Launch {
@@ -118,7 +126,8 @@ impl Launch {
             Launch::Loop { name, .. }
             | Launch::MatMul { name, .. }
             | Launch::Conv { name, .. }
-            | Launch::Copy { name, .. } => name,
+            | Launch::Copy { name, .. }
+            | Launch::Pool { name, .. } => name,
         }
     }
 }
@@ -588,6 +597,17 @@ impl Program {
                 }
                 e => return Err(fail(format!("conv of {}", e.name()))),
             },
+            Launch::Pool {
+                x, out, geometry, ..
+            } => {
+                if self.buffers[*out].elem != ElemType::F32
+                    || self.buffers[*x].elem != ElemType::F32
+                {
+                    return Err(fail("pooling of other than f32".into()));
+                }
+                let (xv, _, _, ov) = self.slices::<f32>(mem, *x, *x, None, *out);
+                pool2d(xv, geometry, ov, pool).map_err(|e: KernelError| fail(e.to_string()))?
+            }
             Launch::Copy { src, dst, .. } => {
                 let n = self.buffers[*src].bytes();
                 if self.buffers[*dst].bytes() != n {

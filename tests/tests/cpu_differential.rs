@@ -4,6 +4,7 @@
 
 use proptest::prelude::*;
 use smelt::Executable;
+use smelt_ir::DType;
 use smelt_runtime::pool::ThreadPool;
 use smelt_tests::compare::compare;
 use smelt_tests::random_graph::{build, konst, step};
@@ -191,6 +192,9 @@ fn nan_propagates_through_max_and_min_windows() {
         "graph r (%x: f32[3, 100]) {\n  %y = reduce_max<axes=[1], keep_dims=true>(%x) : f32[3, 1]\n  return %y\n}\n",
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]>(%x) : f32[1, 2, 9, 11]\n  return %y\n}\n",
         "graph p (%x: f32[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f32[1, 2, 19, 23]\n  return %y\n}\n",
+        // Generated window loops (f64; the f32 ones above run the runtime's pooling).
+        "graph p (%x: f64[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], dilations=[1, 1]>(%x) : f64[1, 2, 9, 11]\n  return %y\n}\n",
+        "graph p (%x: f64[1, 2, 19, 23]) {\n  %y = max_pool<kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1]>(%x) : f64[1, 2, 19, 23]\n  return %y\n}\n",
     ];
     for text in graphs {
         let g = smelt_ir::text::parse_graph(text).unwrap();
@@ -206,7 +210,8 @@ fn nan_propagates_through_max_and_min_windows() {
                     }
                 })
                 .collect();
-            let x = smelt_ir::Tensor::from_f64(smelt_ir::DType::F32, shape.clone(), v).unwrap();
+            let dtype = g.ty(g.inputs[0]).dtype;
+            let x = smelt_ir::Tensor::from_f64(dtype, shape.clone(), v).unwrap();
             let want = smelt_ir::interp::run(&g, std::slice::from_ref(&x)).unwrap();
             assert!(
                 want[0].to_f64().iter().any(|v| v.is_nan()),
@@ -242,10 +247,11 @@ fn concatenations_choose_their_part_per_row() {
     }
 }
 
-/// Padded windows, whose inner loop splits into edges and an interior where the edge
-/// checks are known to hold, agree with the reference: max, average (with and without
-/// the padding counted), strides 1 and 2, asymmetric pads, dilation, and rows too short
-/// for an interior.
+/// Padded windows agree with the reference: max, average (with and without the padding
+/// counted), strides 1 and 2, asymmetric pads, dilation, and rows too short for an
+/// interior; in f32 (the runtime's separable pooling, or with dilation a generated
+/// loop) and f64 (generated window loops, whose inner loop splits into edges and an
+/// interior where the edge checks are known to hold).
 #[test]
 fn padded_windows_match_the_reference_at_edges_and_inside() {
     let geometries = [
@@ -267,12 +273,17 @@ fn padded_windows_match_the_reference_at_edges_and_inside() {
                 + 1
         };
         let (oh, ow) = (out(0), out(1));
-        for op in ["max_pool", "avg_pool", "avg_pool_include_pad"] {
+        for (op, dtype) in ["max_pool", "avg_pool", "avg_pool_include_pad"]
+            .into_iter()
+            .flat_map(|op| [(op, DType::F32), (op, DType::F64)])
+        {
+            let t = dtype.name();
             let text = format!(
-                "graph w (%x: f32[{}, {}, {}, {}]) {{\n  %y = {op}<kernel={kernel:?}, strides={strides:?}, pads={pads:?}, dilations={dilations:?}>(%x) : f32[{}, {}, {oh}, {ow}]\n  return %y\n}}\n",
+                "graph w (%x: {t}[{}, {}, {}, {}]) {{\n  %y = {op}<kernel={kernel:?}, strides={strides:?}, pads={pads:?}, dilations={dilations:?}>(%x) : {t}[{}, {}, {oh}, {ow}]\n  return %y\n}}\n",
                 input[0], input[1], input[2], input[3], input[0], input[1]
             );
             let x = konst(input.to_vec(), 9, None);
+            let x = smelt_ir::Tensor::from_f64(dtype, input.to_vec(), x.to_f64()).unwrap();
             agrees_with_reference(&text, &[x], true, 1e-5, 1e-6);
         }
     }

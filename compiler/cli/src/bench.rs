@@ -158,6 +158,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                 smelt_runtime::program::Launch::MatMul { .. } => "matmul",
                 smelt_runtime::program::Launch::Conv { .. } => "conv",
                 smelt_runtime::program::Launch::Copy { .. } => "copy",
+                smelt_runtime::program::Launch::Pool { .. } => "pool",
             };
             let rate = launch_flops(l)
                 .map(|f| format!("  {:7.1} GFLOP/s", f as f64 / (ms * 1e6).max(1e-12)))

@@ -5,8 +5,8 @@ use crate::SmeltError;
 use smelt_fuse::kernel::{Body, Contraction, Role};
 use smelt_fuse::plan::VIEW_ALIGN;
 use smelt_fuse::{FusionPlan, GroupKind, LoweredKernel};
-use smelt_ir::{Graph, Op, ValueId};
-use smelt_runtime::kernels::ConvGeometry;
+use smelt_ir::{Graph, Op, PoolKind, ValueId};
+use smelt_runtime::kernels::{ConvGeometry, PoolGeometry, PoolMode};
 use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
 use smelt_runtime::{ElemType, HostTensor};
@@ -489,6 +489,28 @@ fn build_program(
                             group: *group,
                         },
                     },
+                    Contraction::Pool {
+                        x,
+                        kind,
+                        kernel,
+                        strides,
+                        pads,
+                    } => Launch::Pool {
+                        name: k.name.clone(),
+                        x: p(*x),
+                        out: p(*out),
+                        geometry: PoolGeometry {
+                            mode: match kind {
+                                PoolKind::Max => PoolMode::Max,
+                                PoolKind::Avg => PoolMode::Avg,
+                                PoolKind::AvgIncludePad => PoolMode::AvgIncludePad,
+                            },
+                            input: pshape(*x),
+                            kernel: kernel.clone(),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                        },
+                    },
                 });
                 if let Some(nest) = epilogue {
                     launches.push(loop_launch(nest));
@@ -560,6 +582,7 @@ fn build_program(
                 .flatten()
                 .collect(),
             Launch::Copy { src, dst, .. } => vec![*src, *dst],
+            Launch::Pool { x, out, .. } => vec![*x, *out],
         };
         for b in used {
             touch(b, i);

@@ -500,7 +500,8 @@ impl LoopNest {
     }
 }
 
-/// A contraction run by the runtime's microkernels.
+/// A call of one of the runtime's kernels: the contractions, and pooling, which is not
+/// one but is run the same way (its window sums computed once per row and reused).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contraction {
     /// NumPy matmul of params `a` and `b` (transposes of their last two axes), plus an
@@ -521,6 +522,15 @@ pub enum Contraction {
         pads: Vec<usize>,
         dilations: Vec<usize>,
         group: usize,
+    },
+    /// 2-D max or average pooling of an f32 `x: [N, C, H, W]` (dilation 1).
+    Pool {
+        x: u32,
+        kind: smelt_ir::PoolKind,
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        /// All begin pads, then all end pads.
+        pads: Vec<usize>,
     },
 }
 
@@ -586,6 +596,7 @@ impl Kernel {
             let operands = match call {
                 Contraction::MatMul { a, b, bias, .. } => [Some(*a), Some(*b), *bias],
                 Contraction::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias],
+                Contraction::Pool { x, .. } => [Some(*x), None, None],
             };
             for p in operands.into_iter().flatten() {
                 param(p)?;
@@ -709,6 +720,19 @@ impl Kernel {
                             s,
                             "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}",
                             opt(bias)
+                        );
+                    }
+                    Contraction::Pool {
+                        x,
+                        kind,
+                        kernel,
+                        strides,
+                        pads,
+                    } => {
+                        let _ = writeln!(
+                            s,
+                            "  p{out} = {}(p{x}) kernel {kernel:?} strides {strides:?} pads {pads:?}",
+                            kind.name()
                         );
                     }
                 }

@@ -93,6 +93,49 @@ fn runtime_contraction(g: &Graph, node: &smelt_ir::Node) -> bool {
         && matches!(node.op, Op::MatMul { .. } | Op::Conv { .. })
 }
 
+/// Pooling the runtime's kernel runs: f32, two spatial axes of an NCHW tensor, no
+/// dilation.
+fn runtime_pool(g: &Graph, node: &smelt_ir::Node) -> bool {
+    let Op::Pool { dilations, .. } = &node.op else {
+        return false;
+    };
+    g.ty(node.outputs[0]).dtype == DType::F32
+        && g.ty(node.inputs[0]).rank() == 4
+        && dilations.iter().all(|&d| d == 1)
+}
+
+/// A pooling group: one call of the runtime's pooling kernel.
+fn lower_pool(
+    g: &Graph,
+    producer: &[Option<usize>],
+    name: &str,
+    grp: &Group,
+) -> Result<LoweredKernel, KernelError> {
+    let node = &g.nodes[grp.nodes[0]];
+    let Op::Pool {
+        kind,
+        kernel,
+        strides,
+        pads,
+        ..
+    } = &node.op
+    else {
+        unreachable!("runtime_pool admits only Pool")
+    };
+    let mut b = Builder::new(g, producer, grp, name);
+    b.in_group[grp.nodes[0]] = false;
+    let out = b.param(node.outputs[0], Role::Output)?;
+    let x = b.param(node.inputs[0], Role::Input)?;
+    let call = Contraction::Pool {
+        x,
+        kind: *kind,
+        kernel: kernel.clone(),
+        strides: strides.clone(),
+        pads: pads.clone(),
+    };
+    Ok(b.finish(Some((call, out))))
+}
+
 fn lower_group(
     g: &Graph,
     producer: &[Option<usize>],
@@ -103,6 +146,9 @@ fn lower_group(
     let base = format!("k{gi}_{}", first.op.mnemonic());
     if grp.kind == GroupKind::Contraction && runtime_contraction(g, first) {
         return lower_contraction(g, producer, &base, grp).map(|k| vec![k]);
+    }
+    if grp.kind == GroupKind::Opaque && runtime_pool(g, first) {
+        return lower_pool(g, producer, &base, grp).map(|k| vec![k]);
     }
     // One kernel per distinct output shape: each iterates its own domain.
     let mut by_shape: Vec<(Vec<usize>, Vec<ValueId>)> = Vec::new();

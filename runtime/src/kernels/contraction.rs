@@ -855,6 +855,7 @@ pub(crate) fn column_phases(
 /// column phase. Steps 1 and 2 as a copy and a plain index loop (an iterator with
 /// `step_by` compiled to a scalar loop with a division per element, 80% of a stride-2
 /// depthwise convolution).
+#[inline]
 pub(crate) fn every_nth<T: Copy>(dst: &mut [T], src: &[T], step: usize) {
     match step {
         1 => dst.copy_from_slice(&src[..dst.len()]),
