@@ -98,6 +98,9 @@ pub struct LaunchProto {
     /// Pool: `PoolMode::code`.
     #[prost(uint32, tag = "15")]
     pub pool_mode: u32,
+    /// Conv: a ReLU folded into the stores.
+    #[prost(bool, tag = "16")]
+    pub relu: bool,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -295,6 +298,7 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.pads = u64s(&geometry.pads);
             p.dilations = u64s(&geometry.dilations);
             p.group = geometry.group as u64;
+            p.relu = geometry.relu;
         }
         Launch::Copy { src, dst, .. } => {
             p.kind = 3;
@@ -369,6 +373,7 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                     pads: usizes(&p.pads),
                     dilations: usizes(&p.dilations),
                     group: p.group as usize,
+                    relu: p.relu,
                 },
             }
         }

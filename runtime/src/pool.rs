@@ -16,9 +16,13 @@ struct Job {
     body: *const (dyn Fn(std::ops::Range<usize>) + Sync),
     total: usize,
     chunk: usize,
-    /// With a divisor, each claim takes `max(chunk, left / divisor)` indices (large
-    /// contiguous claims first, single ones at the end); without, `chunk` each.
-    guided: Option<usize>,
+    /// For `run_each`: one contiguous share of the indices per thread, each packed as
+    /// `front << 32 | back`. A thread takes single indices from the front of its own
+    /// share, then from the back of the others' (see `Job::claim_share`). Empty: fixed
+    /// chunks from `next`.
+    shares: Vec<AtomicU64>,
+    /// Threads that have joined, which gives each its share.
+    joined: AtomicUsize,
     next: AtomicUsize,
     /// Workers between announcing themselves and finishing their last chunk.
     in_flight: AtomicUsize,
@@ -32,24 +36,40 @@ unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// The next chunk `[start, end)`, or `None` when every index is claimed.
-    fn claim(&self) -> Option<(usize, usize)> {
-        let Some(divisor) = self.guided else {
+    /// The next chunk `[start, end)` for the thread holding share `own`, or `None` when
+    /// every index is claimed.
+    fn claim(&self, own: usize) -> Option<(usize, usize)> {
+        if self.shares.is_empty() {
             let start = self.next.fetch_add(self.chunk, Ordering::SeqCst);
             return (start < self.total).then(|| (start, (start + self.chunk).min(self.total)));
-        };
-        let mut start = self.next.load(Ordering::SeqCst);
+        }
+        let n = self.shares.len();
+        (0..n).find_map(|k| {
+            let share = (own + k) % n;
+            self.claim_share(share, k == 0).map(|i| (i, i + 1))
+        })
+    }
+
+    /// One index of `share`: its front for its owner, its back for the others, so the
+    /// owner walks its share in order and a thread that finished early (or a worker
+    /// that woke late, or was preempted) leaves only the index it is running to wait
+    /// for.
+    fn claim_share(&self, share: usize, owner: bool) -> Option<usize> {
+        let cell = &self.shares[share];
+        let mut now = cell.load(Ordering::SeqCst);
         loop {
-            if start >= self.total {
+            let (front, back) = (now >> 32, now & u64::from(u32::MAX));
+            if front >= back {
                 return None;
             }
-            let end = (start + ((self.total - start) / divisor).max(self.chunk)).min(self.total);
-            match self
-                .next
-                .compare_exchange(start, end, Ordering::SeqCst, Ordering::SeqCst)
-            {
-                Ok(_) => return Some((start, end)),
-                Err(now) => start = now,
+            let (taken, next) = if owner {
+                (front, (front + 1) << 32 | back)
+            } else {
+                (back - 1, front << 32 | (back - 1))
+            };
+            match cell.compare_exchange(now, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => return Some(taken as usize),
+                Err(seen) => now = seen,
             }
         }
     }
@@ -59,12 +79,17 @@ impl Job {
         // Announce before claiming: once `run` has seen every chunk claimed and nobody in
         // flight, any later claim (sequentially consistent) finds the range exhausted.
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        while let Some((start, end)) = self.claim() {
+        let own = self.joined.fetch_add(1, Ordering::SeqCst);
+        while let Some((start, end)) = self.claim(own) {
             // SAFETY: see `unsafe impl Sync for Job`: the closure outlives the claim.
             let body = unsafe { &*self.body };
             if catch_unwind(AssertUnwindSafe(|| body(start..end))).is_err() {
                 self.panicked.store(true, Ordering::SeqCst);
+                // Nothing more to claim, for anyone.
                 self.next.store(self.total, Ordering::SeqCst);
+                for share in &self.shares {
+                    share.store(0, Ordering::SeqCst);
+                }
                 break;
             }
         }
@@ -147,23 +172,26 @@ impl ThreadPool {
         body: &(dyn Fn(std::ops::Range<usize>) + Sync),
     ) {
         let chunk = total.div_ceil(self.threads() * 4).max(min_chunk.max(1));
-        self.run_in_chunks(total, chunk, None, body);
+        self.run_in_chunks(total, chunk, false, body);
     }
 
-    /// Runs `body` over `[0, total)` on every thread in guided claims: each a share of
-    /// what is left, so they start large and contiguous (each thread keeps neighbouring
-    /// items and their shared inputs in its cache) and shrink to one index. For work
-    /// items long enough that the threads should finish within one item of each other (a
-    /// convolution's tiles), where `run`'s fixed chunks leave one thread a chunk behind.
+    /// Runs `body` over `[0, total)` one index at a time: each thread takes its own
+    /// contiguous share in order (keeping neighbouring items and their shared inputs in
+    /// its cache), then steals single indices from the back of the others' shares. For
+    /// work items long enough that the threads should finish within one item of each
+    /// other (a convolution's tiles), where `run`'s fixed chunks leave one thread a
+    /// chunk behind, and where a worker that wakes late or is preempted by another
+    /// process holds up only the item it is in.
     pub fn run_each(&self, total: usize, body: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
-        self.run_in_chunks(total, 1, Some(2 * self.threads()), body);
+        let shared = total < u32::MAX as usize && self.threads() > 1;
+        self.run_in_chunks(total, 1, shared, body);
     }
 
     fn run_in_chunks(
         &self,
         total: usize,
         chunk: usize,
-        guided: Option<usize>,
+        shared: bool,
         body: &(dyn Fn(std::ops::Range<usize>) + Sync),
     ) {
         if total == 0 {
@@ -177,11 +205,23 @@ impl ThreadPool {
         // SAFETY: the erased reference is only used while this call waits below.
         let body: *const (dyn Fn(std::ops::Range<usize>) + Sync) =
             unsafe { std::mem::transmute(body) };
+        let threads = self.threads();
+        let shares = if shared {
+            (0..threads)
+                .map(|t| {
+                    let (front, back) = (total * t / threads, total * (t + 1) / threads);
+                    AtomicU64::new((front as u64) << 32 | back as u64)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let job = Arc::new(Job {
             body,
             total,
             chunk,
-            guided,
+            shares,
+            joined: AtomicUsize::new(0),
             next: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -282,6 +322,32 @@ mod tests {
         }
     }
 
+    /// A thread that finishes its share takes the rest of a slow thread's share, from
+    /// the back: the thread held up in index 0 runs that index only.
+    #[test]
+    fn shares_are_taken_over_from_a_slow_thread() {
+        let pool = ThreadPool::new(2);
+        let total = 64;
+        let by: Vec<AtomicU64> = (0..total).map(|_| AtomicU64::new(0)).collect();
+        pool.run_each(total, &|r| {
+            for i in r {
+                let id = if std::thread::current().name() == Some("smelt-worker-1") {
+                    2
+                } else {
+                    1
+                };
+                if i == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                by[i].store(id, Ordering::SeqCst);
+            }
+        });
+        let ids: Vec<u64> = by.iter().map(|b| b.load(Ordering::SeqCst)).collect();
+        assert!(ids.iter().all(|&id| id == 1 || id == 2), "{ids:?}");
+        let slow = ids.iter().filter(|&&id| id == ids[0]).count();
+        assert_eq!(slow, 1, "{ids:?}");
+    }
+
     #[test]
     fn runs_from_several_threads_at_once() {
         let pool = Arc::new(ThreadPool::new(3));
@@ -306,6 +372,10 @@ mod tests {
         let pool = ThreadPool::new(2);
         let r = catch_unwind(AssertUnwindSafe(|| {
             pool.run(100, 1, &|r| assert!(!r.contains(&57), "bad index"))
+        }));
+        assert!(r.is_err());
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run_each(100, &|r| assert!(!r.contains(&57), "bad index"))
         }));
         assert!(r.is_err());
         let sum = AtomicU64::new(0);

@@ -474,6 +474,7 @@ fn build_program(
                         pads,
                         dilations,
                         group,
+                        relu,
                     } => Launch::Conv {
                         name: k.name.clone(),
                         x: p(*x),
@@ -487,6 +488,7 @@ fn build_program(
                             pads: pads.clone(),
                             dilations: dilations.clone(),
                             group: *group,
+                            relu: *relu,
                         },
                     },
                     Contraction::Pool {

@@ -522,6 +522,8 @@ pub enum Contraction {
         pads: Vec<usize>,
         dilations: Vec<usize>,
         group: usize,
+        /// A ReLU epilogue folded into the call (`Kernel::fold_relu_epilogue`).
+        relu: bool,
     },
     /// 2-D max or average pooling of an f32 `x: [N, C, H, W]` (dilation 1).
     Pool {
@@ -556,6 +558,49 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    /// Folds an epilogue that only clamps the convolution's result at zero in place
+    /// (`out[i] = max(out[i], 0)` over every element, the ReLU after a Conv) into the
+    /// call, which stores it so, instead of a second pass over the output.
+    pub fn fold_relu_epilogue(&mut self) {
+        let out_len = match self.body {
+            Body::Contraction { out, .. } => self.params[out as usize].len(),
+            Body::Loop(_) => return,
+        };
+        let Body::Contraction {
+            call: Contraction::Conv { relu, .. },
+            out,
+            epilogue,
+        } = &mut self.body
+        else {
+            return;
+        };
+        let Some(nest) = epilogue.as_ref() else {
+            return;
+        };
+        let node = |e: ExprId| nest.nodes.get(e as usize).map(|n| n.expr);
+        let is_relu = match nest.stores.as_slice() {
+            [store] if store.param == *out && nest.domain == [out_len] => {
+                let in_place = |e: ExprId| {
+                    matches!(node(e), Some(Expr::Load { param, index })
+                        if param == *out && index == store.index)
+                };
+                let zero = |e: ExprId| matches!(node(e), Some(Expr::Const(Const::Float(bits))) if f64::from_bits(bits) == 0.0);
+                node(store.index) == Some(Expr::Var(0))
+                    && match node(store.value) {
+                        Some(Expr::Binary(BinaryOp::Max, a, b)) => {
+                            (in_place(a) && zero(b)) || (zero(a) && in_place(b))
+                        }
+                        _ => false,
+                    }
+            }
+            _ => false,
+        };
+        if is_relu {
+            *relu = true;
+            *epilogue = None;
+        }
+    }
+
     /// This kernel without its name and the names of the values its parameters hold:
     /// two kernels equal in this form compile to the same code.
     pub fn anonymous(&self) -> Kernel {
@@ -715,11 +760,13 @@ impl Kernel {
                         pads,
                         dilations,
                         group,
+                        relu,
                     } => {
                         let _ = writeln!(
                             s,
-                            "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}",
-                            opt(bias)
+                            "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}{}",
+                            opt(bias),
+                            if *relu { " relu" } else { "" }
                         );
                     }
                     Contraction::Pool {

@@ -72,6 +72,7 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelE
                 } => nest.collapse_inner_axes(),
                 Body::Contraction { epilogue: None, .. } => {}
             }
+            k.kernel.fold_relu_epilogue();
             k.kernel.verify()?;
             out.push(k);
         }
@@ -266,6 +267,7 @@ fn lower_contraction(
             pads: pads.clone(),
             dilations: dilations.clone(),
             group: *group,
+            relu: false,
         },
         _ => unreachable!("runtime_contraction admits only MatMul and Conv"),
     };

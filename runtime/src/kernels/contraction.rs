@@ -15,7 +15,14 @@ pub enum KernelError {
 
 /// Element types the contraction kernels handle.
 pub trait Float:
-    Copy + Send + Sync + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> + 'static
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
 {
     const ZERO: Self;
     const ONE: Self;
@@ -494,6 +501,9 @@ pub struct ConvGeometry {
     pub pads: Vec<usize>,
     pub dilations: Vec<usize>,
     pub group: usize,
+    /// Negative results are stored as zero (NaN stays NaN): a ReLU that followed the
+    /// convolution, folded into its stores.
+    pub relu: bool,
 }
 
 impl ConvGeometry {
@@ -551,9 +561,40 @@ pub fn conv_prepacked(
     conv_tiled(x, w, Some(packed), bias, geo, out, pool, TILE_ELEMENTS)
 }
 
-/// [`conv`] with work items of about `tile_elements` im2col elements.
+/// [`conv`] with work items of about `tile_elements` im2col elements, and the ReLU of
+/// `geo.relu`: in the stores of the implicit products, as a pass over the output after
+/// the other paths.
 #[allow(clippy::too_many_arguments)]
 fn conv_tiled<T: Float>(
+    x: &[T],
+    w: &[T],
+    prepacked: Option<&[T]>,
+    bias: Option<&[T]>,
+    geo: &ConvGeometry,
+    out: &mut [T],
+    pool: &ThreadPool,
+    tile_elements: usize,
+) -> Result<(), KernelError> {
+    conv_paths(x, w, prepacked, bias, geo, out, pool, tile_elements)?;
+    if geo.relu && !(is_f32::<T>() && implicit::handles(geo)) {
+        let dst = SyncPtr(out.as_mut_ptr());
+        let len = out.len();
+        pool.run(len, 16 * 1024, &|r: std::ops::Range<usize>| {
+            // SAFETY: the pool hands out disjoint ranges of `out`.
+            let part = unsafe { std::slice::from_raw_parts_mut(dst.get().add(r.start), r.len()) };
+            for v in part {
+                // NaN stays NaN (the comparison is false).
+                if *v < T::ZERO {
+                    *v = T::ZERO;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_paths<T: Float>(
     x: &[T],
     w: &[T],
     prepacked: Option<&[T]>,
@@ -1463,6 +1504,7 @@ mod tests {
                 pads,
                 dilations,
                 group,
+                relu: false,
             };
             let numel = |d: &[usize]| d.iter().product::<usize>();
             let value =
@@ -1558,6 +1600,7 @@ mod depthwise_tests {
                 pads: pads.to_vec(),
                 dilations: vec![1, 1],
                 group: c,
+                relu: false,
             };
             let numel = |d: &[usize]| d.iter().product::<usize>();
             let value =
@@ -1737,6 +1780,66 @@ mod matmul_tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A ReLU folded into the convolution stores exactly what a clamp after it gives,
+    /// NaN kept: on the implicit products (positions and filter lanes), the depthwise
+    /// path, the `gemm` path and in f64.
+    #[test]
+    fn folded_relu_clamps_like_a_pass_after() {
+        let geometries = [
+            (
+                vec![1usize, 8, 12, 12],
+                vec![16usize, 8, 3, 3],
+                1usize,
+                vec![1usize; 4],
+            ),
+            (vec![1, 64, 7, 7], vec![40, 64, 1, 1], 1, vec![0; 4]),
+            (vec![1, 6, 9, 9], vec![6, 1, 3, 3], 6, vec![1; 4]),
+            (vec![1, 4, 10], vec![5, 4, 3], 1, vec![1; 2]),
+        ];
+        for (input, weight, group, pads) in geometries {
+            let rank = input.len() - 2;
+            let geo = ConvGeometry {
+                input: input.clone(),
+                weight: weight.clone(),
+                strides: vec![1; rank],
+                pads,
+                dilations: vec![1; rank],
+                group,
+                relu: false,
+            };
+            let numel = |d: &[usize]| d.iter().product::<usize>();
+            let value =
+                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f32 / 50.0 - 2.0;
+            let mut x: Vec<f32> = (0..numel(&input)).map(|i| value(i, 1)).collect();
+            x[3] = f32::NAN;
+            let w: Vec<f32> = (0..numel(&weight)).map(|i| value(i, 2)).collect();
+            let out_len = input[0] * weight[0] * numel(&geo.out_spatial().unwrap());
+            let pool = ThreadPool::new(2);
+            let mut plain = vec![0f32; out_len];
+            conv(&x, &w, None, &geo, &mut plain, &pool).unwrap();
+            let folded_geo = ConvGeometry {
+                relu: true,
+                ..geo.clone()
+            };
+            let mut folded = vec![0f32; out_len];
+            conv(&x, &w, None, &folded_geo, &mut folded, &pool).unwrap();
+            assert!(plain.iter().any(|v| v.is_nan()) && plain.iter().any(|&v| v < 0.0));
+            for (i, (&p, &f)) in plain.iter().zip(&folded).enumerate() {
+                let want = if p < 0.0 { 0.0 } else { p };
+                assert!(
+                    (want.is_nan() && f.is_nan()) || want == f,
+                    "{geo:?} [{i}]: {f}, expected {want}"
+                );
+            }
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let mut folded64 = vec![0f64; out_len];
+            conv(&x64, &w64, None, &folded_geo, &mut folded64, &pool).unwrap();
+            assert!(folded64.iter().all(|&v| v.is_nan() || v >= 0.0));
+            assert!(folded64.iter().any(|v| v.is_nan()));
         }
     }
 }

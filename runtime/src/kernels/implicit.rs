@@ -350,6 +350,7 @@ pub(crate) fn conv2d(
             out_h,
             out_w,
             small,
+            relu: geo.relu,
         };
         return lanes.run(w, prepacked, bias, out, pool);
     }
@@ -427,6 +428,7 @@ pub(crate) fn conv2d(
                         out: base.get().wrapping_add((b * m + first) * out_count),
                         out_rs: out_count,
                         bias: bias.map(|bs| bs[first..].as_ptr()),
+                        relu: geo.relu,
                         segments: &segs,
                     };
                     // SAFETY: this item alone writes these filters' planes at these
@@ -465,6 +467,8 @@ struct FilterLanes<'a> {
     out_w: usize,
     /// Whether the convolution runs on the calling thread alone.
     small: bool,
+    /// Negative sums are stored as zero (a ReLU folded into the convolution).
+    relu: bool,
 }
 
 impl FilterLanes<'_> {
@@ -553,6 +557,7 @@ impl FilterLanes<'_> {
                             .wrapping_add((b * self.m + first) * out_count + p0),
                         out_rs: out_count,
                         bias: bias.map(|bs| bs[first..].as_ptr()),
+                        relu: self.relu,
                         filters,
                     };
                     // SAFETY: this item alone writes these filters' planes at these runs'
@@ -584,6 +589,8 @@ struct LaneTile {
     out: *mut f32,
     out_rs: usize,
     bias: Option<*const f32>,
+    /// Negative sums are stored as zero (a ReLU folded into the convolution).
+    relu: bool,
     /// Filters of the panel that exist (the rest of the lanes are not stored).
     filters: usize,
 }
@@ -644,6 +651,13 @@ impl LaneTile {
                 weights = weights.add(TILE_LANES);
             }
         }
+        if self.relu {
+            // max(0, x) returns x when x is NaN (the second operand), as the reference.
+            let zero = _mm512_setzero_ps();
+            for sums in &mut acc {
+                *sums = [_mm512_max_ps(zero, sums[0]), _mm512_max_ps(zero, sums[1])];
+            }
+        }
         let mut tile = [[0.0f32; TILE_LANES]; H];
         for (sums, row) in acc.iter().zip(tile.iter_mut()) {
             // SAFETY: each stack row holds 32 values.
@@ -682,6 +696,8 @@ struct Tile<'a> {
     out: *mut f32,
     out_rs: usize,
     bias: Option<*const f32>,
+    /// Negative sums are stored as zero (a ReLU folded into the convolution).
+    relu: bool,
     segments: &'a [Segment],
 }
 
@@ -745,6 +761,13 @@ impl Tile<'_> {
                     sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
                 }
                 a = a.add(H);
+            }
+        }
+        if self.relu {
+            // max(0, x) returns x when x is NaN (the second operand), as the reference.
+            let zero = _mm512_setzero_ps();
+            for sums in &mut acc {
+                *sums = [_mm512_max_ps(zero, sums[0]), _mm512_max_ps(zero, sums[1])];
             }
         }
         for (r, sums) in acc.iter().enumerate() {
@@ -909,6 +932,7 @@ mod tests {
                 pads: pads.to_vec(),
                 dilations: dilations.to_vec(),
                 group,
+                relu: false,
             };
             assert!(handles(&geo), "{geo:?}");
             layouts[usize::from(filters_as_lanes(&geo))] = true;
@@ -963,6 +987,7 @@ mod tests {
             pads: vec![0; 4],
             dilations: vec![1, 1],
             group: 1,
+            relu: false,
         };
         let (x, w) = (vec![1.0; 32], vec![1.0; 54]);
         let mut out = vec![0.0; 12];
