@@ -128,6 +128,8 @@ struct Plane {
     top: usize,
     left: usize,
     h: usize,
+    /// 2x2 windows every 2 without padding (see `halves`).
+    is_halves: bool,
     /// Rows of the padded copy: at least as many as the windows reach.
     rows: usize,
     /// Width of the padded copy's rows.
@@ -183,6 +185,9 @@ impl Plane {
             sw,
             top,
             left,
+            is_halves: geo.kernel == [2, 2]
+                && geo.strides == [2, 2]
+                && geo.pads.iter().all(|&p| p == 0),
             rows,
             span,
             inside,
@@ -190,6 +195,15 @@ impl Plane {
     }
 
     fn scratch(&self) -> Scratch {
+        if self.is_halves {
+            // Reads its input rows directly.
+            return Scratch {
+                padded: Vec::new(),
+                columns: Vec::new(),
+                windows: Vec::new(),
+                phases: Vec::new(),
+            };
+        }
         let identity = match self.mode {
             PoolMode::Max => f32::NEG_INFINITY,
             PoolMode::Avg | PoolMode::AvgIncludePad => 0.0,
@@ -230,9 +244,30 @@ impl Plane {
 
     #[inline(always)]
     fn run_in(&self, src: &[f32], dst: &mut [f32], scratch: &mut Scratch) {
-        match self.mode {
-            PoolMode::Max => self.passes::<true>(src, dst, scratch),
-            PoolMode::Avg | PoolMode::AvgIncludePad => self.passes::<false>(src, dst, scratch),
+        match (self.mode, self.is_halves) {
+            (PoolMode::Max, true) => self.halves::<true>(src, dst),
+            (_, true) => self.halves::<false>(src, dst),
+            (PoolMode::Max, false) => self.passes::<true>(src, dst, scratch),
+            (_, false) => self.passes::<false>(src, dst, scratch),
+        }
+    }
+
+    /// 2x2 windows every 2 without padding (every window whole, so both averages are a
+    /// quarter of the sum): each output row straight from its two input rows. The
+    /// separable passes' loops per row cost more than the work on the small planes
+    /// such pools see (13x13 outputs: 10 us against 2 us for a 32-plane layer).
+    #[inline(always)]
+    fn halves<const MAX: bool>(&self, src: &[f32], dst: &mut [f32]) {
+        for (oy, out) in dst.chunks_exact_mut(self.ow).enumerate() {
+            let a = &src[2 * oy * self.w..][..2 * self.ow];
+            let b = &src[(2 * oy + 1) * self.w..][..2 * self.ow];
+            for ((o, a), b) in out.iter_mut().zip(a.chunks_exact(2)).zip(b.chunks_exact(2)) {
+                *o = if MAX {
+                    max_nan(max_nan(a[0], a[1]), max_nan(b[0], b[1]))
+                } else {
+                    ((a[0] + a[1]) + (b[0] + b[1])) * 0.25
+                };
+            }
         }
     }
 
