@@ -340,7 +340,6 @@ mod tests {
         assert!((sum as f64 - want_sum).abs() < 1e-5 * want_sum);
     }
 
-    /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.
     /// Every length around the vector blocks, the max anywhere, NaN anywhere, all -inf,
     /// and the empty row; through each path this CPU has.
     #[test]
@@ -392,6 +391,7 @@ mod tests {
         );
     }
 
+    /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.
     #[test]
     fn exp_sum_matches_f64() {
         let mut xs: Vec<f32> = (0..4001)

@@ -315,17 +315,15 @@ fn concat_views(g: &Graph, plan: &FusionPlan) -> (Views, Vec<ValueId>) {
             let Op::Concat { axis } = n.op else { continue };
             let out = n.outputs[0];
             let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
-            // Not a slice's view: a value is part of one buffer only.
+            // Produced by another group, and not a slice's view (a value is part of one
+            // buffer only).
             let operand_ok = |v: ValueId| {
                 !g.inputs.contains(&v)
                     && !g.outputs.contains(&v)
                     && stored(v)
                     && producer[v.index()].is_some_and(|p| {
-                        plan.groups
-                            .get(group_of[p])
-                            .is_some_and(|grp| grp.kind != GroupKind::View)
+                        group_of[p] != gi && plan.groups[group_of[p]].kind != GroupKind::View
                     })
-                    && producer[v.index()].is_some_and(|p| group_of[p] != gi)
                     && !views.contains_key(&v)
             };
             let distinct = n

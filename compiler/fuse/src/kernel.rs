@@ -562,21 +562,19 @@ impl Kernel {
     /// (`out[i] = max(out[i], 0)` over every element, the ReLU after a Conv) into the
     /// call, which stores it so, instead of a second pass over the output.
     pub fn fold_relu_epilogue(&mut self) {
-        let out_len = match self.body {
-            Body::Contraction { out, .. } => self.params[out as usize].len(),
-            Body::Loop(_) => return,
-        };
+        let Kernel { params, body, .. } = self;
         let Body::Contraction {
             call: Contraction::Conv { relu, .. },
             out,
             epilogue,
-        } = &mut self.body
+        } = body
         else {
             return;
         };
         let Some(nest) = epilogue.as_ref() else {
             return;
         };
+        let out_len = params[*out as usize].len();
         let node = |e: ExprId| nest.nodes.get(e as usize).map(|n| n.expr);
         let is_relu = match nest.stores.as_slice() {
             [store] if store.param == *out && nest.domain == [out_len] => {

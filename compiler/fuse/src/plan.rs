@@ -320,12 +320,15 @@ impl FusionPlan {
         let mut gi = 0;
         while gi < self.groups.len() {
             let grp = &self.groups[gi];
+            if grp.kind == GroupKind::View {
+                gi += 1;
+                continue;
+            }
             let hoist = grp.nodes.iter().copied().find(|&ni| {
                 let node = &g.nodes[ni];
                 let x = node.inputs.first().copied();
                 x.is_some_and(|x| {
-                    grp.kind != GroupKind::View
-                        && grp.inputs.contains(&x)
+                    grp.inputs.contains(&x)
                         && !boundary(x)
                         && !boundary(node.outputs[0])
                         && producer[x.index()]

@@ -107,6 +107,7 @@ unsafe fn gemm_into<T: Float>(
 enum Simd {
     Avx2,
     Avx2Fma,
+    Avx512,
 }
 
 /// Whether `T` is f32 and the CPU has `simd`, so a twin built for it may run on `T`s
@@ -114,8 +115,14 @@ enum Simd {
 #[cfg(target_arch = "x86_64")]
 fn f32_with<T: Float>(simd: Simd) -> bool {
     is_f32::<T>()
-        && std::arch::is_x86_feature_detected!("avx2")
-        && (matches!(simd, Simd::Avx2) || std::arch::is_x86_feature_detected!("fma"))
+        && match simd {
+            Simd::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            Simd::Avx2Fma => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            Simd::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+        }
 }
 
 /// `x` as f32.
@@ -167,7 +174,7 @@ const ROW_BLOCK: usize = 64;
 /// registers while `k` runs.
 fn row_times_matrix<T: Float>(a: &[T], a_cs: usize, b: &[T], b_rs: usize, k: usize, c: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if is_f32::<T>() && crate::kernels::implicit::available() {
+    if f32_with::<T>(Simd::Avx512) {
         // SAFETY: T is f32 and the CPU has AVX-512F.
         unsafe { row_times_matrix_avx512(as_f32(a), a_cs, as_f32(b), b_rs, k, as_f32_mut(c)) };
         return;
@@ -1379,7 +1386,7 @@ impl LastAxis {
 /// `dst.copy_from_slice(&src[..dst.len()])` for the short runs of im2col, in blocks of
 /// eight moved inline (a `memcpy` call costs more than a 7-element copy).
 #[inline(always)]
-fn copy_short<T: Float>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_short<T: Float>(dst: &mut [T], src: &[T]) {
     let src = &src[..dst.len()];
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
@@ -1547,7 +1554,76 @@ mod tests {
             }
         }
     }
+
+    /// A ReLU folded into the convolution stores exactly what a clamp after it gives,
+    /// NaN kept: on the implicit products (positions and filter lanes), the depthwise
+    /// path, the `gemm` path and in f64.
+    #[test]
+    fn folded_relu_clamps_like_a_pass_after() {
+        let geometries = [
+            (
+                vec![1usize, 8, 12, 12],
+                vec![16usize, 8, 3, 3],
+                1usize,
+                vec![1usize; 4],
+            ),
+            (vec![1, 64, 7, 7], vec![40, 64, 1, 1], 1, vec![0; 4]),
+            (vec![1, 256, 7, 7], vec![32, 256, 1, 1], 1, vec![0; 4]),
+            (vec![1, 6, 9, 9], vec![6, 1, 3, 3], 6, vec![1; 4]),
+            (vec![1, 4, 10], vec![5, 4, 3], 1, vec![1; 2]),
+        ];
+        let mut layouts = [false; 2];
+        for (input, weight, group, pads) in geometries {
+            let rank = input.len() - 2;
+            let geo = ConvGeometry {
+                input: input.clone(),
+                weight: weight.clone(),
+                strides: vec![1; rank],
+                pads,
+                dilations: vec![1; rank],
+                group,
+                relu: false,
+            };
+            if implicit::handles(&geo) {
+                layouts[usize::from(implicit::filters_as_lanes(&geo))] = true;
+            }
+            let numel = |d: &[usize]| d.iter().product::<usize>();
+            let value =
+                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f32 / 50.0 - 2.0;
+            let mut x: Vec<f32> = (0..numel(&input)).map(|i| value(i, 1)).collect();
+            x[3] = f32::NAN;
+            let w: Vec<f32> = (0..numel(&weight)).map(|i| value(i, 2)).collect();
+            let out_len = input[0] * weight[0] * numel(&geo.out_spatial().unwrap());
+            let pool = ThreadPool::new(2);
+            let mut plain = vec![0f32; out_len];
+            conv(&x, &w, None, &geo, &mut plain, &pool).unwrap();
+            let folded_geo = ConvGeometry {
+                relu: true,
+                ..geo.clone()
+            };
+            let mut folded = vec![0f32; out_len];
+            conv(&x, &w, None, &folded_geo, &mut folded, &pool).unwrap();
+            assert!(plain.iter().any(|v| v.is_nan()) && plain.iter().any(|&v| v < 0.0));
+            for (i, (&p, &f)) in plain.iter().zip(&folded).enumerate() {
+                let want = if p < 0.0 { 0.0 } else { p };
+                assert!(
+                    (want.is_nan() && f.is_nan()) || want == f,
+                    "{geo:?} [{i}]: {f}, expected {want}"
+                );
+            }
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let mut folded64 = vec![0f64; out_len];
+            conv(&x64, &w64, None, &folded_geo, &mut folded64, &pool).unwrap();
+            assert!(folded64.iter().all(|&v| v.is_nan() || v >= 0.0));
+            assert!(folded64.iter().any(|v| v.is_nan()));
+        }
+        if implicit::available() {
+            assert_eq!(layouts, [true, true], "both implicit layouts");
+        }
+    }
 }
+
 #[cfg(test)]
 mod depthwise_tests {
     use super::*;
@@ -1780,66 +1856,6 @@ mod matmul_tests {
                     }
                 }
             }
-        }
-    }
-
-    /// A ReLU folded into the convolution stores exactly what a clamp after it gives,
-    /// NaN kept: on the implicit products (positions and filter lanes), the depthwise
-    /// path, the `gemm` path and in f64.
-    #[test]
-    fn folded_relu_clamps_like_a_pass_after() {
-        let geometries = [
-            (
-                vec![1usize, 8, 12, 12],
-                vec![16usize, 8, 3, 3],
-                1usize,
-                vec![1usize; 4],
-            ),
-            (vec![1, 64, 7, 7], vec![40, 64, 1, 1], 1, vec![0; 4]),
-            (vec![1, 6, 9, 9], vec![6, 1, 3, 3], 6, vec![1; 4]),
-            (vec![1, 4, 10], vec![5, 4, 3], 1, vec![1; 2]),
-        ];
-        for (input, weight, group, pads) in geometries {
-            let rank = input.len() - 2;
-            let geo = ConvGeometry {
-                input: input.clone(),
-                weight: weight.clone(),
-                strides: vec![1; rank],
-                pads,
-                dilations: vec![1; rank],
-                group,
-                relu: false,
-            };
-            let numel = |d: &[usize]| d.iter().product::<usize>();
-            let value =
-                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f32 / 50.0 - 2.0;
-            let mut x: Vec<f32> = (0..numel(&input)).map(|i| value(i, 1)).collect();
-            x[3] = f32::NAN;
-            let w: Vec<f32> = (0..numel(&weight)).map(|i| value(i, 2)).collect();
-            let out_len = input[0] * weight[0] * numel(&geo.out_spatial().unwrap());
-            let pool = ThreadPool::new(2);
-            let mut plain = vec![0f32; out_len];
-            conv(&x, &w, None, &geo, &mut plain, &pool).unwrap();
-            let folded_geo = ConvGeometry {
-                relu: true,
-                ..geo.clone()
-            };
-            let mut folded = vec![0f32; out_len];
-            conv(&x, &w, None, &folded_geo, &mut folded, &pool).unwrap();
-            assert!(plain.iter().any(|v| v.is_nan()) && plain.iter().any(|&v| v < 0.0));
-            for (i, (&p, &f)) in plain.iter().zip(&folded).enumerate() {
-                let want = if p < 0.0 { 0.0 } else { p };
-                assert!(
-                    (want.is_nan() && f.is_nan()) || want == f,
-                    "{geo:?} [{i}]: {f}, expected {want}"
-                );
-            }
-            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-            let mut folded64 = vec![0f64; out_len];
-            conv(&x64, &w64, None, &folded_geo, &mut folded64, &pool).unwrap();
-            assert!(folded64.iter().all(|&v| v.is_nan() || v >= 0.0));
-            assert!(folded64.iter().any(|v| v.is_nan()));
         }
     }
 }

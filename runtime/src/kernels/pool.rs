@@ -1,12 +1,13 @@
 //! 2-D f32 max and average pooling over the planes of an NCHW tensor, separably: each
-//! output row first combines its window's input rows element by element (one long
-//! vector pass per row), then each output combines its window's columns of that sum from
-//! contiguous, shifted runs (strided windows read the row split into column phases).
-//! The generated window loop computes every tap of every output instead: a 3x3 window
-//! reads nine values per output where this reads about three and a half.
+//! output row first combines its window's input rows element by element, then each
+//! output combines its window's columns of that sum from contiguous, shifted runs
+//! (strided windows read the sums split into column phases), both passes over whole
+//! planes at once. The generated window loop computes every tap of every output
+//! instead: a 3x3 window reads nine values per output where this reads about three and a
+//! half. 2x2 windows every 2 without padding read their two input rows directly.
 
 use super::KernelError;
-use super::contraction::{SyncPtr, every_nth};
+use super::contraction::{SyncPtr, copy_short, every_nth};
 use crate::pool::ThreadPool;
 
 /// What a pooling window computes.
@@ -138,7 +139,8 @@ struct Plane {
     inside: Vec<f32>,
 }
 
-/// Per-thread buffers of one launch.
+/// Per-thread buffers of one launch (none for `Plane::halves`).
+#[derive(Default)]
 struct Scratch {
     padded: Vec<f32>,
     /// Column sums: `oh` rows of `span`.
@@ -196,18 +198,9 @@ impl Plane {
 
     fn scratch(&self) -> Scratch {
         if self.is_halves {
-            // Reads its input rows directly.
-            return Scratch {
-                padded: Vec::new(),
-                columns: Vec::new(),
-                windows: Vec::new(),
-                phases: Vec::new(),
-            };
+            return Scratch::default();
         }
-        let identity = match self.mode {
-            PoolMode::Max => f32::NEG_INFINITY,
-            PoolMode::Avg | PoolMode::AvgIncludePad => 0.0,
-        };
+        let identity = identity(self.mode == PoolMode::Max);
         let flat = self.oh * self.span;
         Scratch {
             // The padded copy serves unit row strides only (see `passes`).
@@ -294,14 +287,13 @@ impl Plane {
             let flat = self.oh * span;
             taps::<MAX>(columns, self.kh, |ky| &padded[ky * span..ky * span + flat]);
         } else {
-            let identity = if MAX { f32::NEG_INFINITY } else { 0.0 };
             for (oy, row) in columns.chunks_exact_mut(span).enumerate() {
                 let first = (oy * self.sh).max(self.top) - self.top;
                 let last = (oy * self.sh + self.kh).min(self.top + self.h);
                 let last = last.saturating_sub(self.top).max(first);
                 let inner = &mut row[self.left..self.left + self.w];
                 match last - first {
-                    0 => inner.fill(identity),
+                    0 => inner.fill(identity(MAX)),
                     n => taps::<MAX>(inner, n, |k| {
                         &src[(first + k) * self.w..(first + k + 1) * self.w]
                     }),
@@ -370,19 +362,10 @@ fn taps<'a, const MAX: bool>(dst: &mut [f32], count: usize, tap: impl Fn(usize) 
     }
 }
 
-/// A copy in 32-byte pieces inline: rows of tens of elements, where a `memmove` call
-/// costs more than the copy.
+/// What borders and empty windows hold: -inf for max, 0 for sums.
 #[inline(always)]
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let piece: [f32; 8] = s.try_into().expect("chunks of 8");
-        d.copy_from_slice(&piece);
-    }
-    for (d, &s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = s;
-    }
+fn identity(max: bool) -> f32 {
+    if max { f32::NEG_INFINITY } else { 0.0 }
 }
 
 /// The larger of `a` and `b`, NaN if either is. Neither branch is `a` unchanged, which
