@@ -4,6 +4,9 @@
 //! compiler crate.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod gpu;
 pub mod kernels;
 pub mod manifest;
 pub mod mathfns;

@@ -17,16 +17,34 @@ pub enum Runtime {
     Reference,
     /// Compiled code on the CPU, one thread per case (the harness runs cases in parallel).
     Cpu,
+    /// The GPU target's kernels on the emulated device (feature `cuda`).
+    GpuEmulator,
+    /// The GPU target on the first NVIDIA GPU (feature `cuda`, a GPU, its driver).
+    Cuda,
 }
 
 impl Runtime {
+    /// The runtimes every build checks (`cargo xtask conformance`).
     pub const ALL: [Runtime; 2] = [Runtime::Reference, Runtime::Cpu];
 
     pub fn name(self) -> &'static str {
         match self {
             Runtime::Reference => "reference",
             Runtime::Cpu => "cpu",
+            Runtime::GpuEmulator => "gpu-emulator",
+            Runtime::Cuda => "cuda",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Runtime> {
+        [
+            Runtime::Reference,
+            Runtime::Cpu,
+            Runtime::GpuEmulator,
+            Runtime::Cuda,
+        ]
+        .into_iter()
+        .find(|r| r.name() == name)
     }
 }
 
@@ -197,6 +215,20 @@ fn fed_inputs(model_path: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The inputs of a case's first data set, by name.
+pub fn first_inputs(case: &CaseInfo) -> Result<Vec<(String, smelt_runtime::HostTensor)>, String> {
+    let names = fed_inputs(&case.dir.join("model.onnx"))?;
+    let set = case.dir.join("test_data_set_0");
+    names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let t = read_tensor_pb(&set.join(format!("input_{j}.pb")))?;
+            Ok((name.clone(), smelt::to_host_tensor(&t)))
+        })
+        .collect()
+}
+
 /// Runs one case (all its data sets) on `runtime`.
 pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
     let model_path = case.dir.join("model.onnx");
@@ -211,16 +243,23 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
     if sets.is_empty() {
         return Err("no test data sets".into());
     }
-    let compiled = match runtime {
-        Runtime::Cpu => Some(
+    let target = match runtime {
+        Runtime::Reference => None,
+        Runtime::Cpu => Some(smelt::Target::Cpu),
+        Runtime::GpuEmulator => Some(smelt::Target::GpuEmulator),
+        Runtime::Cuda => Some(smelt::Target::Cuda),
+    };
+    let compiled = match target {
+        Some(target) => Some(
             model
                 .compile(&smelt::Options {
                     threads: Some(1),
+                    target,
                     ..Default::default()
                 })
                 .map_err(|e| e.to_string())?,
         ),
-        Runtime::Reference => None,
+        None => None,
     };
     for set in sets {
         let mut inputs = Vec::new();
@@ -232,9 +271,9 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
             Runtime::Reference => model
                 .run_reference(&inputs, &Default::default(), &smelt::RunOptions::default())
                 .map_err(|e| e.to_string())?,
-            Runtime::Cpu => compiled
+            _ => compiled
                 .as_ref()
-                .expect("compiled for the cpu runtime")
+                .expect("compiled for the runtime's target")
                 .run_named(&inputs)
                 .map_err(|e| e.to_string())?,
         };

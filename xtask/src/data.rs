@@ -59,6 +59,80 @@ pub fn venv(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// Debian packages the `cuda` feature builds against: LLVM 19 and what its static
+/// libraries link with.
+const LLVM_PACKAGES: [&str; 3] = ["llvm-19-dev", "libpolly-19-dev", "libzstd-dev"];
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs LLVM 19 for the GPU back end (CI runs as root on Debian); checks that
+/// `llvm-config` is where `.cargo/config.toml` says.
+pub fn ensure_llvm() -> Result<()> {
+    let missing: Vec<&str> = LLVM_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        println!("installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing))?;
+    }
+    let config = Path::new("/usr/lib/llvm-19/bin/llvm-config");
+    if !config.exists() {
+        bail!(
+            "{} is missing after installing {}; the cuda feature needs LLVM 19 there",
+            config.display(),
+            LLVM_PACKAGES.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Installs the GPU tools' wheel (ptxas, libdevice) into the venv; returns `ptxas`.
+pub fn ensure_gpu_tools(root: &Path, python: &Path) -> Result<PathBuf> {
+    let requirements = root.join("xtask/py/gpu-requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)?;
+    let venv = root.join("target/smelt-venv");
+    let stamp = venv.join("smelt-gpu-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted)?;
+    }
+    ptxas_in(&venv).with_context(|| {
+        format!(
+            "ptxas not found in {} after installing {}",
+            venv.display(),
+            requirements.display()
+        )
+    })
+}
+
+/// `nvidia/cuda_nvcc/bin/ptxas` of the venv's site-packages.
+pub fn ptxas_in(venv: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(venv.join("lib"))
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+        .find(|p| p.is_file())
+}
+
 /// Makes sure the venv and the generated data exist and are current.
 pub fn ensure(root: &Path) -> Result<()> {
     let python = venv(root)?;

@@ -26,8 +26,9 @@ fn main() -> Result<()> {
             run_conformance(&root, args.iter().any(|a| a == "--update"))
         }
         Some("onnx-data") => data::ensure(&root),
-        Some("setup") => data::ensure(&root),
+        Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root),
+        Some("gpu-check") => gpu_check(&root),
         Some("peak") => peak(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("opt-stats") => {
@@ -35,7 +36,7 @@ fn main() -> Result<()> {
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
         ),
     }
 }
@@ -237,10 +238,26 @@ fn cargo_test(root: &Path, args: &[&str]) -> Result<(usize, usize, bool)> {
     Ok((passed, failed, child.wait()?.success()))
 }
 
+/// Everything the tests need: the venv and test data, LLVM 19 for the `cuda` feature, and
+/// the GPU tools' wheel (ptxas, libdevice). Returns ptxas.
+fn setup(root: &Path) -> Result<PathBuf> {
+    data::ensure(root)?;
+    data::ensure_llvm()?;
+    let python = data::venv(root)?;
+    data::ensure_gpu_tools(root, &python)
+}
+
+/// The crates' `cuda` features, which the whole suite is built and linted with.
+const CUDA_FEATURES: &str =
+    "smelt-gpu/cuda,smelt-runtime/cuda,smelt/cuda,smelt-cli/cuda,smelt-tests/cuda";
+
 /// The README's test command: installs what the tests need, then runs every check CI runs.
 fn test(root: &Path) -> Result<()> {
-    data::ensure(root)?;
+    let ptxas = setup(root)?;
+    // SAFETY: set before any thread starts; the cargo children inherit it.
+    unsafe { std::env::set_var("SMELT_PTXAS", &ptxas) };
     cargo(root, &["fmt", "--all", "--check"])?;
+    // The default build (no LLVM) must stay clean too.
     cargo(
         root,
         &[
@@ -252,7 +269,29 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    let (passed, failed, ok) = cargo_test(root, &["test", "--workspace", "--no-fail-fast"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--features",
+            CUDA_FEATURES,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let (passed, failed, ok) = cargo_test(
+        root,
+        &[
+            "test",
+            "--workspace",
+            "--features",
+            CUDA_FEATURES,
+            "--no-fail-fast",
+        ],
+    )?;
     let conformance = run_conformance(root, false);
     // One closing line with the totals of every test binary.
     println!("{passed} passed, {failed} failed");
@@ -260,6 +299,145 @@ fn test(root: &Path) -> Result<()> {
         bail!("cargo test failed");
     }
     conformance
+}
+
+/// Runs `cmd`, echoing its output, and returns its stdout and whether it succeeded.
+fn run_echo(cmd: &mut Command) -> Result<(String, bool)> {
+    use std::io::{BufRead, BufReader};
+    println!("$ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let mut text = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok((text, child.wait()?.success()))
+}
+
+/// On a machine with an NVIDIA GPU: the conformance cases on `--target cuda` (writing
+/// `tests/conformance/cuda.tsv`), the classic and light models against onnxruntime's
+/// outputs, and the SGEMM sweep beside torch.matmul; the results go into docs/gpu.md.
+fn gpu_check(root: &Path) -> Result<()> {
+    setup(root)?;
+    let smi = Command::new("nvidia-smi")
+        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
+        .output();
+    let gpu = match smi {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        _ => bail!(
+            "no NVIDIA GPU here (nvidia-smi failed); gpu-check runs on a machine with one and its driver"
+        ),
+    };
+    println!("GPU: {gpu}");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "smelt-cli",
+            "--features",
+            "cuda",
+        ],
+    )?;
+    let (conformance, ok) = run_echo(
+        Command::new(&cargo_bin)
+            .current_dir(root)
+            .env("SMELT_GPU_RUNTIME", "cuda")
+            .env("SMELT_UPDATE_EXPECTATIONS", "1")
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "smelt-tests",
+                "--features",
+                "cuda",
+                "--test",
+                "gpu_conformance",
+                "--",
+                "--nocapture",
+            ]),
+    )?;
+    if !ok {
+        bail!("the cuda conformance run failed");
+    }
+    let counts = conformance
+        .lines()
+        .find(|l| l.starts_with("cuda: "))
+        .unwrap_or("cuda: (no count printed)")
+        .to_string();
+    let (models, models_ok) = run_echo(
+        Command::new(&cargo_bin)
+            .current_dir(root)
+            .env("SMELT_GPU_RUNTIME", "cuda")
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "smelt-cli",
+                "--features",
+                "cuda",
+                "--test",
+                "models",
+                "gpu::",
+                "--",
+                "--test-threads",
+                "1",
+            ]),
+    )?;
+    let models_line = models
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .unwrap_or("test result: (none)")
+        .to_string();
+    let python = data::venv(root)?;
+    let work = root.join("target/gpu-check");
+    std::fs::create_dir_all(&work)?;
+    let table = work.join("sgemm.md");
+    let (_, sweep_ok) = run_echo(
+        Command::new(&python)
+            .arg(root.join("xtask/py/gpu_sgemm.py"))
+            .arg(root.join("target/release/smelt"))
+            .arg(&work)
+            .arg(&table),
+    )?;
+    let sgemm = if sweep_ok {
+        std::fs::read_to_string(&table)?
+    } else {
+        "(the SGEMM sweep failed; see the log)\n".to_string()
+    };
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "## gpu-check on {date}, {gpu}\n\n- Conformance on `--target cuda`: {counts} (expectations in `tests/conformance/cuda.tsv`).\n- Classic and light models against onnxruntime's outputs: {models_line}\n\nSGEMM (fp32, the MatMul launch's time synchronized after each launch; torch.matmul with TF32 off):\n\n{sgemm}"
+    );
+    let doc_path = root.join("docs/gpu.md");
+    let doc = std::fs::read_to_string(&doc_path)?;
+    let marker = "<!-- gpu-check results -->";
+    let (head, _) = doc
+        .split_once(marker)
+        .context("docs/gpu.md lacks the gpu-check results marker")?;
+    std::fs::write(&doc_path, format!("{head}{marker}\n\n{section}"))?;
+    println!("wrote {}", doc_path.display());
+    if !models_ok {
+        bail!("some models differ from onnxruntime on the GPU ({models_line})");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ pub struct BenchArgs<'a> {
     pub warmup: usize,
     pub profile: bool,
     pub json: bool,
+    pub target: smelt::Target,
+    pub gpu_arch: &'a str,
 }
 
 /// A deterministic input: uniform values in [-1, 1) for floats, zeros otherwise.
@@ -89,6 +91,10 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         threads: a.threads,
         optimize: true,
         input_shapes: shapes,
+        target: a.target,
+        gpu: smelt::smelt_gpu::GpuOptions {
+            arch: a.gpu_arch.to_string(),
+        },
     })?;
     let exe = compiled.prepare(&feeds)?;
     let compile_ms = exe.compile_time.as_secs_f64() * 1e3;

@@ -57,6 +57,13 @@ enum Command {
         /// Threads for compiled code (default: every available core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Where the code runs: cpu, cuda (an NVIDIA GPU; needs a build with the
+        /// feature `cuda`) or gpu-emulator (the GPU kernels run on this CPU, for checking).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "gpu-emulator"])]
+        target: String,
+        /// The GPU architecture for --target cuda.
+        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
+        gpu_arch: String,
     },
     /// Compile a model into a standalone executable, a static library with a C header,
     /// or an object file.
@@ -107,15 +114,30 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Where the code runs: cpu, cuda (an NVIDIA GPU; needs a build with the
+        /// feature `cuda`) or gpu-emulator (the GPU kernels run on this CPU, for checking).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "gpu-emulator"])]
+        target: String,
+        /// The GPU architecture for --target cuda.
+        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
+        gpu_arch: String,
     },
     /// Print the graph at a compilation stage and what the optimizer did.
     Explain {
         /// The ONNX model file.
         model: PathBuf,
         /// The stage to print: import (as imported), opt (after the optimizer), fuse (the
-        /// kernels fusion plans), kernel (their Kernel IR) or clif (their Cranelift IR).
-        #[arg(long, default_value = "opt", value_parser = ["import", "opt", "fuse", "kernel", "clif"])]
+        /// kernels fusion plans), kernel (their Kernel IR), clif (their Cranelift IR), llvm
+        /// (the GPU kernels' LLVM IR) or ptx (the whole PTX module, exactly as ptxas takes
+        /// it). llvm and ptx need a build with the feature `cuda`.
+        #[arg(long, default_value = "opt", value_parser = ["import", "opt", "fuse", "kernel", "clif", "llvm", "ptx"])]
         stage: String,
+        /// The Kernel IR of which target (kernel stage; llvm and ptx imply cuda).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        target: String,
+        /// The GPU architecture for the llvm and ptx stages.
+        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
+        gpu_arch: String,
         /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS")]
         input_shapes: Vec<String>,
@@ -126,10 +148,18 @@ enum Command {
 }
 
 /// Which engine `smelt run` uses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Engine {
     Reference,
-    Compiled { threads: Option<usize> },
+    Compiled {
+        threads: Option<usize>,
+        target: smelt::Target,
+        gpu_arch: String,
+    },
+}
+
+fn target(name: &str) -> Result<smelt::Target> {
+    smelt::Target::parse(name).ok_or_else(|| anyhow!("--target: unknown target '{name}'"))
 }
 
 pub(crate) fn split_pair<'a>(arg: &'a str, flag: &str) -> Result<(&'a str, &'a str)> {
@@ -206,8 +236,39 @@ fn explain(
     stage: &str,
     input_shapes: &[String],
     full_constants: bool,
+    target: smelt::Target,
+    gpu_arch: &str,
 ) -> Result<()> {
     let model = Model::load(path)?;
+    if stage == "llvm" || stage == "ptx" {
+        let gpu = smelt::smelt_gpu::GpuOptions {
+            arch: gpu_arch.to_string(),
+        };
+        let compiled = model.compile(&smelt::Options {
+            gpu,
+            ..Default::default()
+        })?;
+        let module = compiled.gpu_module(&parse_shapes(input_shapes)?)?;
+        // The PTX alone, so it pipes into ptxas.
+        print!(
+            "{}",
+            if stage == "ptx" {
+                &module.ptx
+            } else {
+                &module.llvm_ir
+            }
+        );
+        return Ok(());
+    }
+    if stage == "kernel" && target.is_gpu() {
+        let compiled = model.compile(&smelt::Options::default())?;
+        let kernels = compiled.kernels_for_shapes(&parse_shapes(input_shapes)?, target)?;
+        for k in &kernels {
+            println!("{}", k.kernel.print());
+        }
+        println!("# {} kernels for {}", kernels.len(), target.name());
+        return Ok(());
+    }
     if stage == "kernel" || stage == "clif" {
         let compiled = model.compile(&smelt::Options::default())?;
         let exe = compiled.executable_for_shapes(&parse_shapes(input_shapes)?)?;
@@ -361,11 +422,17 @@ fn run(
         Engine::Reference => {
             model.run_reference(&feeds, &shapes, &smelt::RunOptions { optimize })?
         }
-        Engine::Compiled { threads } => model
+        Engine::Compiled {
+            threads,
+            target,
+            gpu_arch,
+        } => model
             .compile(&smelt::Options {
                 threads,
                 optimize,
                 input_shapes: shapes,
+                target,
+                gpu: smelt::smelt_gpu::GpuOptions { arch: gpu_arch },
             })?
             .run_named(&feeds)?,
     };
@@ -415,19 +482,27 @@ fn main() -> ExitCode {
             reference,
             no_opt,
             threads,
-        } => run(
-            model,
-            inputs,
-            outputs,
-            output_dir.as_ref(),
-            input_shapes,
-            !no_opt,
-            if *reference {
-                Engine::Reference
-            } else {
-                Engine::Compiled { threads: *threads }
-            },
-        ),
+            target: target_name,
+            gpu_arch,
+        } => target(target_name).and_then(|target| {
+            run(
+                model,
+                inputs,
+                outputs,
+                output_dir.as_ref(),
+                input_shapes,
+                !no_opt,
+                if *reference {
+                    Engine::Reference
+                } else {
+                    Engine::Compiled {
+                        threads: *threads,
+                        target,
+                        gpu_arch: gpu_arch.clone(),
+                    }
+                },
+            )
+        }),
         Command::Compile {
             model,
             output,
@@ -446,22 +521,39 @@ fn main() -> ExitCode {
             warmup,
             profile,
             json,
-        } => bench::bench(&bench::BenchArgs {
-            model,
-            inputs,
-            input_shapes,
-            threads: *threads,
-            iterations: *iterations,
-            warmup: *warmup,
-            profile: *profile,
-            json: *json,
+            target: target_name,
+            gpu_arch,
+        } => target(target_name).and_then(|target| {
+            bench::bench(&bench::BenchArgs {
+                model,
+                inputs,
+                input_shapes,
+                threads: *threads,
+                iterations: *iterations,
+                warmup: *warmup,
+                profile: *profile,
+                json: *json,
+                target,
+                gpu_arch,
+            })
         }),
         Command::Explain {
             model,
             stage,
             input_shapes,
             full_constants,
-        } => explain(model, stage, input_shapes, *full_constants),
+            target: target_name,
+            gpu_arch,
+        } => target(target_name).and_then(|target| {
+            explain(
+                model,
+                stage,
+                input_shapes,
+                *full_constants,
+                target,
+                gpu_arch,
+            )
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

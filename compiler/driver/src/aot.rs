@@ -131,7 +131,12 @@ impl Model {
             smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
                 .run(&mut graph)?;
         }
-        let lowered = lower_graph(&graph, &imported.input_names, &imported.output_names)?;
+        let lowered = lower_graph(
+            &graph,
+            &imported.input_names,
+            &imported.output_names,
+            smelt_fuse::LowerTarget::Cpu,
+        )?;
         let program = &lowered.program;
         let name = c_name(out, opts.emit);
         let manifest = program

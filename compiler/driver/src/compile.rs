@@ -14,6 +14,64 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// What the code runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// This CPU, through Cranelift and the runtime's kernels.
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (the first one), through PTX and the CUDA driver (feature `cuda`).
+    Cuda,
+    /// The GPU target's kernels compiled for this CPU and run through the GPU executor
+    /// by an emulated device: checks the GPU path on machines without a GPU (slow).
+    GpuEmulator,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "cpu" => Some(Target::Cpu),
+            "cuda" => Some(Target::Cuda),
+            "gpu-emulator" => Some(Target::GpuEmulator),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+            Target::GpuEmulator => "gpu-emulator",
+        }
+    }
+
+    pub fn is_gpu(self) -> bool {
+        self != Target::Cpu
+    }
+}
+
+/// Generated code: CPU functions, or a GPU program with the device it is resident on.
+pub(crate) enum Code {
+    Cpu(Box<smelt_cpu::JitCode>),
+    Gpu(Box<Mutex<GpuRun>>),
+}
+
+impl std::fmt::Debug for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Code::Cpu(c) => c.fmt(f),
+            Code::Gpu(_) => f.write_str("Gpu"),
+        }
+    }
+}
+
+/// A program on a device: the launches, the device, and its memory there.
+pub(crate) struct GpuRun {
+    program: smelt_runtime::gpu::GpuProgram,
+    device: Box<dyn smelt_runtime::gpu::Device + Send>,
+    resident: smelt_runtime::gpu::Resident,
+}
+
 /// Everything compiled for one shape signature.
 #[derive(Debug)]
 pub struct Executable {
@@ -25,7 +83,10 @@ pub struct Executable {
     /// kernels (see `shared_functions`).
     pub functions: Vec<usize>,
     pub program: Program,
-    pub(crate) code: smelt_cpu::JitCode,
+    pub target: Target,
+    /// The PTX module (GPU targets; the emulator has none).
+    pub gpu: Option<smelt_gpu::GpuModule>,
+    pub(crate) code: Code,
     /// ONNX names of the program's inputs and outputs, in order.
     pub input_names: Vec<String>,
     pub output_names: Vec<String>,
@@ -38,7 +99,17 @@ pub struct Executable {
 impl Executable {
     /// Optimizes (optionally) and compiles a graph whose inputs have fixed shapes; its
     /// inputs and outputs keep their value names.
-    pub fn from_graph(mut graph: Graph, optimize: bool) -> Result<Executable, SmeltError> {
+    pub fn from_graph(graph: Graph, optimize: bool) -> Result<Executable, SmeltError> {
+        Executable::from_graph_for(graph, optimize, Target::Cpu, &Default::default())
+    }
+
+    /// As [`Executable::from_graph`], for `target`.
+    pub fn from_graph_for(
+        mut graph: Graph,
+        optimize: bool,
+        target: Target,
+        gpu: &smelt_gpu::GpuOptions,
+    ) -> Result<Executable, SmeltError> {
         let started = Instant::now();
         if optimize {
             smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
@@ -50,7 +121,7 @@ impl Executable {
             ids.iter().map(|&v| graph.value(v).name.clone()).collect()
         };
         let (inputs, outputs) = (names(&graph.inputs), names(&graph.outputs));
-        compile_graph(graph, inputs, outputs, started)
+        compile_graph(graph, inputs, outputs, started, target, gpu)
     }
 
     /// Runs the program; `profile` collects the time of every launch.
@@ -88,7 +159,23 @@ impl Executable {
         outputs: &mut [HostTensor],
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<(), SmeltError> {
-        let functions = |i: usize| self.code.function(i);
+        let code = match &self.code {
+            Code::Cpu(code) => code,
+            Code::Gpu(run) => {
+                let mut run = run.lock().unwrap_or_else(|e| e.into_inner());
+                let GpuRun {
+                    program,
+                    device,
+                    resident,
+                } = &mut *run;
+                let results = program.run(device.as_mut(), resident, inputs, profile)?;
+                for (out, r) in outputs.iter_mut().zip(results) {
+                    *out = r;
+                }
+                return Ok(());
+            }
+        };
+        let functions = |i: usize| code.function(i);
         // A run takes an arena from the pool (or makes one) and gives it back, so repeated
         // runs neither allocate nor fault in fresh pages.
         let taken = self.scratch.lock().map(|mut s| s.pop()).unwrap_or(None);
@@ -179,6 +266,7 @@ pub(crate) fn lower_graph(
     graph: &Graph,
     input_names: &[String],
     output_names: &[String],
+    target: smelt_fuse::LowerTarget,
 ) -> Result<Lowered, SmeltError> {
     for v in &graph.values {
         if v.ty.fixed_shape().is_none() {
@@ -196,7 +284,7 @@ pub(crate) fn lower_graph(
     for group in &mut storing.groups {
         group.outputs.retain(|v| !in_place.contains(v));
     }
-    let kernels = smelt_fuse::lower(graph, &storing)?;
+    let kernels = smelt_fuse::lower_for(graph, &storing, target)?;
     let (functions, function_of) = shared_functions(&kernels);
     let program = build_program(
         graph,
@@ -245,21 +333,84 @@ pub(crate) fn compile_graph(
     input_names: Vec<String>,
     output_names: Vec<String>,
     started: Instant,
+    target: Target,
+    gpu_options: &smelt_gpu::GpuOptions,
 ) -> Result<Executable, SmeltError> {
-    let lowered = lower_graph(&graph, &input_names, &output_names)?;
-    let code = smelt_cpu::compile(&lowered.function_kernels())?;
+    let lower_target = if target.is_gpu() {
+        smelt_fuse::LowerTarget::Gpu
+    } else {
+        smelt_fuse::LowerTarget::Cpu
+    };
+    let lowered = lower_graph(&graph, &input_names, &output_names, lower_target)?;
+    let (code, gpu) = match target {
+        Target::Cpu => (
+            Code::Cpu(Box::new(smelt_cpu::compile(&lowered.function_kernels())?)),
+            None,
+        ),
+        Target::Cuda => {
+            let module = smelt_gpu::compile(&lowered.function_kernels(), gpu_options)?;
+            let run = cuda_run(&lowered.program, &module)?;
+            (Code::Gpu(Box::new(Mutex::new(run))), Some(module))
+        }
+        Target::GpuEmulator => (
+            Code::Gpu(Box::new(Mutex::new(emulated_run(&lowered)?))),
+            None,
+        ),
+    };
     Ok(Executable {
         graph,
         plan: lowered.plan,
         kernels: lowered.kernels,
         functions: lowered.functions,
         program: lowered.program,
+        target,
+        gpu,
         code,
         input_names,
         output_names,
         compile_time: started.elapsed(),
         scratch: Mutex::new(Vec::new()),
     })
+}
+
+/// The program on the first CUDA GPU, its module loaded and its memory allocated.
+#[cfg(feature = "cuda")]
+fn cuda_run(program: &Program, module: &smelt_gpu::GpuModule) -> Result<GpuRun, SmeltError> {
+    let threads = module.kernels.iter().map(|k| k.threads).collect();
+    let symbols: Vec<String> = module.kernels.iter().map(|k| k.symbol.clone()).collect();
+    let program = smelt_runtime::gpu::GpuProgram::new(program.clone(), threads)?;
+    let mut device = smelt_runtime::cuda::CudaDevice::new(0, &module.ptx, &symbols)?;
+    let resident = program.make_resident(&mut device)?;
+    Ok(GpuRun {
+        program,
+        device: Box::new(device),
+        resident,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_run(_program: &Program, _module: &smelt_gpu::GpuModule) -> Result<GpuRun, SmeltError> {
+    Err(smelt_gpu::GpuError::NotBuilt.into())
+}
+
+/// The program on the emulated device: its kernels compiled for this CPU.
+#[cfg(feature = "cuda")]
+fn emulated_run(lowered: &Lowered) -> Result<GpuRun, SmeltError> {
+    let (code, entries) = smelt_gpu::host_code(&lowered.function_kernels())?;
+    let threads = entries.iter().map(|k| k.threads).collect();
+    let program = smelt_runtime::gpu::GpuProgram::new(lowered.program.clone(), threads)?;
+    let mut device = smelt_gpu::emulate::HostDevice::new(code);
+    let resident = program.make_resident(&mut device)?;
+    Ok(GpuRun {
+        program,
+        device: Box::new(device),
+        resident,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn emulated_run(_lowered: &Lowered) -> Result<GpuRun, SmeltError> {
+    Err(smelt_gpu::GpuError::NotBuilt.into())
 }
 
 /// Elements of work per chunk that make a thread hand-off worth it.

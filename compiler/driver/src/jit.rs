@@ -10,6 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Input shapes by input name.
+type InputShapes = HashMap<String, Vec<usize>>;
+/// Input values by input name (for inputs that decide shapes).
+type InputValues = HashMap<String, smelt_ir::Tensor>;
+
 /// How to compile a model.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -20,6 +25,10 @@ pub struct Options {
     /// Pins input shapes, by input name (needed only where the inputs at run time do not
     /// decide them).
     pub input_shapes: HashMap<String, Vec<usize>>,
+    /// What the code runs on (the CPU by default).
+    pub target: crate::Target,
+    /// The GPU architecture, for `Target::Cuda`.
+    pub gpu: smelt_gpu::GpuOptions,
 }
 
 impl Default for Options {
@@ -28,6 +37,8 @@ impl Default for Options {
             threads: None,
             optimize: true,
             input_shapes: HashMap::new(),
+            target: crate::Target::Cpu,
+            gpu: Default::default(),
         }
     }
 }
@@ -146,7 +157,7 @@ struct Entry {
     exe: Arc<Executable>,
 }
 
-/// A model compiled for the CPU. `Send + Sync`: runs may come from several threads at once.
+/// A model compiled for a target. `Send + Sync`: runs may come from several threads at once.
 #[derive(Debug)]
 pub struct Compiled {
     model: Model,
@@ -344,11 +355,30 @@ impl Compiled {
         input_values: HashMap<String, smelt_ir::Tensor>,
     ) -> Result<(Executable, Vec<String>)> {
         let started = Instant::now();
-        let imported = self.model.import(&ImportOptions {
+        let (graph, imported) = self.optimized(input_shapes, input_values)?;
+        let exe = compile_graph(
+            graph,
+            imported.input_names,
+            imported.output_names,
+            started,
+            self.options.target,
+            &self.options.gpu,
+        )?;
+        Ok((exe, imported.bound_inputs))
+    }
+
+    /// The model imported with these shapes and values and optimized (or only
+    /// specialized); the import's names come with it (its graph is moved out).
+    fn optimized(
+        &self,
+        input_shapes: HashMap<String, Vec<usize>>,
+        input_values: HashMap<String, smelt_ir::Tensor>,
+    ) -> Result<(smelt_ir::Graph, smelt_onnx::Imported)> {
+        let mut imported = self.model.import(&ImportOptions {
             input_shapes,
             input_values,
         })?;
-        let mut graph = imported.graph;
+        let mut graph = std::mem::take(&mut imported.graph);
         if self.options.optimize {
             smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
         } else {
@@ -356,7 +386,101 @@ impl Compiled {
             smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
                 .run(&mut graph)?;
         }
-        let exe = compile_graph(graph, imported.input_names, imported.output_names, started)?;
-        Ok((exe, imported.bound_inputs))
+        Ok((graph, imported))
+    }
+
+    /// The kernels of the model for input shapes alone, lowered for `target` (in launch
+    /// order), without generating code: what `smelt explain --stage kernel` shows.
+    pub fn kernels_for_shapes(
+        &self,
+        shapes: &HashMap<String, Vec<usize>>,
+        target: crate::Target,
+    ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
+        let mut shape_map = self.options.input_shapes.clone();
+        shape_map.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.kernels_with(shape_map, HashMap::new(), target)
+    }
+
+    fn kernels_with(
+        &self,
+        shape_map: HashMap<String, Vec<usize>>,
+        values: HashMap<String, smelt_ir::Tensor>,
+        target: crate::Target,
+    ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
+        let (graph, imported) = self.optimized(shape_map, values)?;
+        let lower_target = if target.is_gpu() {
+            smelt_fuse::LowerTarget::Gpu
+        } else {
+            smelt_fuse::LowerTarget::Cpu
+        };
+        Ok(crate::compile::lower_graph(
+            &graph,
+            &imported.input_names,
+            &imported.output_names,
+            lower_target,
+        )?
+        .kernels)
+    }
+
+    /// The PTX module of the model for input shapes alone (one function per set of
+    /// identical kernels): what `smelt explain --stage llvm|ptx` prints.
+    pub fn gpu_module(&self, shapes: &HashMap<String, Vec<usize>>) -> Result<smelt_gpu::GpuModule> {
+        let mut shape_map = self.options.input_shapes.clone();
+        shape_map.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.gpu_module_with(shape_map, HashMap::new())
+    }
+
+    /// The PTX module of the model for these inputs (their shapes, and their values
+    /// where the model needs them to decide shapes).
+    pub fn gpu_module_for(&self, inputs: &[(String, HostTensor)]) -> Result<smelt_gpu::GpuModule> {
+        let (shapes, values) = self.specialization(inputs)?;
+        self.gpu_module_with(shapes, values)
+    }
+
+    /// As [`Compiled::kernels_for_shapes`], specialized to these inputs (their shapes,
+    /// and their values where the model needs them to decide shapes).
+    pub fn kernels_for_inputs(
+        &self,
+        inputs: &[(String, HostTensor)],
+        target: crate::Target,
+    ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
+        let (shapes, values) = self.specialization(inputs)?;
+        self.kernels_with(shapes, values, target)
+    }
+
+    /// The shapes and values of `inputs` as import options take them.
+    fn specialization(
+        &self,
+        inputs: &[(String, HostTensor)],
+    ) -> Result<(InputShapes, InputValues)> {
+        let mut shapes = self.options.input_shapes.clone();
+        let mut values = HashMap::new();
+        for (name, t) in inputs {
+            shapes.insert(name.clone(), t.shape.clone());
+            let v = to_ir_tensor(t).map_err(|reason| SmeltError::Input {
+                name: name.clone(),
+                reason,
+            })?;
+            values.insert(name.clone(), v);
+        }
+        Ok((shapes, values))
+    }
+
+    fn gpu_module_with(
+        &self,
+        shape_map: HashMap<String, Vec<usize>>,
+        values: HashMap<String, smelt_ir::Tensor>,
+    ) -> Result<smelt_gpu::GpuModule> {
+        let (graph, imported) = self.optimized(shape_map, values)?;
+        let lowered = crate::compile::lower_graph(
+            &graph,
+            &imported.input_names,
+            &imported.output_names,
+            smelt_fuse::LowerTarget::Gpu,
+        )?;
+        Ok(smelt_gpu::compile(
+            &lowered.function_kernels(),
+            &self.options.gpu,
+        )?)
     }
 }

@@ -23,7 +23,7 @@ pub mod aot;
 mod compile;
 mod jit;
 
-pub use compile::Executable;
+pub use compile::{Executable, Target};
 pub use jit::{Compiled, Element, Options, Tensor};
 
 use smelt_ir::{DType, Tensor as IrTensor};
@@ -35,6 +35,7 @@ use thiserror::Error;
 
 pub use smelt_cpu;
 pub use smelt_fuse;
+pub use smelt_gpu;
 pub use smelt_ir;
 pub use smelt_onnx;
 pub use smelt_opt;
@@ -59,6 +60,8 @@ pub enum SmeltError {
     Fusion(#[from] smelt_fuse::FusionError),
     #[error(transparent)]
     Cpu(#[from] smelt_cpu::CpuError),
+    #[error(transparent)]
+    Gpu(#[from] smelt_gpu::GpuError),
     #[error(transparent)]
     Runtime(#[from] smelt_runtime::program::RuntimeError),
     #[error("{0}")]

@@ -9,5 +9,5 @@ pub mod plan;
 
 pub use classify::{OpClass, classify};
 pub use kernel::{Body, Kernel, KernelError, LoopNest};
-pub use lower::{LoweredKernel, lower};
+pub use lower::{LowerTarget, LoweredKernel, lower, lower_for};
 pub use plan::{FusionError, FusionPlan, Group, GroupKind, plan};

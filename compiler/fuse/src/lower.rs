@@ -29,15 +29,35 @@ pub struct LoweredKernel {
 /// lowered node by node instead.
 const MAX_NODES: usize = 50_000;
 
-/// Lowers every group of `plan` (over a graph whose shapes are all fixed).
+/// Which back end the kernels are for: what the runtime runs as calls differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LowerTarget {
+    /// MatMul, Conv and 2-D f32 pooling become calls of the runtime's CPU kernels.
+    #[default]
+    Cpu,
+    /// Every group becomes a loop nest (a convolution one reduction per output element),
+    /// which the GPU back end runs one thread per element.
+    Gpu,
+}
+
+/// Lowers every group of `plan` (over a graph whose shapes are all fixed) for the CPU.
 pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelError> {
+    lower_for(g, plan, LowerTarget::Cpu)
+}
+
+/// Lowers every group of `plan` for `target`.
+pub fn lower_for(
+    g: &Graph,
+    plan: &FusionPlan,
+    target: LowerTarget,
+) -> Result<Vec<LoweredKernel>, KernelError> {
     let producer = g.producers();
     let mut out = Vec::new();
     for (gi, grp) in plan.groups.iter().enumerate() {
         if grp.kind == GroupKind::View {
             continue;
         }
-        let kernels = match lower_group(g, &producer, gi, grp) {
+        let kernels = match lower_group(g, &producer, gi, grp, target) {
             Err(KernelError::TooLarge { .. }) if grp.nodes.len() > 1 => {
                 // Values read at many different coordinates multiply the fused
                 // expression; unfused, each node is its own kernel and stays small.
@@ -54,7 +74,7 @@ pub fn lower(g: &Graph, plan: &FusionPlan) -> Result<Vec<LoweredKernel>, KernelE
                         inputs: node.inputs.clone(),
                         outputs: node.outputs.clone(),
                     };
-                    for mut k in lower_group(g, &producer, gi, &single)? {
+                    for mut k in lower_group(g, &producer, gi, &single, target)? {
                         k.kernel.name = format!("{}_{j}", k.kernel.name);
                         all.push(k);
                     }
@@ -142,13 +162,15 @@ fn lower_group(
     producer: &[Option<usize>],
     gi: usize,
     grp: &Group,
+    target: LowerTarget,
 ) -> Result<Vec<LoweredKernel>, KernelError> {
     let first = &g.nodes[grp.nodes[0]];
     let base = format!("k{gi}_{}", first.op.mnemonic());
-    if grp.kind == GroupKind::Contraction && runtime_contraction(g, first) {
+    let calls = target == LowerTarget::Cpu;
+    if calls && grp.kind == GroupKind::Contraction && runtime_contraction(g, first) {
         return lower_contraction(g, producer, &base, grp).map(|k| vec![k]);
     }
-    if grp.kind == GroupKind::Opaque && runtime_pool(g, first) {
+    if calls && grp.kind == GroupKind::Opaque && runtime_pool(g, first) {
         return lower_pool(g, producer, &base, grp).map(|k| vec![k]);
     }
     // One kernel per distinct output shape: each iterates its own domain.

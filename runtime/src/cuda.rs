@@ -1,0 +1,207 @@
+//! The CUDA device (feature `cuda`): a PTX module run through the driver API, which
+//! `cudarc` loads at run time (`libcuda.so`), so building needs nothing from CUDA.
+
+use crate::gpu::{Device, DeviceAddr};
+use crate::program::RuntimeError;
+use cudarc::driver::{result, sys};
+use std::ffi::{CString, c_void};
+
+/// Threads per block of every launch.
+const BLOCK: u64 = 256;
+/// Most blocks of one launch; the kernels stride over the rest.
+const MAX_BLOCKS: u64 = 1 << 16;
+
+/// One GPU with a PTX module loaded: the functions a program launches by index.
+#[derive(Debug)]
+pub struct CudaDevice {
+    context: sys::CUcontext,
+    device: sys::CUdevice,
+    module: sys::CUmodule,
+    stream: sys::CUstream,
+    functions: Vec<sys::CUfunction>,
+    allocations: Vec<sys::CUdeviceptr>,
+    name: String,
+}
+
+// SAFETY: the handles are the driver's; every call first makes the context current on
+// the calling thread, and `&mut self` serializes the calls.
+unsafe impl Send for CudaDevice {}
+
+fn driver_error(what: &str, e: result::DriverError) -> RuntimeError {
+    let what = what.to_string();
+    let detail = e
+        .error_string()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{e:?}"));
+    RuntimeError::Kernel {
+        name: what,
+        reason: format!("CUDA: {detail}"),
+    }
+}
+
+/// Maps a driver error to one naming the call.
+fn err(what: &str) -> impl Fn(result::DriverError) -> RuntimeError + '_ {
+    move |e| driver_error(what, e)
+}
+
+/// Whether the CUDA driver library can be loaded on this machine.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`, loads `ptx` and looks up the kernels `symbols` (in the
+    /// program's function order).
+    pub fn new(ordinal: usize, ptx: &str, symbols: &[String]) -> Result<CudaDevice, RuntimeError> {
+        if !driver_present() {
+            return Err(RuntimeError::Kernel {
+                name: "(device)".into(),
+                reason: "the CUDA driver (libcuda.so) is not installed on this machine".into(),
+            });
+        }
+        result::init().map_err(err("cuInit"))?;
+        let count = result::device::get_count().map_err(err("cuDeviceGetCount"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(RuntimeError::Kernel {
+                name: "(device)".into(),
+                reason: format!("GPU {ordinal} requested, {count} present"),
+            });
+        }
+        let device = result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
+        let name = result::device::get_name(device).map_err(err("cuDeviceGetName"))?;
+        // SAFETY: `device` is a valid ordinal; the primary context is released on drop.
+        let context = unsafe { result::primary_ctx::retain(device) }
+            .map_err(err("cuDevicePrimaryCtxRetain"))?;
+        unsafe { result::ctx::set_current(context) }.map_err(err("cuCtxSetCurrent"))?;
+        let image = CString::new(ptx).map_err(|_| RuntimeError::Kernel {
+            name: "(module)".into(),
+            reason: "the PTX text contains a NUL byte".into(),
+        })?;
+        // SAFETY: a NUL-terminated PTX string.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
+            .map_err(err("cuModuleLoadData (PTX JIT)"))?;
+        let mut functions = Vec::with_capacity(symbols.len());
+        for s in symbols {
+            let c = CString::new(s.as_str()).map_err(|_| RuntimeError::Kernel {
+                name: s.clone(),
+                reason: "symbol contains a NUL byte".into(),
+            })?;
+            // SAFETY: `module` was just loaded.
+            functions.push(unsafe { result::module::get_function(module, c) }.map_err(err(s))?);
+        }
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(err("cuStreamCreate"))?;
+        Ok(CudaDevice {
+            context,
+            device,
+            module,
+            stream,
+            functions,
+            allocations: Vec::new(),
+            name,
+        })
+    }
+
+    /// The GPU's name, as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn current(&self) -> Result<(), RuntimeError> {
+        // SAFETY: the context is retained for the device's lifetime.
+        unsafe { result::ctx::set_current(self.context) }
+            .map_err(|e| driver_error("cuCtxSetCurrent", e))
+    }
+}
+
+impl Device for CudaDevice {
+    fn alloc(&mut self, bytes: usize) -> Result<DeviceAddr, RuntimeError> {
+        self.current()?;
+        // SAFETY: plain allocation, freed on drop.
+        let p = unsafe { result::malloc_sync(bytes) }.map_err(|e| driver_error("cuMemAlloc", e))?;
+        self.allocations.push(p);
+        Ok(p)
+    }
+
+    fn upload(&mut self, dst: DeviceAddr, src: &[u8]) -> Result<(), RuntimeError> {
+        self.current()?;
+        // SAFETY: `dst` lies in an allocation of this device at least `src.len()` long
+        // (the executor's memory plan).
+        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(|e| driver_error("cuMemcpyHtoD", e))
+    }
+
+    fn download(&mut self, src: DeviceAddr, dst: &mut [u8]) -> Result<(), RuntimeError> {
+        self.current()?;
+        // SAFETY: launches on the stream finish first; `src` covers `dst.len()` bytes.
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| driver_error("cuStreamSynchronize", e))?;
+        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(|e| driver_error("cuMemcpyDtoH", e))
+    }
+
+    fn copy(&mut self, src: DeviceAddr, dst: DeviceAddr, bytes: usize) -> Result<(), RuntimeError> {
+        self.current()?;
+        // SAFETY: both ranges lie in this device's allocations.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| driver_error("cuMemcpyDtoDAsync", e))
+    }
+
+    fn launch(
+        &mut self,
+        name: &str,
+        function: usize,
+        threads: u64,
+        args: &[DeviceAddr],
+    ) -> Result<(), RuntimeError> {
+        self.current()?;
+        let f = *self
+            .functions
+            .get(function)
+            .ok_or_else(|| RuntimeError::Kernel {
+                name: name.to_string(),
+                reason: format!("function {function} is not in the module"),
+            })?;
+        let blocks = threads.div_ceil(BLOCK).clamp(1, MAX_BLOCKS) as u32;
+        let mut values: Vec<DeviceAddr> = args.to_vec();
+        let mut params: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| (v as *mut DeviceAddr).cast::<c_void>())
+            .collect();
+        // SAFETY: every kernel takes exactly its buffers' pointers, in this order; the
+        // parameter values are copied by the driver before the call returns.
+        unsafe {
+            result::launch_kernel(
+                f,
+                (blocks, 1, 1),
+                (BLOCK as u32, 1, 1),
+                0,
+                self.stream,
+                &mut params,
+            )
+        }
+        .map_err(|e| driver_error(name, e))
+    }
+
+    fn synchronize(&mut self) -> Result<(), RuntimeError> {
+        self.current()?;
+        // SAFETY: the stream belongs to this device.
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| driver_error("cuStreamSynchronize (a kernel failed)", e))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        // SAFETY: the handles were created by `new` and are released once.
+        unsafe {
+            let _ = result::ctx::set_current(self.context);
+            let _ = result::stream::synchronize(self.stream);
+            for &p in &self.allocations {
+                let _ = result::free_sync(p);
+            }
+            let _ = result::stream::destroy(self.stream);
+            let _ = result::module::unload(self.module);
+            let _ = result::primary_ctx::release(self.device);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Runs a `Program` on a GPU-like device: the arena and the constants live in device
+//! memory, kernels are launched by function index, inputs are copied in and outputs out.
+//!
+//! The executor knows nothing of CUDA: a [`Device`] does the allocation, copies and
+//! launches. `cuda.rs` (feature `cuda`) is the driver-API device; the compiler's
+//! `smelt-gpu` has a host emulator that runs the same kernels compiled for the CPU, which
+//! is how this executor is tested on machines without a GPU.
+
+use crate::program::{Launch, Place, Program, RuntimeError};
+use crate::tensor::HostTensor;
+use std::time::{Duration, Instant};
+
+/// A device address (a `CUdeviceptr` on CUDA).
+pub type DeviceAddr = u64;
+
+/// What the executor needs from a device. Errors name the launch or copy that failed.
+pub trait Device {
+    /// `bytes` of device memory, 256-byte aligned (its address stays valid until the
+    /// device is dropped).
+    fn alloc(&mut self, bytes: usize) -> Result<DeviceAddr, RuntimeError>;
+    fn upload(&mut self, dst: DeviceAddr, src: &[u8]) -> Result<(), RuntimeError>;
+    fn download(&mut self, src: DeviceAddr, dst: &mut [u8]) -> Result<(), RuntimeError>;
+    fn copy(&mut self, src: DeviceAddr, dst: DeviceAddr, bytes: usize) -> Result<(), RuntimeError>;
+    /// Launches kernel `function` over `threads` logical threads (the kernel strides over
+    /// them, so any grid is correct) with the buffer addresses `args`.
+    fn launch(
+        &mut self,
+        name: &str,
+        function: usize,
+        threads: u64,
+        args: &[DeviceAddr],
+    ) -> Result<(), RuntimeError>;
+    /// Waits for every launch and copy issued so far.
+    fn synchronize(&mut self) -> Result<(), RuntimeError>;
+}
+
+/// A program whose loop kernels are device functions: `threads[f]` is the number of
+/// logical threads function `f` runs over (its domain's element count).
+#[derive(Debug, Clone)]
+pub struct GpuProgram {
+    pub program: Program,
+    pub threads: Vec<u64>,
+}
+
+/// A program's memory on one device: the arena and the constants, uploaded once.
+#[derive(Debug)]
+pub struct Resident {
+    arena: DeviceAddr,
+    constants: DeviceAddr,
+}
+
+impl GpuProgram {
+    /// Checks that every launch is one a device runs (loop kernels and copies) and that
+    /// every function has a thread count.
+    pub fn new(program: Program, threads: Vec<u64>) -> Result<GpuProgram, RuntimeError> {
+        for l in &program.launches {
+            match l {
+                Launch::Loop { function, .. } if *function < threads.len() => {}
+                Launch::Loop { name, function, .. } => {
+                    return Err(RuntimeError::Kernel {
+                        name: name.clone(),
+                        reason: format!("function {function} has no device code"),
+                    });
+                }
+                Launch::Copy { .. } => {}
+                other => {
+                    return Err(RuntimeError::Kernel {
+                        name: other.name().to_string(),
+                        reason: "a runtime CPU kernel cannot run on a GPU (the GPU target lowers every group to a loop kernel)".into(),
+                    });
+                }
+            }
+        }
+        Ok(GpuProgram { program, threads })
+    }
+
+    /// Allocates the arena and uploads the constants (once per program and device).
+    pub fn make_resident(&self, device: &mut dyn Device) -> Result<Resident, RuntimeError> {
+        let arena = device.alloc(self.program.arena_bytes.max(1))?;
+        let blob = self.program.constants.as_slice();
+        let constants = device.alloc(blob.len().max(1))?;
+        device.upload(constants, blob)?;
+        device.synchronize()?;
+        Ok(Resident { arena, constants })
+    }
+
+    fn address(&self, resident: &Resident, buffer: usize) -> DeviceAddr {
+        match self.program.buffers[buffer].place {
+            Place::Arena { offset } => resident.arena + offset as u64,
+            Place::Constant { offset } => resident.constants + offset as u64,
+        }
+    }
+
+    /// Runs the program: copies the inputs in, launches in order, copies the outputs
+    /// out. With `profile`, the time of every launch (synchronized after each) is added
+    /// to it, one entry per launch, as `Program::run` does.
+    pub fn run(
+        &self,
+        device: &mut dyn Device,
+        resident: &Resident,
+        inputs: &[&HostTensor],
+        mut profile: Option<&mut Vec<Duration>>,
+    ) -> Result<Vec<HostTensor>, RuntimeError> {
+        let p = &self.program;
+        if inputs.len() != p.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: p.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        for (spec, t) in p.inputs.iter().zip(inputs) {
+            if spec.elem != t.elem || spec.shape != t.shape {
+                return Err(RuntimeError::InputMismatch {
+                    name: spec.name.clone(),
+                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+                    got: format!("{}{:?}", t.elem.name(), t.shape),
+                });
+            }
+            device.upload(self.address(resident, spec.buffer), &t.bytes)?;
+        }
+        if let Some(times) = profile.as_deref_mut() {
+            times.resize(p.launches.len(), Duration::ZERO);
+        }
+        for (li, launch) in p.launches.iter().enumerate() {
+            let started = Instant::now();
+            match launch {
+                Launch::Loop {
+                    name,
+                    function,
+                    args,
+                    ..
+                } => {
+                    let addrs: Vec<DeviceAddr> =
+                        args.iter().map(|&b| self.address(resident, b)).collect();
+                    let threads = self.threads[*function];
+                    if threads > 0 {
+                        device.launch(name, *function, threads, &addrs)?;
+                    }
+                }
+                Launch::Copy { src, dst, .. } => {
+                    let bytes = p.buffers[*src].bytes();
+                    device.copy(
+                        self.address(resident, *src),
+                        self.address(resident, *dst),
+                        bytes,
+                    )?;
+                }
+                other => {
+                    return Err(RuntimeError::Kernel {
+                        name: other.name().to_string(),
+                        reason: "not a device launch".into(),
+                    });
+                }
+            }
+            if let Some(times) = profile.as_deref_mut() {
+                device.synchronize()?;
+                times[li] += started.elapsed();
+            }
+        }
+        let mut outputs = p.new_outputs();
+        for (spec, t) in p.outputs.iter().zip(&mut outputs) {
+            device.download(self.address(resident, spec.buffer), &mut t.bytes)?;
+        }
+        device.synchronize()?;
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,180 @@
+//! The GPU back end without a GPU: snapshots of the LLVM IR and PTX of the classic
+//! models, and `ptxas --gpu-name sm_90` over every kernel generated for the classic and
+//! light models and the conformance cases (ptxas from the `nvidia-cuda-nvcc-cu12` wheel
+//! that `cargo xtask setup` installs in the test venv).
+#![cfg(feature = "cuda")]
+
+use smelt::smelt_fuse::Kernel;
+use smelt_gpu::{GpuModule, GpuOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn input_shapes(dir: &Path) -> HashMap<String, Vec<usize>> {
+    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
+    io.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0] == "input").then(|| {
+                (
+                    f[1].to_string(),
+                    smelt_runtime::read_npy(&dir.join(f[2])).unwrap().shape,
+                )
+            })
+        })
+        .collect()
+}
+
+/// The classic models of the brief (the text classifier's unrolled LSTM is left out of
+/// the snapshots for its size; ptxas still checks it).
+const CLASSIC: [&str; 5] = [
+    "mlp_784_64_64_1",
+    "mlp_784_128_10",
+    "mnist_cnn",
+    "lenet5_b1",
+    "logistic_regression",
+];
+
+fn gpu_module(dir: &Path) -> GpuModule {
+    let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
+    let compiled = model.compile(&smelt::Options::default()).unwrap();
+    compiled
+        .gpu_module(&input_shapes(dir))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+#[test]
+fn classic_model_llvm_and_ptx() {
+    let models = smelt_tests::require_data("models");
+    for name in CLASSIC {
+        let module = gpu_module(&models.join(name));
+        insta::assert_snapshot!(format!("llvm_{name}"), module.llvm_ir);
+        insta::assert_snapshot!(format!("ptx_{name}"), module.ptx);
+    }
+}
+
+/// `ptxas`: `SMELT_PTXAS`, else the test venv's wheel.
+fn ptxas() -> PathBuf {
+    if let Some(p) = std::env::var_os("SMELT_PTXAS") {
+        return PathBuf::from(p);
+    }
+    let lib = smelt_tests::workspace_root().join("target/smelt-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "ptxas not found under {}: run `cargo xtask setup` (the README's test command does)",
+                lib.display()
+            )
+        })
+}
+
+/// Assembles `ptx` for sm_90 and returns ptxas's complaint, if any.
+fn assemble(ptx: &str, tag: &str) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("smelt-ptxas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join(format!("{tag}.ptx"));
+    std::fs::write(&src, ptx).unwrap();
+    let out = Command::new(ptxas())
+        .args(["--gpu-name", "sm_90", "-o"])
+        .arg(dir.join(format!("{tag}.cubin")))
+        .arg(&src)
+        .output()
+        .expect("ptxas runs");
+    if out.status.success() {
+        let _ = std::fs::remove_file(&src);
+        Ok(())
+    } else {
+        Err(format!(
+            "ptxas rejects {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+#[test]
+fn ptxas_accepts_the_classic_and_light_models() {
+    let models = smelt_tests::require_data("models");
+    let mut names: Vec<String> = std::fs::read_dir(&models)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 17,
+        "every classic and light model: {names:?}"
+    );
+    let mut kernels = 0;
+    for name in &names {
+        let module = gpu_module(&models.join(name));
+        assert!(!module.kernels.is_empty(), "{name} has kernels");
+        assemble(&module.ptx, name).unwrap();
+        kernels += module.kernels.len();
+    }
+    println!(
+        "ptxas assembled {kernels} kernels of {} models",
+        names.len()
+    );
+}
+
+/// Kernels of many cases go into one module (renamed apart), so ptxas runs a few dozen
+/// times rather than once per case.
+const CASES_PER_MODULE: usize = 100;
+
+#[test]
+fn ptxas_accepts_every_conformance_kernel() {
+    let data = smelt_tests::require_data("");
+    let mut cases = smelt_tests::conformance::load_manifest(&data.join("node")).unwrap();
+    cases.extend(smelt_tests::conformance::load_manifest(&data.join("suites")).unwrap());
+    let mut lowered = 0;
+    let mut all: Vec<Kernel> = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        // Cases the GPU target cannot compile (unsupported ops and types) are counted by
+        // the conformance expectations; here every kernel that is generated must assemble.
+        let Ok(model) = smelt::Model::load(case.dir.join("model.onnx")) else {
+            continue;
+        };
+        let Ok(inputs) = smelt_tests::conformance::first_inputs(case) else {
+            continue;
+        };
+        let compiled = model.compile(&smelt::Options::default()).unwrap();
+        let Ok(kernels) = compiled.kernels_for_inputs(&inputs, smelt::Target::GpuEmulator) else {
+            continue;
+        };
+        lowered += 1;
+        for mut k in kernels {
+            k.kernel.name = format!("c{i}_{}", k.kernel.name);
+            all.push(k.kernel);
+        }
+    }
+    assert!(lowered > 1400, "only {lowered} cases lowered");
+    let chunks: Vec<&[Kernel]> = all.chunks(CASES_PER_MODULE * 4).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .enumerate()
+            .map(|(c, chunk)| {
+                s.spawn(move || {
+                    let refs: Vec<&Kernel> = chunk.iter().collect();
+                    let module = smelt_gpu::compile(&refs, &GpuOptions::default())
+                        .unwrap_or_else(|e| panic!("chunk {c}: {e}"));
+                    assemble(&module.ptx, &format!("conformance_{c}"))
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("no panic").unwrap();
+        }
+    });
+    println!(
+        "ptxas assembled {} kernels of {lowered} conformance cases in {} modules",
+        all.len(),
+        chunks.len()
+    );
+}
