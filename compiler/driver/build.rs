@@ -23,6 +23,23 @@ fn main() {
         Some(t) if in_build_dir => t.join("smelt-bundle"),
         _ => out.join("bundle-target"),
     };
+    build_bundle(&root, &target_dir, &[]);
+    copy(
+        &target_dir.join("release/libsmelt_bundle.a"),
+        &out.join("libsmelt_bundle.a"),
+    );
+    // With the GPU target, deployables of GPU models link a runtime with the CUDA device.
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let cuda_dir = target_dir.join("cuda");
+        build_bundle(&root, &cuda_dir, &["--features", "cuda"]);
+        copy(
+            &cuda_dir.join("release/libsmelt_bundle.a"),
+            &out.join("libsmelt_bundle_cuda.a"),
+        );
+    }
+}
+
+fn build_bundle(root: &Path, target_dir: &Path, extra: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args([
@@ -34,8 +51,9 @@ fn main() {
             "--manifest-path",
         ])
         .arg(root.join("runtime/bundle/Cargo.toml"))
+        .args(extra)
         .arg("--target-dir")
-        .arg(&target_dir)
+        .arg(target_dir)
         // Under `cargo clippy` the wrapper would lint instead of just building.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CLIPPY_ARGS")
@@ -43,11 +61,7 @@ fn main() {
         .expect("cargo runs");
     assert!(
         status.success(),
-        "building the runtime library (smelt-bundle) failed"
-    );
-    copy(
-        &target_dir.join("release/libsmelt_bundle.a"),
-        &out.join("libsmelt_bundle.a"),
+        "building the runtime library (smelt-bundle {extra:?}) failed"
     );
 }
 

@@ -99,7 +99,7 @@ impl GpuProgram {
         device: &mut dyn Device,
         resident: &Resident,
         inputs: &[&HostTensor],
-        mut profile: Option<&mut Vec<Duration>>,
+        profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, RuntimeError> {
         let p = &self.program;
         if inputs.len() != p.inputs.len() {
@@ -116,7 +116,59 @@ impl GpuProgram {
                     got: format!("{}{:?}", t.elem.name(), t.shape),
                 });
             }
-            device.upload(self.address(resident, spec.buffer), &t.bytes)?;
+        }
+        let mut outputs = p.new_outputs();
+        let ins: Vec<&[u8]> = inputs.iter().map(|t| t.bytes.as_slice()).collect();
+        let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|t| t.bytes.as_mut_slice()).collect();
+        self.run_bytes(device, resident, &ins, &mut outs, profile)?;
+        Ok(outputs)
+    }
+
+    /// As [`GpuProgram::run`] on raw input and output bytes (in declaration order, each
+    /// exactly as long as its tensor), as the deployable runtime calls it.
+    pub fn run_bytes(
+        &self,
+        device: &mut dyn Device,
+        resident: &Resident,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+        mut profile: Option<&mut Vec<Duration>>,
+    ) -> Result<(), RuntimeError> {
+        let p = &self.program;
+        if inputs.len() != p.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: p.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let sizes = |specs: &[crate::program::IoSpec], given: Vec<usize>, what: &str| {
+            for (spec, len) in specs.iter().zip(given) {
+                let want = p.buffers[spec.buffer].bytes();
+                if len != want {
+                    return Err(RuntimeError::InputMismatch {
+                        name: spec.name.clone(),
+                        expected: format!("{want} {what}"),
+                        got: format!("{len} {what}"),
+                    });
+                }
+            }
+            Ok(())
+        };
+        sizes(&p.inputs, inputs.iter().map(|b| b.len()).collect(), "bytes")?;
+        if outputs.len() != p.outputs.len() {
+            return Err(RuntimeError::OutputMismatch {
+                name: "(outputs)".into(),
+                expected: format!("{} outputs", p.outputs.len()),
+                got: format!("{} outputs", outputs.len()),
+            });
+        }
+        sizes(
+            &p.outputs,
+            outputs.iter().map(|b| b.len()).collect(),
+            "output bytes",
+        )?;
+        for (spec, bytes) in p.inputs.iter().zip(inputs) {
+            device.upload(self.address(resident, spec.buffer), bytes)?;
         }
         if let Some(times) = profile.as_deref_mut() {
             times.resize(p.launches.len(), Duration::ZERO);
@@ -157,11 +209,9 @@ impl GpuProgram {
                 times[li] += started.elapsed();
             }
         }
-        let mut outputs = p.new_outputs();
-        for (spec, t) in p.outputs.iter().zip(&mut outputs) {
-            device.download(self.address(resident, spec.buffer), &mut t.bytes)?;
+        for (spec, out) in p.outputs.iter().zip(outputs.iter_mut()) {
+            device.download(self.address(resident, spec.buffer), out)?;
         }
-        device.synchronize()?;
-        Ok(outputs)
+        device.synchronize()
     }
 }

@@ -34,6 +34,25 @@ pub struct ManifestProto {
     /// Default thread count (0: every available core).
     #[prost(uint32, tag = "12")]
     pub threads: u32,
+    /// For a model compiled for an NVIDIA GPU: its PTX module and kernels (the launches'
+    /// functions index `symbols`).
+    #[prost(message, optional, tag = "13")]
+    pub gpu: Option<GpuProto>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GpuProto {
+    /// The architecture the PTX is for, e.g. `sm_90`.
+    #[prost(string, tag = "1")]
+    pub arch: String,
+    #[prost(string, tag = "2")]
+    pub ptx: String,
+    /// Entry symbol of every function.
+    #[prost(string, repeated, tag = "3")]
+    pub symbols: Vec<String>,
+    /// Logical threads of every function.
+    #[prost(uint64, repeated, tag = "4")]
+    pub threads: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -155,6 +174,7 @@ impl Program {
             cpu_features: cpu_features.to_vec(),
             smelt_version: env!("CARGO_PKG_VERSION").to_string(),
             threads,
+            gpu: None,
         }
     }
 

@@ -336,6 +336,48 @@ pub fn counts(results: &[CaseResult]) -> (usize, usize, usize, usize) {
     (node.len(), pass(&node), suite.len(), pass(&suite))
 }
 
+/// Compares a run with its runtime's expectations file, printing the counts and the
+/// cases that pass but are not marked pass; an error lists the cases marked pass that
+/// failed, or cases the expectations list that the data lacks.
+pub fn check_against_expectations(runtime: Runtime, results: &[CaseResult]) -> Result<(), String> {
+    let (node, node_pass, suite, suite_pass) = counts(results);
+    println!(
+        "{}: {node_pass} of {node} node cases pass, {suite_pass} of {suite} suite models",
+        runtime.name()
+    );
+    let expected = load_expectations(&expectations_path(runtime))?;
+    let d = check(results, &expected);
+    if !d.unexpected_passes.is_empty() {
+        println!(
+            "{} cases pass but are not marked pass (update the expectations):",
+            d.unexpected_passes.len()
+        );
+        for n in &d.unexpected_passes {
+            println!("  {n}");
+        }
+    }
+    if !d.regressions.is_empty() {
+        let lines: Vec<String> = d
+            .regressions
+            .iter()
+            .map(|(n, e)| format!("  {n}: {e}"))
+            .collect();
+        return Err(format!(
+            "{} cases marked pass now fail on {}:\n{}",
+            lines.len(),
+            runtime.name(),
+            lines.join("\n")
+        ));
+    }
+    if !d.stale.is_empty() {
+        return Err(format!(
+            "expectations list cases the data lacks: {:?}",
+            d.stale
+        ));
+    }
+    Ok(())
+}
+
 /// How a run disagrees with the expectations.
 #[derive(Debug, Default)]
 pub struct Disagreement {

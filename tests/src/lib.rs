@@ -61,3 +61,42 @@ pub fn model_names() -> Vec<String> {
     names.sort();
     names
 }
+
+/// Input shapes of a generated model case (`target/onnx-data/models/NAME`), read from
+/// its `.npy` inputs as listed in its `io.tsv`.
+pub fn model_input_shapes(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<usize>> {
+    let io = std::fs::read_to_string(dir.join("io.tsv"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    io.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0] == "input").then(|| {
+                let t = smelt_runtime::read_npy(&dir.join(f[2]))
+                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+                (f[1].to_string(), t.shape)
+            })
+        })
+        .collect()
+}
+
+/// `ptxas`: `SMELT_PTXAS`, else the one the `nvidia-cuda-nvcc-cu12` wheel put in the
+/// test venv (`cargo xtask setup`).
+pub fn ptxas() -> PathBuf {
+    if let Some(p) = std::env::var_os("SMELT_PTXAS") {
+        return PathBuf::from(p);
+    }
+    let lib = workspace_root().join("target/smelt-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "ptxas not found under {}: run `cargo xtask setup` (the README's test command does)",
+                lib.display()
+            )
+        })
+}

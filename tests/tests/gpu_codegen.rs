@@ -6,24 +6,8 @@
 
 use smelt::smelt_fuse::Kernel;
 use smelt_gpu::{GpuModule, GpuOptions};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn input_shapes(dir: &Path) -> HashMap<String, Vec<usize>> {
-    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
-    io.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[0] == "input").then(|| {
-                (
-                    f[1].to_string(),
-                    smelt_runtime::read_npy(&dir.join(f[2])).unwrap().shape,
-                )
-            })
-        })
-        .collect()
-}
 
 /// The classic models of the brief (the text classifier's unrolled LSTM is left out of
 /// the snapshots for its size; ptxas still checks it).
@@ -39,7 +23,7 @@ fn gpu_module(dir: &Path) -> GpuModule {
     let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
     let compiled = model.compile(&smelt::Options::default()).unwrap();
     compiled
-        .gpu_module(&input_shapes(dir))
+        .gpu_module(&smelt_tests::model_input_shapes(dir))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
@@ -53,34 +37,13 @@ fn classic_model_llvm_and_ptx() {
     }
 }
 
-/// `ptxas`: `SMELT_PTXAS`, else the test venv's wheel.
-fn ptxas() -> PathBuf {
-    if let Some(p) = std::env::var_os("SMELT_PTXAS") {
-        return PathBuf::from(p);
-    }
-    let lib = smelt_tests::workspace_root().join("target/smelt-venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "ptxas not found under {}: run `cargo xtask setup` (the README's test command does)",
-                lib.display()
-            )
-        })
-}
-
 /// Assembles `ptx` for sm_90 and returns ptxas's complaint, if any.
 fn assemble(ptx: &str, tag: &str) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("smelt-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join(format!("{tag}.ptx"));
     std::fs::write(&src, ptx).unwrap();
-    let out = Command::new(ptxas())
+    let out = Command::new(smelt_tests::ptxas())
         .args(["--gpu-name", "sm_90", "-o"])
         .arg(dir.join(format!("{tag}.cubin")))
         .arg(&src)
@@ -101,11 +64,7 @@ fn assemble(ptx: &str, tag: &str) -> Result<(), String> {
 #[test]
 fn ptxas_accepts_the_classic_and_light_models() {
     let models = smelt_tests::require_data("models");
-    let mut names: Vec<String> = std::fs::read_dir(&models)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = smelt_tests::model_names();
     assert!(
         names.len() >= 17,
         "every classic and light model: {names:?}"

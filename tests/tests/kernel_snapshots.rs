@@ -2,23 +2,6 @@
 //! change in what fusion and the CPU back end emit shows up in review. (The text
 //! classifier is left out: its unrolled LSTM makes hundreds of kernels.)
 
-use std::collections::HashMap;
-
-fn input_shapes(dir: &std::path::Path) -> HashMap<String, Vec<usize>> {
-    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
-    io.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[0] == "input").then(|| {
-                (
-                    f[1].to_string(),
-                    smelt_runtime::read_npy(&dir.join(f[2])).unwrap().shape,
-                )
-            })
-        })
-        .collect()
-}
-
 const CLASSIC: [&str; 7] = [
     "mlp_784_64_64_1",
     "mlp_784_128_10",
@@ -36,7 +19,9 @@ fn classic_model_kernels() {
         let dir = models.join(name);
         let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
         let compiled = model.compile(&smelt::Options::default()).unwrap();
-        let exe = compiled.executable_for_shapes(&input_shapes(&dir)).unwrap();
+        let exe = compiled
+            .executable_for_shapes(&smelt_tests::model_input_shapes(&dir))
+            .unwrap();
         insta::assert_snapshot!(format!("kernel_ir_{name}"), exe.kernel_text());
         let clif: Vec<String> = exe
             .kernels
@@ -58,7 +43,9 @@ fn mnist_cnn_fuses_conv_bias_relu_and_softmax() {
     let dir = smelt_tests::require_data("models").join("mnist_cnn");
     let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
     let compiled = model.compile(&smelt::Options::default()).unwrap();
-    let exe = compiled.executable_for_shapes(&input_shapes(&dir)).unwrap();
+    let exe = compiled
+        .executable_for_shapes(&smelt_tests::model_input_shapes(&dir))
+        .unwrap();
     let convs: Vec<&smelt_fuse::Kernel> = exe
         .kernels
         .iter()

@@ -2,23 +2,6 @@
 //! change in what the optimizer produces shows up in review.
 
 use smelt_ir::text::{PrintOptions, print_graph};
-use std::collections::HashMap;
-
-/// Input shapes of a generated model case, read from its `.npy` inputs.
-fn input_shapes(dir: &std::path::Path) -> HashMap<String, Vec<usize>> {
-    let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
-    io.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f[0] == "input").then(|| {
-                (
-                    f[1].to_string(),
-                    smelt_runtime::read_npy(&dir.join(f[2])).unwrap().shape,
-                )
-            })
-        })
-        .collect()
-}
 
 #[test]
 fn optimized_model_graphs() {
@@ -33,7 +16,7 @@ fn optimized_model_graphs() {
         let dir = models.join(&name);
         let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
         let e = model
-            .explain(smelt::Stage::Opt, &input_shapes(&dir))
+            .explain(smelt::Stage::Opt, &smelt_tests::model_input_shapes(&dir))
             .unwrap();
         let before: usize = e.before.values().sum();
         let after: usize = e.after.values().sum();

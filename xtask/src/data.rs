@@ -21,6 +21,20 @@ fn python_has_venv() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Installs a requirements file into the venv of `python`.
+fn pip_install(python: &Path, requirements: &Path) -> Result<()> {
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(requirements))
+}
+
 /// Creates (or reuses) the venv and returns its python.
 pub fn venv(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/smelt-venv");
@@ -45,16 +59,7 @@ pub fn venv(root: &Path) -> Result<PathBuf> {
     if !python.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
     }
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(&requirements))?;
+    pip_install(&python, &requirements)?;
     std::fs::write(&stamp, wanted)?;
     Ok(python)
 }
@@ -103,16 +108,7 @@ pub fn ensure_gpu_tools(root: &Path, python: &Path) -> Result<PathBuf> {
     let venv = root.join("target/smelt-venv");
     let stamp = venv.join("smelt-gpu-requirements.txt");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements))?;
+        pip_install(python, &requirements)?;
         std::fs::write(&stamp, &wanted)?;
     }
     ptxas_in(&venv).with_context(|| {

@@ -88,6 +88,13 @@ enum Command {
         /// Skip the optimizer.
         #[arg(long)]
         no_opt: bool,
+        /// Where the code runs: cpu, or cuda (the deployable embeds PTX and needs the
+        /// NVIDIA driver and a GPU where it runs; a build with the feature `cuda`).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        target: String,
+        /// The GPU architecture for --target cuda.
+        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
+        gpu_arch: String,
     },
     /// Measure a model's latency on compiled code.
     Bench {
@@ -367,32 +374,45 @@ fn explain(
     Ok(())
 }
 
-fn compile(
-    path: &PathBuf,
-    output: &std::path::Path,
+/// The options of `smelt compile`, checked.
+fn aot_options(
     emit: &str,
     input_shapes: &[String],
     cpu: &str,
     threads: Option<usize>,
     optimize: bool,
-) -> Result<()> {
+    target: smelt::Target,
+    gpu_arch: &str,
+) -> Result<smelt::aot::AotOptions> {
     use smelt::aot::{AotOptions, Emit};
-    let model = Model::load(path)?;
-    let opts = AotOptions {
+    Ok(AotOptions {
         emit: Emit::parse(emit).ok_or_else(|| anyhow!("--emit: unknown kind '{emit}'"))?,
         cpu: smelt::smelt_cpu::object::CpuTarget::parse(cpu)
             .ok_or_else(|| anyhow!("--cpu: unknown target '{cpu}'"))?,
         threads,
         input_shapes: parse_shapes(input_shapes)?,
         optimize,
-    };
-    let a = model.compile_to(output, &opts)?;
+        target,
+        gpu: smelt::smelt_gpu::GpuOptions {
+            arch: gpu_arch.to_string(),
+        },
+    })
+}
+
+fn compile(path: &PathBuf, output: &std::path::Path, opts: &smelt::aot::AotOptions) -> Result<()> {
+    let model = Model::load(path)?;
+    let a = model.compile_to(output, opts)?;
     for f in &a.files {
         println!("wrote {}", f.display());
     }
+    let runs_on = if opts.target == smelt::Target::Cuda {
+        format!("cuda {}", opts.gpu.arch)
+    } else {
+        format!("cpu {}", opts.cpu.name())
+    };
     println!(
-        "model smelt_{}_model: {} kernels, {} bytes of constants, {} bytes of scratch, cpu {}",
-        a.name, a.kernels, a.constant_bytes, a.scratch_bytes, cpu
+        "model smelt_{}_model: {} kernels, {} bytes of constants, {} bytes of scratch, {runs_on}",
+        a.name, a.kernels, a.constant_bytes, a.scratch_bytes
     );
     Ok(())
 }
@@ -511,7 +531,12 @@ fn main() -> ExitCode {
             cpu,
             threads,
             no_opt,
-        } => compile(model, output, emit, input_shapes, cpu, *threads, !no_opt),
+            target: target_name,
+            gpu_arch,
+        } => target(target_name).and_then(|target| {
+            let opts = aot_options(emit, input_shapes, cpu, *threads, !no_opt, target, gpu_arch)?;
+            compile(model, output, &opts)
+        }),
         Command::Bench {
             model,
             inputs,

@@ -45,6 +45,10 @@ fn compile(model: &Path, out: &Path, extra: &[&str]) {
 /// Compiles a generated model case to an executable, runs it on the case's inputs and
 /// compares with onnxruntime's outputs (the tolerances of the model tests).
 fn exe_matches_onnxruntime(name: &str) {
+    exe_matches_onnxruntime_with(name, &[]);
+}
+
+fn exe_matches_onnxruntime_with(name: &str, compile_args: &[&str]) {
     let dir = smelt_tests::require_data("models").join(name);
     let work = workdir(name);
     let exe = work.join(name);
@@ -66,7 +70,7 @@ fn exe_matches_onnxruntime(name: &str) {
             _ => panic!("bad io.tsv line {line}"),
         }
     }
-    let mut extra = Vec::new();
+    let mut extra = compile_args.to_vec();
     for s in &shapes {
         extra.push("--input-shape");
         extra.push(s.as_str());
@@ -82,6 +86,57 @@ fn exe_matches_onnxruntime(name: &str) {
         .unwrap();
         compare(&want, &got, 1e-4, 1e-5).unwrap_or_else(|e| panic!("{name}, output {output}: {e}"));
     }
+}
+
+/// `--target cuda`: the executable embeds the PTX and links no CUDA library (the driver
+/// is loaded at run time); where a GPU and its driver are present it matches
+/// onnxruntime, elsewhere it says the driver is missing, in one line with status 2.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_executable_embeds_ptx_and_needs_only_the_driver() {
+    if smelt::smelt_runtime::cuda::driver_present() {
+        exe_matches_onnxruntime_with("mnist_cnn", &["--target", "cuda"]);
+        return;
+    }
+    let dir = smelt_tests::require_data("models").join("mnist_cnn");
+    let work = workdir("cuda-exe");
+    let exe = work.join("mnist_cuda");
+    let out = ok(&smelt(&[
+        "compile",
+        dir.join("model.onnx").to_str().unwrap(),
+        "-o",
+        exe.to_str().unwrap(),
+        "--target",
+        "cuda",
+        "--input-shape",
+        "x=1,1,28,28",
+    ]));
+    assert!(
+        out.contains("8 kernels") && out.contains("cuda sm_90"),
+        "{out}"
+    );
+    let bytes = std::fs::read(&exe).unwrap();
+    let needle = b".target sm_90";
+    assert!(
+        bytes.windows(needle.len()).any(|w| w == needle),
+        "no PTX in the executable"
+    );
+    let info = ok(&Command::new(&exe).arg("--info").output().unwrap());
+    assert!(
+        info.contains("gpu: cuda sm_90 (8 kernels of PTX)"),
+        "{info}"
+    );
+    let ldd = ok(&Command::new("ldd").arg(&exe).output().unwrap());
+    assert!(!ldd.contains("cuda"), "{ldd}");
+    let run = Command::new(&exe)
+        .arg("--input")
+        .arg(format!("x={}", dir.join("input_0.npy").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("libcuda.so"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[test]

@@ -73,25 +73,32 @@ macro_rules! model_tests {
     )*};
 }
 
-model_tests!(
-    mlp_784_64_64_1,
-    mlp_784_128_10,
-    mnist_cnn,
-    lenet5_b1,
-    lenet5_b4,
-    logistic_regression,
-    text_classifier,
-    worked_check,
-    light_bvlc_alexnet,
-    light_densenet121,
-    light_inception_v1,
-    light_inception_v2,
-    light_resnet50,
-    light_shufflenet,
-    light_squeezenet,
-    light_vgg19,
-    light_zfnet512,
-);
+/// Calls `$tests!` with every classic and light model.
+macro_rules! every_model {
+    ($tests:ident) => {
+        $tests!(
+            mlp_784_64_64_1,
+            mlp_784_128_10,
+            mnist_cnn,
+            lenet5_b1,
+            lenet5_b4,
+            logistic_regression,
+            text_classifier,
+            worked_check,
+            light_bvlc_alexnet,
+            light_densenet121,
+            light_inception_v1,
+            light_inception_v2,
+            light_resnet50,
+            light_shufflenet,
+            light_squeezenet,
+            light_vgg19,
+            light_zfnet512,
+        );
+    };
+}
+
+every_model!(model_tests);
 
 /// The GPU target: the emulated device here (`--target gpu-emulator`), the first CUDA
 /// GPU with `SMELT_GPU_RUNTIME=cuda` (what `cargo xtask gpu-check` runs).
@@ -110,25 +117,7 @@ mod gpu {
         )*};
     }
 
-    gpu_model_tests!(
-        mlp_784_64_64_1,
-        mlp_784_128_10,
-        mnist_cnn,
-        lenet5_b1,
-        lenet5_b4,
-        logistic_regression,
-        text_classifier,
-        worked_check,
-        light_bvlc_alexnet,
-        light_densenet121,
-        light_inception_v1,
-        light_inception_v2,
-        light_resnet50,
-        light_shufflenet,
-        light_squeezenet,
-        light_vgg19,
-        light_zfnet512,
-    );
+    every_model!(gpu_model_tests);
 
     fn mnist() -> std::path::PathBuf {
         smelt_tests::require_data("models").join("mnist_cnn/model.onnx")
@@ -159,17 +148,7 @@ mod gpu {
             "{llvm}"
         );
         assert_eq!(llvm.matches("\ndefine void @k").count(), 8, "{llvm}");
-        let ptxas = std::env::var("SMELT_PTXAS")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| {
-                let lib = smelt_tests::workspace_root().join("target/smelt-venv/lib");
-                std::fs::read_dir(&lib)
-                    .unwrap()
-                    .flatten()
-                    .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
-                    .find(|p| p.is_file())
-                    .expect("ptxas in the test venv (cargo xtask setup)")
-            });
+        let ptxas = smelt_tests::ptxas();
         let cubin = super::tempdir("ptx-pipe").join("mnist.cubin");
         let mut child = std::process::Command::new(ptxas)
             .args(["--gpu-name", "sm_90", "-o"])

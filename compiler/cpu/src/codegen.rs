@@ -2577,11 +2577,11 @@ impl<M: Module> Gen<'_, '_, M> {
             }
             if dst.is_unsigned_int() {
                 let v = b.ins().fcvt_to_uint_sat(types::I64, wide);
-                let max = b.ins().iconst(types::I64, unsigned_max(dst));
+                let max = b.ins().iconst(types::I64, dst.int_limits().1);
                 return Ok(b.ins().umin(v, max));
             }
             let v = b.ins().fcvt_to_sint_sat(types::I64, wide);
-            let (lo, hi) = signed_range(dst);
+            let (lo, hi) = dst.int_limits();
             let lo = b.ins().iconst(types::I64, lo);
             let hi = b.ins().iconst(types::I64, hi);
             let v = b.ins().smax(v, lo);
@@ -2610,24 +2610,6 @@ impl<M: Module> Gen<'_, '_, M> {
             return self.round_half(v, dst);
         }
         Ok(self.wrap(wide, dst))
-    }
-}
-
-fn unsigned_max(d: DType) -> i64 {
-    match d {
-        DType::U8 => u8::MAX as i64,
-        DType::U16 => u16::MAX as i64,
-        DType::U32 => u32::MAX as i64,
-        _ => -1,
-    }
-}
-
-fn signed_range(d: DType) -> (i64, i64) {
-    match d {
-        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
-        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
-        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-        _ => (i64::MIN, i64::MAX),
     }
 }
 

@@ -16,6 +16,11 @@ use std::process::Command;
 /// The runtime library linked into every deployable.
 pub static RUNTIME_LIBRARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libsmelt_bundle.a"));
 
+/// The runtime library with the CUDA device, for models compiled for a GPU.
+#[cfg(feature = "cuda")]
+pub static RUNTIME_LIBRARY_CUDA: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/libsmelt_bundle_cuda.a"));
+
 /// What `smelt compile` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Emit {
@@ -47,6 +52,9 @@ pub struct AotOptions {
     pub threads: Option<usize>,
     pub input_shapes: HashMap<String, Vec<usize>>,
     pub optimize: bool,
+    /// `Target::Cuda` embeds the PTX; the deployable needs the NVIDIA driver and a GPU.
+    pub target: crate::Target,
+    pub gpu: smelt_gpu::GpuOptions,
 }
 
 /// What was written.
@@ -131,26 +139,54 @@ impl Model {
             smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
                 .run(&mut graph)?;
         }
+        let gpu = match opts.target {
+            crate::Target::Cpu => false,
+            crate::Target::Cuda => true,
+            crate::Target::GpuEmulator => {
+                return Err(SmeltError::Compile(
+                    "the GPU emulator is for checking the compiler; deployables target cpu or cuda"
+                        .into(),
+                ));
+            }
+        };
+        let runtime_library = runtime_library(gpu)?;
         let lowered = lower_graph(
             &graph,
             &imported.input_names,
             &imported.output_names,
-            smelt_fuse::LowerTarget::Cpu,
+            if gpu {
+                smelt_fuse::LowerTarget::Gpu
+            } else {
+                smelt_fuse::LowerTarget::Cpu
+            },
         )?;
         let program = &lowered.program;
         let name = c_name(out, opts.emit);
-        let manifest = program
-            .manifest(
-                &self.info().graph_name,
-                opts.cpu.name(),
-                &opts.cpu.features(),
-                opts.threads.unwrap_or(0) as u32,
-            )
-            .encode_bytes();
+        // A GPU model's host code is the runtime alone: it needs no CPU features.
+        let cpu_features = if gpu { Vec::new() } else { opts.cpu.features() };
+        let mut manifest = program.manifest(
+            &self.info().graph_name,
+            opts.cpu.name(),
+            &cpu_features,
+            opts.threads.unwrap_or(0) as u32,
+        );
+        let cpu_kernels = if gpu {
+            let module = smelt_gpu::compile(&lowered.function_kernels(), &opts.gpu)?;
+            manifest.gpu = Some(smelt_runtime::manifest::GpuProto {
+                arch: module.arch.clone(),
+                ptx: module.ptx,
+                symbols: module.kernels.iter().map(|k| k.symbol.clone()).collect(),
+                threads: module.kernels.iter().map(|k| k.threads).collect(),
+            });
+            Vec::new()
+        } else {
+            lowered.function_kernels()
+        };
+        let manifest = manifest.encode_bytes();
         let object = emit_object(
             &ObjectParts {
                 name: &name,
-                kernels: &lowered.function_kernels(),
+                kernels: &cpu_kernels,
                 manifest: &manifest,
                 constants: program.constants.as_slice(),
                 main: opts.emit == Emit::Exe,
@@ -174,10 +210,10 @@ impl Model {
                 let obj_path = tmp.join(format!("{name}.o"));
                 let lib_path = tmp.join("libsmelt_runtime.a");
                 std::fs::write(&obj_path, &object).map_err(|e| io_err("writing", &obj_path, e))?;
-                std::fs::write(&lib_path, RUNTIME_LIBRARY)
+                std::fs::write(&lib_path, runtime_library)
                     .map_err(|e| io_err("writing", &lib_path, e))?;
                 let result = if opts.emit == Emit::Lib {
-                    write_library(out, &object, &name)
+                    write_library(out, &object, &name, runtime_library)
                 } else {
                     run_tool(
                         Command::new("cc")
@@ -214,14 +250,13 @@ static OBJECT_READER: ar_archive_writer::ObjectReader = ar_archive_writer::DEFAU
 
 /// `libNAME.a`: the runtime library's members plus the model's object, with a symbol
 /// index written as rustc writes it (GNU `ar` re-indexing mangles Rust archives).
-fn write_library(out: &Path, object: &[u8], name: &str) -> Result<()> {
+fn write_library(out: &Path, object: &[u8], name: &str, runtime: &[u8]) -> Result<()> {
     let bad = |e: &dyn std::fmt::Display| SmeltError::Compile(format!("runtime library: {e}"));
-    let archive =
-        object::read::archive::ArchiveFile::parse(RUNTIME_LIBRARY).map_err(|e| bad(&e))?;
+    let archive = object::read::archive::ArchiveFile::parse(runtime).map_err(|e| bad(&e))?;
     let mut members = Vec::new();
     for m in archive.members() {
         let m = m.map_err(|e| bad(&e))?;
-        let data = m.data(RUNTIME_LIBRARY).map_err(|e| bad(&e))?;
+        let data = m.data(runtime).map_err(|e| bad(&e))?;
         let member_name = String::from_utf8_lossy(m.name()).into_owned();
         members.push(ar_archive_writer::NewArchiveMember::new(
             data,
@@ -244,6 +279,17 @@ fn write_library(out: &Path, object: &[u8], name: &str) -> Result<()> {
     )
     .map_err(|e| bad(&e))?;
     std::fs::write(out, buf.into_inner()).map_err(|e| io_err("writing", out, e))
+}
+
+/// The runtime library a deployable links: the one with the CUDA device for GPU models.
+fn runtime_library(gpu: bool) -> Result<&'static [u8]> {
+    if !gpu {
+        return Ok(RUNTIME_LIBRARY);
+    }
+    #[cfg(feature = "cuda")]
+    return Ok(RUNTIME_LIBRARY_CUDA);
+    #[cfg(not(feature = "cuda"))]
+    Err(smelt_gpu::GpuError::NotBuilt.into())
 }
 
 /// A private directory next to the output for intermediate files.

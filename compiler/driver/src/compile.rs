@@ -376,14 +376,24 @@ pub(crate) fn compile_graph(
 /// The program on the first CUDA GPU, its module loaded and its memory allocated.
 #[cfg(feature = "cuda")]
 fn cuda_run(program: &Program, module: &smelt_gpu::GpuModule) -> Result<GpuRun, SmeltError> {
-    let threads = module.kernels.iter().map(|k| k.threads).collect();
     let symbols: Vec<String> = module.kernels.iter().map(|k| k.symbol.clone()).collect();
+    let device = smelt_runtime::cuda::CudaDevice::new(0, &module.ptx, &symbols)?;
+    gpu_run(program, &module.kernels, Box::new(device))
+}
+
+/// The program on `device`, its memory allocated and its constants uploaded.
+#[cfg(feature = "cuda")]
+fn gpu_run(
+    program: &Program,
+    kernels: &[smelt_gpu::GpuKernelCode],
+    mut device: Box<dyn smelt_runtime::gpu::Device + Send>,
+) -> Result<GpuRun, SmeltError> {
+    let threads = kernels.iter().map(|k| k.threads).collect();
     let program = smelt_runtime::gpu::GpuProgram::new(program.clone(), threads)?;
-    let mut device = smelt_runtime::cuda::CudaDevice::new(0, &module.ptx, &symbols)?;
-    let resident = program.make_resident(&mut device)?;
+    let resident = program.make_resident(device.as_mut())?;
     Ok(GpuRun {
         program,
-        device: Box::new(device),
+        device,
         resident,
     })
 }
@@ -397,15 +407,8 @@ fn cuda_run(_program: &Program, _module: &smelt_gpu::GpuModule) -> Result<GpuRun
 #[cfg(feature = "cuda")]
 fn emulated_run(lowered: &Lowered) -> Result<GpuRun, SmeltError> {
     let (code, entries) = smelt_gpu::host_code(&lowered.function_kernels())?;
-    let threads = entries.iter().map(|k| k.threads).collect();
-    let program = smelt_runtime::gpu::GpuProgram::new(lowered.program.clone(), threads)?;
-    let mut device = smelt_gpu::emulate::HostDevice::new(code);
-    let resident = program.make_resident(&mut device)?;
-    Ok(GpuRun {
-        program,
-        device: Box::new(device),
-        resident,
-    })
+    let device = smelt_gpu::emulate::HostDevice::new(code);
+    gpu_run(&lowered.program, &entries, Box::new(device))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -191,17 +191,30 @@ pub fn emit_kernel<'ctx>(
         .map_err(llvm)?;
     b.build_conditional_branch(more, body, exit).map_err(llvm)?;
     b.position_at_end(body);
-    // The element's coordinates, innermost axis fastest.
+    // The element's coordinates, innermost axis fastest: in 32 bits when the domain
+    // fits, as 64-bit division is several times slower on the GPU.
+    let narrow = total <= i32::MAX as u64;
+    let index_type = if narrow { ctx.i32_type() } else { i64t };
+    let mut rest = if narrow {
+        b.build_int_truncate(iv, index_type, "").map_err(llvm)?
+    } else {
+        iv
+    };
     let mut vars = vec![i64t.const_zero(); nest.domain.len()];
-    let mut rest = iv;
     for k in (0..nest.domain.len()).rev() {
-        let d = i64t.const_int(nest.domain[k] as u64, false);
-        if k == 0 {
-            vars[k] = rest;
+        let d = index_type.const_int(nest.domain[k] as u64, false);
+        let coordinate = if k == 0 {
+            rest
         } else {
-            vars[k] = b.build_int_unsigned_rem(rest, d, "").map_err(llvm)?;
+            let c = b.build_int_unsigned_rem(rest, d, "").map_err(llvm)?;
             rest = b.build_int_unsigned_div(rest, d, "").map_err(llvm)?;
-        }
+            c
+        };
+        vars[k] = if narrow {
+            b.build_int_z_extend(coordinate, i64t, "").map_err(llvm)?
+        } else {
+            coordinate
+        };
     }
     let mut em = Emitter {
         ctx,
@@ -333,6 +346,16 @@ impl<'ctx> Emitter<'_, 'ctx> {
         if let Some(v) = self.values[e as usize] {
             return Ok(v);
         }
+        for x in self.uncomputed_cone(e) {
+            let v = self.emit(x)?;
+            self.set(x, v);
+        }
+        Ok(self.value(e))
+    }
+
+    /// What `e` needs that has no value in the current scope (`e` included), in
+    /// evaluation order; a reduction's body is not entered (its loop computes it).
+    fn uncomputed_cone(&self, e: ExprId) -> Vec<ExprId> {
         let mut cone = Vec::new();
         let mut seen = HashSet::new();
         let mut stack = vec![e];
@@ -346,11 +369,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
             }
         }
         cone.sort_unstable();
-        for x in cone {
-            let v = self.emit(x)?;
-            self.set(x, v);
-        }
-        Ok(self.value(e))
+        cone
     }
 
     fn emit(&mut self, e: ExprId) -> R<BasicValueEnum<'ctx>> {
@@ -1153,11 +1172,11 @@ impl<'ctx> Emitter<'_, 'ctx> {
                 if dst == DType::U64 {
                     return Ok(v.into());
                 }
-                let max = i64t.const_int(unsigned_max(dst) as u64, false);
+                let max = i64t.const_int(dst.int_limits().1 as u64, false);
                 return self.intrinsic("umin", &[v.into(), max.into()]);
             }
             let v = self.call("llvm.fptosi.sat.i64.f64", i64t.into(), &[wide.into()])?;
-            let (lo, hi) = signed_range(dst);
+            let (lo, hi) = dst.int_limits();
             let v = self.intrinsic("smax", &[v, i64t.const_int(lo as u64, true).into()])?;
             return self.intrinsic("smin", &[v, i64t.const_int(hi as u64, true).into()]);
         }
@@ -1323,20 +1342,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
             return Ok(if arg { i64t.const_zero().into() } else { init });
         }
         // Hoist the invariant part of the body.
-        let mut cone = Vec::new();
-        let mut seen = HashSet::new();
-        let mut stack = vec![body];
-        while let Some(x) = stack.pop() {
-            if self.values[x as usize].is_some() || !seen.insert(x) {
-                continue;
-            }
-            cone.push(x);
-            if !matches!(self.nest.node(x).expr, Expr::Reduce { .. }) {
-                stack.extend(self.nest.operands(x));
-            }
-        }
-        cone.sort_unstable();
-        for x in cone {
+        for x in self.uncomputed_cone(body) {
             let varies = self.free[x as usize].contains(&var);
             let bound = self.free[x as usize]
                 .iter()
@@ -1419,23 +1425,5 @@ fn int_predicate(op: BinaryOp, unsigned: bool) -> IntPredicate {
         (BinaryOp::LessEqual, true) => IntPredicate::ULE,
         (BinaryOp::Greater, true) => IntPredicate::UGT,
         _ => IntPredicate::UGE,
-    }
-}
-
-fn unsigned_max(d: DType) -> i64 {
-    match d {
-        DType::U8 => u8::MAX as i64,
-        DType::U16 => u16::MAX as i64,
-        DType::U32 => u32::MAX as i64,
-        _ => -1,
-    }
-}
-
-fn signed_range(d: DType) -> (i64, i64) {
-    match d {
-        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
-        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
-        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-        _ => (i64::MIN, i64::MAX),
     }
 }

@@ -89,6 +89,22 @@ impl DType {
         matches!(self, DType::U8 | DType::U16 | DType::U32 | DType::U64)
     }
 
+    /// The values of an integer type as i64 bit patterns, `(lowest, highest)`: what a
+    /// saturating cast from float clamps to. u64's highest is all ones (-1); types
+    /// that are not 8- to 32-bit integers give i64's range.
+    pub fn int_limits(self) -> (i64, i64) {
+        match self {
+            DType::I8 => (i8::MIN as i64, i8::MAX as i64),
+            DType::I16 => (i16::MIN as i64, i16::MAX as i64),
+            DType::I32 => (i32::MIN as i64, i32::MAX as i64),
+            DType::U8 => (0, u8::MAX as i64),
+            DType::U16 => (0, u16::MAX as i64),
+            DType::U32 => (0, u32::MAX as i64),
+            DType::U64 => (0, -1),
+            _ => (i64::MIN, i64::MAX),
+        }
+    }
+
     pub fn is_bool(self) -> bool {
         self == DType::Bool
     }

@@ -134,11 +134,14 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
         for s in &p.outputs {
             println!("  {}: {}[{}]", s.name, s.elem.name(), shape_text(&s.shape));
         }
-        println!(
-            "cpu: {} ({})",
-            m.manifest.cpu,
-            m.manifest.cpu_features.join(", ")
-        );
+        match &m.manifest.gpu {
+            Some(g) => println!("gpu: cuda {} ({} kernels of PTX)", g.arch, g.symbols.len()),
+            None => println!(
+                "cpu: {} ({})",
+                m.manifest.cpu,
+                m.manifest.cpu_features.join(", ")
+            ),
+        }
         println!(
             "constants: {} bytes; scratch: {} bytes",
             p.constants.as_slice().len(),

@@ -6,6 +6,8 @@
 //! point reports failure as a status code; `smelt_last_error` gives the message.
 
 mod exe;
+#[cfg(feature = "cuda")]
+mod gpu;
 
 use smelt_runtime::manifest::ManifestProto;
 use smelt_runtime::pool::ThreadPool;
@@ -48,6 +50,9 @@ pub struct Loaded {
     names: Vec<CString>,
     /// Input then output shapes.
     shapes: Vec<Vec<usize>>,
+    /// A model compiled for an NVIDIA GPU runs there instead.
+    #[cfg(feature = "cuda")]
+    gpu: Option<gpu::GpuModel>,
 }
 
 impl Loaded {
@@ -62,6 +67,10 @@ impl Loaded {
         outputs: &mut [&mut [u8]],
         arena: &mut [u8],
     ) -> Result<(), String> {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            return g.run(inputs, outputs);
+        }
         let f = |i: usize| self.function(i);
         self.program
             .run_in(&f, pool, inputs, outputs, arena, None)
@@ -112,6 +121,18 @@ pub unsafe fn load(desc: *const SmeltModel) -> Result<&'static Loaded, String> {
         Constants::Owned(b)
     };
     let program = Program::from_manifest(&manifest, constants)?;
+    #[cfg(feature = "cuda")]
+    let gpu = match &manifest.gpu {
+        Some(g) => Some(gpu::GpuModel::new(&program, g)?),
+        None => None,
+    };
+    #[cfg(not(feature = "cuda"))]
+    if manifest.gpu.is_some() {
+        return Err(
+            "the model was compiled for a GPU but this runtime library has no CUDA support (link the one `smelt compile --target cuda` embeds)"
+                .into(),
+        );
+    }
     let io = program.inputs.iter().chain(&program.outputs);
     let names = io
         .clone()
@@ -124,6 +145,8 @@ pub unsafe fn load(desc: *const SmeltModel) -> Result<&'static Loaded, String> {
         kernels,
         names,
         shapes,
+        #[cfg(feature = "cuda")]
+        gpu,
     }));
     reg.0.push((desc as usize, loaded));
     Ok(loaded)
