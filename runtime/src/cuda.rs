@@ -126,17 +126,23 @@ impl Device for CudaDevice {
 
     fn upload(&mut self, dst: DeviceAddr, src: &[u8]) -> Result<(), RuntimeError> {
         self.current()?;
+        // Every copy goes on the device's own stream, so it is ordered with the launches
+        // (a non-blocking stream does not wait for the legacy stream's synchronous
+        // copies); waiting for it keeps `src` borrowed only for the call.
         // SAFETY: `dst` lies in an allocation of this device at least `src.len()` long
-        // (the executor's memory plan).
-        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(|e| driver_error("cuMemcpyHtoD", e))
+        // (the executor's memory plan); the stream is synchronized before returning.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| driver_error("cuMemcpyHtoDAsync", e))?;
+        self.synchronize()
     }
 
     fn download(&mut self, src: DeviceAddr, dst: &mut [u8]) -> Result<(), RuntimeError> {
         self.current()?;
-        // SAFETY: launches on the stream finish first; `src` covers `dst.len()` bytes.
-        unsafe { result::stream::synchronize(self.stream) }
-            .map_err(|e| driver_error("cuStreamSynchronize", e))?;
-        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(|e| driver_error("cuMemcpyDtoH", e))
+        // SAFETY: as above: ordered after the launches on the stream, `src` covers
+        // `dst.len()` bytes, and the stream is synchronized before `dst` is read.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(|e| driver_error("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()
     }
 
     fn copy(&mut self, src: DeviceAddr, dst: DeviceAddr, bytes: usize) -> Result<(), RuntimeError> {
