@@ -306,22 +306,10 @@ fn tiled_product(nest: &LoopNest) -> Option<Product> {
     if rank < 2 {
         return None;
     }
-    let [store] = nest.stores.as_slice() else {
+    if nest.stores.len() != 1 {
         return None;
-    };
-    let live = {
-        let mut live = vec![false; nest.nodes.len()];
-        live[store.index as usize] = true;
-        live[store.value as usize] = true;
-        for e in (0..nest.nodes.len()).rev() {
-            if live[e] {
-                for o in nest.operands(e as ExprId) {
-                    live[o as usize] = true;
-                }
-            }
-        }
-        live
-    };
+    }
+    let live = nest.live();
     let mut reductions = (0..nest.nodes.len())
         .filter(|&e| live[e] && matches!(nest.nodes[e].expr, Expr::Reduce { .. }));
     let reduce = reductions.next()? as ExprId;

@@ -10,15 +10,8 @@ use std::cmp::Ordering;
 /// Smallest and largest value of an integer dtype, as stored in the interpreter's `i64`.
 fn int_range(d: DType) -> (i64, i64) {
     match d {
-        DType::I8 => (i8::MIN as i64, i8::MAX as i64),
-        DType::I16 => (i16::MIN as i64, i16::MAX as i64),
-        DType::I32 => (i32::MIN as i64, i32::MAX as i64),
-        DType::U8 => (0, u8::MAX as i64),
-        DType::U16 => (0, u16::MAX as i64),
-        DType::U32 => (0, u32::MAX as i64),
-        DType::U64 => (0, -1),
         DType::Bool => (0, 1),
-        _ => (i64::MIN, i64::MAX),
+        d => d.int_limits(),
     }
 }
 
