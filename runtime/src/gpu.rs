@@ -91,41 +91,27 @@ impl GpuProgram {
         }
     }
 
-    /// Runs the program: copies the inputs in, launches in order, copies the outputs
-    /// out. With `profile`, the time of every launch (synchronized after each) is added
-    /// to it, one entry per launch, as `Program::run` does.
-    pub fn run(
+    /// Runs the program: copies the inputs in, launches in order, copies the outputs out
+    /// into `outputs` (tensors of the outputs' types, an earlier run's results, so
+    /// repeated runs allocate nothing). With `profile`, the time of every launch
+    /// (synchronized after each) is added to it, one entry per launch, as `Program::run`
+    /// does.
+    pub fn run_into(
         &self,
         device: &mut dyn Device,
         resident: &Resident,
         inputs: &[&HostTensor],
+        outputs: &mut [HostTensor],
         profile: Option<&mut Vec<Duration>>,
-    ) -> Result<Vec<HostTensor>, RuntimeError> {
-        let p = &self.program;
-        if inputs.len() != p.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: p.inputs.len(),
-                got: inputs.len(),
-            });
-        }
-        for (spec, t) in p.inputs.iter().zip(inputs) {
-            if spec.elem != t.elem || spec.shape != t.shape {
-                return Err(RuntimeError::InputMismatch {
-                    name: spec.name.clone(),
-                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
-                    got: format!("{}{:?}", t.elem.name(), t.shape),
-                });
-            }
-        }
-        let mut outputs = p.new_outputs();
+    ) -> Result<(), RuntimeError> {
+        self.program.check_tensors(inputs, outputs)?;
         let ins: Vec<&[u8]> = inputs.iter().map(|t| t.bytes.as_slice()).collect();
         let mut outs: Vec<&mut [u8]> = outputs.iter_mut().map(|t| t.bytes.as_mut_slice()).collect();
-        self.run_bytes(device, resident, &ins, &mut outs, profile)?;
-        Ok(outputs)
+        self.run_bytes(device, resident, &ins, &mut outs, profile)
     }
 
-    /// As [`GpuProgram::run`] on raw input and output bytes (in declaration order, each
-    /// exactly as long as its tensor), as the deployable runtime calls it.
+    /// As [`GpuProgram::run_into`] on raw input and output bytes (in declaration order,
+    /// each exactly as long as its tensor), as the deployable runtime calls it.
     pub fn run_bytes(
         &self,
         device: &mut dyn Device,
@@ -135,38 +121,7 @@ impl GpuProgram {
         mut profile: Option<&mut Vec<Duration>>,
     ) -> Result<(), RuntimeError> {
         let p = &self.program;
-        if inputs.len() != p.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: p.inputs.len(),
-                got: inputs.len(),
-            });
-        }
-        let sizes = |specs: &[crate::program::IoSpec], given: Vec<usize>, what: &str| {
-            for (spec, len) in specs.iter().zip(given) {
-                let want = p.buffers[spec.buffer].bytes();
-                if len != want {
-                    return Err(RuntimeError::InputMismatch {
-                        name: spec.name.clone(),
-                        expected: format!("{want} {what}"),
-                        got: format!("{len} {what}"),
-                    });
-                }
-            }
-            Ok(())
-        };
-        sizes(&p.inputs, inputs.iter().map(|b| b.len()).collect(), "bytes")?;
-        if outputs.len() != p.outputs.len() {
-            return Err(RuntimeError::OutputMismatch {
-                name: "(outputs)".into(),
-                expected: format!("{} outputs", p.outputs.len()),
-                got: format!("{} outputs", outputs.len()),
-            });
-        }
-        sizes(
-            &p.outputs,
-            outputs.iter().map(|b| b.len()).collect(),
-            "output bytes",
-        )?;
+        p.check_bytes(inputs, outputs)?;
         for (spec, bytes) in p.inputs.iter().zip(inputs) {
             device.upload(self.address(resident, spec.buffer), bytes)?;
         }

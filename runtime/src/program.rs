@@ -205,6 +205,15 @@ impl Constants {
     }
 }
 
+/// A byte count that is not the one the program wants.
+fn wrong_size(name: &str, what: &str, expected: usize, got: usize) -> RuntimeError {
+    RuntimeError::InputMismatch {
+        name: name.to_string(),
+        expected: format!("{expected} {what}"),
+        got: format!("{got} {what}"),
+    }
+}
+
 /// A compiled model, ready to run.
 #[derive(Debug, Clone)]
 pub struct Program {
@@ -269,6 +278,83 @@ struct Args<'a>(&'a [*mut u8]);
 unsafe impl Sync for Args<'_> {}
 
 impl Program {
+    /// Checks inputs and outputs against the program's signature: their count, element
+    /// types, shapes and (outputs) byte lengths.
+    pub fn check_tensors(
+        &self,
+        inputs: &[&HostTensor],
+        outputs: &[HostTensor],
+    ) -> Result<(), RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        let mismatch = |spec: &IoSpec, t: &HostTensor| RuntimeError::InputMismatch {
+            name: spec.name.clone(),
+            expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+            got: format!("{}{:?}", t.elem.name(), t.shape),
+        };
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            if spec.elem != t.elem || spec.shape != t.shape {
+                return Err(mismatch(spec, t));
+            }
+        }
+        if outputs.len() != self.outputs.len() {
+            return Err(RuntimeError::OutputMismatch {
+                name: "(outputs)".into(),
+                expected: format!("{} outputs", self.outputs.len()),
+                got: format!("{} outputs", outputs.len()),
+            });
+        }
+        for (spec, t) in self.outputs.iter().zip(outputs.iter()) {
+            if spec.elem != t.elem
+                || spec.shape != t.shape
+                || t.bytes.len() != self.buffers[spec.buffer].bytes()
+            {
+                return Err(RuntimeError::OutputMismatch {
+                    name: spec.name.clone(),
+                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
+                    got: format!("{}{:?} ({} bytes)", t.elem.name(), t.shape, t.bytes.len()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks raw input and output bytes against the program's signature: their count
+    /// and lengths.
+    pub fn check_bytes(&self, inputs: &[&[u8]], outputs: &[&mut [u8]]) -> Result<(), RuntimeError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(RuntimeError::InputCount {
+                expected: self.inputs.len(),
+                got: inputs.len(),
+            });
+        }
+        for (spec, t) in self.inputs.iter().zip(inputs) {
+            let want = self.buffers[spec.buffer].bytes();
+            if t.len() != want {
+                return Err(wrong_size(&spec.name, "bytes", want, t.len()));
+            }
+        }
+        if outputs.len() != self.outputs.len() {
+            return Err(wrong_size(
+                "(outputs)",
+                "outputs",
+                self.outputs.len(),
+                outputs.len(),
+            ));
+        }
+        for (spec, o) in self.outputs.iter().zip(outputs.iter()) {
+            let want = self.buffers[spec.buffer].bytes();
+            if o.len() != want {
+                return Err(wrong_size(&spec.name, "output bytes", want, o.len()));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the program on `inputs` (in declaration order) with `arena` as scratch memory
     /// (grown to `arena_bytes` if shorter; its contents need not be zero, so one arena can
     /// serve many runs). With `profile`, the time of every launch is added to it (one
@@ -310,41 +396,7 @@ impl Program {
         arena: &mut AlignedBytes,
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<(), RuntimeError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: self.inputs.len(),
-                got: inputs.len(),
-            });
-        }
-        let mismatch = |spec: &IoSpec, t: &HostTensor| RuntimeError::InputMismatch {
-            name: spec.name.clone(),
-            expected: format!("{}{:?}", spec.elem.name(), spec.shape),
-            got: format!("{}{:?}", t.elem.name(), t.shape),
-        };
-        for (spec, t) in self.inputs.iter().zip(inputs) {
-            if spec.elem != t.elem || spec.shape != t.shape {
-                return Err(mismatch(spec, t));
-            }
-        }
-        if outputs.len() != self.outputs.len() {
-            return Err(RuntimeError::OutputMismatch {
-                name: "(outputs)".into(),
-                expected: format!("{} outputs", self.outputs.len()),
-                got: format!("{} outputs", outputs.len()),
-            });
-        }
-        for (spec, t) in self.outputs.iter().zip(outputs.iter()) {
-            if spec.elem != t.elem
-                || spec.shape != t.shape
-                || t.bytes.len() != self.buffers[spec.buffer].bytes()
-            {
-                return Err(RuntimeError::OutputMismatch {
-                    name: spec.name.clone(),
-                    expected: format!("{}{:?}", spec.elem.name(), spec.shape),
-                    got: format!("{}{:?} ({} bytes)", t.elem.name(), t.shape, t.bytes.len()),
-                });
-            }
-        }
+        self.check_tensors(inputs, outputs)?;
         if arena.len() < self.arena_bytes {
             *arena = AlignedBytes::zeroed(self.arena_bytes);
         }
@@ -371,40 +423,9 @@ impl Program {
         arena: &mut [u8],
         mut profile: Option<&mut Vec<Duration>>,
     ) -> Result<(), RuntimeError> {
-        if inputs.len() != self.inputs.len() {
-            return Err(RuntimeError::InputCount {
-                expected: self.inputs.len(),
-                got: inputs.len(),
-            });
-        }
-        let bad =
-            |name: &str, what: &str, expected: usize, got: usize| RuntimeError::InputMismatch {
-                name: name.to_string(),
-                expected: format!("{expected} {what}"),
-                got: format!("{got} {what}"),
-            };
-        for (spec, t) in self.inputs.iter().zip(inputs) {
-            let want = self.buffers[spec.buffer].bytes();
-            if t.len() != want {
-                return Err(bad(&spec.name, "bytes", want, t.len()));
-            }
-        }
-        if outputs.len() != self.outputs.len() {
-            return Err(bad(
-                "(outputs)",
-                "outputs",
-                self.outputs.len(),
-                outputs.len(),
-            ));
-        }
-        for (spec, o) in self.outputs.iter().zip(outputs.iter()) {
-            let want = self.buffers[spec.buffer].bytes();
-            if o.len() != want {
-                return Err(bad(&spec.name, "output bytes", want, o.len()));
-            }
-        }
+        self.check_bytes(inputs, outputs)?;
         if arena.len() < self.arena_bytes || !(arena.as_ptr() as usize).is_multiple_of(64) {
-            return Err(bad(
+            return Err(wrong_size(
                 "(scratch)",
                 "bytes, 64-byte aligned",
                 self.arena_bytes,

@@ -311,7 +311,7 @@ fn fmt_ratio(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
 }
 
-fn today() -> String {
+pub(crate) fn today() -> String {
     let out = Command::new("date").arg("+%Y-%m-%d").output();
     out.ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

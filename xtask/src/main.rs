@@ -217,25 +217,18 @@ fn result_counts(rest: &str) -> (usize, usize) {
 /// Runs `cargo test`, echoing its output, and returns the passed and failed totals
 /// summed over every test binary (the `test result:` lines).
 fn cargo_test(root: &Path, args: &[&str]) -> Result<(usize, usize, bool)> {
-    use std::io::{BufRead, BufReader};
-    println!("$ cargo {}", args.join(" "));
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(root)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running cargo test")?;
+    let (text, ok) = run_echo(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(args)
+            .current_dir(root),
+    )?;
     let (mut passed, mut failed) = (0, 0);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let (p, f) = result_counts(rest);
-            passed += p;
-            failed += f;
-        }
+    for rest in text.lines().filter_map(|l| l.strip_prefix("test result: ")) {
+        let (p, f) = result_counts(rest);
+        passed += p;
+        failed += f;
     }
-    Ok((passed, failed, child.wait()?.success()))
+    Ok((passed, failed, ok))
 }
 
 /// Everything the tests need: the venv and test data, LLVM 19 for the `cuda` feature, and
@@ -418,11 +411,7 @@ fn gpu_check(root: &Path) -> Result<()> {
     } else {
         "(the SGEMM sweep failed; see the log)\n".to_string()
     };
-    let date = Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let date = bench::today();
     let section = format!(
         "## gpu-check on {date}, {gpu}\n\n- Conformance on `--target cuda`: {counts} (expectations in `tests/conformance/cuda.tsv`).\n- Classic and light models against onnxruntime's outputs: {models_line}\n\nSGEMM (fp32, the MatMul launch's time synchronized after each launch; torch.matmul with TF32 off):\n\n{sgemm}"
     );

@@ -154,11 +154,7 @@ impl Model {
             &graph,
             &imported.input_names,
             &imported.output_names,
-            if gpu {
-                smelt_fuse::LowerTarget::Gpu
-            } else {
-                smelt_fuse::LowerTarget::Cpu
-            },
+            opts.target.lowering(),
         )?;
         let program = &lowered.program;
         let name = c_name(out, opts.emit);

@@ -48,6 +48,15 @@ impl Target {
     pub fn is_gpu(self) -> bool {
         self != Target::Cpu
     }
+
+    /// How fusion groups are lowered for this target.
+    pub fn lowering(self) -> smelt_fuse::LowerTarget {
+        if self.is_gpu() {
+            smelt_fuse::LowerTarget::Gpu
+        } else {
+            smelt_fuse::LowerTarget::Cpu
+        }
+    }
 }
 
 /// Generated code: CPU functions, or a GPU program with the device it is resident on.
@@ -168,10 +177,7 @@ impl Executable {
                     device,
                     resident,
                 } = &mut *run;
-                let results = program.run(device.as_mut(), resident, inputs, profile)?;
-                for (out, r) in outputs.iter_mut().zip(results) {
-                    *out = r;
-                }
+                program.run_into(device.as_mut(), resident, inputs, outputs, profile)?;
                 return Ok(());
             }
         };
@@ -336,12 +342,7 @@ pub(crate) fn compile_graph(
     target: Target,
     gpu_options: &smelt_gpu::GpuOptions,
 ) -> Result<Executable, SmeltError> {
-    let lower_target = if target.is_gpu() {
-        smelt_fuse::LowerTarget::Gpu
-    } else {
-        smelt_fuse::LowerTarget::Cpu
-    };
-    let lowered = lower_graph(&graph, &input_names, &output_names, lower_target)?;
+    let lowered = lower_graph(&graph, &input_names, &output_names, target.lowering())?;
     let (code, gpu) = match target {
         Target::Cpu => (
             Code::Cpu(Box::new(smelt_cpu::compile(&lowered.function_kernels())?)),

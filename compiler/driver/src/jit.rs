@@ -312,16 +312,12 @@ impl Compiled {
                 return Ok(e.exe.clone());
             }
         }
-        let mut values = HashMap::new();
-        let mut shape_map = self.options.input_shapes.clone();
-        for (i, t) in info.inputs.iter().zip(&ordered) {
-            shape_map.insert(i.name.clone(), t.shape.clone());
-            let v = to_ir_tensor(t).map_err(|reason| SmeltError::Input {
-                name: i.name.clone(),
-                reason,
-            })?;
-            values.insert(i.name.clone(), v);
-        }
+        let (shape_map, values) = self.specialization(
+            info.inputs
+                .iter()
+                .map(|i| i.name.as_str())
+                .zip(ordered.iter().copied()),
+        )?;
         let (exe, bound_names) = self.build(shape_map, values)?;
         let bound: Vec<(usize, Vec<u8>)> = bound_names
             .iter()
@@ -344,9 +340,7 @@ impl Compiled {
         &self,
         shapes: &HashMap<String, Vec<usize>>,
     ) -> Result<Executable> {
-        let mut shape_map = self.options.input_shapes.clone();
-        shape_map.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(self.build(shape_map, HashMap::new())?.0)
+        Ok(self.build(self.pinned_with(shapes), HashMap::new())?.0)
     }
 
     fn build(
@@ -396,45 +390,9 @@ impl Compiled {
         shapes: &HashMap<String, Vec<usize>>,
         target: crate::Target,
     ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
-        let mut shape_map = self.options.input_shapes.clone();
-        shape_map.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.kernels_with(shape_map, HashMap::new(), target)
-    }
-
-    fn kernels_with(
-        &self,
-        shape_map: HashMap<String, Vec<usize>>,
-        values: HashMap<String, smelt_ir::Tensor>,
-        target: crate::Target,
-    ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
-        let (graph, imported) = self.optimized(shape_map, values)?;
-        let lower_target = if target.is_gpu() {
-            smelt_fuse::LowerTarget::Gpu
-        } else {
-            smelt_fuse::LowerTarget::Cpu
-        };
-        Ok(crate::compile::lower_graph(
-            &graph,
-            &imported.input_names,
-            &imported.output_names,
-            lower_target,
-        )?
-        .kernels)
-    }
-
-    /// The PTX module of the model for input shapes alone (one function per set of
-    /// identical kernels): what `smelt explain --stage llvm|ptx` prints.
-    pub fn gpu_module(&self, shapes: &HashMap<String, Vec<usize>>) -> Result<smelt_gpu::GpuModule> {
-        let mut shape_map = self.options.input_shapes.clone();
-        shape_map.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
-        self.gpu_module_with(shape_map, HashMap::new())
-    }
-
-    /// The PTX module of the model for these inputs (their shapes, and their values
-    /// where the model needs them to decide shapes).
-    pub fn gpu_module_for(&self, inputs: &[(String, HostTensor)]) -> Result<smelt_gpu::GpuModule> {
-        let (shapes, values) = self.specialization(inputs)?;
-        self.gpu_module_with(shapes, values)
+        Ok(self
+            .lowered(self.pinned_with(shapes), HashMap::new(), target)?
+            .kernels)
     }
 
     /// As [`Compiled::kernels_for_shapes`], specialized to these inputs (their shapes,
@@ -444,43 +402,64 @@ impl Compiled {
         inputs: &[(String, HostTensor)],
         target: crate::Target,
     ) -> Result<Vec<smelt_fuse::LoweredKernel>> {
-        let (shapes, values) = self.specialization(inputs)?;
-        self.kernels_with(shapes, values, target)
+        let (shapes, values) =
+            self.specialization(inputs.iter().map(|(name, t)| (name.as_str(), t)))?;
+        Ok(self.lowered(shapes, values, target)?.kernels)
     }
 
-    /// The shapes and values of `inputs` as import options take them.
-    fn specialization(
-        &self,
-        inputs: &[(String, HostTensor)],
-    ) -> Result<(InputShapes, InputValues)> {
-        let mut shapes = self.options.input_shapes.clone();
-        let mut values = HashMap::new();
-        for (name, t) in inputs {
-            shapes.insert(name.clone(), t.shape.clone());
-            let v = to_ir_tensor(t).map_err(|reason| SmeltError::Input {
-                name: name.clone(),
-                reason,
-            })?;
-            values.insert(name.clone(), v);
-        }
-        Ok((shapes, values))
-    }
-
-    fn gpu_module_with(
-        &self,
-        shape_map: HashMap<String, Vec<usize>>,
-        values: HashMap<String, smelt_ir::Tensor>,
-    ) -> Result<smelt_gpu::GpuModule> {
-        let (graph, imported) = self.optimized(shape_map, values)?;
-        let lowered = crate::compile::lower_graph(
-            &graph,
-            &imported.input_names,
-            &imported.output_names,
-            smelt_fuse::LowerTarget::Gpu,
+    /// The PTX module of the model for input shapes alone (one function per set of
+    /// identical kernels): what `smelt explain --stage llvm|ptx` prints.
+    pub fn gpu_module(&self, shapes: &HashMap<String, Vec<usize>>) -> Result<smelt_gpu::GpuModule> {
+        let lowered = self.lowered(
+            self.pinned_with(shapes),
+            HashMap::new(),
+            crate::Target::Cuda,
         )?;
         Ok(smelt_gpu::compile(
             &lowered.function_kernels(),
             &self.options.gpu,
         )?)
+    }
+
+    /// The pinned input shapes (`Options::input_shapes`) with `shapes` over them.
+    fn pinned_with(&self, shapes: &HashMap<String, Vec<usize>>) -> InputShapes {
+        let mut pinned = self.options.input_shapes.clone();
+        pinned.extend(shapes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        pinned
+    }
+
+    /// The shapes and values of named inputs as import options take them, over the
+    /// pinned shapes.
+    fn specialization<'a>(
+        &self,
+        inputs: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
+    ) -> Result<(InputShapes, InputValues)> {
+        let mut shapes = self.options.input_shapes.clone();
+        let mut values = HashMap::new();
+        for (name, t) in inputs {
+            shapes.insert(name.to_string(), t.shape.clone());
+            let v = to_ir_tensor(t).map_err(|reason| SmeltError::Input {
+                name: name.to_string(),
+                reason,
+            })?;
+            values.insert(name.to_string(), v);
+        }
+        Ok((shapes, values))
+    }
+
+    /// The model imported, optimized, planned and lowered for `target`, without code.
+    fn lowered(
+        &self,
+        shapes: InputShapes,
+        values: InputValues,
+        target: crate::Target,
+    ) -> Result<crate::compile::Lowered> {
+        let (graph, imported) = self.optimized(shapes, values)?;
+        crate::compile::lower_graph(
+            &graph,
+            &imported.input_names,
+            &imported.output_names,
+            target.lowering(),
+        )
     }
 }

@@ -119,23 +119,16 @@ pub fn emit_kernel<'ctx>(
     let b = ctx.create_builder();
     let entry = ctx.append_basic_block(func, "entry");
     b.position_at_end(entry);
-    let llvm = |e: inkwell::builder::BuilderError| GpuError::Llvm(e.to_string());
     let (params, first, stride): (Vec<PointerValue>, IntValue, IntValue) = match flavor {
         Flavor::Nvptx => {
-            for i in 0..kernel.params.len() {
-                let p = func
-                    .get_nth_param(i as u32)
-                    .expect("declared")
-                    .into_pointer_value();
-                p.set_name(&format!("p{i}"));
-                // Buffers never overlap within a launch except where a kernel reads the
-                // element it rewrites (epilogues in place), which noalias permits.
-            }
             let params = (0..kernel.params.len())
                 .map(|i| {
-                    func.get_nth_param(i as u32)
+                    let p = func
+                        .get_nth_param(i as u32)
                         .expect("declared")
-                        .into_pointer_value()
+                        .into_pointer_value();
+                    p.set_name(&format!("p{i}"));
+                    p
                 })
                 .collect();
             let sreg = |name: &str| -> Result<IntValue, GpuError> {
