@@ -3,6 +3,7 @@
 //!
 //! This crate knows nothing of ONNX, egg, Cranelift or LLVM.
 
+pub mod compose;
 pub mod dtype;
 pub mod error;
 pub mod graph;
@@ -13,6 +14,7 @@ pub mod shape;
 pub mod tensor;
 pub mod text;
 
+pub use compose::{Compose, GeluForm};
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, Node, Value, ValueId};

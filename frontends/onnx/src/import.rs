@@ -4,8 +4,7 @@ use crate::error::{OnnxError, Result, UnsupportedOp};
 use crate::model::OnnxModel;
 use crate::proto::{AttributeProto, FunctionProto, NodeProto, attribute_proto::AttributeType};
 use crate::tensor::{dtype_from_onnx, onnx_type_name, tensor_from_proto};
-use smelt_ir::op::{BinaryOp, UnaryOp};
-use smelt_ir::{DType, Dim, Graph, Op, Tensor, TensorType, ValueId};
+use smelt_ir::{Compose, Dim, Graph, Op, Tensor, TensorType, ValueId};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -198,6 +197,23 @@ pub struct Ctx<'m> {
     bound: Vec<(ValueId, Tensor)>,
 }
 
+impl Compose for Ctx<'_> {
+    type Error = OnnxError;
+
+    fn op(&mut self, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
+        Ok(self.op_n(op, inputs)?[0])
+    }
+
+    fn constant(&mut self, t: Tensor) -> ValueId {
+        self.op(Op::Constant(t), &[])
+            .expect("a constant always type-checks")
+    }
+
+    fn ty(&self, v: ValueId) -> &TensorType {
+        self.g.ty(v)
+    }
+}
+
 impl<'m> Ctx<'m> {
     pub fn err(&self, reason: impl Into<String>) -> OnnxError {
         OnnxError::Node {
@@ -226,98 +242,6 @@ impl<'m> Ctx<'m> {
             self.producer.insert(o, idx);
         }
         Ok(outs)
-    }
-
-    /// Emits a single-result core op.
-    pub fn op(&mut self, op: Op, inputs: &[ValueId]) -> Result<ValueId> {
-        Ok(self.op_n(op, inputs)?[0])
-    }
-
-    pub fn constant(&mut self, t: Tensor) -> ValueId {
-        self.op(Op::Constant(t), &[])
-            .expect("a constant always type-checks")
-    }
-
-    /// A rank-0 constant of `dtype`.
-    pub fn scalar(&mut self, dtype: DType, v: f64) -> ValueId {
-        self.constant(Tensor::scalar(dtype, v))
-    }
-
-    /// A rank-0 constant with the dtype of `like`.
-    pub fn scalar_like(&mut self, like: ValueId, v: f64) -> ValueId {
-        let d = self.dtype(like);
-        self.scalar(d, v)
-    }
-
-    pub fn unary(&mut self, u: UnaryOp, x: ValueId) -> Result<ValueId> {
-        self.op(Op::Unary(u), &[x])
-    }
-
-    pub fn binary(&mut self, b: BinaryOp, x: ValueId, y: ValueId) -> Result<ValueId> {
-        self.op(Op::Binary(b), &[x, y])
-    }
-
-    /// `x (op) scalar` with the scalar in x's dtype.
-    pub fn binary_scalar(&mut self, b: BinaryOp, x: ValueId, v: f64) -> Result<ValueId> {
-        let s = self.scalar_like(x, v);
-        self.binary(b, x, s)
-    }
-
-    pub fn cast(&mut self, x: ValueId, to: DType) -> Result<ValueId> {
-        if self.dtype(x) == to {
-            Ok(x)
-        } else {
-            self.op(Op::Cast { to }, &[x])
-        }
-    }
-
-    pub fn reshape(&mut self, x: ValueId, shape: Vec<Dim>) -> Result<ValueId> {
-        if self.ty(x).shape == shape {
-            Ok(x)
-        } else {
-            self.op(Op::Reshape { shape }, &[x])
-        }
-    }
-
-    pub fn reshape_fixed(&mut self, x: ValueId, shape: &[usize]) -> Result<ValueId> {
-        self.reshape(x, shape.iter().map(|&d| Dim::Fixed(d)).collect())
-    }
-
-    pub fn transpose(&mut self, x: ValueId, perm: Vec<usize>) -> Result<ValueId> {
-        if perm.iter().enumerate().all(|(i, &p)| i == p) {
-            Ok(x)
-        } else {
-            self.op(Op::Transpose { perm }, &[x])
-        }
-    }
-
-    pub fn reduce(
-        &mut self,
-        kind: smelt_ir::op::ReduceKind,
-        x: ValueId,
-        axes: Vec<usize>,
-        keep_dims: bool,
-    ) -> Result<ValueId> {
-        self.op(
-            Op::Reduce {
-                kind,
-                axes,
-                keep_dims,
-            },
-            &[x],
-        )
-    }
-
-    pub fn ty(&self, v: ValueId) -> &TensorType {
-        self.g.ty(v)
-    }
-
-    pub fn dtype(&self, v: ValueId) -> DType {
-        self.g.ty(v).dtype
-    }
-
-    pub fn rank(&self, v: ValueId) -> usize {
-        self.g.ty(v).rank()
     }
 
     /// The concrete shape of a value, or an error naming the node.

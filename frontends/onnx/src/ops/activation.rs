@@ -3,8 +3,9 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
-use smelt_ir::op::{ArgKind, BinaryOp, ReduceKind, UnaryOp};
-use smelt_ir::{DType, Op, Tensor, ValueId};
+use smelt_ir::Compose as _;
+use smelt_ir::op::{ArgKind, BinaryOp, UnaryOp};
+use smelt_ir::{DType, GeluForm, Op, Tensor, ValueId};
 
 pub(super) const OPS: &[(&str, Handler)] = &[
     ("Relu", relu),
@@ -28,7 +29,7 @@ pub(super) const OPS: &[(&str, Handler)] = &[
 ];
 
 fn relu(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
-    one(cx.binary_scalar(BinaryOp::Max, n.input(0)?, 0.0)?)
+    one(cx.relu(n.input(0)?)?)
 }
 
 /// `x < 0 ? neg : x`.
@@ -133,29 +134,16 @@ fn softsign(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
 }
 
 fn gelu(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
-    let x = n.input(0)?;
-    let inner = match n.string("approximate", "none")?.as_str() {
-        "none" => {
-            let s = cx.binary_scalar(BinaryOp::Mul, x, std::f64::consts::FRAC_1_SQRT_2)?;
-            cx.unary(UnaryOp::Erf, s)?
-        }
-        "tanh" => {
-            let x2 = cx.binary(BinaryOp::Mul, x, x)?;
-            let x3 = cx.binary(BinaryOp::Mul, x2, x)?;
-            let c = cx.binary_scalar(BinaryOp::Mul, x3, 0.044715)?;
-            let s = cx.binary(BinaryOp::Add, x, c)?;
-            let s = cx.binary_scalar(BinaryOp::Mul, s, (2.0 / std::f64::consts::PI).sqrt())?;
-            cx.unary(UnaryOp::Tanh, s)?
-        }
+    let form = match n.string("approximate", "none")?.as_str() {
+        "none" => GeluForm::Exact,
+        "tanh" => GeluForm::Tanh,
         other => {
             return Err(n.err(format!(
                 "approximate must be 'none' or 'tanh', got '{other}'"
             )));
         }
     };
-    let one_plus = cx.binary_scalar(BinaryOp::Add, inner, 1.0)?;
-    let half_x = cx.binary_scalar(BinaryOp::Mul, x, 0.5)?;
-    one(cx.binary(BinaryOp::Mul, half_x, one_plus)?)
+    one(cx.gelu(n.input(0)?, form)?)
 }
 
 fn mish(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
@@ -217,16 +205,7 @@ fn softmax_axes(
 fn softmax(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
     let (x2, axes, restore) = softmax_axes(cx, n, x)?;
-    let m = cx.reduce(ReduceKind::Max, x2, axes.clone(), true)?;
-    let shifted = cx.binary(BinaryOp::Sub, x2, m)?;
-    let e = cx.unary(UnaryOp::Exp, shifted)?;
-    let s = cx.reduce(ReduceKind::Sum, e, axes, true)?;
-    let y = if n.op_type == "LogSoftmax" {
-        let ls = cx.unary(UnaryOp::Log, s)?;
-        cx.binary(BinaryOp::Sub, shifted, ls)?
-    } else {
-        cx.binary(BinaryOp::Div, e, s)?
-    };
+    let y = cx.softmax(x2, axes, n.op_type == "LogSoftmax")?;
     one(match restore {
         Some(shape) => cx.reshape(y, shape)?,
         None => y,

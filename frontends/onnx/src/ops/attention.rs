@@ -7,6 +7,7 @@ use super::Handler;
 use crate::error::Result;
 use crate::import::{Ctx, Node};
 use crate::tensor::dtype_from_onnx;
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, PadMode, ReduceKind, UnaryOp};
 use smelt_ir::{DType, Dim, Op, Tensor, ValueId};
 

@@ -3,6 +3,7 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, ReduceKind};
 use smelt_ir::{DType, Dim, Op, ValueId};
 
@@ -97,21 +98,11 @@ pub(super) fn window_attr(n: &Node, name: &str, s: usize) -> Result<Vec<usize>> 
     Ok(v.into_iter().map(|x| x as usize).collect())
 }
 
-/// Adds a per-channel bias `[M]` to an `[N, M, ...]` tensor.
-pub(super) fn add_channel_bias(cx: &mut Ctx, y: ValueId, bias: ValueId) -> Result<ValueId> {
-    let rank = cx.rank(y);
-    let m = cx.ty(bias).shape.first().cloned().unwrap_or(Dim::Fixed(1));
-    let mut shape = vec![Dim::Fixed(1); rank];
-    shape[1] = m;
-    let b = cx.reshape(bias, shape)?;
-    cx.binary(BinaryOp::Add, y, b)
-}
-
 fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (x, w) = (n.input(0)?, n.input(1)?);
     let mut y = conv_of(cx, n, x, w)?;
     if let Some(b) = n.opt_input(2) {
-        y = add_channel_bias(cx, y, b)?;
+        y = cx.add_channel_bias(y, b)?;
     }
     one(y)
 }
@@ -227,7 +218,7 @@ fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         &[x, w],
     )?;
     if let Some(b) = n.opt_input(2) {
-        y = add_channel_bias(cx, y, b)?;
+        y = cx.add_channel_bias(y, b)?;
     }
     one(y)
 }

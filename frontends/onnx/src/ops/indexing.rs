@@ -3,6 +3,7 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, ScatterReduction};
 use smelt_ir::{DType, Dim, Op, Tensor, ValueId};
 

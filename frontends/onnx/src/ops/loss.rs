@@ -4,6 +4,7 @@
 use super::Handler;
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, ReduceKind};
 use smelt_ir::{DType, Dim, Op, ValueId};
 

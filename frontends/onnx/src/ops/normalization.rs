@@ -3,8 +3,9 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, PoolKind, ReduceKind, UnaryOp};
-use smelt_ir::{Dim, Op, ValueId};
+use smelt_ir::{Op, ValueId};
 
 pub(super) const OPS: &[(&str, Handler)] = &[
     ("BatchNormalization", batch_norm),
@@ -16,16 +17,6 @@ pub(super) const OPS: &[(&str, Handler)] = &[
     ("MeanVarianceNormalization", mvn),
     ("RMSNormalization", rms_norm),
 ];
-
-/// Reshapes a per-channel `[C]` vector to broadcast against `[N, C, ...]` of `rank`.
-fn per_channel(cx: &mut Ctx, v: ValueId, rank: usize) -> Result<ValueId> {
-    let c = cx.ty(v).shape.first().cloned().unwrap_or(Dim::Fixed(1));
-    let mut shape = vec![Dim::Fixed(1); rank];
-    if rank > 1 {
-        shape[1] = c;
-    }
-    cx.reshape(v, shape)
-}
 
 /// `y = x * scale / sqrt(var + eps) + (bias - mean * scale / sqrt(var + eps))`.
 fn batch_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
@@ -42,8 +33,8 @@ fn batch_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let k = cx.binary(BinaryOp::Div, scale, sd)?;
     let mk = cx.binary(BinaryOp::Mul, mean, k)?;
     let shift = cx.binary(BinaryOp::Sub, bias, mk)?;
-    let k = per_channel(cx, k, rank)?;
-    let shift = per_channel(cx, shift, rank)?;
+    let k = cx.per_channel(k, rank)?;
+    let shift = cx.per_channel(shift, rank)?;
     let xk = cx.binary(BinaryOp::Mul, x, k)?;
     let y = cx.binary(BinaryOp::Add, xk, shift)?;
     // Outputs beyond Y (running statistics) exist only in training mode.
@@ -54,61 +45,26 @@ fn batch_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     Ok(outs)
 }
 
-/// Mean and variance over `axes` (kept), and `(x - mean) / sqrt(var + eps)`.
-fn normalize(
-    cx: &mut Ctx,
-    x: ValueId,
-    axes: Vec<usize>,
-    eps: f64,
-) -> Result<(ValueId, ValueId, ValueId)> {
-    let mean = cx.reduce(ReduceKind::Mean, x, axes.clone(), true)?;
-    let d = cx.binary(BinaryOp::Sub, x, mean)?;
-    let d2 = cx.binary(BinaryOp::Mul, d, d)?;
-    let var = cx.reduce(ReduceKind::Mean, d2, axes, true)?;
-    let ve = cx.binary_scalar(BinaryOp::Add, var, eps)?;
-    let sd = cx.unary(UnaryOp::Sqrt, ve)?;
-    let inv = cx.unary(UnaryOp::Reciprocal, sd)?;
-    let y = cx.binary(BinaryOp::Mul, d, inv)?;
-    Ok((y, mean, inv))
-}
-
 fn instance_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
     let rank = cx.rank(x);
     if rank < 3 {
         return Err(n.err(format!("input must have rank >= 3, got {}", cx.ty(x))));
     }
-    let (y, _, _) = normalize(cx, x, (2..rank).collect(), n.float("epsilon", 1e-5)? as f64)?;
-    let s = per_channel(cx, n.input(1)?, rank)?;
-    let b = per_channel(cx, n.input(2)?, rank)?;
+    let (y, _, _) = cx.normalize(x, (2..rank).collect(), n.float("epsilon", 1e-5)? as f64)?;
+    let s = cx.per_channel(n.input(1)?, rank)?;
+    let b = cx.per_channel(n.input(2)?, rank)?;
     let ys = cx.binary(BinaryOp::Mul, y, s)?;
     one(cx.binary(BinaryOp::Add, ys, b)?)
 }
 
 fn layer_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
-    let rank = cx.rank(x);
-    let axis = cx.axis(n.int("axis", -1)?, rank)?;
-    let stash = n.int("stash_type", 1)?;
-    let orig = cx.dtype(x);
+    let axis = cx.axis(n.int("axis", -1)?, cx.rank(x))?;
     // stash_type 1 computes the statistics in f32 whatever the input type.
-    let xc = if stash == 1 && orig != smelt_ir::DType::F64 {
-        cx.cast(x, smelt_ir::DType::F32)?
-    } else {
-        x
-    };
-    let (y, mean, inv) = normalize(
-        cx,
-        xc,
-        (axis..rank).collect(),
-        n.float("epsilon", 1e-5)? as f64,
-    )?;
-    let y = cx.cast(y, orig)?;
-    let y = cx.binary(BinaryOp::Mul, y, n.input(1)?)?;
-    let y = match n.opt_input(2) {
-        Some(b) => cx.binary(BinaryOp::Add, y, b)?,
-        None => y,
-    };
+    let stash_f32 = n.int("stash_type", 1)? == 1;
+    let eps = n.float("epsilon", 1e-5)? as f64;
+    let (y, mean, inv) = cx.layer_norm(x, axis, n.input(1)?, n.opt_input(2), eps, stash_f32)?;
     Ok(vec![y, mean, inv])
 }
 
@@ -126,7 +82,7 @@ fn group_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (nb, c) = (xs[0], xs[1]);
     let rest: usize = xs[2..].iter().product();
     let grouped = cx.reshape_fixed(x, &[nb, groups, (c / groups) * rest])?;
-    let (y, _, _) = normalize(cx, grouped, vec![2], n.float("epsilon", 1e-5)? as f64)?;
+    let (y, _, _) = cx.normalize(grouped, vec![2], n.float("epsilon", 1e-5)? as f64)?;
     let (scale, bias) = (n.input(1)?, n.input(2)?);
     let per_group = cx.fixed_shape(scale)? == [groups] && groups != c;
     let y = if per_group {
@@ -137,8 +93,8 @@ fn group_norm(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         cx.reshape_fixed(yb, &xs)?
     } else {
         let y = cx.reshape_fixed(y, &xs)?;
-        let s = per_channel(cx, scale, xs.len())?;
-        let b = per_channel(cx, bias, xs.len())?;
+        let s = cx.per_channel(scale, xs.len())?;
+        let b = cx.per_channel(bias, xs.len())?;
         let ys = cx.binary(BinaryOp::Mul, y, s)?;
         cx.binary(BinaryOp::Add, ys, b)?
     };

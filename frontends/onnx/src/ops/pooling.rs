@@ -4,6 +4,7 @@ use super::contraction::{resolve_pads, window_attr};
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, PoolKind, ReduceKind, UnaryOp};
 use smelt_ir::{Op, ValueId};
 

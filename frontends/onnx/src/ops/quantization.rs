@@ -3,6 +3,7 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, ReduceKind, UnaryOp};
 use smelt_ir::{DType, Dim, ValueId};
 
@@ -181,7 +182,7 @@ fn qlinear_conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let mut acc = super::contraction::conv_of(cx, n, xc, wc)?;
     if let Some(b) = n.opt_input(8) {
         let bf = cx.cast(b, DType::F64)?;
-        acc = super::contraction::add_channel_bias(cx, acc, bf)?;
+        acc = cx.add_channel_bias(acc, bf)?;
     }
     let xs = cx.cast(n.input(1)?, DType::F64)?;
     let mut ws = cx.cast(n.input(4)?, DType::F64)?;

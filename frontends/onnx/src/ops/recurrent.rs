@@ -6,6 +6,7 @@ use super::Handler;
 use super::layout::slice_axis;
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{BinaryOp, UnaryOp};
 use smelt_ir::{Dim, Op, ValueId};
 

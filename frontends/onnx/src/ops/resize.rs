@@ -3,6 +3,7 @@
 use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
+use smelt_ir::Compose as _;
 use smelt_ir::op::{CoordMode, NearestMode, ResizeMode};
 use smelt_ir::{DType, Op, Tensor, ValueId};
 

@@ -4,6 +4,7 @@ use super::{Handler, one};
 use crate::error::Result;
 use crate::import::{Ctx, Node};
 use crate::tensor::{dtype_from_onnx, onnx_type_name};
+use smelt_ir::Compose as _;
 use smelt_ir::{Tensor, ValueId};
 use std::f64::consts::PI;
 
