@@ -471,3 +471,45 @@ pub fn conformance_markdown(runtime_results: &[(Runtime, Vec<CaseResult>)]) -> S
     }
     s
 }
+
+/// Imports a case specialized to its first data set, writes the graph back as ONNX with
+/// `smelt_onnx::export`, imports that and runs it on the reference interpreter: the
+/// outputs must match the case's expected ones. Checks the exporter op by op.
+pub fn export_round_trip(case: &CaseInfo, write_to: Option<&Path>) -> Result<(), String> {
+    let inputs = first_inputs(case)?;
+    let model = smelt::Model::load(case.dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let mut options = smelt_onnx::ImportOptions::default();
+    for (name, t) in &inputs {
+        options.input_shapes.insert(name.clone(), t.shape.clone());
+        options
+            .input_values
+            .insert(name.clone(), smelt::to_ir_tensor(t)?);
+    }
+    let imported = model.import(&options).map_err(|e| e.to_string())?;
+    let bytes = smelt_onnx::export_bytes(&imported.graph).map_err(|e| format!("export: {e}"))?;
+    if let Some(dir) = write_to {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("model.onnx"), &bytes).map_err(|e| e.to_string())?;
+    }
+    let exported = smelt::Model::from_bytes(&bytes).map_err(|e| format!("re-import: {e}"))?;
+    // Inputs bound to their values at import are constants of the exported graph.
+    let fed: Vec<(String, smelt_runtime::HostTensor)> = inputs
+        .into_iter()
+        .filter(|(name, _)| imported.input_names.contains(name))
+        .collect();
+    let results = exported
+        .run_reference(&fed, &Default::default(), &smelt::RunOptions::default())
+        .map_err(|e| format!("re-imported run: {e}"))?;
+    let set = case.dir.join("test_data_set_0");
+    for (j, (name, actual)) in results.iter().enumerate() {
+        let expected = read_tensor_pb(&set.join(format!("output_{j}.pb")))?;
+        compare(
+            &expected,
+            &smelt::to_ir_tensor(actual)?,
+            case.rtol,
+            case.atol,
+        )
+        .map_err(|e| format!("output '{name}': {e}"))?;
+    }
+    Ok(())
+}

@@ -62,21 +62,41 @@ pub fn model_names() -> Vec<String> {
     names
 }
 
-/// Input shapes of a generated model case (`target/onnx-data/models/NAME`), read from
-/// its `.npy` inputs as listed in its `io.tsv`.
-pub fn model_input_shapes(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<usize>> {
+/// The `.npy` files of a generated model case (`target/onnx-data/models/NAME`) as its
+/// `io.tsv` lists them: `kind` is `input` or `output`; returns (name, path) in order.
+pub fn model_case_files(dir: &std::path::Path, kind: &str) -> Vec<(String, PathBuf)> {
     let io = std::fs::read_to_string(dir.join("io.tsv"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     io.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f[0] == "input").then(|| {
-                let t = smelt_runtime::read_npy(&dir.join(f[2]))
-                    .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-                (f[1].to_string(), t.shape)
-            })
+            (f[0] == kind).then(|| (f[1].to_string(), dir.join(f[2])))
         })
         .collect()
+}
+
+/// Input shapes of a generated model case, read from its `.npy` inputs.
+pub fn model_input_shapes(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<usize>> {
+    model_case_files(dir, "input")
+        .into_iter()
+        .map(|(name, path)| {
+            let t = smelt_runtime::read_npy(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (name, t.shape)
+        })
+        .collect()
+}
+
+/// The test venv's Python (with the pinned onnx, onnxruntime and numpy), made by
+/// `cargo xtask setup`; a panic tells how to make it (tests must not pass without it).
+pub fn venv_python() -> PathBuf {
+    let python = workspace_root().join("target/smelt-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run `cargo xtask setup` (the README's test command does)",
+        python.display()
+    );
+    python
 }
 
 /// `ptxas`: `SMELT_PTXAS`, else the one the `nvidia-cuda-nvcc-cu12` wheel put in the

@@ -32,6 +32,13 @@ impl From<usize> for Dim {
     }
 }
 
+/// A symbolic dim named `s` (a batch size `"N"`, say).
+impl From<&str> for Dim {
+    fn from(s: &str) -> Self {
+        Dim::Sym(s.to_string())
+    }
+}
+
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -43,7 +50,7 @@ impl fmt::Display for Dim {
 }
 
 /// True when `s` can be printed without quotes as a symbolic dim.
-pub(crate) fn is_plain_ident(s: &str) -> bool {
+pub fn is_plain_ident(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

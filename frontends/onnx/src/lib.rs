@@ -1,8 +1,9 @@
-//! The ONNX front end: decodes ONNX protobuf (prost types generated from onnx 1.23.2's
+//! The ONNX front end (and exporter): decodes ONNX protobuf (prost types generated from onnx 1.23.2's
 //! `onnx.proto`) and maps each ONNX op onto smelt's core ops, one file per op family
 //! under `ops/`. Unsupported ops are reported all at once, with node names and opset.
 
 pub mod error;
+pub mod export;
 pub mod import;
 pub mod model;
 pub mod ops;
@@ -15,5 +16,6 @@ pub mod proto {
 }
 
 pub use error::{OnnxError, Result, UnsupportedOp};
+pub use export::{EXPORT_OPSET, export, export_bytes};
 pub use import::{ImportOptions, Imported, import, import_file};
 pub use model::{ModelInfo, OnnxModel};
