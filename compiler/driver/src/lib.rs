@@ -21,6 +21,7 @@
 
 pub mod aot;
 mod compile;
+mod graph_source;
 mod jit;
 
 pub use compile::{Executable, Target};
@@ -116,35 +117,58 @@ pub fn to_host_tensor(t: &IrTensor) -> HostTensor {
     }
 }
 
-/// A model loaded from an ONNX file.
+/// A model: loaded from an ONNX file, or built as a Graph IR graph (by the tracer, say).
 #[derive(Debug, Clone)]
 pub struct Model {
-    onnx: OnnxModel,
+    source: Source,
+}
+
+/// Where a model's graph comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    Onnx(Box<OnnxModel>),
+    /// Shared: every compilation specializes a copy.
+    Graph(std::sync::Arc<smelt_ir::Graph>),
 }
 
 impl Model {
     /// Reads and decodes an ONNX file (external data resolves next to it).
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         Ok(Model {
-            onnx: OnnxModel::load(path.as_ref())?,
+            source: Source::Onnx(Box::new(OnnxModel::load(path.as_ref())?)),
         })
     }
 
     /// Decodes an ONNX model held in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
         Ok(Model {
-            onnx: OnnxModel::from_bytes(bytes)?,
+            source: Source::Onnx(Box::new(OnnxModel::from_bytes(bytes)?)),
+        })
+    }
+
+    /// A model of a Graph IR graph, such as `smelt_trace::trace` records; it compiles,
+    /// runs and explains like an imported one (its symbolic dims bound by the inputs).
+    pub fn from_graph(graph: smelt_ir::Graph) -> Result<Model> {
+        graph.verify()?;
+        Ok(Model {
+            source: Source::Graph(std::sync::Arc::new(graph)),
         })
     }
 
     /// The model's summary (what `smelt inspect` prints).
     pub fn info(&self) -> ModelInfo {
-        self.onnx.info()
+        match &self.source {
+            Source::Onnx(onnx) => onnx.info(),
+            Source::Graph(g) => graph_source::graph_info(g),
+        }
     }
 
-    /// Imports the model into the Graph IR with the given specialization.
+    /// The model's graph with the given specialization (imported, for an ONNX model).
     pub fn import(&self, opts: &ImportOptions) -> Result<Imported> {
-        Ok(smelt_onnx::import(&self.onnx, opts)?)
+        match &self.source {
+            Source::Onnx(onnx) => Ok(smelt_onnx::import(onnx, opts)?),
+            Source::Graph(g) => graph_source::specialize(g, opts),
+        }
     }
 
     /// Imports with the given input shapes, optimizes, and reports both stages.
