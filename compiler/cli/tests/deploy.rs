@@ -50,7 +50,13 @@ fn exe_matches_onnxruntime(name: &str) {
 
 fn exe_matches_onnxruntime_with(name: &str, compile_args: &[&str]) {
     let dir = smelt_tests::require_data("models").join(name);
-    let work = workdir(name);
+    exe_of_model_matches_case(name, &dir.join("model.onnx"), &workdir(name), compile_args);
+}
+
+/// Compiles `model` to an executable in `work`, runs it on the inputs of the generated
+/// model case `name` and compares with the case's outputs (onnxruntime's).
+fn exe_of_model_matches_case(name: &str, model: &Path, work: &Path, compile_args: &[&str]) {
+    let dir = smelt_tests::require_data("models").join(name);
     let exe = work.join(name);
     let io = std::fs::read_to_string(dir.join("io.tsv")).unwrap();
     let mut run = Command::new(&exe);
@@ -75,7 +81,7 @@ fn exe_matches_onnxruntime_with(name: &str, compile_args: &[&str]) {
         extra.push("--input-shape");
         extra.push(s.as_str());
     }
-    compile(&dir.join("model.onnx"), &exe, &extra);
+    compile(model, &exe, &extra);
     let out_dir = work.join("out");
     ok(&run.arg("--output-dir").arg(&out_dir).output().unwrap());
     for (output, file) in expected {
@@ -137,6 +143,24 @@ fn cuda_executable_embeds_ptx_and_needs_only_the_driver() {
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("libcuda.so"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+#[path = "../../../frontends/trace/examples/mnist_cnn.rs"]
+mod mnist_cnn_example;
+
+/// A traced model deploys like any other: the MNIST CNN traced with the generated model's
+/// weights, exported to ONNX, compiled by `smelt compile`, gives the original's outputs.
+#[test]
+fn traced_and_exported_mnist_cnn_executable() {
+    let dir = smelt_tests::require_data("models").join("mnist_cnn");
+    let weights = smelt_trace::onnx_weights(dir.join("model.onnx")).unwrap();
+    let work = workdir("traced_mnist_cnn");
+    let model = work.join("traced.onnx");
+    mnist_cnn_example::mnist_cnn(&weights)
+        .unwrap()
+        .write_onnx(&model)
+        .unwrap();
+    exe_of_model_matches_case("mnist_cnn", &model, &work, &[]);
 }
 
 #[test]

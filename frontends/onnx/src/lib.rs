@@ -1,6 +1,7 @@
-//! The ONNX front end (and exporter): decodes ONNX protobuf (prost types generated from onnx 1.23.2's
+//! The ONNX front end: decodes ONNX protobuf (prost types generated from onnx 1.23.2's
 //! `onnx.proto`) and maps each ONNX op onto smelt's core ops, one file per op family
 //! under `ops/`. Unsupported ops are reported all at once, with node names and opset.
+//! `export` writes a Graph IR graph back as an ONNX model (opset 20).
 
 pub mod error;
 pub mod export;
