@@ -2,6 +2,9 @@
 //! (the examples under frontends/trace/examples) optimize to the same graph as their ONNX
 //! files, and their ONNX exports run on onnxruntime with the JIT's results.
 
+// Each example declares the examples' shared `common` module, so it is loaded once per example.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../../frontends/trace/examples/lenet5.rs"]
 mod lenet5_example;
 #[path = "../../frontends/trace/examples/logistic_regression.rs"]

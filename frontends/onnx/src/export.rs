@@ -142,6 +142,21 @@ fn attr(name: &str, value: AttrValue) -> AttributeProto {
     a
 }
 
+/// The window attributes ONNX's Conv and ConvTranspose share.
+fn window_attrs(
+    strides: &[usize],
+    pads: &[usize],
+    dilations: &[usize],
+    group: usize,
+) -> Vec<AttributeProto> {
+    vec![
+        attr("strides", ints(strides)),
+        attr("pads", ints(pads)),
+        attr("dilations", ints(dilations)),
+        attr("group", AttrValue::Int(group as i64)),
+    ]
+}
+
 fn ints(v: &[usize]) -> AttrValue {
     AttrValue::Ints(v.iter().map(|&x| x as i64).collect())
 }
@@ -348,12 +363,7 @@ impl Exporter<'_> {
                 "Conv",
                 ins,
                 outs,
-                vec![
-                    attr("strides", ints(strides)),
-                    attr("pads", ints(pads)),
-                    attr("dilations", ints(dilations)),
-                    attr("group", AttrValue::Int(*group as i64)),
-                ],
+                window_attrs(strides, pads, dilations, *group),
             ),
             Op::ConvTranspose {
                 strides,
@@ -361,18 +371,11 @@ impl Exporter<'_> {
                 dilations,
                 group,
                 output_padding,
-            } => self.emit(
-                "ConvTranspose",
-                ins,
-                outs,
-                vec![
-                    attr("strides", ints(strides)),
-                    attr("pads", ints(pads)),
-                    attr("dilations", ints(dilations)),
-                    attr("group", AttrValue::Int(*group as i64)),
-                    attr("output_padding", ints(output_padding)),
-                ],
-            ),
+            } => {
+                let mut attributes = window_attrs(strides, pads, dilations, *group);
+                attributes.push(attr("output_padding", ints(output_padding)));
+                self.emit("ConvTranspose", ins, outs, attributes);
+            }
             Op::Pool {
                 kind,
                 kernel,

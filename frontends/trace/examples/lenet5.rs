@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p smelt-trace --example lenet5 -- [--weights model.onnx] [--onnx out.onnx] [--batch N]`
 
+mod common;
+
 use smelt_trace::{DType, Traced, Weights, random_weights, trace};
 
 /// `fc3_y: [batch, 10]` logits for images `x: [batch, 3, 32, 32]`.
@@ -41,28 +43,10 @@ pub const LENET5_SHAPES: &[(&str, &[usize])] = &[
 
 #[allow(dead_code)]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let batch: usize = flag("--batch").map_or(Ok(1), |b| b.parse())?;
-    let weights = match flag("--weights") {
-        Some(path) => smelt_trace::onnx_weights(path)?,
-        None => random_weights(LENET5_SHAPES, 7),
-    };
-    let traced = lenet5(&weights, batch)?;
-    println!("{}", traced.text());
-    if let Some(path) = flag("--onnx") {
-        traced.write_onnx(path)?;
-        println!("wrote {path}");
-    }
-    let compiled = smelt::Model::from_graph(traced.graph)?.compile(&Default::default())?;
+    let batch: usize = common::flag("--batch").map_or(Ok(1), |b| b.parse())?;
+    let weights = common::weights_or(|| random_weights(LENET5_SHAPES, 7))?;
     let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[batch, 3, 32, 32]), |i| {
         ((i[0] + i[1] * 3 + i[2] + i[3]) % 5) as f32 / 5.0
     });
-    let out = compiled.run(&[x.into()])?;
-    println!("logits: {:?}", ndarray::ArrayD::<f32>::try_from(&out[0])?);
-    Ok(())
+    common::show_export_and_run(lenet5(&weights, batch)?, x, "logits")
 }

@@ -2,6 +2,8 @@
 //!
 //! `cargo run -p smelt-trace --example logistic_regression -- [--weights model.onnx] [--onnx out.onnx]`
 
+mod common;
+
 use smelt_trace::{DType, Traced, Weights, random_weights, trace};
 
 /// `a1 = sigmoid(x @ fc1_w + fc1_b)` for `x: [1, 10]`.
@@ -15,28 +17,8 @@ pub fn logistic_regression(weights: &Weights) -> smelt_trace::Result<Traced> {
 
 #[allow(dead_code)]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let weights = match flag("--weights") {
-        Some(path) => smelt_trace::onnx_weights(path)?,
-        None => random_weights(&[("fc1_w", &[10, 1]), ("fc1_b", &[1])], 7),
-    };
-    let traced = logistic_regression(&weights)?;
-    println!("{}", traced.text());
-    if let Some(path) = flag("--onnx") {
-        traced.write_onnx(path)?;
-        println!("wrote {path}");
-    }
-    let compiled = smelt::Model::from_graph(traced.graph)?.compile(&Default::default())?;
+    let weights =
+        common::weights_or(|| random_weights(&[("fc1_w", &[10, 1]), ("fc1_b", &[1])], 7))?;
     let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[1, 10]), |i| i[1] as f32 / 10.0);
-    let out = compiled.run(&[x.into()])?;
-    println!(
-        "probability: {:?}",
-        ndarray::ArrayD::<f32>::try_from(&out[0])?
-    );
-    Ok(())
+    common::show_export_and_run(logistic_regression(&weights)?, x, "probability")
 }

@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p smelt-trace --example mlp -- [--weights model.onnx] [--onnx out.onnx] [--wide]`
 
+mod common;
+
 use smelt_trace::{DType, Traced, Weights, random_weights, sym, trace};
 
 /// `sizes[0] -> sizes[1] -> ...` dense layers named `fc1`, `fc2`, ... (weights `fcK_w` of
@@ -51,38 +53,16 @@ pub fn mlp_random_weights(sizes: &[usize], seed: u64) -> Weights {
 
 #[allow(dead_code)]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let wide = args.iter().any(|a| a == "--wide");
+    let wide = common::switch("--wide");
     let (name, sizes, batch, softmax) = if wide {
         ("mlp_784_128_10", vec![784, 128, 10], 1usize.into(), true)
     } else {
         ("mlp_784_64_64_1", vec![784, 64, 64, 1], sym("N"), false)
     };
-    let weights = match flag("--weights") {
-        Some(path) => smelt_trace::onnx_weights(path)?,
-        None => mlp_random_weights(&sizes, 7),
-    };
-    let traced = mlp(name, &weights, &sizes, batch, softmax)?;
-    println!("{}", traced.text());
-    if let Some(path) = flag("--onnx") {
-        traced.write_onnx(path)?;
-        println!("wrote {path}");
-    }
-    let compiled = smelt::Model::from_graph(traced.graph)?.compile(&Default::default())?;
-    let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[2, 784]), |i| {
-        ((i[1] % 7) as f32 - 3.0) / 3.0
+    let weights = common::weights_or(|| mlp_random_weights(&sizes, 7))?;
+    let rows = if wide { 1 } else { 2 };
+    let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[rows, 784]), |i| {
+        ((i[0] + i[1]) % 7) as f32 / 3.0 - 1.0
     });
-    let x = if wide {
-        x.slice_move(ndarray::s![0..1, ..]).into_dyn()
-    } else {
-        x
-    };
-    let out = compiled.run(&[x.into()])?;
-    println!("output: {:?}", ndarray::ArrayD::<f32>::try_from(&out[0])?);
-    Ok(())
+    common::show_export_and_run(mlp(name, &weights, &sizes, batch, softmax)?, x, "output")
 }

@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p smelt-trace --example mnist_cnn -- [--weights model.onnx] [--onnx out.onnx]`
 
+mod common;
+
 use smelt_trace::{DType, Traced, Weights, random_weights, trace};
 
 /// `probs: [1, 10]` for an image `x: [1, 1, 28, 28]`.
@@ -38,31 +40,10 @@ pub const MNIST_CNN_SHAPES: &[(&str, &[usize])] = &[
 
 #[allow(dead_code)]
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-    };
-    let weights = match flag("--weights") {
-        Some(path) => smelt_trace::onnx_weights(path)?,
-        None => random_weights(MNIST_CNN_SHAPES, 7),
-    };
-    let traced = mnist_cnn(&weights)?;
-    println!("{}", traced.text());
-    if let Some(path) = flag("--onnx") {
-        traced.write_onnx(path)?;
-        println!("wrote {path}");
-    }
-    let compiled = smelt::Model::from_graph(traced.graph)?.compile(&Default::default())?;
+    let weights = common::weights_or(|| random_weights(MNIST_CNN_SHAPES, 7))?;
     // A bright vertical bar on a dark background.
     let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[1, 1, 28, 28]), |i| {
         if (12..16).contains(&i[3]) { 1.0 } else { 0.0 }
     });
-    let out = compiled.run(&[x.into()])?;
-    println!(
-        "digit probabilities: {:?}",
-        ndarray::ArrayD::<f32>::try_from(&out[0])?
-    );
-    Ok(())
+    common::show_export_and_run(mnist_cnn(&weights)?, x, "digit probabilities")
 }
