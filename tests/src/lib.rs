@@ -46,6 +46,16 @@ pub fn graph_files(dir: &str) -> Vec<PathBuf> {
     files
 }
 
+/// The model cases of the brief's classic models (LeNet-5 at batch sizes 1 and 4).
+pub const CLASSIC_MODELS: [&str; 6] = [
+    "mlp_784_64_64_1",
+    "mlp_784_128_10",
+    "mnist_cnn",
+    "lenet5_b1",
+    "lenet5_b4",
+    "logistic_regression",
+];
+
 /// The generated model cases (classic and light models), sorted by name.
 pub fn model_names() -> Vec<String> {
     let models = require_data("models");

@@ -2,20 +2,13 @@
 //! change in what fusion and the CPU back end emit shows up in review. (The text
 //! classifier is left out: its unrolled LSTM makes hundreds of kernels.)
 
-const CLASSIC: [&str; 7] = [
-    "mlp_784_64_64_1",
-    "mlp_784_128_10",
-    "mnist_cnn",
-    "lenet5_b1",
-    "lenet5_b4",
-    "logistic_regression",
-    "worked_check",
-];
-
 #[test]
 fn classic_model_kernels() {
     let models = smelt_tests::require_data("models");
-    for name in CLASSIC {
+    for name in smelt_tests::CLASSIC_MODELS
+        .into_iter()
+        .chain(["worked_check"])
+    {
         let dir = models.join(name);
         let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
         let compiled = model.compile(&smelt::Options::default()).unwrap();

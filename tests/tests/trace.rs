@@ -39,15 +39,6 @@ fn traced_classic(name: &str) -> Result<Traced> {
     })
 }
 
-const CLASSIC: &[&str] = &[
-    "mlp_784_64_64_1",
-    "mlp_784_128_10",
-    "mnist_cnn",
-    "lenet5_b1",
-    "lenet5_b4",
-    "logistic_regression",
-];
-
 fn model_dir(name: &str) -> PathBuf {
     require_data("models").join(name)
 }
@@ -168,7 +159,7 @@ fn check_against_onnxruntime(
 
 #[test]
 fn exported_classic_models_run_on_onnxruntime_like_the_jit() -> Result<()> {
-    for name in CLASSIC {
+    for name in smelt_tests::CLASSIC_MODELS {
         let dir = model_dir(name);
         let traced = traced_classic(name)?;
         let inputs = model_case_files(&dir, "input");

@@ -29,11 +29,13 @@ impl<'t> Tensor<'t> {
                     "shape {shape:?} may hold one -1 and sizes, nothing else"
                 ));
             }
-            let known: usize = shape
+            let known = shape
                 .iter()
                 .filter(|&&d| d >= 0)
-                .map(|&d| d as usize)
-                .product();
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+                .ok_or_else(|| {
+                    format!("shape {shape:?} has more elements than memory can address")
+                })?;
             let dims = shape
                 .iter()
                 .map(|&d| {

@@ -113,6 +113,14 @@ fn argument_errors_are_reported_at_the_call() {
             "-1 needs a fixed input shape",
         ),
         (
+            "huge reshape",
+            Box::new(|t| {
+                let x = t.input("x", DType::F32, [2, 3]);
+                t.output("y", x.reshape(&[i64::MAX, 4, -1]));
+            }),
+            "more elements than memory can address",
+        ),
+        (
             "squeeze",
             Box::new(|t| {
                 let x = t.input("x", DType::F32, [2, 3]);
