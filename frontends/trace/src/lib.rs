@@ -15,7 +15,7 @@
 //! })
 //! .unwrap();
 //! assert_eq!(traced.graph.outputs.len(), 1);
-//! let onnx = traced.to_onnx().unwrap(); // an opset-19 ModelProto, encoded
+//! let onnx = traced.to_onnx().unwrap(); // an opset-20 ModelProto, encoded
 //! assert!(!onnx.is_empty());
 //! ```
 //!
