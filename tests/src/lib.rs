@@ -5,6 +5,7 @@ pub mod builder;
 pub mod compare;
 pub mod conformance;
 pub mod random_graph;
+pub mod seeded;
 
 use std::path::PathBuf;
 
