@@ -4,6 +4,8 @@
 pub mod builder;
 pub mod compare;
 pub mod conformance;
+pub mod fuzz;
+pub mod hostile;
 pub mod random_graph;
 pub mod seeded;
 

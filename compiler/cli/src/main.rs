@@ -482,6 +482,20 @@ fn run(
     Ok(())
 }
 
+/// Applies `SMELT_MEMORY_LIMIT` (bytes, or with a K, M, G or T suffix), the most one value
+/// or one run's arena may take; 16G when unset.
+fn memory_limit_from_env() -> Result<()> {
+    let Some(text) = std::env::var_os("SMELT_MEMORY_LIMIT") else {
+        return Ok(());
+    };
+    let text = text.to_string_lossy();
+    let bytes = smelt_ir::limits::parse_bytes(&text).ok_or_else(|| {
+        anyhow::anyhow!("SMELT_MEMORY_LIMIT must be a byte count such as 8G, got '{text}'")
+    })?;
+    smelt_ir::limits::set_max_value_bytes(bytes);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     // Output piped into `head` and closed early ends the process quietly, as for any
     // Unix tool, instead of a panic in `println!`.
@@ -491,6 +505,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Err(e) = memory_limit_from_env() {
+        eprintln!("smelt: error: {e:#}");
+        return ExitCode::from(2);
+    }
     let result = match &cli.command {
         Command::Inspect { model } => inspect(model),
         Command::Run {

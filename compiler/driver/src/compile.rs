@@ -781,6 +781,14 @@ fn build_program(
         })
         .collect();
     let plan = plan_arena(&lives);
+    // The arena is one allocation per run: it must fit the memory limit like any value.
+    let limit = smelt_ir::limits::max_value_bytes();
+    if plan.total_bytes as u64 > limit {
+        return Err(SmeltError::Compile(format!(
+            "the model's intermediate values need {} bytes at once, over the memory limit of {limit} bytes (SMELT_MEMORY_LIMIT)",
+            plan.total_bytes
+        )));
+    }
     for (j, &b) in arena_ids.iter().enumerate() {
         buffers[b].place = Place::Arena {
             offset: plan.offsets[j],

@@ -101,6 +101,18 @@ fn window_out(
 
 /// Infers the result types of `op` applied to operands of types `inputs`.
 pub fn infer(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
+    let types = infer_types(op, inputs)?;
+    // A result too big to hold is refused here, before anything allocates it.
+    for t in &types {
+        if let Some(shape) = t.fixed_shape() {
+            crate::limits::value_bytes(&shape, t.dtype)?;
+        }
+    }
+    Ok(types)
+}
+
+/// The result types of `op` on operands of these types, unchecked against the memory limit.
+fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> {
     let arity = op.arity();
     if !arity.contains(&inputs.len()) {
         let want = match (*arity.start(), *arity.end()) {

@@ -132,6 +132,7 @@ impl Tensor {
 
     /// A tensor of `dtype` with every element equal to `value` (converted as by a cast).
     pub fn full(dtype: DType, shape: Vec<usize>, value: f64) -> Result<Tensor> {
+        crate::limits::value_bytes(&shape, dtype).map_err(IrError::Eval)?;
         let n = checked_count(&shape)?;
         Tensor::from_f64(dtype, shape, vec![value; n])
     }

@@ -498,6 +498,11 @@ impl Importer<'_, '_> {
                 let v = *outputs.get(i).ok_or_else(|| {
                     node.err(format!("output {i} ('{out_name}') is not supported"))
                 })?;
+                if scope.contains_key(out_name) {
+                    return Err(node.err(format!(
+                        "output '{out_name}' is already defined (ONNX assigns each value once)"
+                    )));
+                }
                 if depth == 0 && v.index() >= values_before && self.onnx_named.insert(v) {
                     let _ = self.cx.g.rename(v, out_name);
                 }

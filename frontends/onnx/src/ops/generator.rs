@@ -55,10 +55,10 @@ fn constant_of_shape(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     if value.len() != 1 {
         return Err(n.err("value must hold exactly one element"));
     }
-    let count = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| n.err(format!("shape {dims:?} overflows")))?;
+    smelt_ir::limits::value_bytes(&shape, value.dtype()).map_err(|e| n.err(e))?;
+    // The index vector costs 8 bytes an element: check it as a u64 tensor too.
+    smelt_ir::limits::value_bytes(&shape, DType::U64).map_err(|e| n.err(e))?;
+    let count = shape.iter().product();
     let idx = vec![0usize; count];
     let t = value
         .reshaped(vec![1])
@@ -75,6 +75,7 @@ fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let t = if dtype.is_float() {
         let (s, l, d) = (start.to_f64()[0], limit.to_f64()[0], delta.to_f64()[0]);
         let count = ((l - s) / d).ceil().max(0.0) as usize;
+        smelt_ir::limits::value_bytes(&[count], DType::F64).map_err(|e| n.err(e))?;
         Tensor::from_f64(
             dtype,
             vec![count],
@@ -86,6 +87,7 @@ fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             return Err(n.err("delta must not be zero"));
         }
         let count = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+        smelt_ir::limits::value_bytes(&[count], DType::I64).map_err(|e| n.err(e))?;
         Tensor::from_i64(
             dtype,
             vec![count],
@@ -112,6 +114,7 @@ fn eye_like(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     };
     let k = n.int("k", 0)?;
     let (rows, cols) = (shape[0], shape[1]);
+    smelt_ir::limits::value_bytes(&shape, DType::F64).map_err(|e| n.err(e))?;
     let v = (0..rows * cols)
         .map(|i| {
             if (i % cols) as i64 - (i / cols) as i64 == k {

@@ -1,0 +1,75 @@
+//! The bodies of the fuzz targets (`fuzz/fuzz_targets/*.rs` call them on libFuzzer's
+//! inputs; `tests/tests/fuzz_regressions.rs` on every saved crash input): each feeds
+//! arbitrary bytes to a front door of smelt and may return errors, never panic.
+
+use smelt_ir::text::{PrintOptions, parse_graph, print_graph};
+use std::collections::HashMap;
+
+/// ONNX import from arbitrary bytes: decoding, the summary, and import as declared.
+pub fn onnx_import(data: &[u8]) {
+    let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
+        return;
+    };
+    let _ = model.info();
+    if let Ok(imported) = smelt_onnx::import(&model, &Default::default()) {
+        imported
+            .graph
+            .verify()
+            .expect("the importer returns verified graphs");
+    }
+}
+
+/// The graph text parser: whatever parses and verifies prints and parses back to the
+/// same text.
+pub fn graph_text(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(graph) = parse_graph(text) else {
+        return;
+    };
+    if graph.verify().is_err() {
+        return;
+    }
+    let printed = print_graph(&graph, PrintOptions::full());
+    let again = parse_graph(&printed)
+        .unwrap_or_else(|e| panic!("a printed graph does not parse: {e}\n{printed}"));
+    assert_eq!(
+        print_graph(&again, PrintOptions::full()),
+        printed,
+        "printing is not stable"
+    );
+}
+
+/// Import, optimization and CPU compilation of a model (mutations of the conformance
+/// models): symbolic input dims are bound to 2, then the standard pipeline runs and
+/// code is generated. Models too big for `limit_bytes` of values are refused first.
+pub fn compile_model(data: &[u8]) {
+    let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
+        return;
+    };
+    let info = model.info();
+    let shapes: HashMap<String, Vec<usize>> = info
+        .inputs
+        .iter()
+        .map(|i| {
+            let dims = i.dims.iter().map(|d| d.parse().unwrap_or(2)).collect();
+            (i.name.clone(), dims)
+        })
+        .collect();
+    let options = smelt_onnx::ImportOptions {
+        input_shapes: shapes,
+        ..Default::default()
+    };
+    let Ok(imported) = smelt_onnx::import(&model, &options) else {
+        return;
+    };
+    let mut graph = imported.graph;
+    if smelt_opt::Pipeline::standard(Default::default())
+        .run(&mut graph)
+        .is_err()
+    {
+        return;
+    }
+    let _ = smelt::Executable::from_graph(graph, false);
+}
