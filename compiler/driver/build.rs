@@ -57,6 +57,11 @@ fn build_bundle(root: &Path, target_dir: &Path, extra: &[&str]) {
         // Under `cargo clippy` the wrapper would lint instead of just building.
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CLIPPY_ARGS")
+        // The deployed runtime is built plainly: flags meant for the compiler's own build
+        // (cargo-fuzz's coverage instrumentation, say) would reach its build scripts, whose
+        // links then fail, and would end up in every executable smelt links.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .status()
         .expect("cargo runs");
     assert!(

@@ -1,8 +1,9 @@
-//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|opt-stats|peak|bench|codegen>`.
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|fuzz|opt-stats|peak|bench|codegen>`.
 
 mod bench;
 mod codegen;
 mod data;
+mod fuzz;
 
 use anyhow::{Context, Result, bail};
 use smelt_tests::conformance::{self, Runtime};
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
         Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root),
         Some("gpu-check") => gpu_check(&root),
+        Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("peak") => peak(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("opt-stats") => {
@@ -36,7 +38,7 @@ fn main() -> Result<()> {
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, fuzz [--seconds N] [--targets a,b], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
         ),
     }
 }
@@ -286,12 +288,14 @@ fn test(root: &Path) -> Result<()> {
         ],
     )?;
     let conformance = run_conformance(root, false);
+    // A bounded fuzzing pass: each target for a minute from the seed corpus.
+    let fuzzing = fuzz::run(root, &["--seconds".into(), "60".into()]);
     // One closing line with the totals of every test binary.
     println!("{passed} passed, {failed} failed");
     if !ok || failed > 0 {
         bail!("cargo test failed");
     }
-    conformance
+    conformance.and(fuzzing)
 }
 
 /// Runs `cmd`, echoing its output, and returns its stdout and whether it succeeded.

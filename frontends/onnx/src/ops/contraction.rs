@@ -299,6 +299,18 @@ fn einsum(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             v
         }
     };
+    for (i, c) in out.iter().enumerate() {
+        if !letters.contains(c) {
+            return Err(n.err(format!(
+                "output letter '{c}' of equation '{eq}' appears in no operand"
+            )));
+        }
+        if out[..i].contains(c) {
+            return Err(n.err(format!(
+                "output letter '{c}' of equation '{eq}' appears twice"
+            )));
+        }
+    }
     // Common order: output letters first, then the summed ones.
     let mut order = out.clone();
     order.extend(letters.iter().filter(|c| !out.contains(c)));
