@@ -65,6 +65,11 @@ pub struct IoProto {
     pub shape: Vec<u64>,
     #[prost(uint64, tag = "4")]
     pub buffer: u64,
+    /// `[index_lo, index_hi)` when the input holds indices (both present or neither).
+    #[prost(int64, optional, tag = "5")]
+    pub index_lo: Option<i64>,
+    #[prost(int64, optional, tag = "6")]
+    pub index_hi: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -144,6 +149,8 @@ impl Program {
             elem: s.elem.name().to_string(),
             shape: u64s(&s.shape),
             buffer: s.buffer as u64,
+            index_lo: s.index_range.map(|r| r.0),
+            index_hi: s.index_range.map(|r| r.1),
         };
         ManifestProto {
             model_name: model_name.to_string(),
@@ -197,6 +204,11 @@ impl Program {
                 elem: elem(&p.elem)?,
                 shape: usizes(&p.shape),
                 buffer: buf(p.buffer)?,
+                index_range: match (p.index_lo, p.index_hi) {
+                    (Some(lo), Some(hi)) => Some((lo, hi)),
+                    (None, None) => None,
+                    _ => return Err(format!("input '{}' has half an index range", p.name)),
+                },
             })
         };
         let buffers = m

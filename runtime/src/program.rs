@@ -25,6 +25,14 @@ pub enum RuntimeError {
         expected: String,
         got: String,
     },
+    #[error("input {name}: index {value} at position {position} is out of range (allowed: {lo} to {})", hi - 1)]
+    IndexOutOfRange {
+        name: String,
+        position: usize,
+        value: i64,
+        lo: i64,
+        hi: i64,
+    },
     #[error("output {name}: expected {expected}, got {got}")]
     OutputMismatch {
         name: String,
@@ -42,6 +50,41 @@ pub struct IoSpec {
     pub elem: ElemType,
     pub shape: Vec<usize>,
     pub buffer: usize,
+    /// For an input used as indices (of a gather or scatter): the values it may hold,
+    /// `[lo, hi)`. Checked before every run, since kernels clamp what they load.
+    pub index_range: Option<(i64, i64)>,
+}
+
+impl IoSpec {
+    /// The first element of `bytes` (this input's data) outside `index_range`.
+    fn check_indices(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
+        let Some((lo, hi)) = self.index_range else {
+            return Ok(());
+        };
+        let width = self.elem.size_bytes();
+        let value = |chunk: &[u8]| -> i64 {
+            match self.elem {
+                ElemType::I32 => i32::from_le_bytes(chunk.try_into().expect("4 bytes")) as i64,
+                ElemType::I64 => i64::from_le_bytes(chunk.try_into().expect("8 bytes")),
+                _ => lo,
+            }
+        };
+        match bytes
+            .chunks_exact(width)
+            .map(value)
+            .enumerate()
+            .find(|&(_, v)| v < lo || v >= hi)
+        {
+            Some((position, value)) => Err(RuntimeError::IndexOutOfRange {
+                name: self.name.clone(),
+                position,
+                value,
+                lo,
+                hi,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Alignment a caller's input or output bytes need to be used in place (enough for every
@@ -300,6 +343,7 @@ impl Program {
             if spec.elem != t.elem || spec.shape != t.shape {
                 return Err(mismatch(spec, t));
             }
+            spec.check_indices(&t.bytes)?;
         }
         if outputs.len() != self.outputs.len() {
             return Err(RuntimeError::OutputMismatch {
@@ -337,6 +381,7 @@ impl Program {
             if t.len() != want {
                 return Err(wrong_size(&spec.name, "bytes", want, t.len()));
             }
+            spec.check_indices(t)?;
         }
         if outputs.len() != self.outputs.len() {
             return Err(wrong_size(

@@ -454,3 +454,48 @@ fn compile_errors_are_one_line() {
     ]);
     assert_exit_2(&out, "/nonexistent.onnx");
 }
+
+/// An executable checks index inputs as the JIT does: an embedding lookup with a token id
+/// past the table is an error with status 2, not a clamped read.
+#[test]
+fn executables_refuse_out_of_range_indices() {
+    use smelt_tests::builder::{D, f32_info, f32_tensor, model, node, value_info};
+    let work = workdir("indices");
+    let table: Vec<f32> = (0..15).map(|i| i as f32).collect();
+    let bytes = model(
+        vec![node("Gather", "embed", &["table", "ids"], &["y"])],
+        vec![value_info("ids", 7, &[D::N(3)])],
+        vec![f32_info("y", &[3, 3])],
+        vec![f32_tensor("table", &[5, 3], &table)],
+    );
+    let onnx = work.join("embed.onnx");
+    std::fs::write(&onnx, bytes).unwrap();
+    let exe = work.join("embed");
+    compile(&onnx, &exe, &[]);
+    let ids = |values: [i64; 3], file: &str| {
+        let path = work.join(file);
+        let t = smelt_runtime::HostTensor {
+            elem: smelt_runtime::ElemType::I64,
+            shape: vec![3],
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        smelt_runtime::write_npy(&path, &t).unwrap();
+        format!("ids={}", path.display())
+    };
+    let out_dir = work.join("out");
+    let good = Command::new(&exe)
+        .args(["--input", &ids([0, 4, -1], "good.npy"), "--output-dir"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    ok(&good);
+    let bad = Command::new(&exe)
+        .args(["--input", &ids([0, 5, 1], "bad.npy"), "--output-dir"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_exit_2(
+        &bad,
+        "index 5 at position 1 is out of range (allowed: -5 to 4)",
+    );
+}

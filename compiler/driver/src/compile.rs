@@ -5,7 +5,7 @@ use crate::SmeltError;
 use smelt_fuse::kernel::{Body, Contraction, Role};
 use smelt_fuse::plan::VIEW_ALIGN;
 use smelt_fuse::{FusionPlan, GroupKind, LoweredKernel};
-use smelt_ir::{Graph, Op, PoolKind, ValueId};
+use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
 use smelt_runtime::kernels::{ConvGeometry, PoolGeometry, PoolMode};
 use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
@@ -438,6 +438,40 @@ fn slice_views(g: &Graph, plan: &FusionPlan) -> Views {
         .collect()
 }
 
+/// The values an integer graph input may hold when it indexes a gather or scatter along an
+/// axis (directly or through a cast): `[-n, n)` for an axis of `n`, the tightest over its
+/// uses. Kernels clamp their loads, so an index outside would silently read a wrong
+/// element; the program checks these inputs before each run instead.
+fn index_range(g: &Graph, input: ValueId) -> Option<(i64, i64)> {
+    if !matches!(g.ty(input).dtype, DType::I32 | DType::I64) {
+        return None;
+    }
+    let mut indices = vec![input];
+    for n in &g.nodes {
+        if matches!(n.op, Op::Cast { to } if to.is_int()) && n.inputs[0] == input {
+            indices.push(n.outputs[0]);
+        }
+    }
+    let mut range: Option<(i64, i64)> = None;
+    for n in &g.nodes {
+        let axis = match n.op {
+            Op::Gather { axis }
+            | Op::GatherElements { axis }
+            | Op::ScatterElements { axis, .. } => axis,
+            _ => continue,
+        };
+        if !indices.contains(&n.inputs[1]) {
+            continue;
+        }
+        let size = g.ty(n.inputs[0]).shape.get(axis)?.fixed()? as i64;
+        range = Some(match range {
+            Some((lo, hi)) => (lo.max(-size), hi.min(size)),
+            None => (-size, size),
+        });
+    }
+    range
+}
+
 /// Concatenations that need no copy: a concatenation along an axis with only 1s before it
 /// whose output its group stores and is not a graph output, and whose operands are
 /// distinct values that other groups store (not graph inputs, outputs or constants),
@@ -564,6 +598,7 @@ fn build_program(
             elem: elem(g, v),
             shape: shape(v),
             buffer: buffer(v, &mut buffers, &mut constants),
+            index_range: index_range(g, v),
         })
         .collect();
     let mut launches = Vec::new();
@@ -706,6 +741,7 @@ fn build_program(
             elem: elem(g, v),
             shape: shape(v),
             buffer: buf,
+            index_range: None,
         });
     }
     // Every buffer a view is part of exists, even one no launch names (a concatenation

@@ -149,14 +149,34 @@ fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let strides = window_attr(n, "strides", s)?;
     let dilations = window_attr(n, "dilations", s)?;
     let group = n.int("group", 1)?.max(1) as usize;
-    let mut output_padding: Vec<usize> = n
-        .ints("output_padding")?
-        .unwrap_or_else(|| vec![0; s])
-        .iter()
-        .map(|&v| v as usize)
-        .collect();
+    let op = n.ints("output_padding")?.unwrap_or_else(|| vec![0; s]);
+    if op.len() != s || op.iter().any(|&v| v < 0) {
+        return Err(n.err(format!(
+            "output_padding {op:?} must be {s} non-negative values"
+        )));
+    }
+    let mut output_padding: Vec<usize> = op.into_iter().map(|v| v as usize).collect();
+    if xs[2..].contains(&0) || kernel.contains(&0) {
+        return Err(n.err(format!(
+            "input {xs:?} and weight {ws:?} must have no empty spatial axis"
+        )));
+    }
+    // The size before padding is cut: checked, since strides and dilations are attributes.
+    let full_size = |d: usize, extra: usize| -> Result<usize> {
+        strides[d]
+            .checked_mul(xs[2 + d] - 1)
+            .and_then(|v| v.checked_add(extra))
+            .and_then(|v| v.checked_add((kernel[d] - 1).checked_mul(dilations[d])?))
+            .and_then(|v| v.checked_add(1))
+            .ok_or_else(|| n.err(format!("the output size along axis {d} overflows")))
+    };
     let auto = n.string("auto_pad", "NOTSET")?;
     let pads = if let Some(out_shape) = n.ints("output_shape")? {
+        if out_shape.len() < s || out_shape.iter().any(|&v| v < 0) {
+            return Err(n.err(format!(
+                "output_shape {out_shape:?} must end with {s} non-negative sizes"
+            )));
+        }
         let out_sp: Vec<usize> = out_shape
             .iter()
             .rev()
@@ -166,10 +186,7 @@ fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             .collect();
         let mut pads = vec![0; 2 * s];
         for d in 0..s {
-            let full = strides[d] * (xs[2 + d] - 1)
-                + output_padding[d]
-                + (kernel[d] - 1) * dilations[d]
-                + 1;
+            let full = full_size(d, output_padding[d])?;
             let total = full.saturating_sub(out_sp[d]);
             if full < out_sp[d] {
                 output_padding[d] += out_sp[d] - full;
@@ -185,11 +202,8 @@ fn conv_transpose(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     } else if auto == "SAME_UPPER" || auto == "SAME_LOWER" {
         let mut pads = vec![0; 2 * s];
         for d in 0..s {
-            let full = strides[d] * (xs[2 + d] - 1)
-                + output_padding[d]
-                + (kernel[d] - 1) * dilations[d]
-                + 1;
-            let total = full.saturating_sub(xs[2 + d] * strides[d]);
+            let full = full_size(d, output_padding[d])?;
+            let total = full.saturating_sub(xs[2 + d].saturating_mul(strides[d]));
             let (small, big) = (total / 2, total - total / 2);
             (pads[d], pads[s + d]) = if auto == "SAME_UPPER" {
                 (small, big)
