@@ -71,11 +71,20 @@ pub(super) fn resolve_pads(
         }
         "VALID" => Ok(vec![0; 2 * s]),
         "SAME_UPPER" | "SAME_LOWER" => {
+            if in_spatial.len() != s || kernel.contains(&0) {
+                return Err(n.err(format!(
+                    "kernel {kernel:?} does not fit spatial axes {in_spatial:?}"
+                )));
+            }
             let mut pads = vec![0; 2 * s];
             for d in 0..s {
                 let out = in_spatial[d].div_ceil(strides[d]);
-                let span = dilations[d] * (kernel[d] - 1) + 1;
-                let total = ((out.max(1) - 1) * strides[d] + span).saturating_sub(in_spatial[d]);
+                let total = dilations[d]
+                    .checked_mul(kernel[d] - 1)
+                    .and_then(|v| v.checked_add((out.max(1) - 1).checked_mul(strides[d])?))
+                    .and_then(|v| v.checked_add(1))
+                    .ok_or_else(|| n.err(format!("the padded size along axis {d} overflows")))?
+                    .saturating_sub(in_spatial[d]);
                 let (small, big) = (total / 2, total - total / 2);
                 (pads[d], pads[s + d]) = if auto == "SAME_UPPER" {
                     (small, big)
@@ -122,10 +131,14 @@ fn conv_shapes(cx: &Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<(Vec<usize>
 pub(super) fn conv_of(cx: &mut Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<ValueId> {
     let (xs, ws) = conv_shapes(cx, n, x, w)?;
     let s = ws.len() - 2;
-    let kernel = match n.ints("kernel_shape")? {
-        Some(k) => k.iter().map(|&v| v as usize).collect(),
-        None => ws[2..].to_vec(),
-    };
+    let kernel = ws[2..].to_vec();
+    if let Some(k) = n.ints("kernel_shape")?
+        && k.iter().map(|&v| v as usize).ne(kernel.iter().copied())
+    {
+        return Err(n.err(format!(
+            "kernel_shape {k:?} differs from the weight's spatial dims {kernel:?}"
+        )));
+    }
     let strides = window_attr(n, "strides", s)?;
     let dilations = window_attr(n, "dilations", s)?;
     let pads = resolve_pads(n, &xs[2..], &kernel, &strides, &dilations)?;

@@ -20,12 +20,16 @@ pub(super) const OPS: &[(&str, Handler)] = &[
 fn pool(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
     let xs = cx.fixed_shape(x)?;
-    let kernel: Vec<usize> = n
+    let kernel_attr = n
         .ints("kernel_shape")?
-        .ok_or_else(|| n.err("kernel_shape is required"))?
+        .ok_or_else(|| n.err("kernel_shape is required"))?;
+    let kernel: Vec<usize> = kernel_attr
         .iter()
-        .map(|&k| k as usize)
-        .collect();
+        .map(|&k| {
+            usize::try_from(k)
+                .map_err(|_| n.err(format!("kernel_shape {kernel_attr:?} has a negative size")))
+        })
+        .collect::<Result<_>>()?;
     let s = kernel.len();
     if s == 0 || xs.len() != s + 2 || kernel.contains(&0) {
         return Err(n.err(format!("kernel {kernel:?} does not fit input {xs:?}")));
@@ -40,8 +44,16 @@ fn pool(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         // Extra end padding so that the floor formula yields the ceil size; the last
         // window must still start inside the input or its begin padding.
         for d in 0..s {
-            let span = dilations[d] * (kernel[d] - 1) + 1;
-            let padded = xs[2 + d] + pads[d] + pads[s + d];
+            let sizes = dilations[d]
+                .checked_mul(kernel[d] - 1)
+                .and_then(|v| v.checked_add(1))
+                .zip(
+                    xs[2 + d]
+                        .checked_add(pads[d])
+                        .and_then(|v| v.checked_add(pads[s + d])),
+                );
+            let (span, padded) =
+                sizes.ok_or_else(|| n.err(format!("the window along axis {d} overflows")))?;
             if padded < span {
                 continue;
             }
