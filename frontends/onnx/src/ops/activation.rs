@@ -116,10 +116,16 @@ fn hard_swish(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     one(cx.binary(BinaryOp::Mul, x, hs)?)
 }
 
+/// `log(1 + exp(x))` as `max(x, 0) + log(1 + exp(-|x|))`, which does not overflow to
+/// infinity for large `x` (onnxruntime gives `x` there too).
 fn softplus_of(cx: &mut Ctx, x: ValueId) -> Result<ValueId> {
-    let e = cx.unary(UnaryOp::Exp, x)?;
+    let a = cx.unary(UnaryOp::Abs, x)?;
+    let na = cx.unary(UnaryOp::Neg, a)?;
+    let e = cx.unary(UnaryOp::Exp, na)?;
     let e1 = cx.binary_scalar(BinaryOp::Add, e, 1.0)?;
-    cx.unary(UnaryOp::Log, e1)
+    let l = cx.unary(UnaryOp::Log, e1)?;
+    let r = cx.relu(x)?;
+    cx.binary(BinaryOp::Add, r, l)
 }
 
 fn softplus(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
