@@ -180,6 +180,9 @@ pub(super) fn slice_axis(
     end: i64,
 ) -> Result<ValueId> {
     let rank = cx.rank(x);
+    if axis >= rank {
+        return Err(cx.err(format!("cannot slice axis {axis} of {}", cx.ty(x))));
+    }
     let mut starts = vec![0; rank];
     let mut ends = vec![i64::MAX; rank];
     starts[axis] = start;

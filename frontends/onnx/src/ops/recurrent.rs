@@ -119,7 +119,10 @@ fn recurrent(cx: &mut Ctx, n: &Node, cell: Cell) -> Result<Vec<ValueId>> {
     let ws = cx.fixed_shape(w)?;
     let g = cell.gates();
     let h = match n.opt_int("hidden_size")? {
-        Some(h) => h as usize,
+        Some(h) => usize::try_from(h)
+            .ok()
+            .filter(|&h| h > 0 && h.checked_mul(2 * g).is_some())
+            .ok_or_else(|| n.err(format!("hidden_size {h} must be a positive size")))?,
         None => ws.get(1).copied().unwrap_or(0) / g,
     };
     let dirs = match n.string("direction", "forward")?.as_str() {
@@ -134,6 +137,24 @@ fn recurrent(cx: &mut Ctx, n: &Node, cell: Cell) -> Result<Vec<ValueId>> {
             dirs.len(),
             g * h
         )));
+    }
+    let rs = cx.fixed_shape(r)?;
+    if rs != [dirs.len(), g * h, h] {
+        return Err(n.err(format!(
+            "R has shape {rs:?}, expected [{}, {}, {h}]",
+            dirs.len(),
+            g * h
+        )));
+    }
+    if let Some(b) = n.opt_input(3) {
+        let bs = cx.fixed_shape(b)?;
+        if bs != [dirs.len(), 2 * g * h] {
+            return Err(n.err(format!(
+                "B has shape {bs:?}, expected [{}, {}]",
+                dirs.len(),
+                2 * g * h
+            )));
+        }
     }
     if let Some(sl) = n.opt_input(4) {
         let lens = cx.require_const(sl, "sequence_lens")?.to_i64();
