@@ -142,6 +142,9 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let mut bias: Option<ValueId> = None;
     if let Some(mask) = n.opt_input(3) {
         let mrank = cx.rank(mask);
+        if mrank == 0 {
+            return Err(n.err("attn_mask must have at least one axis"));
+        }
         let mlen = cx.fixed_shape(mask)?.last().copied().unwrap_or(0);
         let is_bool = cx.dtype(mask).is_bool();
         let mask = if mlen < kv_len {

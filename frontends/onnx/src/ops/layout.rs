@@ -372,8 +372,9 @@ fn tile(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let final_shape: Vec<usize> = shape
         .iter()
         .zip(&reps)
-        .map(|(&d, &r)| d * r as usize)
-        .collect();
+        .map(|(&d, &r)| d.checked_mul(r as usize))
+        .collect::<Option<_>>()
+        .ok_or_else(|| n.err(format!("{shape:?} repeated {reps:?} overflows")))?;
     let r = cx.reshape_fixed(x, &inter)?;
     let e = cx.op(Op::Expand { shape: expanded }, &[r])?;
     one(cx.reshape_fixed(e, &final_shape)?)
