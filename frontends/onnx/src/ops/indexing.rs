@@ -69,6 +69,7 @@ fn one_hot(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     if depth <= 0 {
         return Err(n.err(format!("depth must be positive, got {depth}")));
     }
+    smelt_ir::limits::value_bytes(&[depth as usize], DType::I64).map_err(|e| n.err(e))?;
     let values = n.input(2)?;
     let rank = cx.rank(indices) + 1;
     let axis = cx.axis(n.int("axis", -1)?, rank)?;

@@ -420,13 +420,22 @@ fn size(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     ))
 }
 
+/// DepthToSpace's and SpaceToDepth's `blocksize`: positive, its square a size.
+fn block_size(n: &Node) -> Result<usize> {
+    let b = n
+        .opt_int("blocksize")?
+        .ok_or_else(|| n.err("blocksize is required"))?;
+    usize::try_from(b)
+        .ok()
+        .filter(|&b| b > 0 && b.checked_mul(b).is_some_and(|sq| sq <= u32::MAX as usize))
+        .ok_or_else(|| n.err(format!("blocksize {b} must be a small positive size")))
+}
+
 fn depth_to_space(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
     let s = cx.fixed_shape(x)?;
-    let b = n
-        .opt_int("blocksize")?
-        .ok_or_else(|| n.err("blocksize is required"))? as usize;
-    if s.len() != 4 || b == 0 || s[1] % (b * b) != 0 {
+    let b = block_size(n)?;
+    if s.len() != 4 || s[1] % (b * b) != 0 {
         return Err(n.err(format!(
             "needs NCHW input with channels divisible by {b}*{b}, got {s:?}"
         )));
@@ -446,10 +455,8 @@ fn depth_to_space(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
 fn space_to_depth(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let x = n.input(0)?;
     let s = cx.fixed_shape(x)?;
-    let b = n
-        .opt_int("blocksize")?
-        .ok_or_else(|| n.err("blocksize is required"))? as usize;
-    if s.len() != 4 || b == 0 || s[2] % b != 0 || s[3] % b != 0 {
+    let b = block_size(n)?;
+    if s.len() != 4 || s[2] % b != 0 || s[3] % b != 0 {
         return Err(n.err(format!(
             "needs NCHW input with H and W divisible by {b}, got {s:?}"
         )));
