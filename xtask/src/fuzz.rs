@@ -161,7 +161,8 @@ fn seed_corpus(root: &Path, corpus: &Path, seeds: Seeds) -> Result<()> {
             for name in smelt_tests::CLASSIC_MODELS {
                 files.push(data.join("models").join(name).join("model.onnx"));
             }
-            let hostile = root.join("target/fuzz-corpus/hostile");
+            // Per target, so that targets fuzzed at once do not lay it out over each other.
+            let hostile = corpus.with_extension("hostile");
             for case in smelt_tests::hostile::corpus() {
                 files.push(smelt_tests::hostile::write_case(&hostile, &case)?);
             }
