@@ -176,3 +176,37 @@ fn special_values_propagate_as_in_onnxruntime() {
         failures.join("\n")
     );
 }
+
+/// Integer division and remainder by zero are defined (0) in compiled code and the
+/// reference interpreter alike, never a trap, for every integer width and signedness.
+#[test]
+fn integer_division_by_zero_gives_zero() {
+    for dtype in ["i8", "i16", "i32", "i64", "u8", "u16", "u32", "u64"] {
+        let text = format!(
+            "graph divide (%a: {dtype}[4], %b: {dtype}[4]) {{\n  %q = div(%a, %b) : {dtype}[4]\n  %r = rem(%a, %b) : {dtype}[4]\n  %m = mod(%a, %b) : {dtype}[4]\n  return %q, %r, %m\n}}\n"
+        );
+        let g = smelt_ir::text::parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let dt = smelt_ir::DType::from_name(dtype).unwrap();
+        let a = smelt_ir::Tensor::from_i64(dt, vec![4], vec![7, 0, 5, 100]).unwrap();
+        let b = smelt_ir::Tensor::from_i64(dt, vec![4], vec![0, 0, 2, 0]).unwrap();
+        let reference = smelt_ir::interp::run(&g, &[a.clone(), b.clone()]).unwrap();
+        let exe = smelt::Executable::from_graph(g, true).unwrap();
+        let host = [smelt::to_host_tensor(&a), smelt::to_host_tensor(&b)];
+        let got = exe
+            .run(
+                &smelt_runtime::pool::ThreadPool::new(2),
+                &[&host[0], &host[1]],
+                None,
+            )
+            .unwrap();
+        let want = [[0, 0, 2, 0], [0, 0, 1, 0], [0, 0, 1, 0]];
+        for ((w, r), g) in want.iter().zip(&reference).zip(&got) {
+            assert_eq!(r.to_i64(), w.to_vec(), "{dtype}: reference");
+            assert_eq!(
+                smelt::to_ir_tensor(g).unwrap().to_i64(),
+                w.to_vec(),
+                "{dtype}: compiled"
+            );
+        }
+    }
+}
