@@ -25,6 +25,12 @@ fn nll_of(
     if shape.len() < 2 {
         return Err(n.err(format!("input must be [N, C, ...], got {shape:?}")));
     }
+    if cx.rank(target) + 1 != shape.len() {
+        return Err(n.err(format!(
+            "target {} must have the input's shape {shape:?} without the class axis",
+            cx.ty(target)
+        )));
+    }
     let reduction = n.string("reduction", "mean")?;
     let t = cx.cast(target, DType::I64)?;
     let (t, mask) = match n.opt_int("ignore_index")? {
