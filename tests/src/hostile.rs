@@ -36,14 +36,19 @@ fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
     }
 }
 
-/// `y = relu(x)` over `x: f32[1, 4]`: the well-formed base most cases break one thing of.
-fn relu_model() -> Vec<u8> {
+/// A model from `x: f32[1, 4]` to `y: f32[1, 4]`.
+fn vector_model(nodes: Vec<smelt_onnx::proto::NodeProto>, inits: Vec<TensorProto>) -> Vec<u8> {
     model(
-        vec![node("Relu", "relu", &["x"], &["y"])],
+        nodes,
         vec![f32_info("x", &[1, 4])],
         vec![f32_info("y", &[1, 4])],
-        vec![],
+        inits,
     )
+}
+
+/// `y = relu(x)` over `x: f32[1, 4]`: the well-formed base most cases break one thing of.
+fn relu_model() -> Vec<u8> {
+    vector_model(vec![node("Relu", "relu", &["x"], &["y"])], vec![])
 }
 
 /// `y = x + w` with `w` an initializer stored in `location` as external data.
@@ -63,12 +68,7 @@ fn external_model(location: &str, length: i64) -> Vec<u8> {
         ],
         ..Default::default()
     };
-    model(
-        vec![node("Add", "add", &["x", "w"], &["y"])],
-        vec![f32_info("x", &[1, 4])],
-        vec![f32_info("y", &[1, 4])],
-        vec![w],
-    )
+    vector_model(vec![node("Add", "add", &["x", "w"], &["y"])], vec![w])
 }
 
 /// Functions that call each other `depth` deep (each `fK` calls `fK+1`; the last is Relu).
@@ -173,13 +173,11 @@ pub fn corpus() -> Vec<HostileCase> {
                 int64_data: vec![1 << 20, 1 << 20, 1 << 1],
                 ..Default::default()
             };
-            model(
+            vector_model(
                 vec![
                     node("ConstantOfShape", "big", &["shape"], &["c"]),
                     node("Add", "add", &["x", "c"], &["y"]),
                 ],
-                vec![f32_info("x", &[1, 4])],
-                vec![f32_info("y", &[1, 4])],
                 vec![shape],
             )
         }),
@@ -197,31 +195,22 @@ pub fn corpus() -> Vec<HostileCase> {
         ),
         plain(
             "duplicate_value_names",
-            model(
+            vector_model(
                 vec![
                     node("Relu", "a", &["x"], &["y"]),
                     node("Neg", "b", &["x"], &["y"]),
                 ],
-                vec![f32_info("x", &[1, 4])],
-                vec![f32_info("y", &[1, 4])],
                 vec![],
             ),
         ),
         plain(
             "missing_initializer",
-            model(
-                vec![node("Add", "add", &["x", "w"], &["y"])],
-                vec![f32_info("x", &[1, 4])],
-                vec![f32_info("y", &[1, 4])],
-                vec![],
-            ),
+            vector_model(vec![node("Add", "add", &["x", "w"], &["y"])], vec![]),
         ),
         plain(
             "short_initializer",
-            model(
+            vector_model(
                 vec![node("Add", "add", &["x", "w"], &["y"])],
-                vec![f32_info("x", &[1, 4])],
-                vec![f32_info("y", &[1, 4])],
                 vec![f32_tensor("w", &[1, 4], &[1.0, 2.0])],
             ),
         ),
@@ -240,12 +229,7 @@ pub fn corpus() -> Vec<HostileCase> {
                 f: Some(1.5),
                 ..Default::default()
             });
-            model(
-                vec![n],
-                vec![f32_info("x", &[1, 4])],
-                vec![f32_info("y", &[1, 4])],
-                vec![],
-            )
+            vector_model(vec![n], vec![])
         }),
     ];
     let escaping = |name: &'static str, location: &str| HostileCase {

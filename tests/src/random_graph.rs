@@ -253,3 +253,18 @@ pub fn build(steps: &[Step]) -> Graph {
     g.outputs = vec![*vals.last().unwrap()];
     g
 }
+
+/// Runs `test` on random well-typed graphs of 1 to 15 steps: 192 from a fixed seed and 64
+/// from a fresh, printed one (`crate::seeded`).
+pub fn on_random_graphs(
+    source_file: &'static str,
+    test: impl Fn(&Graph) -> Result<(), TestCaseError>,
+) {
+    crate::seeded::run_seeded(
+        source_file,
+        prop::collection::vec(step(), 1..16),
+        192,
+        64,
+        |steps| test(&build(&steps)),
+    );
+}

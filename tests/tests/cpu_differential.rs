@@ -7,8 +7,7 @@ use smelt::Executable;
 use smelt_ir::DType;
 use smelt_runtime::pool::ThreadPool;
 use smelt_tests::compare::compare;
-use smelt_tests::random_graph::{build, konst, step};
-use smelt_tests::seeded::run_seeded;
+use smelt_tests::random_graph::{konst, on_random_graphs};
 
 fn check(g: &smelt_ir::Graph, optimize: bool, pool: &ThreadPool) -> Result<(), TestCaseError> {
     let x = konst(vec![2, 3, 4, 4], 11, None);
@@ -81,21 +80,13 @@ fn agrees_with_reference(
     }
 }
 
-/// 192 cases from a fixed seed and 64 from a fresh, printed one.
 #[test]
 fn compiled_code_matches_the_reference() {
     let pool = ThreadPool::new(2);
-    run_seeded(
-        file!(),
-        prop::collection::vec(step(), 1..16),
-        192,
-        64,
-        |steps| {
-            let g = build(&steps);
-            check(&g, true, &pool)?;
-            check(&g, false, &pool)
-        },
-    );
+    on_random_graphs(file!(), |g| {
+        check(g, true, &pool)?;
+        check(g, false, &pool)
+    });
 }
 
 /// `a + gather(a, perm_k)` twenty times over, with a different constant permutation at
