@@ -112,6 +112,55 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// What `tests/py/ort_run.py` reports of one onnxruntime run.
+#[derive(Debug)]
+pub struct OnnxruntimeRun {
+    /// The default-domain opset of the model.
+    pub opset: i64,
+    /// The outputs, in the model's order.
+    pub outputs: Vec<smelt_runtime::HostTensor>,
+}
+
+/// Checks `dir/model.onnx` with onnx's full checker and runs it on onnxruntime (CPU,
+/// graph optimizations off) with these `.npy` inputs, through the test venv; writes
+/// `dir/inputs.tsv` and reads back `dir/ort_<i>.npy`.
+pub fn run_onnxruntime(
+    dir: &std::path::Path,
+    inputs: &[(String, PathBuf)],
+) -> Result<OnnxruntimeRun, String> {
+    let tsv: String = inputs
+        .iter()
+        .map(|(name, path)| format!("{name}\t{}\n", path.display()))
+        .collect();
+    std::fs::write(dir.join("inputs.tsv"), tsv).map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(venv_python())
+        .arg(workspace_root().join("tests/py/ort_run.py"))
+        .arg(dir.join("model.onnx"))
+        .arg(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "onnxruntime failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // One line: `opset N outputs NAME...`.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    let opset = words
+        .get(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("unexpected output of ort_run.py: {stdout}"))?;
+    let outputs = (0..words.len().saturating_sub(3))
+        .map(|i| {
+            let path = dir.join(format!("ort_{i}.npy"));
+            smelt_runtime::read_npy(&path).map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(OnnxruntimeRun { opset, outputs })
+}
+
 /// `ptxas`: `SMELT_PTXAS`, else the one the `nvidia-cuda-nvcc-cu12` wheel put in the
 /// test venv (`cargo xtask setup`).
 pub fn ptxas() -> PathBuf {

@@ -6,7 +6,7 @@
 use smelt_onnx::proto::{AttributeProto, attribute_proto::AttributeType};
 use smelt_tests::builder::{f32_info, model, node};
 use smelt_tests::compare::compare;
-use smelt_tests::{venv_python, workspace_root};
+use smelt_tests::{run_onnxruntime, workspace_root};
 
 const UNARY: &[&str] = &[
     "Relu",
@@ -113,26 +113,15 @@ fn special_values_propagate_as_in_onnxruntime() {
         shape: vec![8],
         bytes: v.iter().flat_map(|f| f.to_le_bytes()).collect(),
     };
-    let mut tsv = String::new();
+    let mut files = Vec::new();
     let mut feeds = Vec::new();
     for (name, v) in [("x", &x), ("y", &y)] {
         let path = dir.join(format!("{name}.npy"));
         smelt_runtime::write_npy(&path, &tensor(v)).unwrap();
-        tsv.push_str(&format!("{name}\t{}\n", path.display()));
+        files.push((name.to_string(), path));
         feeds.push((name.to_string(), tensor(v)));
     }
-    std::fs::write(dir.join("inputs.tsv"), tsv).unwrap();
-    let out = std::process::Command::new(venv_python())
-        .arg(workspace_root().join("tests/py/ort_run.py"))
-        .arg(dir.join("model.onnx"))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ort = run_onnxruntime(&dir, &files).unwrap_or_else(|e| panic!("{e}"));
 
     let compiled = smelt::Model::from_bytes(&bytes)
         .unwrap()
@@ -144,9 +133,9 @@ fn special_values_propagate_as_in_onnxruntime() {
     let ours = compiled.run_named(&feeds).unwrap();
     let mut failures = Vec::new();
     for (i, (name, got)) in ours.iter().enumerate() {
-        let want = smelt_runtime::read_npy(&dir.join(format!("ort_{i}.npy"))).unwrap();
+        let want = &ort.outputs[i];
         let (want, got) = (
-            smelt::to_ir_tensor(&want).unwrap(),
+            smelt::to_ir_tensor(want).unwrap(),
             smelt::to_ir_tensor(got).unwrap(),
         );
         if NAN_PROPAGATING.contains(&name.as_str()) {

@@ -20,7 +20,7 @@ use smelt::smelt_ir::{Graph, Op};
 use smelt::{Model, Options, Stage, to_ir_tensor};
 use smelt_runtime::HostTensor;
 use smelt_tests::compare::compare;
-use smelt_tests::{model_case_files, require_data, venv_python, workspace_root};
+use smelt_tests::{model_case_files, require_data, run_onnxruntime, workspace_root};
 use smelt_trace::{DType, GeluForm, Traced, onnx_weights, random_weights, sym, trace};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,38 +79,6 @@ fn traced_graphs_optimize_to_the_imported_onnx_graphs() -> Result<()> {
     Ok(())
 }
 
-/// Runs `model.onnx` in `dir` on onnxruntime with these `.npy` inputs; returns its outputs.
-fn run_onnxruntime(dir: &Path, inputs: &[(String, PathBuf)]) -> Result<Vec<HostTensor>> {
-    let tsv: String = inputs
-        .iter()
-        .map(|(name, path)| format!("{name}\t{}\n", path.display()))
-        .collect();
-    std::fs::write(dir.join("inputs.tsv"), tsv)?;
-    let script = workspace_root().join("tests/py/ort_run.py");
-    let out = std::process::Command::new(venv_python())
-        .arg(&script)
-        .arg(dir.join("model.onnx"))
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "onnxruntime failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let opset: i64 = stdout
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("unexpected output of ort_run.py: {stdout}"))?;
-    assert!(opset >= 17, "exported opset {opset} is below 17");
-    let count = stdout.split_whitespace().skip(3).count();
-    (0..count)
-        .map(|i| Ok(smelt_runtime::read_npy(&dir.join(format!("ort_{i}.npy")))?))
-        .collect()
-}
-
 fn work_dir(name: &str) -> Result<PathBuf> {
     let dir = workspace_root().join("target/tmp/trace-onnx").join(name);
     let _ = std::fs::remove_dir_all(&dir);
@@ -141,7 +109,9 @@ fn check_against_onnxruntime(
     let reimported = Model::load(dir.join("model.onnx"))?
         .compile(&options)?
         .run_named(&feeds)?;
-    let ort = run_onnxruntime(&dir, inputs)?;
+    let run = run_onnxruntime(&dir, inputs).map_err(|e| anyhow!(e))?;
+    assert!(run.opset >= 17, "exported opset {} is below 17", run.opset);
+    let ort = run.outputs;
     assert_eq!(ort.len(), jit.len(), "{name}: output count");
     for (i, ((out_name, j), o)) in jit.iter().zip(&ort).enumerate() {
         let (j, o) = (
