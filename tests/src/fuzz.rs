@@ -43,7 +43,8 @@ pub fn graph_text(data: &[u8]) {
 
 /// Import, optimization and CPU compilation of a model (mutations of the conformance
 /// models): symbolic input dims are bound to 2, then the standard pipeline runs and
-/// code is generated. Models too big for `limit_bytes` of values are refused first.
+/// code is generated. Values over the memory limit (`smelt_ir::limits`) are refused by
+/// shape inference before anything allocates them.
 pub fn compile_model(data: &[u8]) {
     let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
         return;

@@ -360,6 +360,21 @@ impl Op {
         trans_b: false,
     };
 
+    /// A slice of a rank-`rank` operand along `axis` alone: `start..end` by `step`
+    /// there, every other axis whole.
+    pub fn slice_along(rank: usize, axis: usize, start: i64, end: i64, step: i64) -> Op {
+        let (mut starts, mut ends, mut steps) =
+            (vec![0; rank], vec![i64::MAX; rank], vec![1; rank]);
+        starts[axis] = start;
+        ends[axis] = end;
+        steps[axis] = step;
+        Op::Slice {
+            starts,
+            ends,
+            steps,
+        }
+    }
+
     /// The op's name in the text form.
     pub fn mnemonic(&self) -> &'static str {
         match self {

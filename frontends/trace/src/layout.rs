@@ -110,19 +110,7 @@ impl<'t> Tensor<'t> {
             if step == 0 {
                 return Err("step must not be 0".into());
             }
-            let (mut starts, mut ends, mut steps) =
-                (vec![0; rank], vec![i64::MAX; rank], vec![1; rank]);
-            starts[axis] = start;
-            ends[axis] = end;
-            steps[axis] = step;
-            r.op(
-                Op::Slice {
-                    starts,
-                    ends,
-                    steps,
-                },
-                ids,
-            )
+            r.op(Op::slice_along(rank, axis, start, end, step), ids)
         })
     }
 

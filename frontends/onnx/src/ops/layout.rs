@@ -183,18 +183,7 @@ pub(super) fn slice_axis(
     if axis >= rank {
         return Err(cx.err(format!("cannot slice axis {axis} of {}", cx.ty(x))));
     }
-    let mut starts = vec![0; rank];
-    let mut ends = vec![i64::MAX; rank];
-    starts[axis] = start;
-    ends[axis] = end;
-    cx.op(
-        Op::Slice {
-            starts,
-            ends,
-            steps: vec![1; rank],
-        },
-        &[x],
-    )
+    cx.op(Op::slice_along(rank, axis, start, end, 1), &[x])
 }
 
 fn split(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {

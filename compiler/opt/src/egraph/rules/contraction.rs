@@ -69,20 +69,10 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<
         let mut offset = 0i64;
         for (class, r) in &members {
             let n = eg[*r].data.ty.shape[1].fixed().unwrap_or(0) as i64;
-            let mut starts = vec![0; rank];
-            let mut ends = vec![i64::MAX; rank];
-            starts[rank - 1] = offset;
-            ends[rank - 1] = offset + n;
+            let columns = Op::slice_along(rank, rank - 1, offset, offset + n, 1);
             offset += n;
-            if let Some(slice) = try_add(
-                eg,
-                Op::Slice {
-                    starts,
-                    ends,
-                    steps: vec![1; rank],
-                },
-                vec![mm],
-            ) && eg[slice].data.ty == eg[*class].data.ty
+            if let Some(slice) = try_add(eg, columns, vec![mm])
+                && eg[slice].data.ty == eg[*class].data.ty
             {
                 eg.union(*class, slice);
             }
