@@ -3,7 +3,7 @@
 //! model's source.
 
 use crate::{Result, SmeltError};
-use smelt_ir::{Dim, Graph, Op};
+use smelt_ir::{Graph, Op};
 use smelt_onnx::model::IoInfo;
 use smelt_onnx::{ImportOptions, Imported, ModelInfo};
 use std::collections::{BTreeMap, HashMap};
@@ -62,34 +62,8 @@ pub(crate) fn specialize(g: &Graph, opts: &ImportOptions) -> Result<Imported> {
         let Some(given) = opts.input_shapes.get(&value.name) else {
             continue;
         };
-        let declared = &value.ty.shape;
-        let mismatch = || {
-            input_err(
-                &value.name,
-                format!(
-                    "expects shape {} but got {given:?}",
-                    smelt_ir::infer::show_shape(declared)
-                ),
-            )
-        };
-        if given.len() != declared.len() {
-            return Err(mismatch());
-        }
-        for (d, &n) in declared.iter().zip(given) {
-            match d {
-                Dim::Fixed(f) if *f != n => return Err(mismatch()),
-                Dim::Fixed(_) => {}
-                Dim::Sym(s) => match bindings.insert(s.clone(), n) {
-                    Some(earlier) if earlier != n => {
-                        return Err(input_err(
-                            &value.name,
-                            format!("binds {s} to {n}, but another input bound it to {earlier}"),
-                        ));
-                    }
-                    _ => {}
-                },
-            }
-        }
+        smelt_ir::shape::bind_shape(&value.ty.shape, given, &mut bindings)
+            .map_err(|reason| input_err(&value.name, reason))?;
     }
     let mut graph = g.clone();
     if !bindings.is_empty() {

@@ -64,6 +64,42 @@ pub fn fixed_shape(shape: &[Dim]) -> Option<Vec<usize>> {
     shape.iter().map(Dim::fixed).collect()
 }
 
+/// Checks `given` sizes against a `declared` shape and records what its symbolic dims
+/// are bound to: fixed dims must match, and a symbol already in `bindings` (shared by
+/// all the inputs of one graph) must get the same size again.
+pub fn bind_shape(
+    declared: &[Dim],
+    given: &[usize],
+    bindings: &mut std::collections::HashMap<String, usize>,
+) -> Result<(), String> {
+    let mismatch = || {
+        format!(
+            "expects shape {} but got {given:?}",
+            crate::infer::show_shape(declared)
+        )
+    };
+    if given.len() != declared.len() {
+        return Err(mismatch());
+    }
+    for (d, &g) in declared.iter().zip(given) {
+        match d {
+            Dim::Fixed(n) if *n != g => return Err(mismatch()),
+            Dim::Fixed(_) => {}
+            Dim::Sym(s) => {
+                if let Some(&prev) = bindings.get(s)
+                    && prev != g
+                {
+                    return Err(format!(
+                        "dimension '{s}' is {g} here but {prev} in another input"
+                    ));
+                }
+                bindings.insert(s.clone(), g);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Turns concrete sizes into a shape.
 pub fn shape_of(sizes: &[usize]) -> Shape {
     sizes.iter().map(|&n| Dim::Fixed(n)).collect()

@@ -588,33 +588,7 @@ fn input_type(
     let Some(given) = given else {
         return Ok(TensorType::new(dtype, declared));
     };
-    let show = |d: &[Dim]| smelt_ir::infer::show_shape(d);
-    let shape_err = || {
-        err(format!(
-            "expects shape {} but got {:?}",
-            show(&declared),
-            given
-        ))
-    };
-    if given.len() != declared.len() {
-        return Err(shape_err());
-    }
-    for (d, &g) in declared.iter().zip(given) {
-        match d {
-            Dim::Fixed(n) if *n != g => return Err(shape_err()),
-            Dim::Sym(s) => {
-                if let Some(&prev) = syms.get(s)
-                    && prev != g
-                {
-                    return Err(err(format!(
-                        "dimension '{s}' is {g} here but {prev} in another input"
-                    )));
-                }
-                syms.insert(s.clone(), g);
-            }
-            _ => {}
-        }
-    }
+    smelt_ir::shape::bind_shape(&declared, given, syms).map_err(err)?;
     Ok(TensorType::new(
         dtype,
         given.iter().map(|&d| Dim::Fixed(d)).collect(),
