@@ -65,8 +65,13 @@ impl Recorder<'_> {
         }
     }
 
-    pub(crate) fn graph(&self) -> &Graph {
-        self.graph
+    /// Whether `name` may be given to `id` (`None`: a value about to be made): not when
+    /// another value has it.
+    fn check_name(&self, name: &str, id: Option<ValueId>) -> Result<(), String> {
+        match self.graph.find(name) {
+            Some(other) if Some(other) != id => Err(format!("the name '{name}' is already used")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -174,9 +179,7 @@ impl Tracer {
     pub fn input(&self, name: &str, dtype: DType, shape: impl IntoShape) -> Tensor<'_> {
         let shape = shape.into_shape();
         self.record("input", &[], |r, _| {
-            if r.graph().find(name).is_some() {
-                return Err(format!("the name '{name}' is already used"));
-            }
+            r.check_name(name, None)?;
             Ok(r.graph.add_input(name, TensorType::new(dtype, shape)))
         })
     }
@@ -191,9 +194,7 @@ impl Tracer {
     {
         let tensor = A::tensor(array.shape().to_vec(), array.iter().copied().collect());
         self.record("param", &[], |r, _| {
-            if r.graph().find(name).is_some() {
-                return Err(format!("the name '{name}' is already used"));
-            }
+            r.check_name(name, None)?;
             let tensor = tensor.map_err(|e| e.to_string())?;
             let id = r.constant(tensor);
             r.graph.rename(id, name).map_err(|e| e.to_string())?;
@@ -236,18 +237,14 @@ impl Tracer {
     pub fn output<'t>(&'t self, name: &str, tensor: Tensor<'t>) {
         self.record("output", &[tensor], |r, ids| {
             let id = ids[0];
-            let g = &mut r.graph;
-            if g.inputs.contains(&id) || g.outputs.contains(&id) {
+            if r.graph.inputs.contains(&id) || r.graph.outputs.contains(&id) {
                 return Err(format!(
                     "'{}' is already a graph input or output; compute a new value",
-                    g.value(id).name
+                    r.graph.value(id).name
                 ));
             }
-            if let Some(other) = g.find(name)
-                && other != id
-            {
-                return Err(format!("the name '{name}' is already used"));
-            }
+            r.check_name(name, Some(id))?;
+            let g = &mut r.graph;
             g.rename(id, name).map_err(|e| e.to_string())?;
             g.outputs.push(id);
             Ok(id)
