@@ -61,7 +61,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             continue;
         }
         let corpus = root.join("target/fuzz-corpus").join(target);
-        seed_corpus(root, &corpus, seeds)?;
+        seed_corpus(root, target, &corpus, seeds)?;
         let before = file_count(&corpus);
         let log = root.join(format!("target/fuzz-{target}.log"));
         println!(
@@ -141,7 +141,7 @@ fn file_count(dir: &Path) -> usize {
 }
 
 /// Copies the seeds of a target into `corpus` (the corpus keeps what libFuzzer adds).
-fn seed_corpus(root: &Path, corpus: &Path, seeds: Seeds) -> Result<()> {
+fn seed_corpus(root: &Path, target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
     std::fs::create_dir_all(corpus)?;
     let mut files: Vec<PathBuf> = Vec::new();
     match seeds {
@@ -173,7 +173,15 @@ fn seed_corpus(root: &Path, corpus: &Path, seeds: Seeds) -> Result<()> {
             }
         }
     }
-    files.extend(regressions(root, corpus));
+    // The saved crash inputs of the target.
+    let saved = root.join("tests/fuzz-regressions").join(target);
+    files.extend(
+        std::fs::read_dir(saved)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
     for (i, f) in files.iter().filter(|f| f.is_file()).enumerate() {
         let dest = corpus.join(format!("seed-{i:05}"));
         if !dest.exists() {
@@ -181,15 +189,4 @@ fn seed_corpus(root: &Path, corpus: &Path, seeds: Seeds) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The saved crash inputs of the target whose corpus is `corpus`.
-fn regressions(root: &Path, corpus: &Path) -> Vec<PathBuf> {
-    let target = corpus
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    std::fs::read_dir(root.join("tests/fuzz-regressions").join(target))
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
 }
