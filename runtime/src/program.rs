@@ -56,7 +56,8 @@ pub struct IoSpec {
 }
 
 impl IoSpec {
-    /// The first element of `bytes` (this input's data) outside `index_range`.
+    /// An error naming the first element of `bytes` (this input's data) outside
+    /// `index_range`, if any.
     fn check_indices(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
         let Some((lo, hi)) = self.index_range else {
             return Ok(());
@@ -322,7 +323,7 @@ unsafe impl Sync for Args<'_> {}
 
 impl Program {
     /// Checks inputs and outputs against the program's signature: their count, element
-    /// types, shapes and (outputs) byte lengths.
+    /// types, shapes and (outputs) byte lengths, and the values of inputs that index.
     pub fn check_tensors(
         &self,
         inputs: &[&HostTensor],
@@ -368,7 +369,7 @@ impl Program {
     }
 
     /// Checks raw input and output bytes against the program's signature: their count
-    /// and lengths.
+    /// and lengths, and the values of inputs that index.
     pub fn check_bytes(&self, inputs: &[&[u8]], outputs: &[&mut [u8]]) -> Result<(), RuntimeError> {
         if inputs.len() != self.inputs.len() {
             return Err(RuntimeError::InputCount {
