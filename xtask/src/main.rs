@@ -3,6 +3,7 @@
 mod bench;
 mod codegen;
 mod data;
+mod disk;
 mod fuzz;
 
 use anyhow::{Context, Result, bail};
@@ -248,6 +249,7 @@ const CUDA_FEATURES: &str =
 
 /// The README's test command: installs what the tests need, then runs every check CI runs.
 fn test(root: &Path) -> Result<()> {
+    disk::report_before(root);
     let ptxas = setup(root)?;
     // SAFETY: set before any thread starts; the cargo children inherit it.
     unsafe { std::env::set_var("SMELT_PTXAS", &ptxas) };
@@ -290,6 +292,7 @@ fn test(root: &Path) -> Result<()> {
     let conformance = run_conformance(root, false);
     // A bounded fuzzing pass: each target for a minute from the seed corpus.
     let fuzzing = fuzz::run(root, &["--seconds".into(), "60".into()]);
+    disk::report_after(root);
     // One closing line with the totals of every test binary.
     println!("{passed} passed, {failed} failed");
     if !ok || failed > 0 {
