@@ -65,11 +65,12 @@ pub struct IoProto {
     pub shape: Vec<u64>,
     #[prost(uint64, tag = "4")]
     pub buffer: u64,
-    /// `[index_lo, index_hi)` when the input holds indices (both present or neither).
-    #[prost(int64, optional, tag = "5")]
-    pub index_lo: Option<i64>,
-    #[prost(int64, optional, tag = "6")]
-    pub index_hi: Option<i64>,
+    /// `[index_lo[i], index_hi[i])` for the elements at innermost positions `i` modulo
+    /// their count, when the input holds indices (`IoSpec::index_bounds`; equal lengths).
+    #[prost(int64, repeated, tag = "5")]
+    pub index_lo: Vec<i64>,
+    #[prost(int64, repeated, tag = "6")]
+    pub index_hi: Vec<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -149,8 +150,8 @@ impl Program {
             elem: s.elem.name().to_string(),
             shape: u64s(&s.shape),
             buffer: s.buffer as u64,
-            index_lo: s.index_range.map(|r| r.0),
-            index_hi: s.index_range.map(|r| r.1),
+            index_lo: s.index_bounds.iter().map(|r| r.0).collect(),
+            index_hi: s.index_bounds.iter().map(|r| r.1).collect(),
         };
         ManifestProto {
             model_name: model_name.to_string(),
@@ -204,10 +205,19 @@ impl Program {
                 elem: elem(&p.elem)?,
                 shape: usizes(&p.shape),
                 buffer: buf(p.buffer)?,
-                index_range: match (p.index_lo, p.index_hi) {
-                    (Some(lo), Some(hi)) => Some((lo, hi)),
-                    (None, None) => None,
-                    _ => return Err(format!("input '{}' has half an index range", p.name)),
+                index_bounds: if p.index_lo.len() == p.index_hi.len() {
+                    p.index_lo
+                        .iter()
+                        .copied()
+                        .zip(p.index_hi.iter().copied())
+                        .collect()
+                } else {
+                    return Err(format!(
+                        "input '{}' has {} lower and {} upper index bounds",
+                        p.name,
+                        p.index_lo.len(),
+                        p.index_hi.len()
+                    ));
                 },
             })
         };

@@ -50,41 +50,45 @@ pub struct IoSpec {
     pub elem: ElemType,
     pub shape: Vec<usize>,
     pub buffer: usize,
-    /// For an input used as indices (of a gather or scatter): the values it may hold,
-    /// `[lo, hi)`. Checked before every run, since kernels clamp what they load.
-    pub index_range: Option<(i64, i64)>,
+    /// For an input used as indices (of a gather or scatter): the values its elements may
+    /// hold, `[lo, hi)`, taken in turn along the innermost axis. One entry for ops that
+    /// index one axis; one per indexed axis for GatherND/ScatterND, whose last index axis
+    /// addresses several data axes. Empty when the input is not checked. Checked before
+    /// every run, since kernels clamp what they load.
+    pub index_bounds: Vec<(i64, i64)>,
 }
 
 impl IoSpec {
-    /// An error naming the first element of `bytes` (this input's data) outside
-    /// `index_range`, if any.
+    /// An error naming the first element of `bytes` (this input's data) outside its
+    /// `index_bounds`, if any.
     fn check_indices(&self, bytes: &[u8]) -> Result<(), RuntimeError> {
-        let Some((lo, hi)) = self.index_range else {
+        if self.index_bounds.is_empty() {
             return Ok(());
-        };
+        }
         let width = self.elem.size_bytes();
-        let value = |chunk: &[u8]| -> i64 {
+        let value = |chunk: &[u8]| -> Option<i64> {
             match self.elem {
-                ElemType::I32 => i32::from_le_bytes(chunk.try_into().expect("4 bytes")) as i64,
-                ElemType::I64 => i64::from_le_bytes(chunk.try_into().expect("8 bytes")),
-                _ => lo,
+                ElemType::I32 => Some(i32::from_le_bytes(chunk.try_into().ok()?) as i64),
+                ElemType::I64 => Some(i64::from_le_bytes(chunk.try_into().ok()?)),
+                _ => None,
             }
         };
-        match bytes
-            .chunks_exact(width)
-            .map(value)
-            .enumerate()
-            .find(|&(_, v)| v < lo || v >= hi)
-        {
-            Some((position, value)) => Err(RuntimeError::IndexOutOfRange {
-                name: self.name.clone(),
-                position,
-                value,
-                lo,
-                hi,
-            }),
-            None => Ok(()),
+        for (position, chunk) in bytes.chunks_exact(width).enumerate() {
+            let Some(value) = value(chunk) else {
+                return Ok(());
+            };
+            let (lo, hi) = self.index_bounds[position % self.index_bounds.len()];
+            if value < lo || value >= hi {
+                return Err(RuntimeError::IndexOutOfRange {
+                    name: self.name.clone(),
+                    position,
+                    value,
+                    lo,
+                    hi,
+                });
+            }
         }
+        Ok(())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Out-of-range indices are an error, not a clamped read: inputs that index a gather or
-//! scatter are checked against the indexed axis before every run (on the CPU, and on the
+//! scatter are checked against the indexed axes before every run (on the CPU, and on the
 //! emulated GPU with the `cuda` feature), and in-range ones, negative included, still work.
 
 use smelt::{Model, Options, Target, Tensor};
@@ -26,19 +26,27 @@ fn indexing_model(op: &str, elem: i32, idx_dims: &[i64], out_dims: &[i64], cast:
         "idx"
     };
     let mut inputs = vec!["table", idx];
-    if op == "ScatterElements" {
-        inputs.push("updates");
-    }
-    nodes.push(node(op, "indexing", &inputs, &["y"]));
     let dims: Vec<D> = idx_dims.iter().map(|&d| D::N(d)).collect();
     let mut inits = vec![f32_tensor("table", &[5, 3], &table)];
-    if op == "ScatterElements" {
+    // ScatterElements updates one element per index; ScatterND one slice of the table
+    // per index tuple along the indices' last axis.
+    let updates_dims: Option<Vec<i64>> = match op {
+        "ScatterElements" => Some(idx_dims.to_vec()),
+        "ScatterND" => {
+            let (depth, tuples) = idx_dims.split_last().expect("indices have a last axis");
+            Some([tuples, &[5i64, 3][*depth as usize..]].concat())
+        }
+        _ => None,
+    };
+    if let Some(updates_dims) = updates_dims {
+        inputs.push("updates");
         inits.push(f32_tensor(
             "updates",
-            idx_dims,
-            &vec![-1.0; idx_dims.iter().product::<i64>() as usize],
+            &updates_dims,
+            &vec![-1.0; updates_dims.iter().product::<i64>() as usize],
         ));
     }
+    nodes.push(node(op, "indexing", &inputs, &["y"]));
     let bytes = model(
         nodes,
         vec![value_info("idx", elem, &dims)],
@@ -142,5 +150,73 @@ fn indices_through_a_cast_and_of_other_indexing_ops_are_checked() {
                 "{err}"
             );
         }
+    }
+}
+
+#[test]
+fn nd_indices_are_checked_per_indexed_axis() {
+    // Each index pair addresses one table element: the first against 5 rows, the second
+    // against 3 columns.
+    let gather = indexing_model("GatherND", 7, &[2, 2], &[2], false);
+    let scatter = indexing_model("ScatterND", 7, &[2, 2], &[5, 3], false);
+    // One index per row: the last axis has length 1 and is checked against the rows.
+    let scatter_rows = indexing_model("ScatterND", 6, &[2, 1], &[5, 3], true);
+    for target in targets() {
+        let picked = run(
+            &gather,
+            target,
+            Tensor::from_vec(vec![2, 2], vec![4i64, 2, -5, -3]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(picked, [14.0, 0.0], "{}", target.name());
+        let written = run(
+            &scatter,
+            target,
+            Tensor::from_vec(vec![2, 2], vec![4i64, 2, -5, -3]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((written[14], written[0], written[1]), (-1.0, -1.0, 1.0));
+        for m in [&gather, &scatter] {
+            // Each position is held to its own axis: 3 is a valid row but not a valid
+            // column.
+            for (bad, position, value, bounds) in [
+                (vec![1i64, 3, 0, 0], 1, 3, "-3 to 2"),
+                (vec![0i64, 0, 5, 0], 2, 5, "-5 to 4"),
+                (vec![0i64, 0, 0, -4], 3, -4, "-3 to 2"),
+            ] {
+                let err = run(m, target, Tensor::from_vec(vec![2, 2], bad).unwrap()).unwrap_err();
+                assert_eq!(
+                    err,
+                    format!(
+                        "input idx: index {value} at position {position} is out of range (allowed: {bounds})"
+                    ),
+                    "{}",
+                    target.name()
+                );
+            }
+        }
+        let rows = run(
+            &scatter_rows,
+            target,
+            Tensor::from_vec(vec![2, 1], vec![4i32, -5]).unwrap(),
+        )
+        .unwrap();
+        assert_eq!((rows[12], rows[0], rows[3]), (-1.0, -1.0, 3.0));
+        let in_range = run(
+            &scatter_rows,
+            target,
+            Tensor::from_vec(vec![2, 1], vec![3i32, 4]).unwrap(),
+        );
+        assert!(in_range.is_ok(), "{in_range:?}");
+        let err = run(
+            &scatter_rows,
+            target,
+            Tensor::from_vec(vec![2, 1], vec![3i32, 5]).unwrap(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "input idx: index 5 at position 1 is out of range (allowed: -5 to 4)"
+        );
     }
 }

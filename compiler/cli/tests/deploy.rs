@@ -462,40 +462,55 @@ fn executables_refuse_out_of_range_indices() {
     use smelt_tests::builder::{D, f32_info, f32_tensor, model, node, value_info};
     let work = workdir("indices");
     let table: Vec<f32> = (0..15).map(|i| i as f32).collect();
+    // `ids` index the table's rows; each (row, column) pair of `cells` one element, so
+    // its bounds alternate between the two axes in the manifest.
     let bytes = model(
-        vec![node("Gather", "embed", &["table", "ids"], &["y"])],
-        vec![value_info("ids", 7, &[D::N(3)])],
-        vec![f32_info("y", &[3, 3])],
+        vec![
+            node("Gather", "embed", &["table", "ids"], &["y"]),
+            node("GatherND", "pick", &["table", "cells"], &["z"]),
+        ],
+        vec![
+            value_info("ids", 7, &[D::N(3)]),
+            value_info("cells", 7, &[D::N(2), D::N(2)]),
+        ],
+        vec![f32_info("y", &[3, 3]), f32_info("z", &[2])],
         vec![f32_tensor("table", &[5, 3], &table)],
     );
     let onnx = work.join("embed.onnx");
     std::fs::write(&onnx, bytes).unwrap();
     let exe = work.join("embed");
     compile(&onnx, &exe, &[]);
-    let ids = |values: [i64; 3], file: &str| {
+    let indices = |name: &str, shape: &[usize], values: &[i64], file: &str| {
         let path = work.join(file);
         let t = smelt_runtime::HostTensor {
             elem: smelt_runtime::ElemType::I64,
-            shape: vec![3],
+            shape: shape.to_vec(),
             bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
         smelt_runtime::write_npy(&path, &t).unwrap();
-        format!("ids={}", path.display())
+        format!("{name}={}", path.display())
     };
     let out_dir = work.join("out");
-    let good = Command::new(&exe)
-        .args(["--input", &ids([0, 4, -1], "good.npy"), "--output-dir"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    ok(&good);
-    let bad = Command::new(&exe)
-        .args(["--input", &ids([0, 5, 1], "bad.npy"), "--output-dir"])
-        .arg(&out_dir)
-        .output()
-        .unwrap();
+    let run = |ids: &[i64], cells: &[i64]| {
+        Command::new(&exe)
+            .args([
+                "--input",
+                &indices("ids", &[3], ids, "ids.npy"),
+                "--input",
+                &indices("cells", &[2, 2], cells, "cells.npy"),
+                "--output-dir",
+            ])
+            .arg(&out_dir)
+            .output()
+            .unwrap()
+    };
+    ok(&run(&[0, 4, -1], &[4, 2, -5, -3]));
     assert_exit_2(
-        &bad,
+        &run(&[0, 5, 1], &[0, 0, 0, 0]),
         "index 5 at position 1 is out of range (allowed: -5 to 4)",
+    );
+    assert_exit_2(
+        &run(&[0, 1, 2], &[4, 3, 0, 0]),
+        "index 3 at position 1 is out of range (allowed: -3 to 2)",
     );
 }

@@ -438,13 +438,16 @@ fn slice_views(g: &Graph, plan: &FusionPlan) -> Views {
         .collect()
 }
 
-/// The values an integer graph input may hold when it indexes a gather or scatter along an
-/// axis (directly or through a cast): `[-n, n)` for an axis of `n`, the tightest over its
-/// uses. Kernels clamp their loads, so an index outside would silently read a wrong
-/// element; the program checks these inputs before each run instead.
-fn index_range(g: &Graph, input: ValueId) -> Option<(i64, i64)> {
+/// The values an integer graph input may hold when it indexes a gather or scatter
+/// (directly or through a cast), as `IoSpec::index_bounds`: `[-n, n)` for an indexed axis
+/// of `n`, the tightest over its uses. Gather, GatherElements and ScatterElements index
+/// one axis; GatherND and ScatterND index one data axis per position of the indices' last
+/// axis. Kernels clamp their loads, so an index outside would silently read a wrong
+/// element; the program checks these inputs before each run instead. Empty when the
+/// input indexes nothing, or an indexed axis is symbolic.
+fn index_bounds(g: &Graph, input: ValueId) -> Vec<(i64, i64)> {
     if !matches!(g.ty(input).dtype, DType::I32 | DType::I64) {
-        return None;
+        return Vec::new();
     }
     let mut indices = vec![input];
     for n in &g.nodes {
@@ -452,24 +455,61 @@ fn index_range(g: &Graph, input: ValueId) -> Option<(i64, i64)> {
             indices.push(n.outputs[0]);
         }
     }
-    let mut range: Option<(i64, i64)> = None;
+    let fixed = |v: ValueId, axis: usize| g.ty(v).shape.get(axis)?.fixed().map(|n| n as i64);
+    let mut bounds: Vec<(i64, i64)> = Vec::new();
     for n in &g.nodes {
-        let axis = match n.op {
-            Op::Gather { axis }
-            | Op::GatherElements { axis }
-            | Op::ScatterElements { axis, .. } => axis,
-            _ => continue,
-        };
-        if !indices.contains(&n.inputs[1]) {
+        if n.inputs.len() < 2 || !indices.contains(&n.inputs[1]) {
             continue;
         }
-        let size = g.ty(n.inputs[0]).shape.get(axis)?.fixed()? as i64;
-        range = Some(match range {
-            Some((lo, hi)) => (lo.max(-size), hi.min(size)),
-            None => (-size, size),
-        });
+        let (data, idx) = (n.inputs[0], n.inputs[1]);
+        // GatherND and ScatterND: one data axis per position of the last index axis,
+        // from `first` (after GatherND's batch axes).
+        let nd_sizes = |first: usize| {
+            let last = g.ty(idx).shape.len().checked_sub(1)?;
+            let depth = fixed(idx, last)? as usize;
+            let sizes: Option<Vec<i64>> = (0..depth).map(|j| fixed(data, first + j)).collect();
+            sizes.filter(|sizes| !sizes.is_empty())
+        };
+        // The sizes of the data axes that successive innermost index positions address.
+        let axis_sizes = match n.op {
+            Op::Gather { axis }
+            | Op::GatherElements { axis }
+            | Op::ScatterElements { axis, .. } => fixed(data, axis).map(|size| vec![size]),
+            Op::GatherNd { batch_dims } => nd_sizes(batch_dims),
+            Op::ScatterNd { .. } => nd_sizes(0),
+            _ => continue,
+        };
+        let Some(axis_sizes) = axis_sizes else {
+            return Vec::new();
+        };
+        let use_bounds: Vec<(i64, i64)> = axis_sizes.iter().map(|&n| (-n, n)).collect();
+        bounds = intersect_bounds(&bounds, &use_bounds);
     }
-    range
+    bounds
+}
+
+/// The tighter of two `index_bounds` lists of one input, each cycling along its
+/// innermost axis, as one list cycling over the least common multiple of their lengths
+/// (in practice the longer one's: a one-entry list applies to every position, and an ND
+/// use's length is the input's innermost size).
+fn intersect_bounds(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    let len = a.len() / gcd(a.len(), b.len()) * b.len();
+    (0..len)
+        .map(|i| {
+            let (alo, ahi) = a[i % a.len()];
+            let (blo, bhi) = b[i % b.len()];
+            (alo.max(blo), ahi.min(bhi))
+        })
+        .collect()
 }
 
 /// Concatenations that need no copy: a concatenation along an axis with only 1s before it
@@ -598,7 +638,7 @@ fn build_program(
             elem: elem(g, v),
             shape: shape(v),
             buffer: buffer(v, &mut buffers, &mut constants),
-            index_range: index_range(g, v),
+            index_bounds: index_bounds(g, v),
         })
         .collect();
     let mut launches = Vec::new();
@@ -741,7 +781,7 @@ fn build_program(
             elem: elem(g, v),
             shape: shape(v),
             buffer: buf,
-            index_range: None,
+            index_bounds: Vec::new(),
         });
     }
     // Every buffer a view is part of exists, even one no launch names (a concatenation
