@@ -294,3 +294,47 @@ fn shape_inputs_are_bound_to_their_values() {
         "node 'r' (Reshape): shape ('shape') must be a constant or computable from constants and input values"
     );
 }
+
+/// `Range(start, limit, delta)` over i64 initializers with the given shapes and values.
+fn range_model(operands: [(&[i64], &[i64]); 3]) -> OnnxModel {
+    let inits = ["start", "limit", "delta"]
+        .iter()
+        .zip(operands)
+        .map(|(name, (dims, values))| TensorProto {
+            name: Some(name.to_string()),
+            dims: dims.to_vec(),
+            data_type: Some(7),
+            int64_data: values.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let m = model_with(
+        vec![node("Range", "r", &["start", "limit", "delta"], &["y"])],
+        vec![],
+        vec![value_info("y", 7, &[D::S("n")])],
+        inits,
+        vec![],
+        &[],
+    );
+    OnnxModel::from_bytes(&m.encode_to_vec()).unwrap()
+}
+
+#[test]
+fn range_counts_exactly_at_the_ends_of_i64_and_needs_scalars() {
+    // ceil((MAX - MIN) / MAX) = 3 elements; the span overflows i64 if computed there.
+    let wide = range_model([(&[], &[i64::MIN]), (&[], &[i64::MAX]), (&[], &[i64::MAX])]);
+    let y = run(&wide, &[]).unwrap();
+    assert_eq!(y[0].to_i64(), [i64::MIN, -1, i64::MAX - 1]);
+    // Counting down, with a span that is not a multiple of the step: 10, 7, 4, 1.
+    let down = range_model([(&[], &[10]), (&[], &[0]), (&[], &[-3])]);
+    assert_eq!(run(&down, &[]).unwrap()[0].to_i64(), [10, 7, 4, 1]);
+    // A step away from the limit gives no elements.
+    let away = range_model([(&[], &[0]), (&[], &[5]), (&[], &[-1])]);
+    assert_eq!(run(&away, &[]).unwrap()[0].len(), 0);
+    // An empty start was a panic found by fuzzing (tests/fuzz-regressions/onnx_import).
+    let empty = range_model([(&[0], &[]), (&[], &[5]), (&[], &[1])]);
+    assert_eq!(
+        run(&empty, &[]).unwrap_err(),
+        "node 'r' (Range): start must be a scalar, got shape [0]"
+    );
+}

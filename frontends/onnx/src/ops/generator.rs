@@ -71,10 +71,20 @@ fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let start = cx.require_const(n.input(0)?, "start")?;
     let limit = cx.require_const(n.input(1)?, "limit")?;
     let delta = cx.require_const(n.input(2)?, "delta")?;
+    for (t, what) in [(&start, "start"), (&limit, "limit"), (&delta, "delta")] {
+        if t.len() != 1 {
+            return Err(n.err(format!(
+                "{what} must be a scalar, got shape {:?}",
+                t.shape()
+            )));
+        }
+    }
     let dtype = start.dtype();
     let t = if dtype.is_float() {
         let (s, l, d) = (start.to_f64()[0], limit.to_f64()[0], delta.to_f64()[0]);
-        let count = ((l - s) / d).ceil().max(0.0) as usize;
+        // NaN bounds or step give no elements; an infinite count is refused by the limit.
+        let count = ((l - s) / d).ceil().max(0.0);
+        let count = if count.is_nan() { 0 } else { count as usize };
         smelt_ir::limits::value_bytes(&[count], DType::F64).map_err(|e| n.err(e))?;
         Tensor::from_f64(
             dtype,
@@ -86,12 +96,17 @@ fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         if d == 0 {
             return Err(n.err("delta must not be zero"));
         }
-        let count = ((l - s) as f64 / d as f64).ceil().max(0.0) as usize;
+        // In i128 so that bounds at the ends of i64 do not overflow; every element lies
+        // between start and limit, so it fits the type.
+        let (s, l, d) = (s as i128, l as i128, d as i128);
+        let (span, step) = if d > 0 { (l - s, d) } else { (s - l, -d) };
+        let count = (span + step - 1).div_euclid(step).max(0);
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
         smelt_ir::limits::value_bytes(&[count], DType::I64).map_err(|e| n.err(e))?;
         Tensor::from_i64(
             dtype,
             vec![count],
-            (0..count as i64).map(|i| s + i * d).collect(),
+            (0..count as i128).map(|i| (s + i * d) as i64).collect(),
         )
     };
     one(cx.constant(t.map_err(|e| n.err(e.to_string()))?))
