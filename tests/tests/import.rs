@@ -295,23 +295,29 @@ fn shape_inputs_are_bound_to_their_values() {
     );
 }
 
-/// `Range(start, limit, delta)` over i64 initializers with the given shapes and values.
-fn range_model(operands: [(&[i64], &[i64]); 3]) -> OnnxModel {
+/// `Range(start, limit, delta)` over initializers with the given shapes and values, of
+/// ONNX type `elem` (1: f32, 7: i64).
+fn range_model(elem: i32, operands: [(&[i64], &[i64]); 3]) -> OnnxModel {
     let inits = ["start", "limit", "delta"]
         .iter()
         .zip(operands)
         .map(|(name, (dims, values))| TensorProto {
             name: Some(name.to_string()),
             dims: dims.to_vec(),
-            data_type: Some(7),
-            int64_data: values.to_vec(),
+            data_type: Some(elem),
+            int64_data: if elem == 7 { values.to_vec() } else { vec![] },
+            float_data: if elem == 1 {
+                values.iter().map(|&v| v as f32).collect()
+            } else {
+                vec![]
+            },
             ..Default::default()
         })
         .collect();
     let m = model_with(
         vec![node("Range", "r", &["start", "limit", "delta"], &["y"])],
         vec![],
-        vec![value_info("y", 7, &[D::S("n")])],
+        vec![value_info("y", elem, &[D::S("n")])],
         inits,
         vec![],
         &[],
@@ -320,21 +326,33 @@ fn range_model(operands: [(&[i64], &[i64]); 3]) -> OnnxModel {
 }
 
 #[test]
-fn range_counts_exactly_at_the_ends_of_i64_and_needs_scalars() {
+fn range_counts_exactly_at_the_extremes_and_needs_scalars() {
     // ceil((MAX - MIN) / MAX) = 3 elements; the span overflows i64 if computed there.
-    let wide = range_model([(&[], &[i64::MIN]), (&[], &[i64::MAX]), (&[], &[i64::MAX])]);
+    let wide = range_model(
+        7,
+        [(&[], &[i64::MIN]), (&[], &[i64::MAX]), (&[], &[i64::MAX])],
+    );
     let y = run(&wide, &[]).unwrap();
     assert_eq!(y[0].to_i64(), [i64::MIN, -1, i64::MAX - 1]);
     // Counting down, with a span that is not a multiple of the step: 10, 7, 4, 1.
-    let down = range_model([(&[], &[10]), (&[], &[0]), (&[], &[-3])]);
+    let down = range_model(7, [(&[], &[10]), (&[], &[0]), (&[], &[-3])]);
     assert_eq!(run(&down, &[]).unwrap()[0].to_i64(), [10, 7, 4, 1]);
     // A step away from the limit gives no elements.
-    let away = range_model([(&[], &[0]), (&[], &[5]), (&[], &[-1])]);
+    let away = range_model(7, [(&[], &[0]), (&[], &[5]), (&[], &[-1])]);
     assert_eq!(run(&away, &[]).unwrap()[0].len(), 0);
     // An empty start was a panic found by fuzzing (tests/fuzz-regressions/onnx_import).
-    let empty = range_model([(&[0], &[]), (&[], &[5]), (&[], &[1])]);
+    let empty = range_model(7, [(&[0], &[]), (&[], &[5]), (&[], &[1])]);
     assert_eq!(
         run(&empty, &[]).unwrap_err(),
         "node 'r' (Range): start must be a scalar, got shape [0]"
     );
+    // A float step of 0 asks for infinitely many elements: refused by the size check,
+    // not attempted; with equal bounds (0 / 0) it asks for none.
+    let endless = range_model(1, [(&[], &[0]), (&[], &[1]), (&[], &[0])]);
+    assert_eq!(
+        run(&endless, &[]).unwrap_err(),
+        "node 'r' (Range): the element count of f64[18446744073709551615] overflows"
+    );
+    let none = range_model(1, [(&[], &[1]), (&[], &[1]), (&[], &[0])]);
+    assert_eq!(run(&none, &[]).unwrap()[0].len(), 0);
 }

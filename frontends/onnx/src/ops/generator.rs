@@ -82,9 +82,9 @@ fn range(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let dtype = start.dtype();
     let t = if dtype.is_float() {
         let (s, l, d) = (start.to_f64()[0], limit.to_f64()[0], delta.to_f64()[0]);
-        // NaN bounds or step give no elements; an infinite count is refused by the limit.
-        let count = ((l - s) / d).ceil().max(0.0);
-        let count = if count.is_nan() { 0 } else { count as usize };
+        // A NaN count becomes 0 (`max` drops it), an infinite one usize::MAX, which the
+        // memory limit refuses.
+        let count = ((l - s) / d).ceil().max(0.0) as usize;
         smelt_ir::limits::value_bytes(&[count], DType::F64).map_err(|e| n.err(e))?;
         Tensor::from_f64(
             dtype,
