@@ -356,3 +356,68 @@ fn range_counts_exactly_at_the_extremes_and_needs_scalars() {
     let none = range_model(1, [(&[], &[1]), (&[], &[1]), (&[], &[0])]);
     assert_eq!(run(&none, &[]).unwrap()[0].len(), 0);
 }
+
+/// Attention (opset 23) of 4-D f32 `q`, `k`, `v` of shape `[1, 2, 3, 4]` with the given
+/// extra inputs (`past_key`, `past_value` or `nonpad_kv_seqlen`) as graph inputs.
+fn attention_model(extra: &[(&str, usize, i32, &[i64])]) -> OnnxModel {
+    let mut slots = vec!["q", "k", "v", "", "", "", ""];
+    let mut inputs: Vec<_> = ["q", "k", "v"]
+        .iter()
+        .map(|name| value_info(name, 1, &[D::N(1), D::N(2), D::N(3), D::N(4)]))
+        .collect();
+    for &(name, slot, elem, dims) in extra {
+        slots[slot] = name;
+        let dims: Vec<D> = dims.iter().map(|&d| D::N(d)).collect();
+        inputs.push(value_info(name, elem, &dims));
+    }
+    let last = slots.iter().rposition(|s| !s.is_empty()).unwrap();
+    let mut m = model_with(
+        vec![node("Attention", "attn", &slots[..=last], &["y"])],
+        inputs,
+        vec![f32_info("y", &[1, 2, 3, 4])],
+        vec![],
+        vec![],
+        &[],
+    );
+    m.opset_import[0].version = Some(23);
+    OnnxModel::from_bytes(&m.encode_to_vec()).unwrap()
+}
+
+#[test]
+fn attention_checks_past_ranks_and_nonpad_lengths() {
+    let f32s_of = |dims: &[usize]| f32s(dims.to_vec(), &vec![0.0; dims.iter().product()]);
+    let qkv = |extra: Vec<(&'static str, Tensor)>| {
+        let mut feeds: Vec<(&str, Tensor)> = ["q", "k", "v"]
+            .into_iter()
+            .map(|name| (name, f32s_of(&[1, 2, 3, 4])))
+            .collect();
+        feeds.extend(extra);
+        feeds
+    };
+    // A past key without the sequence axis was an index panic.
+    let flat_past = attention_model(&[("past_key", 4, 1, &[4]), ("past_value", 5, 1, &[4])]);
+    let err = run(
+        &flat_past,
+        &qkv(vec![
+            ("past_key", f32s_of(&[4])),
+            ("past_value", f32s_of(&[4])),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        err,
+        "node 'attn' (Attention): past_key and past_value must be 4-D, got rank 1"
+    );
+    // One sequence length per batch entry; none was an index panic.
+    let nonpad = attention_model(&[("nonpad_kv_seqlen", 6, 7, &[0])]);
+    let none = Tensor::from_i64(DType::I64, vec![0], vec![]).unwrap();
+    let err = run(&nonpad, &qkv(vec![("nonpad_kv_seqlen", none)])).unwrap_err();
+    assert_eq!(
+        err,
+        "node 'attn' (Attention): nonpad_kv_seqlen has 0 values, one per batch entry (1) expected"
+    );
+    // Extreme lengths saturate instead of overflowing.
+    let nonpad = attention_model(&[("nonpad_kv_seqlen", 6, 7, &[1])]);
+    let extreme = Tensor::from_i64(DType::I64, vec![1], vec![i64::MIN]).unwrap();
+    assert!(run(&nonpad, &qkv(vec![("nonpad_kv_seqlen", extreme)])).is_ok());
+}

@@ -62,11 +62,11 @@ fn static_bias(
         let offset = offsets[b.min(offsets.len() - 1)];
         for i in 0..q {
             for j in 0..kv {
-                let pos = i as i64 + offset;
-                let diff = pos - j as i64;
+                let pos = offset.saturating_add(i as i64);
+                let diff = pos.saturating_sub(j as i64);
                 let allowed = (!causal || j as i64 <= pos)
                     && (window.0 < 0 || diff <= window.0)
-                    && (window.1 < 0 || -diff <= window.1)
+                    && (window.1 < 0 || diff.saturating_neg() <= window.1)
                     && nonpad.is_none_or(|np| (j as i64) < np[b]);
                 if !allowed {
                     bias[(b * q + i) * kv + j] = f64::NEG_INFINITY;
@@ -100,6 +100,14 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     }
     if nonpad.is_some() && past_k.is_some() {
         return Err(n.err("nonpad_kv_seqlen cannot be combined with past_key/past_value"));
+    }
+    for past in [past_k, past_v].into_iter().flatten() {
+        if cx.rank(past) != 4 {
+            return Err(n.err(format!(
+                "past_key and past_value must be 4-D, got rank {}",
+                cx.rank(past)
+            )));
+        }
     }
     let past_len = match past_k {
         Some(p) => cx.fixed_shape(p)?[2],
@@ -178,8 +186,16 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         Some(v) => Some(cx.require_ints(v, "nonpad_kv_seqlen")?),
         None => None,
     };
+    if let Some(np) = &nonpad_values
+        && np.len() != batch
+    {
+        return Err(n.err(format!(
+            "nonpad_kv_seqlen has {} values, one per batch entry ({batch}) expected",
+            np.len()
+        )));
+    }
     let offsets: Vec<i64> = match &nonpad_values {
-        Some(np) => np.iter().map(|&l| l - q_len as i64).collect(),
+        Some(np) => np.iter().map(|&l| l.saturating_sub(q_len as i64)).collect(),
         None => vec![past_len as i64],
     };
     let window = (
