@@ -360,7 +360,7 @@ fn range_counts_exactly_at_the_extremes_and_needs_scalars() {
 /// Attention (opset 23) of 4-D f32 `q`, `k`, `v` of shape `[1, 2, 3, 4]` with the given
 /// extra inputs (`past_key`, `past_value` or `nonpad_kv_seqlen`) as graph inputs.
 fn attention_model(extra: &[(&str, usize, i32, &[i64])]) -> OnnxModel {
-    let mut slots = vec!["q", "k", "v", "", "", "", ""];
+    let mut slots = ["q", "k", "v", "", "", "", ""];
     let mut inputs: Vec<_> = ["q", "k", "v"]
         .iter()
         .map(|name| value_info(name, 1, &[D::N(1), D::N(2), D::N(3), D::N(4)]))
