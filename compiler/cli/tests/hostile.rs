@@ -133,3 +133,29 @@ fn hostile_models_get_their_exact_errors_and_read_nothing_outside() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn initializers_over_a_lowered_memory_limit_are_errors() {
+    // An initializer over the limit was a panic where the importer made it a constant.
+    let model = smelt_tests::workspace_root().join("docs/examples/lenet5/model.onnx");
+    let x = smelt_tests::workspace_root().join("docs/examples/lenet5/x.npy");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-limit");
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .env("SMELT_MEMORY_LIMIT", "1K")
+        .args(["run", model.to_str().unwrap(), "--input"])
+        .arg(format!("x={}", x.display()))
+        .arg("--output-dir")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ),
+        (
+            Some(2),
+            "smelt: error: tensor 'conv1_w': f32[6, 3, 5, 5] would take 1800 bytes, over the memory limit of 1024 bytes (SMELT_MEMORY_LIMIT)"
+        )
+    );
+}

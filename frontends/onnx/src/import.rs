@@ -206,6 +206,8 @@ impl Compose for Ctx<'_> {
 
     fn constant(&mut self, t: Tensor) -> ValueId {
         self.op(Op::Constant(t), &[])
+            // Its tensor exists, so it passed the memory limit when it was made (decoded
+            // tensors are checked in `tensor_from_proto`, computed ones by inference).
             .expect("a constant always type-checks")
     }
 

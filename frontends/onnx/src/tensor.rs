@@ -109,6 +109,8 @@ pub fn tensor_from_proto(t: &TensorProto, base_dir: Option<&Path>) -> Result<Ten
     let byte_len = count
         .checked_mul(dtype.size_bytes())
         .ok_or_else(|| err(format!("byte size of {:?} overflows", t.dims)))?;
+    // Refused before its data is read or copied.
+    smelt_ir::limits::value_bytes(&shape, dtype).map_err(err)?;
     if t.data_location == Some(tensor_proto::DataLocation::External as i32) {
         let bytes = read_external(t, base_dir, byte_len).map_err(err)?;
         return Tensor::from_le_bytes(dtype, shape, &bytes).map_err(|e| err(e.to_string()));
