@@ -520,6 +520,26 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
             let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
             check_index_dtype(idx)?;
             same_dtype(x, upd, "scatter updates")?;
+            let q = idx.rank();
+            let last = idx
+                .shape
+                .last()
+                .and_then(Dim::fixed)
+                .ok_or("indices need a fixed last dim")?;
+            if last > x.rank() {
+                return Err(format!(
+                    "indices with last dim {last} do not fit data of rank {}",
+                    x.rank()
+                ));
+            }
+            // One update slice per index tuple: the indices' leading axes, then the data
+            // axes the tuples do not address.
+            let mut slices = idx.shape[..q - 1].to_vec();
+            slices.extend(x.shape[last..].iter().cloned());
+            let expected = TensorType::new(upd.dtype, slices);
+            if upd.shape != expected.shape {
+                return Err(format!("updates must be {expected}, got {upd}"));
+            }
             one(x.clone())
         }
         Op::Expand { shape } => {
