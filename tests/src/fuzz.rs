@@ -5,8 +5,19 @@
 use smelt_ir::text::{PrintOptions, parse_graph, print_graph};
 use std::collections::HashMap;
 
+/// The memory limit (bytes of one value) while fuzzing. Under the default 16 GiB, a
+/// mutated model can ask for several values of gigabytes each, all legitimately under
+/// the limit, and exhaust libFuzzer's 4 GiB budget (a 4 GiB Range read as Reduce axes
+/// did). Fuzzing looks for panics; the limit itself is tested with the hostile corpus.
+pub const FUZZ_MEMORY_LIMIT: u64 = 64 << 20;
+
+fn limit_memory() {
+    smelt_ir::limits::set_max_value_bytes(FUZZ_MEMORY_LIMIT);
+}
+
 /// ONNX import from arbitrary bytes: decoding, the summary, and import as declared.
 pub fn onnx_import(data: &[u8]) {
+    limit_memory();
     let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
         return;
     };
@@ -43,9 +54,10 @@ pub fn graph_text(data: &[u8]) {
 
 /// Import, optimization and CPU compilation of a model (mutations of the conformance
 /// models): symbolic input dims are bound to 2, then the standard pipeline runs and
-/// code is generated. Values over the memory limit (`smelt_ir::limits`) are refused by
+/// code is generated. Values over the memory limit ([`FUZZ_MEMORY_LIMIT`]) are refused by
 /// shape inference before anything allocates them.
 pub fn compile_model(data: &[u8]) {
+    limit_memory();
     let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
         return;
     };
