@@ -487,13 +487,8 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
         }
         Op::GatherNd { batch_dims } => {
             let (x, idx) = (inputs[0], inputs[1]);
-            check_index_dtype(idx)?;
+            let last = nd_index_depth(idx)?;
             let q = idx.rank();
-            let last = idx
-                .shape
-                .last()
-                .and_then(Dim::fixed)
-                .ok_or("indices need a fixed last dim")?;
             if q == 0 || *batch_dims >= q || batch_dims + last > x.rank() {
                 return Err(format!(
                     "indices of rank {q} with last dim {last} and batch_dims {batch_dims} do not fit data of rank {}",
@@ -518,14 +513,9 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
         }
         Op::ScatterNd { .. } => {
             let (x, idx, upd) = (inputs[0], inputs[1], inputs[2]);
-            check_index_dtype(idx)?;
+            let last = nd_index_depth(idx)?;
             same_dtype(x, upd, "scatter updates")?;
             let q = idx.rank();
-            let last = idx
-                .shape
-                .last()
-                .and_then(Dim::fixed)
-                .ok_or("indices need a fixed last dim")?;
             if last > x.rank() {
                 return Err(format!(
                     "indices with last dim {last} do not fit data of rank {}",
@@ -597,6 +587,16 @@ pub fn slice_bounds(n: usize, start: i64, end: i64, step: i64) -> (i64, i64) {
     } else {
         (s.clamp(-1, n - 1), e.clamp(-1, n - 1))
     }
+}
+
+/// The length of GatherND/ScatterND index tuples: the indices' last dim, which must be
+/// fixed, after checking their dtype.
+fn nd_index_depth(idx: &TensorType) -> InferResult<usize> {
+    check_index_dtype(idx)?;
+    idx.shape
+        .last()
+        .and_then(Dim::fixed)
+        .ok_or_else(|| "indices need a fixed last dim".to_string())
 }
 
 fn check_index_dtype(idx: &TensorType) -> InferResult<()> {
