@@ -65,18 +65,16 @@ impl IoSpec {
         if self.index_bounds.is_empty() {
             return Ok(());
         }
-        let width = self.elem.size_bytes();
-        let value = |chunk: &[u8]| -> Option<i64> {
-            match self.elem {
-                ElemType::I32 => Some(i32::from_le_bytes(chunk.try_into().ok()?) as i64),
-                ElemType::I64 => Some(i64::from_le_bytes(chunk.try_into().ok()?)),
-                _ => None,
-            }
+        // Index inputs are i32 or i64 (the compiler gives bounds to no other type); the
+        // element type is decided once, not per element. Chunks have the type's width.
+        let value: fn(&[u8]) -> i64 = match self.elem {
+            ElemType::I32 => |c| i32::from_le_bytes(c.try_into().unwrap_or_default()) as i64,
+            ElemType::I64 => |c| i64::from_le_bytes(c.try_into().unwrap_or_default()),
+            _ => return Ok(()),
         };
+        let width = self.elem.size_bytes();
         for (position, chunk) in bytes.chunks_exact(width).enumerate() {
-            let Some(value) = value(chunk) else {
-                return Ok(());
-            };
+            let value = value(chunk);
             let (lo, hi) = self.index_bounds[position % self.index_bounds.len()];
             if value < lo || value >= hi {
                 return Err(RuntimeError::IndexOutOfRange {
