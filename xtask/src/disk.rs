@@ -12,7 +12,7 @@ pub const SUITE_NEEDS_GIB: f64 = 8.0;
 const GIB: f64 = (1u64 << 30) as f64;
 
 /// Free bytes on the file system holding `dir` (its nearest existing ancestor), from `df`.
-pub fn free_bytes(dir: &Path) -> Option<u64> {
+fn free_bytes(dir: &Path) -> Option<u64> {
     let existing = dir.ancestors().find(|d| d.exists())?;
     let out = Command::new("df").arg("-Pk").arg(existing).output().ok()?;
     if !out.status.success() {
@@ -25,7 +25,7 @@ pub fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 /// Bytes under `dir`, not following symbolic links (0 when it does not exist).
-pub fn used_bytes(dir: &Path) -> u64 {
+fn used_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -39,6 +39,11 @@ pub fn used_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes the build directories hold: `target/` and the fuzz workspace's `fuzz/target/`.
+fn build_bytes(root: &Path) -> u64 {
+    used_bytes(&root.join("target")) + used_bytes(&root.join("fuzz/target"))
+}
+
 /// Prints the free space under the build directories, with a warning when it is less
 /// than the suite needs beyond what is already built there.
 pub fn report_before(root: &Path) {
@@ -50,7 +55,7 @@ pub fn report_before(root: &Path) {
         );
         return;
     };
-    let built = (used_bytes(&target) + used_bytes(&root.join("fuzz/target"))) as f64;
+    let built = build_bytes(root) as f64;
     let missing = (SUITE_NEEDS_GIB * GIB - built).max(0.0);
     println!(
         "disk: {:.1} GiB free at {}; the suite writes about {SUITE_NEEDS_GIB} GiB in all, {:.1} GiB of it already there",
@@ -69,7 +74,7 @@ pub fn report_before(root: &Path) {
 /// Prints what the build directories hold after the run and what is still free.
 pub fn report_after(root: &Path) {
     let target = root.join("target");
-    let built = used_bytes(&target) + used_bytes(&root.join("fuzz/target"));
+    let built = build_bytes(root);
     let free = free_bytes(&target).map_or("unknown".to_string(), |f| {
         format!("{:.1} GiB", f as f64 / GIB)
     });
