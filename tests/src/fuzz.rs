@@ -4,6 +4,25 @@
 
 use smelt_ir::text::{PrintOptions, parse_graph, print_graph};
 use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The saved inputs of a fuzz target (`tests/fuzz-regressions/<target>/`: every crash a
+/// fuzzing run found, kept once fixed), sorted by name. `cargo xtask fuzz` seeds the
+/// target with them and `tests/tests/fuzz_regressions.rs` replays them.
+pub fn saved_inputs(target: &str) -> std::io::Result<Vec<PathBuf>> {
+    let dir = crate::workspace_root()
+        .join("tests/fuzz-regressions")
+        .join(target);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.is_file() && path.file_name().is_some_and(|n| n != ".gitkeep") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
 
 /// The memory limit (bytes of one value) while fuzzing. Under the default 16 GiB, a
 /// mutated model can ask for several values of gigabytes each, all legitimately under

@@ -2,21 +2,7 @@
 //! fuzzing run found, kept once fixed) and the hostile corpus through the targets'
 //! bodies (`smelt_tests::fuzz`): none may panic.
 
-use smelt_tests::fuzz::{compile_model, graph_text, onnx_import};
-use std::path::PathBuf;
-
-fn saved(target: &str) -> Vec<PathBuf> {
-    let dir = smelt_tests::workspace_root()
-        .join("tests/fuzz-regressions")
-        .join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != ".gitkeep"))
-        .collect();
-    files.sort();
-    files
-}
+use smelt_tests::fuzz::{compile_model, graph_text, onnx_import, saved_inputs};
 
 #[test]
 fn saved_fuzz_inputs_do_not_panic() {
@@ -25,7 +11,8 @@ fn saved_fuzz_inputs_do_not_panic() {
         ("graph_text", graph_text),
         ("compile_model", compile_model),
     ] {
-        for file in saved(target) {
+        let files = saved_inputs(target).unwrap_or_else(|e| panic!("{target}: {e}"));
+        for file in files {
             let data = std::fs::read(&file).unwrap();
             if std::panic::catch_unwind(|| body(&data)).is_err() {
                 panic!("{target} panics on {}", file.display());

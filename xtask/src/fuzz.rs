@@ -61,7 +61,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             continue;
         }
         let corpus = root.join("target/fuzz-corpus").join(target);
-        seed_corpus(root, target, &corpus, seeds)?;
+        seed_corpus(target, &corpus, seeds)?;
         let before = file_count(&corpus);
         let log = root.join(format!("target/fuzz-{target}.log"));
         println!(
@@ -141,7 +141,7 @@ fn file_count(dir: &Path) -> usize {
 }
 
 /// Copies the seeds of a target into `corpus` (the corpus keeps what libFuzzer adds).
-fn seed_corpus(root: &Path, target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
+fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
     std::fs::create_dir_all(corpus)?;
     let mut files: Vec<PathBuf> = Vec::new();
     match seeds {
@@ -173,14 +173,9 @@ fn seed_corpus(root: &Path, target: &str, corpus: &Path, seeds: Seeds) -> Result
             }
         }
     }
-    // The saved crash inputs of the target.
-    let saved = root.join("tests/fuzz-regressions").join(target);
     files.extend(
-        std::fs::read_dir(saved)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path()),
+        smelt_tests::fuzz::saved_inputs(target)
+            .with_context(|| format!("reading the saved inputs of {target}"))?,
     );
     for (i, f) in files.iter().filter(|f| f.is_file()).enumerate() {
         let dest = corpus.join(format!("seed-{i:05}"));
