@@ -2,13 +2,15 @@
 //! mistyped protobuf, negative dims, element counts that overflow or exceed the memory
 //! limit, cycles, duplicate names, missing or short initializers, external data escaping
 //! the model's directory, opsets out of range, runaway function nesting, mistyped
-//! attributes). `tests/hostile/expected.tsv` gives the exact error each must produce.
+//! attributes, an input of a rank the op cannot take). `tests/hostile/expected.tsv` gives
+//! the exact error each must produce.
 
 use crate::builder::{D, f32_info, f32_tensor, model, model_with, node, value_info};
 use prost::Message;
 use smelt_onnx::proto::{
     AttributeProto, FunctionProto, OperatorSetIdProto, TensorProto, attribute_proto::AttributeType,
 };
+use smelt_runtime::{ElemType, HostTensor};
 use std::path::{Path, PathBuf};
 
 /// One hostile case: the files of its model directory, and files beside that directory
@@ -25,6 +27,34 @@ pub struct HostileCase {
     /// Whether `model.onnx` names an external-data file by an absolute path into `outside/`
     /// (written when the case is laid out, since the path depends on where).
     pub absolute_external: bool,
+    /// The inputs `smelt run` gets (zeros of these types and shapes); empty: `x: f32[1, 4]`.
+    pub run_inputs: Vec<(&'static str, ElemType, Vec<usize>)>,
+}
+
+impl HostileCase {
+    /// The inputs `smelt run` gets, zero-filled.
+    pub fn inputs(&self) -> Vec<(&'static str, HostTensor)> {
+        let default = [("x", ElemType::F32, vec![1, 4])];
+        let listed = if self.run_inputs.is_empty() {
+            &default[..]
+        } else {
+            &self.run_inputs[..]
+        };
+        listed
+            .iter()
+            .map(|(name, elem, shape)| {
+                let bytes = vec![0u8; elem.size_bytes() * shape.iter().product::<usize>()];
+                (
+                    *name,
+                    HostTensor {
+                        elem: *elem,
+                        shape: shape.clone(),
+                        bytes,
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
@@ -109,6 +139,29 @@ fn nested_functions(depth: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// ConvInteger over `x: u8[1, 1, 3, 3]` whose weight is a scalar and whose weight zero
+/// point is per filter (`[1]`): the importer indexed the weight's first dim (a panic).
+fn convinteger_scalar_weight() -> Vec<u8> {
+    let u8_tensor = |name: &str, dims: &[i64], values: &[u8]| TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(2),
+        raw_data: Some(values.to_vec()),
+        ..Default::default()
+    };
+    model(
+        vec![node(
+            "ConvInteger",
+            "convint",
+            &["x", "w", "", "w_zero"],
+            &["y"],
+        )],
+        vec![value_info("x", 2, &[D::N(1), D::N(1), D::N(3), D::N(3)])],
+        vec![value_info("y", 6, &[D::N(1), D::N(1), D::N(3), D::N(3)])],
+        vec![u8_tensor("w", &[], &[3]), u8_tensor("w_zero", &[1], &[1])],
+    )
+}
+
 /// Every hostile case.
 pub fn corpus() -> Vec<HostileCase> {
     let plain = |name: &'static str, bytes: Vec<u8>| HostileCase {
@@ -117,6 +170,7 @@ pub fn corpus() -> Vec<HostileCase> {
         outside_files: vec![],
         symlinks: vec![],
         absolute_external: false,
+        run_inputs: vec![],
     };
     let secret = || vec![("secret.bin", vec![7u8; 16])];
     let base = relu_model();
@@ -232,12 +286,38 @@ pub fn corpus() -> Vec<HostileCase> {
             vector_model(vec![n], vec![])
         }),
     ];
+    cases.push(HostileCase {
+        run_inputs: vec![("x", ElemType::U8, vec![1, 1, 3, 3])],
+        ..plain("convinteger_scalar_weight", convinteger_scalar_weight())
+    });
+    // The fuzzing find that `convinteger_scalar_weight` is written after, as it was saved:
+    // a QLinearConv test model turned ConvInteger, so its weight is the scalar `x_scale`.
+    let crash = crate::workspace_root()
+        .join("tests/fuzz-regressions/onnx_import/convinteger-weight-rank-0");
+    let scalar = Vec::new;
+    cases.push(HostileCase {
+        run_inputs: vec![
+            ("x", ElemType::U8, vec![1, 1, 7, 7]),
+            ("x_scale", ElemType::F32, scalar()),
+            ("x_zero_point", ElemType::U8, scalar()),
+            ("w", ElemType::U8, vec![1, 1, 1, 1]),
+            ("w_scale", ElemType::F32, vec![1]),
+            ("w_zero_point", ElemType::U8, vec![1]),
+            ("y_scale", ElemType::F32, scalar()),
+            ("y_zero_point", ElemType::U8, scalar()),
+        ],
+        ..plain(
+            "fuzz_crash_convinteger",
+            std::fs::read(&crash).unwrap_or_else(|e| panic!("{}: {e}", crash.display())),
+        )
+    });
     let escaping = |name: &'static str, location: &str| HostileCase {
         name,
         model_files: vec![("model.onnx", external_model(location, 16))],
         outside_files: secret(),
         symlinks: vec![],
         absolute_external: false,
+        run_inputs: vec![],
     };
     cases.push(escaping("external_data_dot_dot", "../outside/secret.bin"));
     cases.push(escaping(
@@ -250,6 +330,7 @@ pub fn corpus() -> Vec<HostileCase> {
         outside_files: secret(),
         symlinks: vec![],
         absolute_external: true,
+        run_inputs: vec![],
     });
     cases.push(HostileCase {
         name: "external_data_symlink_escape",
@@ -257,6 +338,7 @@ pub fn corpus() -> Vec<HostileCase> {
         outside_files: secret(),
         symlinks: vec![("link.bin", "../outside/secret.bin")],
         absolute_external: false,
+        run_inputs: vec![],
     });
     cases.push(HostileCase {
         name: "external_data_past_the_end",
@@ -267,6 +349,7 @@ pub fn corpus() -> Vec<HostileCase> {
         outside_files: vec![],
         symlinks: vec![],
         absolute_external: false,
+        run_inputs: vec![],
     });
     cases
 }

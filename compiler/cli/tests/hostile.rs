@@ -51,20 +51,6 @@ fn hostile_models_get_their_exact_errors_and_read_nothing_outside() {
         "this file system does not record reads (noatime?)"
     );
 
-    let x = root.join("x.npy");
-    smelt_runtime::write_npy(
-        &x,
-        &smelt_runtime::HostTensor {
-            elem: smelt_runtime::ElemType::F32,
-            shape: vec![1, 4],
-            bytes: [1.0f32, -2.0, 3.0, -4.0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-        },
-    )
-    .unwrap();
-    let input = format!("x={}", x.display());
     let expected_path = smelt_tests::workspace_root().join("tests/hostile/expected.tsv");
     let update = std::env::var_os("SMELT_UPDATE_EXPECTATIONS").is_some();
     let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
@@ -84,7 +70,13 @@ fn hostile_models_get_their_exact_errors_and_read_nothing_outside() {
         secrets.iter().for_each(|p| age(p));
         let exe = root.join(case.name).join("exe");
         let model_arg = model.to_str().unwrap();
-        let run = smelt(&["run", model_arg, "--input", &input]);
+        let mut run_args = vec!["run".to_string(), model_arg.to_string()];
+        for (name, tensor) in case.inputs() {
+            let file = root.join(case.name).join(format!("{name}.npy"));
+            smelt_runtime::write_npy(&file, &tensor).unwrap();
+            run_args.extend(["--input".into(), format!("{name}={}", file.display())]);
+        }
+        let run = smelt(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
         let compile = smelt(&["compile", model_arg, "-o", exe.to_str().unwrap()]);
         for (what, (status, stderr)) in [("run", &run), ("compile", &compile)] {
             // Paths under the corpus's directory are written relative to it, so the

@@ -117,7 +117,12 @@ fn conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
 }
 
 /// Concrete shapes of a convolution's input and weight, of equal rank >= 3.
-fn conv_shapes(cx: &Ctx, n: &Node, x: ValueId, w: ValueId) -> Result<(Vec<usize>, Vec<usize>)> {
+pub(super) fn conv_shapes(
+    cx: &Ctx,
+    n: &Node,
+    x: ValueId,
+    w: ValueId,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let (xs, ws) = (cx.fixed_shape(x)?, cx.fixed_shape(w)?);
     if ws.len() < 3 || xs.len() != ws.len() {
         return Err(n.err(format!(

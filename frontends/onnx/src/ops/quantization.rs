@@ -131,7 +131,8 @@ fn centered(
     }
 }
 
-/// `[M]` reshaped to `[M, 1, 1, ...]` for a weight of `rank`.
+/// `[M]` reshaped to `[M, 1, 1, ...]` for a weight of `rank` (at least 3: callers check
+/// the convolution's shapes first).
 fn per_filter(cx: &Ctx, v: ValueId, rank: usize) -> Option<Vec<Dim>> {
     let m = cx.ty(v).shape.first().cloned()?;
     let mut shape = vec![Dim::Fixed(1); rank];
@@ -141,8 +142,9 @@ fn per_filter(cx: &Ctx, v: ValueId, rank: usize) -> Option<Vec<Dim>> {
 
 fn conv_integer(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (x, w) = (n.input(0)?, n.input(1)?);
+    let (_, ws) = super::contraction::conv_shapes(cx, n, x, w)?;
     let xc = centered(cx, x, n.opt_input(2), None)?;
-    let wshape = n.opt_input(3).and_then(|z| per_filter(cx, z, cx.rank(w)));
+    let wshape = n.opt_input(3).and_then(|z| per_filter(cx, z, ws.len()));
     let wc = centered(cx, w, n.opt_input(3), wshape)?;
     let y = super::contraction::conv_of(cx, n, xc, wc)?;
     one(cx.cast(y, DType::I32)?)
@@ -175,7 +177,7 @@ fn requantize(
 
 fn qlinear_conv(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let (x, w) = (n.input(0)?, n.input(3)?);
-    let rank = cx.rank(w);
+    let rank = super::contraction::conv_shapes(cx, n, x, w)?.1.len();
     let xc = centered(cx, x, n.opt_input(2), None)?;
     let wshape = n.opt_input(5).and_then(|z| per_filter(cx, z, rank));
     let wc = centered(cx, w, n.opt_input(5), wshape)?;
