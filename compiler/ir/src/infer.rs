@@ -449,7 +449,10 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
                 let (b, e) = (pads[i], pads[r + i]);
                 shape.push(match d {
                     Dim::Fixed(n) => {
-                        let len = *n as i64 + b + e;
+                        let len = (*n as i64)
+                            .checked_add(b)
+                            .and_then(|v| v.checked_add(e))
+                            .ok_or_else(|| format!("pads {b}, {e} of axis {i} overflow"))?;
                         if len < 0 {
                             return Err(format!(
                                 "pads {b}, {e} crop more than axis {i} holds ({n})"

@@ -23,13 +23,17 @@ pub fn set_max_value_bytes(bytes: u64) {
 
 /// Bytes of a `dtype` tensor of `shape`, or why it cannot exist: its element count
 /// overflows, or it is over the memory limit.
+/// The count is checked without its zero dims too: an empty tensor of `[0, 2^62, 8]` holds
+/// nothing, but its strides overflow wherever they are computed.
 pub fn value_bytes(shape: &[usize], dtype: DType) -> Result<u64, String> {
-    let bytes = shape
+    let nonzero = shape
         .iter()
+        .filter(|&&d| d != 0)
         .try_fold(dtype.size_bytes() as u64, |acc, &d| {
             acc.checked_mul(d as u64)
         })
         .ok_or_else(|| format!("the element count of {dtype}{shape:?} overflows"))?;
+    let bytes = if shape.contains(&0) { 0 } else { nonzero };
     let limit = max_value_bytes();
     if bytes > limit {
         return Err(format!(
@@ -78,5 +82,11 @@ mod tests {
                 .unwrap_err()
                 .contains("over the memory limit")
         );
+        assert!(
+            value_bytes(&[0, 1 << 62, 8], DType::F32)
+                .unwrap_err()
+                .contains("overflows")
+        );
+        assert_eq!(value_bytes(&[0, 1 << 20], DType::F32), Ok(0));
     }
 }

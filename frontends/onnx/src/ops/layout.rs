@@ -202,13 +202,16 @@ fn split(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let sizes = match sizes {
         Some(s) => s,
         None => {
+            let outputs = n.num_outputs as i64;
             let parts = if n.opset >= 18 {
-                n.opt_int("num_outputs")?.unwrap_or(n.num_outputs as i64)
+                n.opt_int("num_outputs")?.unwrap_or(outputs)
             } else {
-                n.num_outputs as i64
+                outputs
             };
-            if parts <= 0 {
-                return Err(n.err("needs at least one output"));
+            if parts <= 0 || parts != outputs {
+                return Err(n.err(format!(
+                    "num_outputs {parts} must be the node's output count {outputs}, at least 1"
+                )));
             }
             // Equal parts, the last one smaller when the axis does not divide evenly.
             let chunk = (len + parts - 1) / parts;
@@ -217,7 +220,8 @@ fn split(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
                 .collect()
         }
     };
-    if sizes.iter().sum::<i64>() != len || sizes.iter().any(|&s| s < 0) {
+    let total = sizes.iter().try_fold(0i64, |acc, &s| acc.checked_add(s));
+    if total != Some(len) || sizes.iter().any(|&s| s < 0) {
         return Err(n.err(format!(
             "split sizes {sizes:?} do not add up to axis size {len}"
         )));

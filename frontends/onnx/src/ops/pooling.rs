@@ -73,7 +73,10 @@ fn pool(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             let p = n.int("p", 2)? as f64;
             let a = cx.unary(UnaryOp::Abs, x)?;
             let ap = cx.binary_scalar(BinaryOp::Pow, a, p)?;
-            let count: usize = kernel.iter().product();
+            let count = kernel
+                .iter()
+                .try_fold(1usize, |acc, &k| acc.checked_mul(k))
+                .ok_or_else(|| n.err(format!("kernel {kernel:?} has too many elements")))?;
             let avg = cx.op(
                 Op::Pool {
                     kind: PoolKind::AvgIncludePad,

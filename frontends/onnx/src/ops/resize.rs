@@ -73,10 +73,17 @@ fn resize(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         }
         _ => None,
     };
+    let scales_given = match scales_in {
+        Some(s) => cx.fixed_shape(s)?.iter().product::<usize>() > 0,
+        None => false,
+    };
+    if given_sizes.is_some() && scales_given {
+        return Err(n.err("takes scales or sizes, not both"));
+    }
     if let Some(given) = given_sizes {
-        if given.len() != axes.len() {
+        if given.len() != axes.len() || given.iter().any(|&s| s < 0) {
             return Err(n.err(format!(
-                "sizes {given:?} must have one entry per axis {axes:?}"
+                "sizes {given:?} must be one non-negative size per axis {axes:?}"
             )));
         }
         let policy = n.string("keep_aspect_ratio_policy", "stretch")?;
@@ -112,8 +119,8 @@ fn resize(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             )));
         }
         for (i, &a) in axes.iter().enumerate() {
-            if given[i] <= 0.0 {
-                return Err(n.err(format!("scales must be positive, got {given:?}")));
+            if !(given[i] > 0.0 && given[i].is_finite()) {
+                return Err(n.err(format!("scales must be positive and finite, got {given:?}")));
             }
             scales[a] = given[i];
             sizes[a] = (in_shape[a] as f64 * given[i]).floor() as usize;
@@ -172,9 +179,9 @@ fn upsample(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     } else {
         cx.require_const(n.input(1)?, "scales")?.to_f64()
     };
-    if scales.len() != in_shape.len() || scales.iter().any(|&s| s < 1.0) {
+    if scales.len() != in_shape.len() || scales.iter().any(|&s| !(s >= 1.0 && s.is_finite())) {
         return Err(n.err(format!(
-            "scales {scales:?} must be >= 1, one per axis of {in_shape:?}"
+            "scales {scales:?} must be finite and >= 1, one per axis of {in_shape:?}"
         )));
     }
     let sizes = in_shape
