@@ -71,14 +71,34 @@ pub fn graph_text(data: &[u8]) {
     );
 }
 
+/// How far a model got through import, optimization and compilation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reached {
+    /// Not an ONNX model.
+    Undecodable,
+    /// Refused by the importer.
+    ImportError,
+    /// Refused by the optimizer.
+    OptimizeError,
+    /// Refused by code generation.
+    CompileError,
+    /// Compiled for the CPU.
+    Compiled,
+}
+
 /// Import, optimization and CPU compilation of a model (mutations of the conformance
 /// models): symbolic input dims are bound to 2, then the standard pipeline runs and
 /// code is generated. Values over the memory limit ([`FUZZ_MEMORY_LIMIT`]) are refused by
 /// shape inference before anything allocates them.
 pub fn compile_model(data: &[u8]) {
+    compile_bytes(data);
+}
+
+/// The body of [`compile_model`], saying how far the model got.
+pub fn compile_bytes(data: &[u8]) -> Reached {
     limit_memory();
     let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
-        return;
+        return Reached::Undecodable;
     };
     let info = model.info();
     let shapes: HashMap<String, Vec<usize>> = info
@@ -94,14 +114,17 @@ pub fn compile_model(data: &[u8]) {
         ..Default::default()
     };
     let Ok(imported) = smelt_onnx::import(&model, &options) else {
-        return;
+        return Reached::ImportError;
     };
     let mut graph = imported.graph;
     if smelt_opt::Pipeline::standard(Default::default())
         .run(&mut graph)
         .is_err()
     {
-        return;
+        return Reached::OptimizeError;
     }
-    let _ = smelt::Executable::from_graph(graph, false);
+    match smelt::Executable::from_graph(graph, false) {
+        Ok(_) => Reached::Compiled,
+        Err(_) => Reached::CompileError,
+    }
 }

@@ -6,8 +6,10 @@ pub mod compare;
 pub mod conformance;
 pub mod fuzz;
 pub mod hostile;
+pub mod isolate;
 pub mod random_graph;
 pub mod seeded;
+pub mod sweep;
 
 use std::path::PathBuf;
 

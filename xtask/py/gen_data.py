@@ -6,6 +6,8 @@ suites/  the model suites shipped in onnx/backend/test/data (simple, pytorch-ope
          pytorch-converted, light), copied as they are.
 models/  the classic models of the design brief and the nine light models, each with
          .npy inputs and onnxruntime's outputs, described by io.tsv.
+schemas.tsv  every default-domain op schema of opsets 6 to 28 (onnx.defs), one row per
+         version: the rank and arity sweep (tests/tests/op_sweep.rs) builds its models from it.
 """
 
 import os
@@ -15,7 +17,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, defs, helper, numpy_helper
 from onnx.backend.test.case import node as node_cases
 
 DATA_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
@@ -252,8 +254,66 @@ def gen_models(out):
     print("models written")
 
 
+# The opsets the importer accepts (smelt_onnx::import::OPSET_RANGE).
+FIRST_OPSET, LAST_OPSET = 6, 28
+OPTION = {
+    defs.OpSchema.FormalParameterOption.Single: "single",
+    defs.OpSchema.FormalParameterOption.Optional: "optional",
+    defs.OpSchema.FormalParameterOption.Variadic: "variadic",
+}
+
+
+def element_codes(type_strs):
+    """The TensorProto element type codes of the plain tensor types among `type_strs`
+    (sequences, optionals and maps are left out: the importer takes tensors only)."""
+    codes = set()
+    for t in type_strs:
+        if t.startswith("tensor(") and t.endswith(")"):
+            codes.add(TensorProto.DataType.Value(t[len("tensor("):-1].upper()))
+    return sorted(codes)
+
+
+def formal_parameter(schema, p):
+    constraints = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    codes = element_codes(constraints.get(p.type_str, [p.type_str]))
+    return f"{p.name}/{OPTION[p.option]}/{p.type_str}/{','.join(map(str, codes))}"
+
+
+def gen_schemas(out):
+    """schemas.tsv: op type, since version, inputs, outputs and attributes of every version
+    of every default-domain op that is in force at some opset from FIRST_OPSET to LAST_OPSET.
+    A parameter is name/single|optional|variadic/type constraint/element codes; an
+    attribute name/TYPE/required|optional."""
+    by_op = {}
+    for s in defs.get_all_schemas_with_history():
+        if s.domain in ("", "ai.onnx") and s.since_version <= LAST_OPSET:
+            by_op.setdefault(s.name, []).append(s)
+    rows = []
+    for name, versions in sorted(by_op.items()):
+        versions.sort(key=lambda s: s.since_version)
+        for i, s in enumerate(versions):
+            following = versions[i + 1].since_version if i + 1 < len(versions) else LAST_OPSET + 1
+            if following <= FIRST_OPSET:
+                continue  # replaced before the first opset the importer accepts
+            attrs = ";".join(
+                f"{a.name}/{a.type.name}/{'required' if a.required else 'optional'}"
+                for a in sorted(s.attributes.values(), key=lambda a: a.name)
+            )
+            rows.append("\t".join([
+                name,
+                str(max(s.since_version, FIRST_OPSET)),
+                ";".join(formal_parameter(s, p) for p in s.inputs),
+                ";".join(formal_parameter(s, p) for p in s.outputs),
+                attrs,
+            ]))
+    with open(os.path.join(out, "schemas.tsv"), "w") as f:
+        f.write("# op\tsince\tinputs\toutputs\tattributes (written by xtask/py/gen_data.py from onnx.defs)\n")
+        f.write("\n".join(rows) + "\n")
+    print(f"op schemas: {len(rows)} versions of {len(by_op)} op types")
+
+
 if __name__ == "__main__":
     out = sys.argv[1]
-    parts = sys.argv[2:] or ["node", "suites", "models"]
+    parts = sys.argv[2:] or ["node", "suites", "models", "schemas"]
     for p in parts:
-        {"node": gen_node, "suites": gen_suites, "models": gen_models}[p](out)
+        {"node": gen_node, "suites": gen_suites, "models": gen_models, "schemas": gen_schemas}[p](out)

@@ -1,0 +1,251 @@
+//! Runs test cases in worker processes, so that a panic, an abort or a hang is pinned to
+//! the case that caused it and the other cases still run: the rank and arity sweep
+//! (`crate::sweep`) and the deterministic fuzz pass (`cargo xtask fuzz --ci`) use it. A
+//! worker is called with a range of case indices and prints one report line per case.
+
+use crate::fuzz::Reached;
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How one case fared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It compiled, or was refused with an error at this stage.
+    Reached(Reached),
+    /// A panic, with its message.
+    Panicked(String),
+    /// The worker died on it (an abort, a signal, a stack overflow).
+    Crashed(String),
+    /// It ran past the hang limit.
+    Hung,
+}
+
+impl Outcome {
+    /// Whether the outcome is a fault of smelt's (a panic, crash or hang).
+    pub fn is_fault(&self) -> bool {
+        !matches!(self, Outcome::Reached(_))
+    }
+
+    /// The worker's line for a case: `<index>\t<word>[\t<message>]`.
+    pub fn to_line(&self, index: usize) -> String {
+        match self {
+            Outcome::Reached(r) => format!("{index}\t{r:?}"),
+            Outcome::Panicked(m) => format!("{index}\tPanicked\t{}", m.escape_debug()),
+            Outcome::Crashed(m) => format!("{index}\tCrashed\t{}", m.escape_debug()),
+            Outcome::Hung => format!("{index}\tHung"),
+        }
+    }
+
+    /// Parses a worker's line; returns the case index and outcome (a message stays escaped).
+    pub fn from_line(line: &str) -> Option<(usize, Outcome)> {
+        let fields: Vec<&str> = line.splitn(3, '\t').collect();
+        let index = fields.first()?.parse().ok()?;
+        let message = || fields.get(2).unwrap_or(&"").to_string();
+        let outcome = match *fields.get(1)? {
+            "Undecodable" => Outcome::Reached(Reached::Undecodable),
+            "ImportError" => Outcome::Reached(Reached::ImportError),
+            "OptimizeError" => Outcome::Reached(Reached::OptimizeError),
+            "CompileError" => Outcome::Reached(Reached::CompileError),
+            "Compiled" => Outcome::Reached(Reached::Compiled),
+            "Panicked" => Outcome::Panicked(message()),
+            "Crashed" => Outcome::Crashed(message()),
+            "Hung" => Outcome::Hung,
+            _ => return None,
+        };
+        Some((index, outcome))
+    }
+}
+
+/// How a sweep is run: the worker program and its first arguments (it is called as
+/// `worker ARGS... FIRST END` and reports cases FIRST..END one line each), how many
+/// workers at once, how many cases each takes at a time, and how long one case may take.
+#[derive(Debug, Clone)]
+pub struct Isolation {
+    pub worker: PathBuf,
+    pub args: Vec<String>,
+    pub jobs: usize,
+    pub block: usize,
+    pub hang_limit: Duration,
+}
+
+/// Runs cases `0..count` in worker processes; returns each case's outcome. A worker that
+/// dies or stops reporting is replaced, and the case it was on is marked crashed or hung.
+pub fn run_isolated(iso: &Isolation, count: usize) -> Vec<Outcome> {
+    let results = Mutex::new(vec![None; count]);
+    let next_block = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..iso.jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    let first = next_block.fetch_add(iso.block, Ordering::SeqCst);
+                    if first >= count {
+                        break;
+                    }
+                    let end = (first + iso.block).min(count);
+                    for (i, o) in run_block(iso, first, end) {
+                        results.lock().expect("no poisoned results")[i] = Some(o);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("no poisoned results")
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Crashed("never reported".into())))
+        .collect()
+}
+
+/// The last lines a worker wrote on stderr (where a crash explains itself).
+fn drain_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let tail = Arc::new(Mutex::new(String::new()));
+    if let Some(mut err) = child.stderr.take() {
+        let tail = Arc::clone(&tail);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.lock().expect("no poisoned tail");
+                t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if t.len() > 4000 {
+                    let cut = t.len() - 2000;
+                    let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(0);
+                    t.drain(..cut);
+                }
+            }
+        });
+    }
+    tail
+}
+
+/// Runs cases `first..end`, replacing the worker after a crash or hang.
+fn run_block(iso: &Isolation, first: usize, end: usize) -> Vec<(usize, Outcome)> {
+    let mut out = Vec::new();
+    let mut next = first;
+    while next < end {
+        let spawned = Command::new(&iso.worker)
+            .args(&iso.args)
+            .arg(next.to_string())
+            .arg(end.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                out.push((
+                    next,
+                    Outcome::Crashed(format!("cannot start the worker: {e}")),
+                ));
+                next += 1;
+                continue;
+            }
+        };
+        let stderr = drain_stderr(&mut child);
+        let (tx, rx) = channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(iso.hang_limit) {
+                Ok(line) => match Outcome::from_line(&line) {
+                    Some((i, o)) if i == next => {
+                        out.push((i, o));
+                        next += 1;
+                    }
+                    // Anything else a worker prints is not a report.
+                    _ => continue,
+                },
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    out.push((next, Outcome::Hung));
+                    next += 1;
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = child.wait();
+                    if next < end {
+                        // Give the stderr reader a moment to take the last words.
+                        std::thread::sleep(Duration::from_millis(50));
+                        let words = stderr.lock().expect("no poisoned tail").clone();
+                        let why = match status {
+                            Ok(s) => format!("worker exited ({s})"),
+                            Err(e) => format!("worker lost ({e})"),
+                        };
+                        out.push((next, Outcome::Crashed(format!("{why}: {}", words.trim()))));
+                        next += 1;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where the last panic happened and what it said, as the hook of [`record_panics`] saw it.
+static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
+/// Replaces the panic hook by one that records the panic for [`outcome_of`] instead of
+/// printing it (a worker reports panics on its report line).
+pub fn record_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic without a message".into());
+        // A panic inside the standard library (an overflow in `Iterator::product`, say)
+        // is placed at the innermost frame of smelt's own code that led to it.
+        let place = info
+            .location()
+            .filter(|l| !l.file().starts_with("/rustc/"))
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .or_else(smelt_frame)
+            .map_or(String::new(), |p| format!("{p}: "));
+        *LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{place}{message}"));
+    }));
+}
+
+/// The innermost frame of a backtrace in this workspace's sources (`file:line`).
+fn smelt_frame() -> Option<String> {
+    let trace = std::backtrace::Backtrace::force_capture().to_string();
+    let root = crate::workspace_root().display().to_string();
+    trace.lines().find_map(|l| {
+        let at = l.trim().strip_prefix("at ")?;
+        let rel = at.strip_prefix(&root).or_else(|| at.strip_prefix("./"))?;
+        (!rel.ends_with("isolate.rs") && !rel.contains("isolate.rs:"))
+            .then(|| rel.trim_start_matches('/').to_string())
+    })
+}
+
+/// Runs one case body, catching a panic.
+pub fn outcome_of(body: impl FnOnce() -> Reached + std::panic::UnwindSafe) -> Outcome {
+    match std::panic::catch_unwind(body) {
+        Ok(r) => Outcome::Reached(r),
+        Err(_) => Outcome::Panicked(
+            LAST_PANIC
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| "a panic (no hook recorded it)".into()),
+        ),
+    }
+}
