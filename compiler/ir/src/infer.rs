@@ -567,14 +567,11 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
 /// Number of elements a slice `start:end:step` takes from an axis of size `n`, ONNX clamping rules.
 pub fn slice_len(n: usize, start: i64, end: i64, step: i64) -> usize {
     let (s, e) = slice_bounds(n, start, end, step);
-    if step > 0 {
-        if e > s {
-            ((e - s + step - 1) / step) as usize
-        } else {
-            0
-        }
-    } else if s > e {
-        ((s - e + (-step) - 1) / (-step)) as usize
+    // ceil(span / |step|) as (span - 1) / |step| + 1: no overflow for a step near the
+    // ends of i64 (a span is at most the axis size).
+    let span = if step > 0 { e - s } else { s - e };
+    if span > 0 {
+        ((span - 1) as u64 / step.unsigned_abs() + 1) as usize
     } else {
         0
     }

@@ -22,9 +22,10 @@ pub fn set_max_value_bytes(bytes: u64) {
 }
 
 /// Bytes of a `dtype` tensor of `shape`, or why it cannot exist: its element count
-/// overflows, or it is over the memory limit.
-/// The count is checked without its zero dims too: an empty tensor of `[0, 2^62, 8]` holds
-/// nothing, but its strides overflow wherever they are computed.
+/// overflows, or it is over the memory limit. An empty tensor is held to both with its
+/// empty axes left out: `[0, 2^62, 8]` holds nothing, but its strides overflow wherever
+/// they are computed, and values sized by its other dims (an iota along an axis, a mask
+/// over two) would be over the limit.
 pub fn value_bytes(shape: &[usize], dtype: DType) -> Result<u64, String> {
     let nonzero = shape
         .iter()
@@ -33,14 +34,18 @@ pub fn value_bytes(shape: &[usize], dtype: DType) -> Result<u64, String> {
             acc.checked_mul(d as u64)
         })
         .ok_or_else(|| format!("the element count of {dtype}{shape:?} overflows"))?;
-    let bytes = if shape.contains(&0) { 0 } else { nonzero };
     let limit = max_value_bytes();
-    if bytes > limit {
+    if nonzero > limit {
+        let what = if shape.contains(&0) {
+            format!("is empty, but its other axes would take {nonzero} bytes")
+        } else {
+            format!("would take {nonzero} bytes")
+        };
         return Err(format!(
-            "{dtype}{shape:?} would take {bytes} bytes, over the memory limit of {limit} bytes (SMELT_MEMORY_LIMIT)"
+            "{dtype}{shape:?} {what}, over the memory limit of {limit} bytes (SMELT_MEMORY_LIMIT)"
         ));
     }
-    Ok(bytes)
+    Ok(if shape.contains(&0) { 0 } else { nonzero })
 }
 
 /// Parses a byte count with an optional K, M, G or T suffix (powers of 1024).
@@ -88,5 +93,10 @@ mod tests {
                 .contains("overflows")
         );
         assert_eq!(value_bytes(&[0, 1 << 20], DType::F32), Ok(0));
+        assert!(
+            value_bytes(&[0, 1 << 20, 1 << 20, 8], DType::F32)
+                .unwrap_err()
+                .contains("is empty, but its other axes would take 34359738368 bytes")
+        );
     }
 }

@@ -587,14 +587,20 @@ fn input_type(
             None => return Err(err("has no shape; give one with --input-shape".into())),
         },
     };
-    let Some(given) = given else {
-        return Ok(TensorType::new(dtype, declared));
+    let shape: Vec<Dim> = match given {
+        Some(given) => {
+            smelt_ir::shape::bind_shape(&declared, given, syms).map_err(err)?;
+            given.iter().map(|&d| Dim::Fixed(d)).collect()
+        }
+        None => declared,
     };
-    smelt_ir::shape::bind_shape(&declared, given, syms).map_err(err)?;
-    Ok(TensorType::new(
-        dtype,
-        given.iter().map(|&d| Dim::Fixed(d)).collect(),
-    ))
+    // Held to the memory limit like every other value, so that no op sizes anything by
+    // dims whose product overflows.
+    let fixed: Option<Vec<usize>> = shape.iter().map(Dim::fixed).collect();
+    if let Some(fixed) = fixed {
+        smelt_ir::limits::value_bytes(&fixed, dtype).map_err(err)?;
+    }
+    Ok(TensorType::new(dtype, shape))
 }
 
 /// Imports a model into the Graph IR.

@@ -235,6 +235,7 @@ fn hardmax(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     )?;
     let mut iota_shape = vec![1; shape.len()];
     iota_shape[axis] = shape[axis];
+    super::check_constant(n, &iota_shape, DType::I64)?;
     let iota = Tensor::from_i64(DType::I64, iota_shape, (0..shape[axis] as i64).collect())
         .map_err(|e| n.err(e.to_string()))?;
     let iota = cx.constant(iota);

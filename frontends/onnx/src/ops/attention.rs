@@ -202,6 +202,7 @@ fn attention(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         n.int("left_window_size", -1)?,
         n.int("right_window_size", -1)?,
     );
+    super::check_constant(n, &[batch, 1, q_len, kv_len], dtype)?;
     if let Some(values) = static_bias(
         batch,
         q_len,

@@ -129,7 +129,7 @@ fn eye_like(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     };
     let k = n.int("k", 0)?;
     let (rows, cols) = (shape[0], shape[1]);
-    smelt_ir::limits::value_bytes(&shape, DType::F64).map_err(|e| n.err(e))?;
+    super::check_constant(n, &shape, DType::F64)?;
     let v = (0..rows * cols)
         .map(|i| {
             if (i % cols) as i64 - (i / cols) as i64 == k {

@@ -69,7 +69,7 @@ fn one_hot(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     if depth <= 0 {
         return Err(n.err(format!("depth must be positive, got {depth}")));
     }
-    smelt_ir::limits::value_bytes(&[depth as usize], DType::I64).map_err(|e| n.err(e))?;
+    super::check_constant(n, &[depth as usize], DType::I64)?;
     let values = n.input(2)?;
     let rank = cx.rank(indices) + 1;
     let axis = cx.axis(n.int("axis", -1)?, rank)?;
@@ -121,6 +121,7 @@ fn trilu(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     };
     let upper = n.int("upper", 1)? != 0;
     let (rows, cols) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    super::check_constant(n, &[rows, cols], DType::Bool)?;
     let mask: Vec<bool> = (0..rows * cols)
         .map(|i| {
             let d = (i % cols) as i64 - (i / cols) as i64;

@@ -214,9 +214,13 @@ fn split(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
                 )));
             }
             // Equal parts, the last one smaller when the axis does not divide evenly.
-            let chunk = (len + parts - 1) / parts;
+            let chunk = len / parts + i64::from(len % parts != 0);
             (0..parts)
-                .map(|i| chunk.min(len - i * chunk).max(0))
+                .map(|i| {
+                    chunk
+                        .min(len.saturating_sub(i.saturating_mul(chunk)))
+                        .max(0)
+                })
                 .collect()
         }
     };

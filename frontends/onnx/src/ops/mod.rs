@@ -64,3 +64,11 @@ pub fn supported_ops() -> Vec<&'static str> {
 fn one(v: ValueId) -> Result<Vec<ValueId>> {
     Ok(vec![v])
 }
+
+/// Checks a constant the handler is about to compute against the memory limit, before
+/// its values are allocated (its shape comes from other values' dims or from attributes).
+fn check_constant(n: &Node, shape: &[usize], dtype: smelt_ir::DType) -> Result<()> {
+    smelt_ir::limits::value_bytes(shape, dtype)
+        .map(drop)
+        .map_err(|e| n.err(e))
+}

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::import::{Ctx, Node};
 use crate::tensor::{dtype_from_onnx, onnx_type_name};
 use smelt_ir::Compose as _;
-use smelt_ir::{Tensor, ValueId};
+use smelt_ir::{DType, Tensor, ValueId};
 use std::f64::consts::PI;
 
 pub(super) const OPS: &[(&str, Handler)] = &[
@@ -26,6 +26,7 @@ fn window(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
             onnx_type_name(code)
         ))
     })?;
+    super::check_constant(n, &[size], DType::F64)?;
     let periodic = n.int("periodic", 1)? != 0;
     let denom = if periodic {
         size as f64
