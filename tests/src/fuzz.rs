@@ -34,6 +34,21 @@ fn limit_memory() {
     smelt_ir::limits::set_max_value_bytes(FUZZ_MEMORY_LIMIT);
 }
 
+/// The fuzz targets of `fuzz/Cargo.toml`, by name.
+pub const TARGETS: [&str; 3] = ["onnx_import", "graph_text", "compile_model"];
+
+/// Runs the body of fuzz target `target` on `data`; returns how far it got in a word
+/// (`Ran` where a body does not say), or `None` for an unknown target.
+pub fn run_target(target: &str, data: &[u8]) -> Option<String> {
+    match target {
+        "onnx_import" => onnx_import(data),
+        "graph_text" => graph_text(data),
+        "compile_model" => return Some(format!("{:?}", compile_bytes(data))),
+        _ => return None,
+    }
+    Some("Ran".into())
+}
+
 /// ONNX import from arbitrary bytes: decoding, the summary, and import as declared.
 pub fn onnx_import(data: &[u8]) {
     limit_memory();

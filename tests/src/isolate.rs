@@ -3,7 +3,6 @@
 //! (`crate::sweep`) and the deterministic fuzz pass (`cargo xtask fuzz --ci`) use it. A
 //! worker is called with a range of case indices and prints one report line per case.
 
-use crate::fuzz::Reached;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,8 +14,9 @@ use std::time::Duration;
 /// How one case fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// It compiled, or was refused with an error at this stage.
-    Reached(Reached),
+    /// It ran to its end; the worker's one word for how far it got (`Compiled`,
+    /// `ImportError`: errors are fine outcomes).
+    Finished(String),
     /// A panic, with its message.
     Panicked(String),
     /// The worker died on it (an abort, a signal, a stack overflow).
@@ -28,13 +28,13 @@ pub enum Outcome {
 impl Outcome {
     /// Whether the outcome is a fault of smelt's (a panic, crash or hang).
     pub fn is_fault(&self) -> bool {
-        !matches!(self, Outcome::Reached(_))
+        !matches!(self, Outcome::Finished(_))
     }
 
     /// The worker's line for a case: `<index>\t<word>[\t<message>]`.
     pub fn to_line(&self, index: usize) -> String {
         match self {
-            Outcome::Reached(r) => format!("{index}\t{r:?}"),
+            Outcome::Finished(word) => format!("{index}\t{word}"),
             Outcome::Panicked(m) => format!("{index}\tPanicked\t{}", m.escape_debug()),
             Outcome::Crashed(m) => format!("{index}\tCrashed\t{}", m.escape_debug()),
             Outcome::Hung => format!("{index}\tHung"),
@@ -47,15 +47,11 @@ impl Outcome {
         let index = fields.first()?.parse().ok()?;
         let message = || fields.get(2).unwrap_or(&"").to_string();
         let outcome = match *fields.get(1)? {
-            "Undecodable" => Outcome::Reached(Reached::Undecodable),
-            "ImportError" => Outcome::Reached(Reached::ImportError),
-            "OptimizeError" => Outcome::Reached(Reached::OptimizeError),
-            "CompileError" => Outcome::Reached(Reached::CompileError),
-            "Compiled" => Outcome::Reached(Reached::Compiled),
             "Panicked" => Outcome::Panicked(message()),
             "Crashed" => Outcome::Crashed(message()),
             "Hung" => Outcome::Hung,
-            _ => return None,
+            "" => return None,
+            word => Outcome::Finished(word.to_string()),
         };
         Some((index, outcome))
     }
@@ -236,10 +232,10 @@ fn smelt_frame() -> Option<String> {
     })
 }
 
-/// Runs one case body, catching a panic.
-pub fn outcome_of(body: impl FnOnce() -> Reached + std::panic::UnwindSafe) -> Outcome {
+/// Runs one case body, catching a panic; what it returns is its one word.
+pub fn outcome_of(body: impl FnOnce() -> String + std::panic::UnwindSafe) -> Outcome {
     match std::panic::catch_unwind(body) {
-        Ok(r) => Outcome::Reached(r),
+        Ok(word) => Outcome::Finished(word),
         Err(_) => Outcome::Panicked(
             LAST_PANIC
                 .lock()

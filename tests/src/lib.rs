@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod fuzz;
 pub mod hostile;
 pub mod isolate;
+pub mod mutate;
 pub mod random_graph;
 pub mod seeded;
 pub mod sweep;

@@ -5,7 +5,6 @@
 //! model is imported, optimized and compiled in a worker process; an error or a success is
 //! fine, a panic, an abort or a hang fails the test.
 
-use smelt_tests::fuzz::Reached;
 use smelt_tests::isolate::{Isolation, Outcome, run_isolated};
 use smelt_tests::sweep::{all_cases, load_schemas, only_ops, schemas_path};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,8 +31,8 @@ fn the_isolation_pins_panics_aborts_and_hangs_on_their_case() {
     let kinds: Vec<&str> = outcomes
         .iter()
         .map(|o| match o {
-            Outcome::Reached(Reached::Compiled) => "compiled",
-            Outcome::Reached(_) => "error",
+            Outcome::Finished(w) if w == "Compiled" => "compiled",
+            Outcome::Finished(_) => "error",
             Outcome::Panicked(m) if m.contains("self-test panic at case") => "panic",
             Outcome::Panicked(_) => "panic without its message",
             Outcome::Crashed(m) if m.contains("SIGABRT") => "abort",
@@ -74,7 +73,7 @@ fn every_op_handler_survives_the_rank_and_arity_sweep() {
     let mut faults = Vec::new();
     for (case, outcome) in cases.iter().zip(&outcomes) {
         let key = match outcome {
-            Outcome::Reached(r) => format!("{r:?}"),
+            Outcome::Finished(word) => word.clone(),
             Outcome::Panicked(_) => "Panicked".into(),
             Outcome::Crashed(_) => "Crashed".into(),
             Outcome::Hung => "Hung".into(),

@@ -4,8 +4,18 @@
 //! models, the hostile corpus and the graph test files. Installs cargo-fuzz when missing.
 //! A crash fails the task; its input is under `fuzz/artifacts/<target>/` and belongs in
 //! `tests/fuzz-regressions/<target>/`, which `tests/tests/fuzz_regressions.rs` replays.
+//!
+//! `cargo xtask fuzz --ci` is CI's pass, the same executions on every run: per target,
+//! every saved input (the seeds and the regressions) and then a fixed count of mutants of
+//! them from a fixed seed (`smelt_tests::mutate`), each run once through the target's body
+//! in worker processes (`cargo xtask fuzz-worker`, through `smelt_tests::isolate`). It
+//! prints a digest of the inputs it ran, so that two runs can be seen to agree.
 
 use anyhow::{Context, Result, bail};
+use smelt_tests::isolate::{self, Isolation, Outcome, run_isolated};
+use smelt_tests::mutate::{self, InputKind};
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +41,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--ci" => return ci_pass(root),
             "--seconds" => {
                 seconds = it
                     .next()
@@ -47,7 +58,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                         .collect(),
                 )
             }
-            other => bail!("unknown fuzz option '{other}' (options: --seconds N, --targets a,b)"),
+            other => bail!(
+                "unknown fuzz option '{other}' (options: --seconds N, --targets a,b, or --ci)"
+            ),
         }
     }
     ensure_cargo_fuzz()?;
@@ -140,9 +153,9 @@ fn file_count(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
-/// Copies the seeds of a target into `corpus` (the corpus keeps what libFuzzer adds).
-fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
-    std::fs::create_dir_all(corpus)?;
+/// The saved inputs of a target in a fixed order: its seeds (sorted within each source)
+/// and then its saved crash inputs.
+fn seed_files(target: &str, seeds: Seeds, hostile: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = Vec::new();
     match seeds {
         Seeds::Models => {
@@ -156,15 +169,16 @@ fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
                 let Ok(dir) = std::fs::read_dir(data.join(sub)) else {
                     continue;
                 };
-                files.extend(dir.flatten().map(|e| e.path().join("model.onnx")));
+                let mut models: Vec<PathBuf> =
+                    dir.flatten().map(|e| e.path().join("model.onnx")).collect();
+                models.sort();
+                files.extend(models);
             }
             for name in smelt_tests::CLASSIC_MODELS {
                 files.push(data.join("models").join(name).join("model.onnx"));
             }
-            // Per target, so that targets fuzzed at once do not lay it out over each other.
-            let hostile = corpus.with_extension("hostile");
             for case in smelt_tests::hostile::corpus() {
-                files.push(smelt_tests::hostile::write_case(&hostile, &case)?);
+                files.push(smelt_tests::hostile::write_case(hostile, &case)?);
             }
         }
         Seeds::GraphText => {
@@ -177,11 +191,130 @@ fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
         smelt_tests::fuzz::saved_inputs(target)
             .with_context(|| format!("reading the saved inputs of {target}"))?,
     );
-    for (i, f) in files.iter().filter(|f| f.is_file()).enumerate() {
+    files.retain(|f| f.is_file());
+    Ok(files)
+}
+
+/// Copies the seeds of a target into `corpus` (the corpus keeps what libFuzzer adds).
+fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
+    std::fs::create_dir_all(corpus)?;
+    // Per target, so that targets fuzzed at once do not lay it out over each other.
+    let files = seed_files(target, seeds, &corpus.with_extension("hostile"))?;
+    for (i, f) in files.iter().enumerate() {
         let dest = corpus.join(format!("seed-{i:05}"));
         if !dest.exists() {
             std::fs::copy(f, &dest).with_context(|| format!("copying {}", f.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// The seed of CI's mutants; changing it changes every CI fuzz pass after it.
+const CI_SEED: u64 = 20_261_206;
+
+/// How many mutants CI runs of each target: under a minute each on 2 cores.
+fn ci_mutants(target: &str) -> usize {
+    match target {
+        "compile_model" => 30_000,
+        _ => 80_000,
+    }
+}
+
+/// CI's deterministic fuzz pass (see the module header).
+fn ci_pass(root: &Path) -> Result<()> {
+    crate::data::ensure(root)?;
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut faults = Vec::new();
+    for &(target, seeds) in TARGETS {
+        let started = std::time::Instant::now();
+        let work = root.join("target/fuzz-ci").join(target);
+        let _ = std::fs::remove_dir_all(&work);
+        let inputs_dir = work.join("inputs");
+        std::fs::create_dir_all(&inputs_dir)?;
+        let saved: Vec<Vec<u8>> = seed_files(target, seeds, &work.join("hostile"))?
+            .iter()
+            .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
+            .collect::<Result<_>>()?;
+        let kind = match seeds {
+            Seeds::Models => InputKind::OnnxModel,
+            Seeds::GraphText => InputKind::GraphText,
+        };
+        let mutants = mutate::mutants(&saved, kind, CI_SEED, ci_mutants(target));
+        let all: Vec<&[u8]> = saved.iter().chain(&mutants).map(Vec::as_slice).collect();
+        for (i, data) in all.iter().enumerate() {
+            std::fs::write(inputs_dir.join(format!("{i:06}")), data)?;
+        }
+        let iso = Isolation {
+            worker: exe.clone(),
+            args: vec![
+                "fuzz-worker".into(),
+                target.into(),
+                inputs_dir.display().to_string(),
+            ],
+            jobs,
+            block: 500,
+            // As libFuzzer's -timeout in `cargo xtask fuzz`.
+            hang_limit: std::time::Duration::from_secs(60),
+        };
+        let outcomes = run_isolated(&iso, all.len());
+        let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, outcome) in outcomes.iter().enumerate() {
+            let word = match outcome {
+                Outcome::Finished(w) => w.clone(),
+                fault => {
+                    let artifacts = root.join("fuzz/artifacts").join(target);
+                    std::fs::create_dir_all(&artifacts)?;
+                    let kept = artifacts.join(format!("ci-{i:06}"));
+                    std::fs::write(&kept, all[i])?;
+                    faults.push(format!(
+                        "{target}: {fault:?} (input kept as {})",
+                        kept.display()
+                    ));
+                    "fault".into()
+                }
+            };
+            *tally.entry(word).or_default() += 1;
+        }
+        println!(
+            "fuzz pass {target}: {} saved inputs (digest {:016x}) and {} mutants of seed {CI_SEED} (digest {:016x}), {:.0} s: {tally:?}",
+            saved.len(),
+            mutate::digest(saved.iter().map(Vec::as_slice)),
+            mutants.len(),
+            mutate::digest(mutants.iter().map(Vec::as_slice)),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    if !faults.is_empty() {
+        bail!(
+            "the fuzz pass found {} faults; fix them and keep each input in tests/fuzz-regressions/<target>/:\n{}",
+            faults.len(),
+            faults.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask fuzz-worker TARGET DIR FIRST END`: runs the target's body on the inputs
+/// FIRST..END of DIR (sorted by name), one report line each (`smelt_tests::isolate`).
+pub fn worker(args: &[String]) -> Result<()> {
+    let [target, dir, first, end] = args else {
+        bail!("usage: cargo xtask fuzz-worker TARGET DIR FIRST END");
+    };
+    let (first, end): (usize, usize) = (first.parse()?, end.parse()?);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    isolate::record_panics();
+    for (index, file) in files.iter().enumerate().take(end).skip(first) {
+        let data = std::fs::read(file)?;
+        let outcome = isolate::outcome_of(|| {
+            smelt_tests::fuzz::run_target(target, &data).unwrap_or_else(|| "NoSuchTarget".into())
+        });
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", outcome.to_line(index))?;
+        out.flush()?;
     }
     Ok(())
 }

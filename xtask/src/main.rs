@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|fuzz|opt-stats|peak|bench|codegen>`.
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|fuzz|fuzz-worker|opt-stats|peak|bench|codegen>`.
 
 mod bench;
 mod codegen;
@@ -32,6 +32,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root),
         Some("gpu-check") => gpu_check(&root),
         Some("fuzz") => fuzz::run(&root, &args[1..]),
+        Some("fuzz-worker") => fuzz::worker(&args[1..]),
         Some("peak") => peak(&root),
         Some("bench") => bench::run(&root, &args[1..]),
         Some("opt-stats") => {
@@ -39,7 +40,7 @@ fn main() -> Result<()> {
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, fuzz [--seconds N] [--targets a,b], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, fuzz [--seconds N] [--targets a,b] [--ci], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
         ),
     }
 }
@@ -290,8 +291,9 @@ fn test(root: &Path) -> Result<()> {
         ],
     )?;
     let conformance = run_conformance(root, false);
-    // A bounded fuzzing pass: each target for a minute from the seed corpus.
-    let fuzzing = fuzz::run(root, &["--seconds".into(), "60".into()]);
+    // The deterministic fuzz pass: the same inputs on every run, so that it cannot fail
+    // a change for a fault the change did not make.
+    let fuzzing = fuzz::run(root, &["--ci".into()]);
     disk::report_after(root);
     // One closing line with the totals of every test binary.
     println!("{passed} passed, {failed} failed");

@@ -42,7 +42,7 @@ fn main() {
     };
     if source == "self-test" {
         for index in first..end {
-            report(index, outcome_of(|| self_test_case(index)));
+            report(index, outcome_of(|| format!("{:?}", self_test_case(index))));
         }
         return;
     }
@@ -52,6 +52,9 @@ fn main() {
     });
     let cases = all_cases(&schemas);
     for (index, case) in cases.iter().enumerate().take(end).skip(first) {
-        report(index, outcome_of(|| compile_bytes(&case.model)));
+        report(
+            index,
+            outcome_of(|| format!("{:?}", compile_bytes(&case.model))),
+        );
     }
 }
