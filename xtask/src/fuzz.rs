@@ -1,8 +1,9 @@
-//! `cargo xtask fuzz [--seconds N] [--targets a,b]`: runs each cargo-fuzz target of `fuzz/`
-//! for N seconds (libFuzzer, coverage-guided, on the stable toolchain with
-//! `--sanitizer none`), from a seed corpus of the conformance models, the generated
+//! `cargo xtask fuzz [--seconds N] [--targets a,b] [--keep-going]`: runs each cargo-fuzz
+//! target of `fuzz/` for N seconds (libFuzzer, coverage-guided, on the stable toolchain with
+//! `--sanitizer none` and debug assertions, so overflows are caught), from a seed corpus of the conformance models, the generated
 //! models, the hostile corpus and the graph test files. Installs cargo-fuzz when missing.
-//! A crash fails the task; its input is under `fuzz/artifacts/<target>/` and belongs in
+//! A crash fails the task (with `--keep-going`, libFuzzer's fork mode keeps each crash and
+//! goes on); its input is under `fuzz/artifacts/<target>/` and belongs in
 //! `tests/fuzz-regressions/<target>/`, which `tests/tests/fuzz_regressions.rs` replays.
 //!
 //! `cargo xtask fuzz --ci` is CI's pass, the same executions on every run: per target,
@@ -38,10 +39,12 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut seconds = 60u64;
     let mut only: Option<Vec<String>> = None;
+    let mut keep_going = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--ci" => return ci_pass(root),
+            "--keep-going" => keep_going = true,
             "--seconds" => {
                 seconds = it
                     .next()
@@ -59,7 +62,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 )
             }
             other => bail!(
-                "unknown fuzz option '{other}' (options: --seconds N, --targets a,b, or --ci)"
+                "unknown fuzz option '{other}' (options: --seconds N, --targets a,b, --keep-going, or --ci)"
             ),
         }
     }
@@ -77,31 +80,50 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         seed_corpus(target, &corpus, seeds)?;
         let before = file_count(&corpus);
         let log = root.join(format!("target/fuzz-{target}.log"));
+        let artifacts = root.join("fuzz/artifacts").join(target);
+        let found_before = file_count(&artifacts);
         println!(
             "$ cargo fuzz run {target} ({seconds} s, {before} seeds; log {})",
             log.display()
         );
-        let status = Command::new("cargo")
-            .current_dir(root)
-            .args(["fuzz", "run", "--sanitizer", "none", target])
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root)
+            // Debug assertions include overflow checks: an overflow in shape arithmetic
+            // is a fault to find, where a release build would wrap silently.
+            .args([
+                "fuzz",
+                "run",
+                "--sanitizer",
+                "none",
+                "--debug-assertions",
+                target,
+            ])
             .arg(&corpus)
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             // A single input may take this long (compile_model generates code) and this much.
-            .args(["-timeout=60", "-rss_limit_mb=4096", "-print_final_stats=1"])
+            .args(["-timeout=60", "-rss_limit_mb=4096", "-print_final_stats=1"]);
+        if keep_going {
+            // Children run the inputs, so that a crash is kept and the run goes on.
+            cmd.args([
+                "-fork=1",
+                "-ignore_crashes=1",
+                "-ignore_timeouts=1",
+                "-ignore_ooms=1",
+            ]);
+        }
+        let status = cmd
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?)
             .status()
             .context("running cargo fuzz")?;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let runs = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
-            .next_back()
-            .map_or("?".into(), |v| v.trim().to_string());
+        let runs = executions(&text);
         let after = file_count(&corpus);
+        let found = file_count(&artifacts).saturating_sub(found_before);
         summary.push(format!(
-            "{target}: {runs} executions in {seconds} s, corpus {before} -> {after} inputs"
+            "{target}: {runs} executions in {seconds} s, corpus {before} -> {after} inputs, {found} new inputs under {}",
+            artifacts.display()
         ));
         if !status.success() {
             let tail: Vec<&str> = text
@@ -122,6 +144,28 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// The executions a libFuzzer log reports: its final stats, or in fork mode the count of
+/// its last status line (`#N: cov: ...`).
+fn executions(log: &str) -> String {
+    let stat = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+        .next_back()
+        .map(|v| v.trim().to_string());
+    stat.or_else(|| {
+        log.lines()
+            .filter_map(|l| {
+                l.strip_prefix('#')?
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+            })
+            .filter(|n| !n.is_empty())
+            .next_back()
+            .map(String::from)
+    })
+    .unwrap_or_else(|| "?".into())
 }
 
 fn ensure_cargo_fuzz() -> Result<()> {

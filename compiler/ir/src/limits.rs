@@ -96,7 +96,7 @@ mod tests {
         assert!(
             value_bytes(&[0, 1 << 20, 1 << 20, 8], DType::F32)
                 .unwrap_err()
-                .contains("is empty, but its other axes would take 34359738368 bytes")
+                .contains("is empty, but its other axes would take 35184372088832 bytes")
         );
     }
 }
