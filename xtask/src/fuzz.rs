@@ -161,8 +161,7 @@ fn executions(log: &str) -> String {
                     .split(|c: char| !c.is_ascii_digit())
                     .next()
             })
-            .filter(|n| !n.is_empty())
-            .next_back()
+            .rfind(|n| !n.is_empty())
             .map(String::from)
     })
     .unwrap_or_else(|| "?".into())
@@ -256,11 +255,11 @@ fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
 /// The seed of CI's mutants; changing it changes every CI fuzz pass after it.
 const CI_SEED: u64 = 20_261_206;
 
-/// How many mutants CI runs of each target: under a minute each on 2 cores.
+/// How many mutants CI runs of each target: about a minute each on 2 cores.
 fn ci_mutants(target: &str) -> usize {
     match target {
-        "compile_model" => 30_000,
-        _ => 80_000,
+        "compile_model" => 60_000,
+        _ => 150_000,
     }
 }
 
@@ -274,8 +273,8 @@ fn ci_pass(root: &Path) -> Result<()> {
         let started = std::time::Instant::now();
         let work = root.join("target/fuzz-ci").join(target);
         let _ = std::fs::remove_dir_all(&work);
-        let inputs_dir = work.join("inputs");
-        std::fs::create_dir_all(&inputs_dir)?;
+        std::fs::create_dir_all(&work)?;
+        let pack = work.join("inputs.pack");
         let saved: Vec<Vec<u8>> = seed_files(target, seeds, &work.join("hostile"))?
             .iter()
             .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
@@ -286,15 +285,13 @@ fn ci_pass(root: &Path) -> Result<()> {
         };
         let mutants = mutate::mutants(&saved, kind, CI_SEED, ci_mutants(target));
         let all: Vec<&[u8]> = saved.iter().chain(&mutants).map(Vec::as_slice).collect();
-        for (i, data) in all.iter().enumerate() {
-            std::fs::write(inputs_dir.join(format!("{i:06}")), data)?;
-        }
+        write_pack(&pack, &all)?;
         let iso = Isolation {
             worker: exe.clone(),
             args: vec![
                 "fuzz-worker".into(),
                 target.into(),
-                inputs_dir.display().to_string(),
+                pack.display().to_string(),
             ],
             jobs,
             block: 500,
@@ -320,6 +317,8 @@ fn ci_pass(root: &Path) -> Result<()> {
             };
             *tally.entry(word).or_default() += 1;
         }
+        // The pack is some hundreds of megabytes; a fault's input was kept above.
+        std::fs::remove_dir_all(&work)?;
         println!(
             "fuzz pass {target}: {} saved inputs (digest {:016x}) and {} mutants of seed {CI_SEED} (digest {:016x}), {:.0} s: {tally:?}",
             saved.len(),
@@ -339,20 +338,62 @@ fn ci_pass(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask fuzz-worker TARGET DIR FIRST END`: runs the target's body on the inputs
-/// FIRST..END of DIR (sorted by name), one report line each (`smelt_tests::isolate`).
+/// Writes `inputs` into one file (a pass has some 10^5 of them, which as files would take
+/// a gigabyte of blocks): their count, `count + 1` offsets into the data, then the data;
+/// all numbers are little-endian u64.
+fn write_pack(path: &Path, inputs: &[&[u8]]) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    out.write_all(&(inputs.len() as u64).to_le_bytes())?;
+    let mut offset = 0u64;
+    for input in inputs.iter().map(|i| i.len() as u64).chain([0]) {
+        out.write_all(&offset.to_le_bytes())?;
+        offset += input;
+    }
+    for input in inputs {
+        out.write_all(input)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Inputs `first..end` of a pack from [`write_pack`].
+fn read_pack(path: &Path, first: usize, end: usize) -> Result<Vec<Vec<u8>>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let mut word = [0u8; 8];
+    file.read_exact(&mut word)?;
+    let count = u64::from_le_bytes(word) as usize;
+    if first > end || end > count {
+        bail!("{}: inputs {first}..{end} of {count}", path.display());
+    }
+    let header = 8 * (count as u64 + 2);
+    let mut offsets = Vec::with_capacity(end - first + 1);
+    file.seek(SeekFrom::Start(8 + 8 * first as u64))?;
+    for _ in first..=end {
+        file.read_exact(&mut word)?;
+        offsets.push(u64::from_le_bytes(word));
+    }
+    file.seek(SeekFrom::Start(header + offsets[0]))?;
+    offsets
+        .windows(2)
+        .map(|w| {
+            let mut data = vec![0u8; (w[1] - w[0]) as usize];
+            file.read_exact(&mut data)?;
+            Ok(data)
+        })
+        .collect()
+}
+
+/// `cargo xtask fuzz-worker TARGET PACK FIRST END`: runs the target's body on inputs
+/// FIRST..END of PACK ([`write_pack`]), one report line each (`smelt_tests::isolate`).
 pub fn worker(args: &[String]) -> Result<()> {
-    let [target, dir, first, end] = args else {
-        bail!("usage: cargo xtask fuzz-worker TARGET DIR FIRST END");
+    let [target, pack, first, end] = args else {
+        bail!("usage: cargo xtask fuzz-worker TARGET PACK FIRST END");
     };
     let (first, end): (usize, usize) = (first.parse()?, end.parse()?);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
-    files.sort();
+    let inputs = read_pack(Path::new(pack), first, end)?;
     isolate::record_panics();
-    for (index, file) in files.iter().enumerate().take(end).skip(first) {
-        let data = std::fs::read(file)?;
+    for (index, data) in (first..end).zip(inputs) {
         let outcome = isolate::outcome_of(|| {
             smelt_tests::fuzz::run_target(target, &data).unwrap_or_else(|| "NoSuchTarget".into())
         });
@@ -361,4 +402,21 @@ pub fn worker(args: &[String]) -> Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn packs_give_back_their_inputs() {
+        let path = std::env::temp_dir().join(format!("smelt-pack-{}", std::process::id()));
+        let inputs: [&[u8]; 4] = [b"one", b"", b"three", b"4"];
+        super::write_pack(&path, &inputs).unwrap();
+        assert_eq!(
+            super::read_pack(&path, 1, 3).unwrap(),
+            [b"".to_vec(), b"three".to_vec()]
+        );
+        assert_eq!(super::read_pack(&path, 0, 4).unwrap().len(), 4);
+        assert!(super::read_pack(&path, 2, 5).is_err());
+        std::fs::remove_file(path).unwrap();
+    }
 }
