@@ -3,7 +3,7 @@
 //! (`crate::sweep`) and the deterministic fuzz pass (`cargo xtask fuzz --ci`) use it. A
 //! worker is called with a range of case indices and prints one report line per case.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -230,6 +230,14 @@ fn smelt_frame() -> Option<String> {
         (!rel.ends_with("isolate.rs") && !rel.contains("isolate.rs:"))
             .then(|| rel.trim_start_matches('/').to_string())
     })
+}
+
+/// Prints a worker's report line for a case, flushed at once: the parent reads reports as
+/// they come, so that the case after the last report is the one a crash or hang is on.
+pub fn report(index: usize, outcome: &Outcome) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", outcome.to_line(index));
+    let _ = out.flush();
 }
 
 /// Runs one case body, catching a panic; what it returns is its one word.

@@ -397,9 +397,7 @@ pub fn worker(args: &[String]) -> Result<()> {
         let outcome = isolate::outcome_of(|| {
             smelt_tests::fuzz::run_target(target, &data).unwrap_or_else(|| "NoSuchTarget".into())
         });
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", outcome.to_line(index))?;
-        out.flush()?;
+        isolate::report(index, &outcome);
     }
     Ok(())
 }

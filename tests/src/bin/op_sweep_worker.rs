@@ -7,9 +7,8 @@
 //! hang and fail in turn, to show that the parent catches each.
 
 use smelt_tests::fuzz::{Reached, compile_bytes};
-use smelt_tests::isolate::{Outcome, outcome_of, record_panics};
+use smelt_tests::isolate::{outcome_of, record_panics, report};
 use smelt_tests::sweep::{all_cases, load_schemas};
-use std::io::Write;
 
 fn self_test_case(index: usize) -> Reached {
     match index % 5 {
@@ -34,15 +33,12 @@ fn main() {
         std::process::exit(2);
     };
     record_panics();
-    let report = |index: usize, outcome: Outcome| {
-        let mut out = std::io::stdout().lock();
-        // The parent reads reports as they come: each line is flushed at once.
-        let _ = writeln!(out, "{}", outcome.to_line(index));
-        let _ = out.flush();
-    };
     if source == "self-test" {
         for index in first..end {
-            report(index, outcome_of(|| format!("{:?}", self_test_case(index))));
+            report(
+                index,
+                &outcome_of(|| format!("{:?}", self_test_case(index))),
+            );
         }
         return;
     }
@@ -54,7 +50,7 @@ fn main() {
     for (index, case) in cases.iter().enumerate().take(end).skip(first) {
         report(
             index,
-            outcome_of(|| format!("{:?}", compile_bytes(&case.model))),
+            &outcome_of(|| format!("{:?}", compile_bytes(&case.model))),
         );
     }
 }
