@@ -717,7 +717,8 @@ fn build_program(
                             dilations: dilations.clone(),
                             group: *group,
                             relu: *relu,
-                        },
+                        }
+                        .with_useful_strides(),
                     },
                     Contraction::Pool {
                         x,
@@ -739,7 +740,8 @@ fn build_program(
                             kernel: kernel.clone(),
                             strides: strides.clone(),
                             pads: pads.clone(),
-                        },
+                        }
+                        .with_useful_strides(),
                     },
                 });
                 if let Some(nest) = epilogue {

@@ -513,7 +513,33 @@ pub struct ConvGeometry {
     pub relu: bool,
 }
 
+/// A stride cut to the most that still places a second window inside the padded extent:
+/// any larger stride yields the same single window (`(extent - span) / stride == 0`),
+/// while kernels size scratch buffers by the stride (a stride of 2^40 asked for terabytes).
+pub(crate) fn useful_stride(stride: usize, extent: usize, span: usize) -> usize {
+    match extent.checked_sub(span) {
+        Some(room) => stride.min(room.saturating_add(1)),
+        None => stride,
+    }
+}
+
 impl ConvGeometry {
+    /// The same convolution with each stride no larger than it needs to be
+    /// ([`useful_stride`]): the output and every value in it stay the same.
+    pub fn with_useful_strides(mut self) -> ConvGeometry {
+        let s = self.strides.len();
+        for d in 0..s.min(self.weight.len().saturating_sub(2)) {
+            let span = self.dilations[d]
+                .saturating_mul(self.weight[2 + d].saturating_sub(1))
+                .saturating_add(1);
+            let extent = self.input[2 + d]
+                .saturating_add(self.pads[d])
+                .saturating_add(self.pads[s + d]);
+            self.strides[d] = useful_stride(self.strides[d], extent, span);
+        }
+        self
+    }
+
     /// The output's spatial sizes.
     pub fn out_spatial(&self) -> Result<Vec<usize>, KernelError> {
         let s = self

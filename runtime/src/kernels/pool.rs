@@ -49,6 +49,20 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// The same pooling with each stride no larger than it needs to be (see
+    /// `contraction::useful_stride`): the output and every value in it stay the same.
+    pub fn with_useful_strides(mut self) -> PoolGeometry {
+        let s = self.strides.len();
+        for a in 0..s.min(self.kernel.len()) {
+            let extent = self.input[2 + a]
+                .saturating_add(self.pads[a])
+                .saturating_add(self.pads[s + a]);
+            self.strides[a] =
+                super::contraction::useful_stride(self.strides[a], extent, self.kernel[a]);
+        }
+        self
+    }
+
     /// The output's `[OH, OW]`, or why the geometry is invalid.
     pub fn out_spatial(&self) -> Result<[usize; 2], KernelError> {
         let bad = |what: &str| Err(KernelError::Shape(format!("pool: {what}")));

@@ -108,12 +108,13 @@ fn lrn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let xs = cx.fixed_shape(x)?;
     let size = n
         .opt_int("size")?
-        .ok_or_else(|| n.err("size is required"))? as usize;
-    if xs.len() < 3 || size == 0 {
+        .ok_or_else(|| n.err("size is required"))?;
+    if xs.len() < 3 || size <= 0 {
         return Err(n.err(format!(
             "needs input of rank >= 3 and a positive size, got {xs:?} and {size}"
         )));
     }
+    let size = size as usize;
     let (alpha, beta, bias) = (
         n.float("alpha", 1e-4)? as f64,
         n.float("beta", 0.75)? as f64,
@@ -122,11 +123,17 @@ fn lrn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
     let rest: usize = xs[2..].iter().product();
     let sq = cx.binary(BinaryOp::Mul, x, x)?;
     let view = cx.reshape_fixed(sq, &[xs[0], 1, xs[1], rest])?;
+    // The window reaches no further than the channels: a size past 2C - 1 sums the same
+    // channels, so the pool's window (and padding) is cut to them; the average is over
+    // the cut window, hence the factor below.
+    let reach = xs[1].saturating_sub(1);
     let (before, after) = ((size - 1) / 2, size - 1 - (size - 1) / 2);
+    let (before, after) = (before.min(reach), after.min(reach));
+    let window = before + after + 1;
     let avg = cx.op(
         Op::Pool {
             kind: PoolKind::AvgIncludePad,
-            kernel: vec![size, 1],
+            kernel: vec![window, 1],
             strides: vec![1, 1],
             pads: vec![before, 0, after, 0],
             dilations: vec![1, 1],
@@ -134,8 +141,8 @@ fn lrn(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         &[view],
     )?;
     let avg = cx.reshape_fixed(avg, &xs)?;
-    // alpha / size * sum = alpha * average.
-    let scaled = cx.binary_scalar(BinaryOp::Mul, avg, alpha)?;
+    // alpha / size * sum = alpha * window / size * average over the window.
+    let scaled = cx.binary_scalar(BinaryOp::Mul, avg, alpha * window as f64 / size as f64)?;
     let base = cx.binary_scalar(BinaryOp::Add, scaled, bias)?;
     let denom = cx.binary_scalar(BinaryOp::Pow, base, beta)?;
     one(cx.binary(BinaryOp::Div, x, denom)?)
