@@ -99,6 +99,10 @@ pub enum Reached {
     CompileError,
     /// Compiled for the CPU.
     Compiled,
+    /// Compiled, and refused by its run (an input check).
+    RunError,
+    /// Compiled and run.
+    Ran,
 }
 
 /// Import, optimization and CPU compilation of a model (mutations of the conformance
@@ -111,9 +115,37 @@ pub fn compile_model(data: &[u8]) {
 
 /// The body of [`compile_model`], saying how far the model got.
 pub fn compile_bytes(data: &[u8]) -> Reached {
+    compile_executable(data).map_or_else(|r| r, |_| Reached::Compiled)
+}
+
+/// [`compile_bytes`], then one run of the compiled code on zeros (what the op sweep does).
+pub fn compile_and_run(data: &[u8]) -> Reached {
+    let exe = match compile_executable(data) {
+        Ok(exe) => exe,
+        Err(r) => return r,
+    };
+    let inputs: Vec<smelt_runtime::HostTensor> = exe
+        .program
+        .inputs
+        .iter()
+        .map(|spec| smelt_runtime::HostTensor {
+            elem: spec.elem,
+            shape: spec.shape.clone(),
+            bytes: vec![0; spec.elem.size_bytes() * spec.shape.iter().product::<usize>()],
+        })
+        .collect();
+    let pool = smelt_runtime::pool::ThreadPool::new(1);
+    match exe.run(&pool, &inputs.iter().collect::<Vec<_>>(), None) {
+        Ok(_) => Reached::Ran,
+        Err(_) => Reached::RunError,
+    }
+}
+
+/// Import, optimization and compilation of a model, or how far it got.
+fn compile_executable(data: &[u8]) -> Result<smelt::Executable, Reached> {
     limit_memory();
     let Ok(model) = smelt_onnx::OnnxModel::from_bytes(data) else {
-        return Reached::Undecodable;
+        return Err(Reached::Undecodable);
     };
     let info = model.info();
     let shapes: HashMap<String, Vec<usize>> = info
@@ -129,17 +161,14 @@ pub fn compile_bytes(data: &[u8]) -> Reached {
         ..Default::default()
     };
     let Ok(imported) = smelt_onnx::import(&model, &options) else {
-        return Reached::ImportError;
+        return Err(Reached::ImportError);
     };
     let mut graph = imported.graph;
     if smelt_opt::Pipeline::standard(Default::default())
         .run(&mut graph)
         .is_err()
     {
-        return Reached::OptimizeError;
+        return Err(Reached::OptimizeError);
     }
-    match smelt::Executable::from_graph(graph, false) {
-        Ok(_) => Reached::Compiled,
-        Err(_) => Reached::CompileError,
-    }
+    smelt::Executable::from_graph(graph, false).map_err(|_| Reached::CompileError)
 }

@@ -122,6 +122,22 @@ fn drain_stderr(child: &mut Child) -> Arc<Mutex<String>> {
     tail
 }
 
+/// What a dead worker's stderr says in one line: its first line (`memory allocation of N
+/// bytes failed`) and, from a backtrace, the innermost frame in this workspace.
+fn last_words(stderr: &str) -> String {
+    let root = crate::workspace_root().display().to_string();
+    let first = stderr.lines().map(str::trim).find(|l| !l.is_empty());
+    let frame = stderr.lines().find_map(|l| {
+        let at = l.trim().strip_prefix("at ")?.strip_prefix(&root)?;
+        Some(format!("at {}", at.trim_start_matches('/')))
+    });
+    [first.map(String::from), frame]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Runs cases `first..end`, replacing the worker after a crash or hang.
 fn run_block(iso: &Isolation, first: usize, end: usize) -> Vec<(usize, Outcome)> {
     let mut out = Vec::new();
@@ -184,7 +200,10 @@ fn run_block(iso: &Isolation, first: usize, end: usize) -> Vec<(usize, Outcome)>
                             Ok(s) => format!("worker exited ({s})"),
                             Err(e) => format!("worker lost ({e})"),
                         };
-                        out.push((next, Outcome::Crashed(format!("{why}: {}", words.trim()))));
+                        out.push((
+                            next,
+                            Outcome::Crashed(format!("{why}: {}", last_words(&words))),
+                        ));
                         next += 1;
                     }
                     break;

@@ -6,7 +6,7 @@
 //! `op_sweep_worker self-test FIRST END` runs stand-in cases that compile, panic, abort,
 //! hang and fail in turn, to show that the parent catches each.
 
-use smelt_tests::fuzz::{Reached, compile_bytes};
+use smelt_tests::fuzz::{Reached, compile_and_run};
 use smelt_tests::isolate::{outcome_of, record_panics, report};
 use smelt_tests::sweep::{all_cases, load_schemas};
 
@@ -50,7 +50,7 @@ fn main() {
     for (index, case) in cases.iter().enumerate().take(end).skip(first) {
         report(
             index,
-            &outcome_of(|| format!("{:?}", compile_bytes(&case.model))),
+            &outcome_of(|| format!("{:?}", compile_and_run(&case.model))),
         );
     }
 }

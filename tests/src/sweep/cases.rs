@@ -47,6 +47,17 @@ enum Shapes {
     },
 }
 
+impl Shapes {
+    /// The rank of the first input.
+    fn lead_rank(self) -> usize {
+        match self {
+            Shapes::Uniform(_, r) | Shapes::Vectors(r) | Shapes::Scalars(r) => r,
+            Shapes::OneRank { slot: 0, rank, .. } => rank,
+            Shapes::OneRank { base, .. } => base,
+        }
+    }
+}
+
 /// The dims of a rank: all 2, one of them 0, or some of them 1.
 #[derive(Debug, Clone, Copy)]
 enum Profile {
@@ -243,18 +254,26 @@ fn out_of_range(kind: AttributeType) -> Vec<AttributeProto> {
     }
 }
 
-/// The value a required attribute gets in the base model.
-fn plausible(kind: AttributeType) -> AttributeProto {
+/// The value a required attribute gets in the base model; lists are as long as an input
+/// of rank `rank` wants (`kernel_shape` one per spatial axis, `pads` two per axis).
+fn plausible(name: &str, kind: AttributeType, rank: usize) -> AttributeProto {
     let base = AttributeProto {
         r#type: Some(kind as i32),
         ..Default::default()
     };
     match kind {
         AttributeType::Int => AttributeProto { i: Some(1), ..base },
-        AttributeType::Ints => AttributeProto {
-            ints: vec![1, 1],
-            ..base
-        },
+        AttributeType::Ints => {
+            let len = match name {
+                "kernel_shape" | "pooled_shape" => rank.saturating_sub(2),
+                "pads" => 2 * rank,
+                _ => rank,
+            };
+            AttributeProto {
+                ints: vec![1; len.max(1)],
+                ..base
+            }
+        }
         AttributeType::Float => AttributeProto {
             f: Some(1.0),
             ..base
@@ -492,7 +511,7 @@ fn build(schema: &Schema, v: &Variant) -> Vec<u8> {
             Some(AttrChange::Missing(k)) if *k == i => continue,
             Some(AttrChange::WrongType(k)) if *k == i => mistyped(a.kind),
             Some(AttrChange::OutOfRange(k, j)) if *k == i => out_of_range(a.kind)[*j].clone(),
-            _ if a.required => plausible(a.kind),
+            _ if a.required => plausible(&a.name, a.kind, v.shapes.lead_rank()),
             _ => continue,
         };
         node.attribute.push(AttributeProto {
