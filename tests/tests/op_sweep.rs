@@ -2,8 +2,8 @@
 //! every schema version from opset 6 to 28, as one-node models with inputs of rank 0 to 5,
 //! every allowed element type and one more, optional inputs absent, empty and present, an
 //! input too many and too few, and attributes missing, mistyped and out of range. Each
-//! model is imported, optimized and compiled in a worker process; an error or a success is
-//! fine, a panic, an abort or a hang fails the test.
+//! model is imported, optimized, compiled and run once on zeros in a worker process; an
+//! error or a success is fine, a panic, an abort or a hang fails the test.
 
 use smelt_tests::isolate::{Isolation, Outcome, run_isolated};
 use smelt_tests::sweep::{all_cases, load_schemas, only_ops, schemas_path};

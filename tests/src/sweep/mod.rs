@@ -1,6 +1,6 @@
 //! The rank and arity sweep over every op handler of the importer: one-node models made
 //! from the ONNX op schemas ([`schema`], written into the test data from `onnx.defs`) by
-//! [`cases`], each imported, optimized and compiled for the CPU in a worker process
+//! [`cases`], each imported, optimized, compiled for the CPU and run in a worker process
 //! (`src/bin/op_sweep_worker.rs`, run by [`crate::isolate`]), so that a panic, an abort or
 //! a hang is pinned to its model and the rest of the sweep still runs. An error is a fine
 //! outcome; those three are not.
