@@ -2,6 +2,7 @@
 //! inputs; `tests/tests/fuzz_regressions.rs` on every saved crash input): each feeds
 //! arbitrary bytes to a front door of smelt and may return errors, never panic.
 
+use crate::mutate::InputKind;
 use smelt_ir::text::{PrintOptions, parse_graph, print_graph};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,8 +35,12 @@ fn limit_memory() {
     smelt_ir::limits::set_max_value_bytes(FUZZ_MEMORY_LIMIT);
 }
 
-/// The fuzz targets of `fuzz/Cargo.toml`, by name.
-pub const TARGETS: [&str; 3] = ["onnx_import", "graph_text", "compile_model"];
+/// The fuzz targets of `fuzz/Cargo.toml`, by name, and the kind of input each takes.
+pub const TARGETS: [(&str, InputKind); 3] = [
+    ("onnx_import", InputKind::OnnxModel),
+    ("graph_text", InputKind::GraphText),
+    ("compile_model", InputKind::OnnxModel),
+];
 
 /// Runs the body of fuzz target `target` on `data`; returns how far it got in a word
 /// (`Ran` where a body does not say), or `None` for an unknown target.

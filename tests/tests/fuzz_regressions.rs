@@ -8,7 +8,7 @@ use smelt_tests::fuzz::{
 
 #[test]
 fn saved_fuzz_inputs_do_not_panic() {
-    for target in TARGETS {
+    for (target, _) in TARGETS {
         let files = saved_inputs(target).unwrap_or_else(|e| panic!("{target}: {e}"));
         for file in files {
             let data = std::fs::read(&file).unwrap();

@@ -1,7 +1,8 @@
 //! `cargo xtask fuzz [--seconds N] [--targets a,b] [--keep-going]`: runs each cargo-fuzz
-//! target of `fuzz/` for N seconds (libFuzzer, coverage-guided, on the stable toolchain with
-//! `--sanitizer none` and debug assertions, so overflows are caught), from a seed corpus of the conformance models, the generated
-//! models, the hostile corpus and the graph test files. Installs cargo-fuzz when missing.
+//! target of `fuzz/` for N seconds (libFuzzer, coverage-guided, on the stable toolchain
+//! with `--sanitizer none` and debug assertions, so overflows are caught), from a seed
+//! corpus of the conformance models, the generated models, the hostile corpus and the
+//! graph test files. Installs cargo-fuzz when missing.
 //! A crash fails the task (with `--keep-going`, libFuzzer's fork mode keeps each crash and
 //! goes on); its input is under `fuzz/artifacts/<target>/` and belongs in
 //! `tests/fuzz-regressions/<target>/`, which `tests/tests/fuzz_regressions.rs` replays.
@@ -14,24 +15,12 @@
 
 use anyhow::{Context, Result, bail};
 use smelt_tests::isolate::{self, Isolation, Outcome, run_isolated};
+use smelt_tests::fuzz::TARGETS;
 use smelt_tests::mutate::{self, InputKind};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The targets in `fuzz/Cargo.toml`, and which seeds each starts from.
-const TARGETS: &[(&str, Seeds)] = &[
-    ("onnx_import", Seeds::Models),
-    ("graph_text", Seeds::GraphText),
-    ("compile_model", Seeds::Models),
-];
-
-#[derive(Clone, Copy)]
-enum Seeds {
-    Models,
-    GraphText,
-}
 
 /// The cargo-fuzz release this project is tested with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -69,7 +58,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     ensure_cargo_fuzz()?;
     crate::data::ensure(root)?;
     let mut summary = Vec::new();
-    for &(target, seeds) in TARGETS {
+    for (target, kind) in TARGETS {
         if only
             .as_ref()
             .is_some_and(|o| !o.iter().any(|t| t == target))
@@ -77,7 +66,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             continue;
         }
         let corpus = root.join("target/fuzz-corpus").join(target);
-        seed_corpus(target, &corpus, seeds)?;
+        seed_corpus(target, &corpus, kind)?;
         let before = file_count(&corpus);
         let log = root.join(format!("target/fuzz-{target}.log"));
         let artifacts = root.join("fuzz/artifacts").join(target);
@@ -198,10 +187,10 @@ fn file_count(dir: &Path) -> usize {
 
 /// The saved inputs of a target in a fixed order: its seeds (sorted within each source)
 /// and then its saved crash inputs.
-fn seed_files(target: &str, seeds: Seeds, hostile: &Path) -> Result<Vec<PathBuf>> {
+fn seed_files(target: &str, kind: InputKind, hostile: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = Vec::new();
-    match seeds {
-        Seeds::Models => {
+    match kind {
+        InputKind::OnnxModel => {
             let data = smelt_tests::data_dir();
             for sub in [
                 "node",
@@ -224,7 +213,7 @@ fn seed_files(target: &str, seeds: Seeds, hostile: &Path) -> Result<Vec<PathBuf>
                 files.push(smelt_tests::hostile::write_case(hostile, &case)?);
             }
         }
-        Seeds::GraphText => {
+        InputKind::GraphText => {
             for dir in ["passes", "fusion"] {
                 files.extend(smelt_tests::graph_files(dir));
             }
@@ -239,10 +228,10 @@ fn seed_files(target: &str, seeds: Seeds, hostile: &Path) -> Result<Vec<PathBuf>
 }
 
 /// Copies the seeds of a target into `corpus` (the corpus keeps what libFuzzer adds).
-fn seed_corpus(target: &str, corpus: &Path, seeds: Seeds) -> Result<()> {
+fn seed_corpus(target: &str, corpus: &Path, kind: InputKind) -> Result<()> {
     std::fs::create_dir_all(corpus)?;
     // Per target, so that targets fuzzed at once do not lay it out over each other.
-    let files = seed_files(target, seeds, &corpus.with_extension("hostile"))?;
+    let files = seed_files(target, kind, &corpus.with_extension("hostile"))?;
     for (i, f) in files.iter().enumerate() {
         let dest = corpus.join(format!("seed-{i:05}"));
         if !dest.exists() {
@@ -269,20 +258,16 @@ fn ci_pass(root: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("locating the xtask binary")?;
     let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut faults = Vec::new();
-    for &(target, seeds) in TARGETS {
+    for (target, kind) in TARGETS {
         let started = std::time::Instant::now();
         let work = root.join("target/fuzz-ci").join(target);
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work)?;
         let pack = work.join("inputs.pack");
-        let saved: Vec<Vec<u8>> = seed_files(target, seeds, &work.join("hostile"))?
+        let saved: Vec<Vec<u8>> = seed_files(target, kind, &work.join("hostile"))?
             .iter()
             .map(|f| std::fs::read(f).with_context(|| format!("reading {}", f.display())))
             .collect::<Result<_>>()?;
-        let kind = match seeds {
-            Seeds::Models => InputKind::OnnxModel,
-            Seeds::GraphText => InputKind::GraphText,
-        };
         let mutants = mutate::mutants(&saved, kind, CI_SEED, ci_mutants(target));
         let all: Vec<&[u8]> = saved.iter().chain(&mutants).map(Vec::as_slice).collect();
         write_pack(&pack, &all)?;
