@@ -127,27 +127,58 @@ fn hostile_models_get_their_exact_errors_and_read_nothing_outside() {
 }
 
 #[test]
-fn initializers_over_a_lowered_memory_limit_are_errors() {
-    // An initializer over the limit was a panic where the importer made it a constant.
-    let model = smelt_tests::workspace_root().join("docs/examples/lenet5/model.onnx");
-    let x = smelt_tests::workspace_root().join("docs/examples/lenet5/x.npy");
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-limit");
-    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .env("SMELT_MEMORY_LIMIT", "1K")
-        .args(["run", model.to_str().unwrap(), "--input"])
-        .arg(format!("x={}", x.display()))
-        .arg("--output-dir")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert_eq!(
+fn values_over_a_lowered_memory_limit_are_errors() {
+    use smelt_tests::builder::{f32_info, f32_tensor, model, node};
+    // `y = x + w` with `x: f32[1, 4]` (16 bytes) and an initializer `w: f32[64, 4]` (1 KiB).
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-limit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("model.onnx");
+    std::fs::write(
+        &onnx,
+        model(
+            vec![node("Add", "add", &["x", "w"], &["y"])],
+            vec![f32_info("x", &[1, 4])],
+            vec![f32_info("y", &[64, 4])],
+            vec![f32_tensor("w", &[64, 4], &[0.5; 256])],
+        ),
+    )
+    .unwrap();
+    let x = dir.join("x.npy");
+    smelt_runtime::write_npy(
+        &x,
+        &smelt_runtime::HostTensor {
+            elem: smelt_runtime::ElemType::F32,
+            shape: vec![1, 4],
+            bytes: vec![0; 16],
+        },
+    )
+    .unwrap();
+    let run = |limit: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .env("SMELT_MEMORY_LIMIT", limit)
+            .args(["run", onnx.to_str().unwrap(), "--input"])
+            .arg(format!("x={}", x.display()))
+            .output()
+            .unwrap();
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ),
+            String::from_utf8_lossy(&out.stderr).trim_end().to_string(),
+        )
+    };
+    // An initializer over the limit was a panic where the importer made it a constant.
+    assert_eq!(
+        run("512"),
         (
             Some(2),
-            "smelt: error: tensor 'conv1_w': f32[6, 3, 5, 5] would take 1800 bytes, over the memory limit of 1024 bytes (SMELT_MEMORY_LIMIT)"
+            "smelt: error: tensor 'w': f32[64, 4] would take 1024 bytes, over the memory limit of 512 bytes (SMELT_MEMORY_LIMIT)".to_string()
+        )
+    );
+    // A declared input is held to the limit before anything is computed from its dims.
+    assert_eq!(
+        run("8"),
+        (
+            Some(2),
+            "smelt: error: input 'x': f32[1, 4] would take 16 bytes, over the memory limit of 8 bytes (SMELT_MEMORY_LIMIT)".to_string()
         )
     );
 }

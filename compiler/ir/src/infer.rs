@@ -83,11 +83,13 @@ fn window_out(
     if stride == 0 || dilation == 0 || kernel == 0 {
         return Err("kernel, stride and dilation must be positive".into());
     }
-    let span = dilation * (kernel - 1) + 1;
+    let span = window_span(kernel, dilation)?;
     derive(
         size,
         |n| {
-            let padded = n + pad;
+            let padded = n
+                .checked_add(pad)
+                .ok_or_else(|| format!("an axis of {n} padded by {pad} overflows"))?;
             if padded < span {
                 return Err(format!(
                     "window of span {span} does not fit input of size {n} padded by {pad}"
@@ -97,6 +99,21 @@ fn window_out(
         },
         |s| format!("({s}+{pad}-{span})/{stride}+1"),
     )
+}
+
+/// The extent of a window of `kernel` taps `dilation` apart, or why it overflows.
+fn window_span(kernel: usize, dilation: usize) -> InferResult<usize> {
+    dilation
+        .checked_mul(kernel.saturating_sub(1))
+        .and_then(|v| v.checked_add(1))
+        .ok_or_else(|| format!("a window of {kernel} taps dilated by {dilation} overflows"))
+}
+
+/// The sum of an axis's begin and end pads, or why it overflows.
+fn pad_sum(pads: &[usize], s: usize, i: usize) -> InferResult<usize> {
+    pads[i]
+        .checked_add(pads[s + i])
+        .ok_or_else(|| format!("pads of axis {i} overflow"))
 }
 
 /// Infers the result types of `op` applied to operands of types `inputs`.
@@ -251,7 +268,7 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
             let s = conv_operands(x, w, strides, pads, dilations, *group)?;
             if let (Some(c), Some(wc), Some(m)) =
                 (x.shape[1].fixed(), w.shape[1].fixed(), w.shape[0].fixed())
-                && (c != wc * group || m % group != 0)
+                && (wc.checked_mul(*group) != Some(c) || m % group != 0)
             {
                 return Err(format!(
                     "channels do not match: input has {c}, weight expects {wc} x group {group}, {m} filters"
@@ -264,7 +281,7 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
                     &x.shape[2 + i],
                     k,
                     strides[i],
-                    pads[i] + pads[s + i],
+                    pad_sum(pads, s, i)?,
                     dilations[i],
                 )?);
             }
@@ -293,20 +310,35 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
             {
                 return Err(format!("input has {c} channels, weight expects {wc}"));
             }
-            let m = derive(&w.shape[1], |m| Ok(m * group), |s| format!("{s}*{group}"))?;
+            let m = derive(
+                &w.shape[1],
+                |m| {
+                    m.checked_mul(*group)
+                        .ok_or_else(|| format!("{m} x group {group} filters overflow"))
+                },
+                |s| format!("{s}*{group}"),
+            )?;
             let mut shape = vec![x.shape[0].clone(), m];
             for i in 0..s {
                 let k = w.shape[2 + i].fixed().ok_or("kernel size must be fixed")?;
-                let span = dilations[i] * (k - 1) + 1;
-                let (st, op, pb, pe) = (strides[i], output_padding[i], pads[i], pads[s + i]);
+                let span = window_span(k, dilations[i])?;
+                let (st, op, pads) = (strides[i], output_padding[i], pad_sum(pads, s, i)?);
+                let extra = op
+                    .checked_add(span)
+                    .ok_or_else(|| format!("output padding {op} of axis {i} overflows"))?;
                 shape.push(derive(
                     &x.shape[2 + i],
                     |n| {
-                        (st * (n.max(1) - 1) + op + span)
-                            .checked_sub(pb + pe)
+                        st.checked_mul(n.max(1) - 1)
+                            .and_then(|v| v.checked_add(extra))
+                            .ok_or_else(|| format!("the output size of axis {i} overflows"))?
+                            .checked_sub(pads)
                             .ok_or_else(|| "padding exceeds the output".to_string())
                     },
-                    |s| format!("{st}*({s}-1)+{}", op + span - pb - pe),
+                    |s| match extra.checked_sub(pads) {
+                        Some(more) => format!("{st}*({s}-1)+{more}"),
+                        None => format!("{st}*({s}-1)-{}", pads - extra),
+                    },
                 )?);
             }
             one(TensorType::new(x.dtype, shape))
@@ -331,7 +363,7 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
                     &x.shape[lead + i],
                     kernel[i],
                     strides[i],
-                    pads[i] + pads[s + i],
+                    pad_sum(pads, s, i)?,
                     dilations[i],
                 )?);
             }
