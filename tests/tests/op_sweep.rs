@@ -83,13 +83,20 @@ fn every_op_handler_survives_the_rank_and_arity_sweep() {
             faults.push(format!("{}: {outcome:?}", case.name));
         }
     }
-    println!(
+    let summary = format!(
         "op sweep: {} models from {} schema versions of {} op types in {:.0} s: {tally:?}",
         cases.len(),
         schemas.len(),
         swept.len(),
         started.elapsed().as_secs_f64()
     );
+    println!("{summary}");
+    // `cargo xtask test` prints it after the tests, whose own output is captured.
+    std::fs::write(
+        smelt_tests::workspace_root().join("target/op-sweep-summary.txt"),
+        format!("{summary}\n"),
+    )
+    .unwrap();
     assert!(
         faults.is_empty(),
         "{} sweep models panicked, crashed or hung:\n{}",

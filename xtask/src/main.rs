@@ -290,6 +290,10 @@ fn test(root: &Path) -> Result<()> {
             "--no-fail-fast",
         ],
     )?;
+    // The op sweep's counts (the test writes them; cargo test captures what it prints).
+    if let Ok(summary) = std::fs::read_to_string(root.join("target/op-sweep-summary.txt")) {
+        print!("{summary}");
+    }
     let conformance = run_conformance(root, false);
     // The deterministic fuzz pass: the same inputs on every run, so that it cannot fail
     // a change for a fault the change did not make.
