@@ -78,6 +78,12 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// A tensor of `elem` and `shape` whose every byte is zero (0, 0.0 or false).
+    pub fn zeros(elem: ElemType, shape: Vec<usize>) -> HostTensor {
+        let bytes = vec![0; elem.size_bytes() * shape.iter().product::<usize>()];
+        HostTensor { elem, shape, bytes }
+    }
+
     pub fn num_elements(&self) -> usize {
         self.shape.iter().product()
     }

@@ -133,11 +133,7 @@ pub fn compile_and_run(data: &[u8]) -> Reached {
         .program
         .inputs
         .iter()
-        .map(|spec| smelt_runtime::HostTensor {
-            elem: spec.elem,
-            shape: spec.shape.clone(),
-            bytes: vec![0; spec.elem.size_bytes() * spec.shape.iter().product::<usize>()],
-        })
+        .map(|spec| smelt_runtime::HostTensor::zeros(spec.elem, spec.shape.clone()))
         .collect();
     let pool = smelt_runtime::pool::ThreadPool::new(1);
     match exe.run(&pool, &inputs.iter().collect::<Vec<_>>(), None) {

@@ -42,17 +42,7 @@ impl HostileCase {
         };
         listed
             .iter()
-            .map(|(name, elem, shape)| {
-                let bytes = vec![0u8; elem.size_bytes() * shape.iter().product::<usize>()];
-                (
-                    *name,
-                    HostTensor {
-                        elem: *elem,
-                        shape: shape.clone(),
-                        bytes,
-                    },
-                )
-            })
+            .map(|(name, elem, shape)| (*name, HostTensor::zeros(*elem, shape.clone())))
             .collect()
     }
 }

@@ -146,11 +146,7 @@ fn values_over_a_lowered_memory_limit_are_errors() {
     let x = dir.join("x.npy");
     smelt_runtime::write_npy(
         &x,
-        &smelt_runtime::HostTensor {
-            elem: smelt_runtime::ElemType::F32,
-            shape: vec![1, 4],
-            bytes: vec![0; 16],
-        },
+        &smelt_runtime::HostTensor::zeros(smelt_runtime::ElemType::F32, vec![1, 4]),
     )
     .unwrap();
     let run = |limit: &str| {
