@@ -35,7 +35,10 @@ pub fn merge_parallel_matmuls(eg: &mut EGraph, merged: &mut HashSet<Id>) -> Vec<
             continue;
         }
         for n in &class.nodes {
+            // Only MatMuls without an epilogue operand: the merged MatMul has none, so
+            // a member's bias would be lost.
             if matches!(n.head, Head::Op("matmul", _))
+                && n.children.len() == 2
                 && eg.analysis.op(&n.head) == Some(&Op::MATMUL)
             {
                 let (l, r) = (eg.find(n.children[0]), eg.find(n.children[1]));
