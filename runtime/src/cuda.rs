@@ -1,10 +1,11 @@
 //! The CUDA device (feature `cuda`): a PTX module run through the driver API, which
 //! `cudarc` loads at run time (`libcuda.so`), so building needs nothing from CUDA.
 
-use crate::gpu::{Device, DeviceAddr};
+use crate::gpu::{Device, DeviceAddr, Mark};
 use crate::program::RuntimeError;
 use cudarc::driver::{result, sys};
 use std::ffi::{CString, c_void};
+use std::time::Duration;
 
 /// Threads per block of every launch.
 const BLOCK: u64 = 256;
@@ -20,6 +21,10 @@ pub struct CudaDevice {
     stream: sys::CUstream,
     functions: Vec<sys::CUfunction>,
     allocations: Vec<sys::CUdeviceptr>,
+    /// Timing events, created as marks need them and reused after `forget_marks`.
+    events: Vec<sys::CUevent>,
+    /// How many of `events` the marks since `forget_marks` use.
+    events_used: usize,
     name: String,
 }
 
@@ -99,6 +104,8 @@ impl CudaDevice {
             stream,
             functions,
             allocations: Vec::new(),
+            events: Vec::new(),
+            events_used: 0,
             name,
         })
     }
@@ -194,6 +201,47 @@ impl Device for CudaDevice {
         unsafe { result::stream::synchronize(self.stream) }
             .map_err(|e| driver_error("cuStreamSynchronize (a kernel failed)", e))
     }
+
+    fn mark(&mut self) -> Result<Mark, RuntimeError> {
+        self.current()?;
+        if self.events_used == self.events.len() {
+            let event = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(err("cuEventCreate"))?;
+            self.events.push(event);
+        }
+        let index = self.events_used;
+        // SAFETY: the event and the stream belong to this device's context.
+        unsafe { result::event::record(self.events[index], self.stream) }
+            .map_err(err("cuEventRecord"))?;
+        self.events_used += 1;
+        Ok(Mark::Event(index))
+    }
+
+    fn elapsed(&mut self, from: Mark, to: Mark) -> Result<Duration, RuntimeError> {
+        let (Mark::Event(a), Mark::Event(b)) = (from, to) else {
+            return Err(RuntimeError::Kernel {
+                name: "(timer)".into(),
+                reason: "marks of another device".into(),
+            });
+        };
+        let (Some(&start), Some(&end)) = (self.events.get(a), self.events.get(b)) else {
+            return Err(RuntimeError::Kernel {
+                name: "(timer)".into(),
+                reason: "a mark taken before the last forget_marks".into(),
+            });
+        };
+        self.current()?;
+        // SAFETY: both events were recorded on this device's stream.
+        let ms = unsafe {
+            result::event::synchronize(end).map_err(err("cuEventSynchronize (a kernel failed)"))?;
+            result::event::elapsed(start, end).map_err(err("cuEventElapsedTime"))?
+        };
+        Ok(Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3))
+    }
+
+    fn forget_marks(&mut self) {
+        self.events_used = 0;
+    }
 }
 
 impl Drop for CudaDevice {
@@ -204,6 +252,9 @@ impl Drop for CudaDevice {
             let _ = result::stream::synchronize(self.stream);
             for &p in &self.allocations {
                 let _ = result::free_sync(p);
+            }
+            for &e in &self.events {
+                let _ = result::event::destroy(e);
             }
             let _ = result::stream::destroy(self.stream);
             let _ = result::module::unload(self.module);

@@ -32,6 +32,36 @@ pub trait Device {
     ) -> Result<(), RuntimeError>;
     /// Waits for every launch and copy issued so far.
     fn synchronize(&mut self) -> Result<(), RuntimeError>;
+    /// Marks the point the device's work has reached, for [`Device::elapsed`]. By default
+    /// the device is synchronized and the host clock read; the CUDA device records an
+    /// event instead, so that marks between launches neither stall the queue nor count
+    /// the host's launch overhead.
+    fn mark(&mut self) -> Result<Mark, RuntimeError> {
+        self.synchronize()?;
+        Ok(Mark::Host(Instant::now()))
+    }
+    /// The device time from `from` to `to`, waiting until `to` is reached.
+    fn elapsed(&mut self, from: Mark, to: Mark) -> Result<Duration, RuntimeError> {
+        match (from, to) {
+            (Mark::Host(a), Mark::Host(b)) => Ok(b.saturating_duration_since(a)),
+            _ => Err(RuntimeError::Kernel {
+                name: "(timer)".into(),
+                reason: "marks of another device".into(),
+            }),
+        }
+    }
+    /// Lets the device reuse whatever its marks hold (the CUDA device's events); marks
+    /// taken before are invalid afterwards.
+    fn forget_marks(&mut self) {}
+}
+
+/// A point in a device's work, taken by [`Device::mark`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// The host clock once the device had finished everything issued before.
+    Host(Instant),
+    /// The device's own timer: an index into its events.
+    Event(usize),
 }
 
 /// A program whose loop kernels are device functions: `threads[f]` is the number of
@@ -93,9 +123,10 @@ impl GpuProgram {
 
     /// Runs the program: copies the inputs in, launches in order, copies the outputs out
     /// into `outputs` (tensors of the outputs' types, an earlier run's results, so
-    /// repeated runs allocate nothing). With `profile`, the time of every launch
-    /// (synchronized after each) is added to it, one entry per launch, as `Program::run`
-    /// does.
+    /// repeated runs allocate nothing). With `profile`, the device time of every launch
+    /// (between the device's marks before and after it, CUDA events on a GPU) is added to
+    /// it, one entry per launch, as `Program::run` does; their sum is the time from the
+    /// first launch to the end of the last, copies in and out left out.
     pub fn run_into(
         &self,
         device: &mut dyn Device,
@@ -125,11 +156,14 @@ impl GpuProgram {
         for (spec, bytes) in p.inputs.iter().zip(inputs) {
             device.upload(self.address(resident, spec.buffer), bytes)?;
         }
+        let mut marks = Vec::new();
         if let Some(times) = profile.as_deref_mut() {
             times.resize(p.launches.len(), Duration::ZERO);
+            device.forget_marks();
+            marks.reserve(p.launches.len() + 1);
+            marks.push(device.mark()?);
         }
-        for (li, launch) in p.launches.iter().enumerate() {
-            let started = Instant::now();
+        for launch in &p.launches {
             match launch {
                 Launch::Loop {
                     name,
@@ -159,14 +193,19 @@ impl GpuProgram {
                     });
                 }
             }
-            if let Some(times) = profile.as_deref_mut() {
-                device.synchronize()?;
-                times[li] += started.elapsed();
+            if profile.is_some() {
+                marks.push(device.mark()?);
             }
         }
         for (spec, out) in p.outputs.iter().zip(outputs.iter_mut()) {
             device.download(self.address(resident, spec.buffer), out)?;
         }
-        device.synchronize()
+        device.synchronize()?;
+        if let Some(times) = profile {
+            for (time, pair) in times.iter_mut().zip(marks.windows(2)) {
+                *time += device.elapsed(pair[0], pair[1])?;
+            }
+        }
+        Ok(())
     }
 }

@@ -164,6 +164,32 @@ pub fn run_onnxruntime(
     Ok(OnnxruntimeRun { opset, outputs })
 }
 
+/// `libdevice.10.bc` of the `nvidia-cuda-nvcc-cu12` wheel in the test venv (or
+/// `SMELT_LIBDEVICE`), for the tests that generate PTX: the GPU back end looks at nothing
+/// of the build machine by itself.
+pub fn libdevice() -> PathBuf {
+    if let Some(p) = std::env::var_os("SMELT_LIBDEVICE") {
+        return PathBuf::from(p);
+    }
+    let lib = workspace_root().join("target/smelt-venv/lib");
+    std::fs::read_dir(&lib)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| {
+            d.path()
+                .join("site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc")
+        })
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "libdevice.10.bc not found under {}: run `cargo xtask setup` (the README's test command does)",
+                lib.display()
+            )
+        })
+}
+
 /// `ptxas`: `SMELT_PTXAS`, else the one the `nvidia-cuda-nvcc-cu12` wheel put in the
 /// test venv (`cargo xtask setup`).
 pub fn ptxas() -> PathBuf {

@@ -17,7 +17,7 @@ pub struct BenchArgs<'a> {
     pub profile: bool,
     pub json: bool,
     pub target: smelt::Target,
-    pub gpu_arch: &'a str,
+    pub gpu: smelt::smelt_gpu::GpuOptions,
 }
 
 /// A deterministic input: uniform values in [-1, 1) for floats, zeros otherwise.
@@ -92,9 +92,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         optimize: true,
         input_shapes: shapes,
         target: a.target,
-        gpu: smelt::smelt_gpu::GpuOptions {
-            arch: a.gpu_arch.to_string(),
-        },
+        gpu: a.gpu.clone(),
     })?;
     let exe = compiled.prepare(&feeds)?;
     let compile_ms = exe.compile_time.as_secs_f64() * 1e3;
@@ -121,23 +119,32 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
     };
     let (min, max) = (times[0], times[times.len() - 1]);
+    // A GPU's runs do not use the CPU thread pool, so its size says nothing there.
+    let threads = match a.target {
+        smelt::Target::Cpu => Some(compiled.threads()),
+        _ => None,
+    };
     if a.json {
         println!(
-            "{{\"model\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}, \"flops\": {}, \"peak_rss_bytes\": {}}}",
+            "{{\"model\": {:?}, \"target\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}, \"flops\": {}, \"peak_rss_bytes\": {}}}",
             a.model.display().to_string(),
+            a.target.name(),
             a.iterations,
-            compiled.threads(),
+            threads.map_or("null".to_string(), |t| t.to_string()),
             exe.program.arena_bytes,
             exe.contraction_flops(),
             peak_rss_bytes()
         );
     } else {
         println!("model: {}", a.model.display());
+        let runs_on = match (a.target, threads) {
+            (_, Some(t)) => format!("threads: {t}"),
+            (smelt::Target::Cuda, None) => "device: CUDA GPU 0".to_string(),
+            (_, None) => "device: the GPU emulator (this CPU)".to_string(),
+        };
         println!(
-            "threads: {}, iterations: {} after {} warm-up",
-            compiled.threads(),
-            a.iterations,
-            a.warmup
+            "{runs_on}, iterations: {} after {} warm-up",
+            a.iterations, a.warmup
         );
         println!("median: {median:.3} ms  min: {min:.3} ms  max: {max:.3} ms");
         println!(
@@ -156,7 +163,12 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             .map(|(i, d)| (i, d.as_secs_f64() / a.iterations as f64 * 1e3))
             .collect();
         rows.sort_by(|x, y| y.1.total_cmp(&x.1));
-        println!("profile (mean ms per run, by launch, slowest first):");
+        let clock = match a.target {
+            smelt::Target::Cuda => "device time between CUDA events",
+            smelt::Target::GpuEmulator => "host time, synchronized after each launch",
+            smelt::Target::Cpu => "host time",
+        };
+        println!("profile (mean ms per run, by launch, slowest first; {clock}):");
         for (i, ms) in rows {
             let l = &exe.program.launches[i];
             let kind = match l {

@@ -61,9 +61,8 @@ enum Command {
         /// feature `cuda`) or gpu-emulator (the GPU kernels run on this CPU, for checking).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "gpu-emulator"])]
         target: String,
-        /// The GPU architecture for --target cuda.
-        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
-        gpu_arch: String,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Compile a model into a standalone executable, a static library with a C header,
     /// or an object file.
@@ -92,9 +91,8 @@ enum Command {
         /// NVIDIA driver and a GPU where it runs; a build with the feature `cuda`).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         target: String,
-        /// The GPU architecture for --target cuda.
-        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
-        gpu_arch: String,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Measure a model's latency on compiled code.
     Bench {
@@ -125,9 +123,8 @@ enum Command {
         /// feature `cuda`) or gpu-emulator (the GPU kernels run on this CPU, for checking).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda", "gpu-emulator"])]
         target: String,
-        /// The GPU architecture for --target cuda.
-        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
-        gpu_arch: String,
+        #[command(flatten)]
+        gpu: GpuArgs,
     },
     /// Print the graph at a compilation stage and what the optimizer did.
     Explain {
@@ -142,9 +139,8 @@ enum Command {
         /// The Kernel IR of which target (kernel stage; llvm and ptx imply cuda).
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
         target: String,
-        /// The GPU architecture for the llvm and ptx stages.
-        #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
-        gpu_arch: String,
+        #[command(flatten)]
+        gpu: GpuArgs,
         /// Pin an input's shape, as NAME=1,3,224,224 (repeatable).
         #[arg(long = "input-shape", value_name = "NAME=DIMS")]
         input_shapes: Vec<String>,
@@ -161,8 +157,29 @@ enum Engine {
     Compiled {
         threads: Option<usize>,
         target: smelt::Target,
-        gpu_arch: String,
+        gpu: smelt::smelt_gpu::GpuOptions,
     },
+}
+
+/// The GPU code generator's flags, shared by every command that compiles.
+#[derive(Debug, clap::Args)]
+struct GpuArgs {
+    /// The GPU architecture (for --target cuda, and the llvm and ptx stages).
+    #[arg(long, default_value = "sm_90", value_name = "sm_XX")]
+    gpu_arch: String,
+    /// libdevice.10.bc, the CUDA math library, for kernels that call exp, tanh, erf, ...
+    /// (default: SMELT_LIBDEVICE, then CUDA_HOME, CUDA_PATH, /usr/local/cuda).
+    #[arg(long, value_name = "FILE")]
+    libdevice: Option<PathBuf>,
+}
+
+impl GpuArgs {
+    fn options(&self) -> smelt::smelt_gpu::GpuOptions {
+        smelt::smelt_gpu::GpuOptions {
+            arch: self.gpu_arch.clone(),
+            libdevice: self.libdevice.clone(),
+        }
+    }
 }
 
 fn target(name: &str) -> Result<smelt::Target> {
@@ -244,13 +261,10 @@ fn explain(
     input_shapes: &[String],
     full_constants: bool,
     target: smelt::Target,
-    gpu_arch: &str,
+    gpu: smelt::smelt_gpu::GpuOptions,
 ) -> Result<()> {
     let model = Model::load(path)?;
     if stage == "llvm" || stage == "ptx" {
-        let gpu = smelt::smelt_gpu::GpuOptions {
-            arch: gpu_arch.to_string(),
-        };
         let compiled = model.compile(&smelt::Options {
             gpu,
             ..Default::default()
@@ -382,7 +396,7 @@ fn aot_options(
     threads: Option<usize>,
     optimize: bool,
     target: smelt::Target,
-    gpu_arch: &str,
+    gpu: smelt::smelt_gpu::GpuOptions,
 ) -> Result<smelt::aot::AotOptions> {
     use smelt::aot::{AotOptions, Emit};
     Ok(AotOptions {
@@ -393,9 +407,7 @@ fn aot_options(
         input_shapes: parse_shapes(input_shapes)?,
         optimize,
         target,
-        gpu: smelt::smelt_gpu::GpuOptions {
-            arch: gpu_arch.to_string(),
-        },
+        gpu,
     })
 }
 
@@ -445,14 +457,14 @@ fn run(
         Engine::Compiled {
             threads,
             target,
-            gpu_arch,
+            gpu,
         } => model
             .compile(&smelt::Options {
                 threads,
                 optimize,
                 input_shapes: shapes,
                 target,
-                gpu: smelt::smelt_gpu::GpuOptions { arch: gpu_arch },
+                gpu,
             })?
             .run_named(&feeds)?,
     };
@@ -521,7 +533,7 @@ fn main() -> ExitCode {
             no_opt,
             threads,
             target: target_name,
-            gpu_arch,
+            gpu,
         } => target(target_name).and_then(|target| {
             run(
                 model,
@@ -536,7 +548,7 @@ fn main() -> ExitCode {
                     Engine::Compiled {
                         threads: *threads,
                         target,
-                        gpu_arch: gpu_arch.clone(),
+                        gpu: gpu.options(),
                     }
                 },
             )
@@ -550,9 +562,17 @@ fn main() -> ExitCode {
             threads,
             no_opt,
             target: target_name,
-            gpu_arch,
+            gpu,
         } => target(target_name).and_then(|target| {
-            let opts = aot_options(emit, input_shapes, cpu, *threads, !no_opt, target, gpu_arch)?;
+            let opts = aot_options(
+                emit,
+                input_shapes,
+                cpu,
+                *threads,
+                !no_opt,
+                target,
+                gpu.options(),
+            )?;
             compile(model, output, &opts)
         }),
         Command::Bench {
@@ -565,7 +585,7 @@ fn main() -> ExitCode {
             profile,
             json,
             target: target_name,
-            gpu_arch,
+            gpu,
         } => target(target_name).and_then(|target| {
             bench::bench(&bench::BenchArgs {
                 model,
@@ -577,7 +597,7 @@ fn main() -> ExitCode {
                 profile: *profile,
                 json: *json,
                 target,
-                gpu_arch,
+                gpu: gpu.options(),
             })
         }),
         Command::Explain {
@@ -586,7 +606,7 @@ fn main() -> ExitCode {
             input_shapes,
             full_constants,
             target: target_name,
-            gpu_arch,
+            gpu,
         } => target(target_name).and_then(|target| {
             explain(
                 model,
@@ -594,7 +614,7 @@ fn main() -> ExitCode {
                 input_shapes,
                 *full_constants,
                 target,
-                gpu_arch,
+                gpu.options(),
             )
         }),
     };

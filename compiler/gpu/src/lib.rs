@@ -27,9 +27,11 @@ pub enum GpuError {
     #[error("unknown GPU architecture {0:?}; expected sm_XX with XX from 60 to 90 (e.g. sm_90)")]
     Arch(String),
     #[error(
-        "libdevice.10.bc (the CUDA math library) not found; set SMELT_LIBDEVICE to its path, or CUDA_HOME, or run `cargo xtask setup`"
+        "libdevice.10.bc (the CUDA math library) not found; give --libdevice PATH or set SMELT_LIBDEVICE (or CUDA_HOME) to a CUDA installation's"
     )]
     NoLibdevice,
+    #[error("libdevice {path}: {reason}")]
+    Libdevice { path: PathBuf, reason: String },
     #[error("LLVM: {0}")]
     Llvm(String),
 }
@@ -39,12 +41,16 @@ pub enum GpuError {
 pub struct GpuOptions {
     /// The compute capability, `sm_90` for the H100.
     pub arch: String,
+    /// `libdevice.10.bc`, the CUDA math library kernels that call exp, tanh, erf, ...
+    /// link; `None` looks it up (see [`libdevice_path`]).
+    pub libdevice: Option<PathBuf>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             arch: "sm_90".into(),
+            libdevice: None,
         }
     }
 }
@@ -96,11 +102,17 @@ pub fn symbol(kernel: &Kernel) -> String {
         .collect()
 }
 
-/// Where `libdevice.10.bc` is: `SMELT_LIBDEVICE`, then a CUDA installation (`CUDA_HOME`,
-/// `CUDA_PATH`, `/usr/local/cuda`), then the `nvidia-cuda-nvcc-cu12` wheel in the test
-/// venv `cargo xtask setup` makes.
-pub fn libdevice_path() -> Option<PathBuf> {
+/// Where `libdevice.10.bc` is: `options.libdevice` when given, then `SMELT_LIBDEVICE`,
+/// then a CUDA installation (`CUDA_HOME`, `CUDA_PATH`, `/usr/local/cuda`). Nothing of
+/// the machine the compiler was built on is looked at, so a binary carried to another
+/// machine finds the same file there as a fresh build would (`cargo xtask setup` puts
+/// the pinned wheel's copy in the test venv, and the test task points
+/// `SMELT_LIBDEVICE` at it).
+pub fn libdevice_path(options: &GpuOptions) -> Option<PathBuf> {
     const IN_CUDA: &str = "nvvm/libdevice/libdevice.10.bc";
+    if let Some(p) = &options.libdevice {
+        return Some(p.clone());
+    }
     if let Some(p) = std::env::var_os("SMELT_LIBDEVICE") {
         return Some(PathBuf::from(p));
     }
@@ -110,16 +122,6 @@ pub fn libdevice_path() -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join(IN_CUDA))
         .collect();
     candidates.push(PathBuf::from("/usr/local/cuda").join(IN_CUDA));
-    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/smelt-venv/lib");
-    if let Ok(dirs) = std::fs::read_dir(&venv_lib) {
-        for d in dirs.flatten() {
-            candidates.push(
-                d.path()
-                    .join("site-packages/nvidia/cuda_nvcc")
-                    .join(IN_CUDA),
-            );
-        }
-    }
     candidates.into_iter().find(|p| p.is_file())
 }
 

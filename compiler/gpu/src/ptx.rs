@@ -58,7 +58,7 @@ pub fn compile(kernels: &[&Kernel], options: &GpuOptions) -> Result<GpuModule, G
     }
     module.verify().map_err(llvm)?;
     let llvm_ir = module.print_to_string().to_string();
-    link_libdevice(&ctx, &module)?;
+    link_libdevice(&ctx, &module, options)?;
     // Everything but the kernels is internal, so what the kernels do not call goes.
     let mut f = module.get_first_function();
     while let Some(func) = f {
@@ -86,7 +86,11 @@ pub fn compile(kernels: &[&Kernel], options: &GpuOptions) -> Result<GpuModule, G
 }
 
 /// Links libdevice into `module` when a kernel calls one of its functions.
-fn link_libdevice<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) -> Result<(), GpuError> {
+fn link_libdevice<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    options: &GpuOptions,
+) -> Result<(), GpuError> {
     let mut needs = false;
     let mut f = module.get_first_function();
     while let Some(func) = f {
@@ -96,9 +100,11 @@ fn link_libdevice<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>) -> Result<(),
     if !needs {
         return Ok(());
     }
-    let path = libdevice_path().ok_or(GpuError::NoLibdevice)?;
-    let lib = Module::parse_bitcode_from_path(&path, ctx)
-        .map_err(|e| llvm(format!("reading {}: {e}", path.display())))?;
+    let path = libdevice_path(options).ok_or(GpuError::NoLibdevice)?;
+    let lib = Module::parse_bitcode_from_path(&path, ctx).map_err(|e| GpuError::Libdevice {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     // libdevice is built for a generic NVPTX triple; take the module's.
     lib.set_triple(&module.get_triple());
     lib.set_data_layout(&module.get_data_layout());
