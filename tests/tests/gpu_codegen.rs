@@ -19,9 +19,22 @@ const CLASSIC: [&str; 5] = [
     "logistic_regression",
 ];
 
+/// sm_90 with the test venv's libdevice.
+fn gpu_options() -> GpuOptions {
+    GpuOptions {
+        libdevice: Some(smelt_tests::libdevice()),
+        ..Default::default()
+    }
+}
+
 fn gpu_module(dir: &Path) -> GpuModule {
     let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
-    let compiled = model.compile(&smelt::Options::default()).unwrap();
+    let compiled = model
+        .compile(&smelt::Options {
+            gpu: gpu_options(),
+            ..Default::default()
+        })
+        .unwrap();
     compiled
         .gpu_module(&smelt_tests::model_input_shapes(dir))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -35,6 +48,87 @@ fn classic_model_llvm_and_ptx() {
         insta::assert_snapshot!(format!("llvm_{name}"), module.llvm_ir);
         insta::assert_snapshot!(format!("ptx_{name}"), module.ptx);
     }
+}
+
+/// The PTX of each entry of a module: (name, text up to the next entry).
+fn entries(ptx: &str) -> Vec<(String, &str)> {
+    let starts: Vec<usize> = ptx
+        .match_indices(".visible .entry ")
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &at)| {
+            let text = &ptx[at..starts.get(k + 1).copied().unwrap_or(ptx.len())];
+            let name = text[".visible .entry ".len()..]
+                .split('(')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            (name, text)
+        })
+        .collect()
+}
+
+/// The innermost loops of an entry's PTX: the lines between a label and a branch back to
+/// it with no other label between (a straight-line loop body).
+fn innermost_loops(entry: &str) -> Vec<Vec<&str>> {
+    let lines: Vec<&str> = entry.lines().map(str::trim).collect();
+    let mut loops = Vec::new();
+    for (j, line) in lines.iter().enumerate() {
+        let Some(target) = line
+            .split("bra")
+            .nth(1)
+            .map(|t| t.trim().trim_end_matches(';'))
+        else {
+            continue;
+        };
+        let Some(i) = lines[..j].iter().position(|l| *l == format!("{target}:")) else {
+            continue;
+        };
+        let body = &lines[i + 1..j];
+        if !body.iter().any(|l| l.ends_with(':')) {
+            loops.push(body.to_vec());
+        }
+    }
+    loops
+}
+
+/// Every MatMul and convolution kernel of the classic models accumulates its products
+/// with fused multiply-adds in its inner loop: a separately rounded `mul.rn.f32` and
+/// `add.rn.f32` (which ptxas never contracts) would halve the peak.
+#[test]
+fn products_accumulate_with_fused_multiply_adds() {
+    let models = smelt_tests::require_data("models");
+    let mut checked = 0;
+    for name in CLASSIC {
+        let module = gpu_module(&models.join(name));
+        for (entry, text) in entries(&module.ptx) {
+            if !(entry.contains("matmul") || entry.contains("conv")) {
+                continue;
+            }
+            // A short reduction is unrolled whole (no loop); a long one is a loop.
+            assert!(
+                text.contains("fma.rn.f32"),
+                "{name}: {entry} has no fma.rn.f32:\n{text}"
+            );
+            for body in innermost_loops(text) {
+                let loads = body.iter().any(|l| l.starts_with("ld.global.f32"));
+                let fused = body.iter().any(|l| l.starts_with("fma.rn.f32"));
+                assert!(
+                    !body.iter().any(|l| l.starts_with("mul.rn.f32")) && (fused || !loads),
+                    "{name}: {entry} has an inner loop of products without fused multiply-adds:\n{}",
+                    body.join("\n")
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} product kernels in the classic models"
+    );
 }
 
 /// Assembles `ptx` for sm_90 and returns ptxas's complaint, if any.
@@ -102,7 +196,12 @@ fn ptxas_accepts_every_conformance_kernel() {
         let Ok(inputs) = smelt_tests::conformance::first_inputs(case) else {
             continue;
         };
-        let compiled = model.compile(&smelt::Options::default()).unwrap();
+        let compiled = model
+            .compile(&smelt::Options {
+                gpu: gpu_options(),
+                ..Default::default()
+            })
+            .unwrap();
         let Ok(kernels) = compiled.kernels_for_inputs(&inputs, smelt::Target::GpuEmulator) else {
             continue;
         };
@@ -121,7 +220,7 @@ fn ptxas_accepts_every_conformance_kernel() {
             .map(|(c, chunk)| {
                 s.spawn(move || {
                     let refs: Vec<&Kernel> = chunk.iter().collect();
-                    let module = smelt_gpu::compile(&refs, &GpuOptions::default())
+                    let module = smelt_gpu::compile(&refs, &gpu_options())
                         .unwrap_or_else(|e| panic!("chunk {c}: {e}"));
                     assemble(&module.ptx, &format!("conformance_{c}"))
                 })

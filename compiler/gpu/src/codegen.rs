@@ -10,7 +10,7 @@ use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicMetadataTypeEnum, BasicType, BasicTypeEnum};
 use inkwell::values::{
     BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatValue, FunctionValue, IntValue,
-    PointerValue,
+    PhiValue, PointerValue,
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use smelt_fuse::kernel::{Body, Combine, Const, Expr, ExprId, Kernel, LoopNest, Variable};
@@ -1520,19 +1520,25 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let mut next_sums = Vec::with_capacity(TILE * TILE);
         for (t, av) in a.iter().enumerate() {
             for (u, bv) in bs.iter().enumerate() {
-                let prod = b.build_float_mul(*av, *bv, "").map_err(llvm)?;
-                let term = match p.mask.map(|(_, along)| along) {
-                    None => prod,
+                // One fused multiply-add per product: ptxas never contracts the
+                // separately rounded `mul.rn` and `add.rn` LLVM emits for a plain
+                // multiply and add, which would halve the peak.
+                let sum = sums[t * TILE + u].as_basic_value();
+                let fused = self
+                    .intrinsic("fma", &[(*av).into(), (*bv).into(), sum])?
+                    .into_float_value();
+                let next = match p.mask.map(|(_, along)| along) {
+                    None => fused,
+                    // Outside the mask the term is 0: the sum stays as it was.
                     Some(along) => {
                         let m = masks[if along == Along::Rows { t } else { u }];
-                        let zero = prod.get_type().const_zero();
-                        b.build_select(m, prod, zero, "")
+                        self.b
+                            .build_select(m, fused, sum.into_float_value(), "")
                             .map_err(llvm)?
                             .into_float_value()
                     }
                 };
-                let sum = sums[t * TILE + u].as_basic_value().into_float_value();
-                next_sums.push(b.build_float_add(sum, term, "").map_err(llvm)?);
+                next_sums.push(next);
             }
         }
         let next_k = b
@@ -1622,7 +1628,6 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let b = self.b;
         let pre = b.get_insert_block().expect("positioned");
         let looped = self.ctx.append_basic_block(self.func, "reduce");
-        let after = self.ctx.append_basic_block(self.func, "reduced");
         b.build_unconditional_branch(looped).map_err(llvm)?;
         b.position_at_end(looped);
         let r = b.build_phi(i64t, "r").map_err(llvm)?;
@@ -1640,8 +1645,19 @@ impl<'ctx> Emitter<'_, 'ctx> {
         let rv = r.as_basic_value().into_int_value();
         let mark = self.set_log.len();
         self.rvars.insert(var, rv);
-        let x = self.ensure(body)?;
         let accv = acc.as_basic_value();
+        if let Some(fused) = self.fused_sum_step(combine, body, accv)? {
+            return self.close_reduction(ReductionLoop {
+                var,
+                extent,
+                mark,
+                r,
+                acc,
+                acc2: fused,
+                best: None,
+            });
+        }
+        let x = self.ensure(body)?;
         let (acc2, best2) = match best {
             Some(best) => {
                 let bestv = best.as_basic_value().into_int_value();
@@ -1658,28 +1674,100 @@ impl<'ctx> Emitter<'_, 'ctx> {
             }
             None => (self.combine(combine, body_dtype, accv, x)?, None),
         };
+        self.close_reduction(ReductionLoop {
+            var,
+            extent,
+            mark,
+            r,
+            acc,
+            acc2,
+            best: best.zip(best2),
+        })
+    }
+
+    /// The step of a float sum over products as one fused multiply-add (or, where the
+    /// product is masked to 0, the sum kept outside the mask); `None` for other bodies.
+    fn fused_sum_step(
+        &mut self,
+        combine: Combine,
+        body: ExprId,
+        acc: BasicValueEnum<'ctx>,
+    ) -> R<Option<BasicValueEnum<'ctx>>> {
+        if combine != Combine::Sum || !matches!(self.nest.node(body).dtype, DType::F32 | DType::F64)
+        {
+            return Ok(None);
+        }
+        let product = |e: ExprId| match self.nest.node(e).expr {
+            Expr::Binary(BinaryOp::Mul, x, y) => Some((x, y)),
+            _ => None,
+        };
+        let (mask, (x, y)) = match self.nest.node(body).expr {
+            Expr::Select(c, m, z)
+                if matches!(self.nest.node(z).expr, Expr::Const(Const::Float(0))) =>
+            {
+                match product(m) {
+                    Some(p) => (Some(c), p),
+                    None => return Ok(None),
+                }
+            }
+            _ => match product(body) {
+                Some(p) => (None, p),
+                None => return Ok(None),
+            },
+        };
+        let xv = self.ensure(x)?;
+        let yv = self.ensure(y)?;
+        let fused = self.intrinsic("fma", &[xv, yv, acc])?;
+        Ok(Some(match mask {
+            None => fused,
+            Some(c) => {
+                let cv = self.ensure(c)?.into_int_value();
+                self.b.build_select(cv, fused, acc, "").map_err(llvm)?
+            }
+        }))
+    }
+
+    /// Closes a reduction's loop: the phis' back edges, the exit test and the values
+    /// computed inside it forgotten; returns the accumulator (or the arg's best index).
+    fn close_reduction(&mut self, l: ReductionLoop<'ctx>) -> R<BasicValueEnum<'ctx>> {
         let b = self.b;
+        let i64t = self.ctx.i64_type();
+        let rv = l.r.as_basic_value().into_int_value();
         let next = b
             .build_int_add(rv, i64t.const_int(1, false), "")
             .map_err(llvm)?;
         let latch = b.get_insert_block().expect("positioned");
-        r.add_incoming(&[(&next, latch)]);
-        acc.add_incoming(&[(&acc2, latch)]);
-        if let (Some(best), Some(best2)) = (best, best2) {
+        let looped = l.r.as_instruction().get_parent().expect("in the loop");
+        let after = self.ctx.append_basic_block(self.func, "reduced");
+        l.r.add_incoming(&[(&next, latch)]);
+        l.acc.add_incoming(&[(&l.acc2, latch)]);
+        if let Some((best, best2)) = l.best {
             best.add_incoming(&[(&best2, latch)]);
         }
         let more = b
-            .build_int_compare(IntPredicate::ULT, next, i64t.const_int(extent, false), "")
+            .build_int_compare(IntPredicate::ULT, next, i64t.const_int(l.extent, false), "")
             .map_err(llvm)?;
         b.build_conditional_branch(more, looped, after)
             .map_err(llvm)?;
         b.position_at_end(after);
-        for x in self.set_log.drain(mark..) {
+        for x in self.set_log.drain(l.mark..) {
             self.values[x as usize] = None;
         }
-        self.rvars.remove(&var);
-        Ok(best2.map_or(acc2, |b| b.as_basic_value_enum()))
+        self.rvars.remove(&l.var);
+        Ok(l.best.map_or(l.acc2, |(_, b)| b.as_basic_value_enum()))
     }
+}
+
+/// A reduction's loop as it is closed: its variable and extent, where its values'
+/// log starts, the counter and accumulator phis and the accumulator's next value.
+struct ReductionLoop<'ctx> {
+    var: u32,
+    extent: u64,
+    mark: usize,
+    r: PhiValue<'ctx>,
+    acc: PhiValue<'ctx>,
+    acc2: BasicValueEnum<'ctx>,
+    best: Option<(PhiValue<'ctx>, IntValue<'ctx>)>,
 }
 
 fn int_predicate(op: BinaryOp, unsigned: bool) -> IntPredicate {
