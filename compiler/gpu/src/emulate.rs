@@ -12,6 +12,10 @@ use smelt_runtime::program::RuntimeError;
 /// when there are more.
 const MIN_WALKERS: u64 = 3;
 
+/// The byte fresh allocations are filled with: all-ones bytes are a NaN in every float
+/// type (f16, bf16, f32, f64) and -1 in every signed integer type.
+pub const POISON: u8 = 0xff;
+
 /// The buffer pointers of one launch, shared by its walker threads.
 struct Pointers(Vec<*mut u8>);
 // SAFETY: each walker writes only its own elements (as GPU threads do), and the launch
@@ -65,7 +69,9 @@ impl HostDevice {
 
 impl Device for HostDevice {
     fn alloc(&mut self, bytes: usize) -> Result<DeviceAddr, RuntimeError> {
-        let mut v = vec![Block([0; 256]); bytes.div_ceil(256).max(1)];
+        // `cuMemAlloc` leaves fresh memory as it was; filling it with NaN bytes instead of
+        // zeros makes a kernel that reads before anything wrote fail here as well.
+        let mut v = vec![Block([POISON; 256]); bytes.div_ceil(256).max(1)];
         let addr = v.as_mut_ptr() as u64;
         self.allocations.push(v);
         self.ranges.push((addr, bytes));
