@@ -231,6 +231,15 @@ pub fn first_inputs(case: &CaseInfo) -> Result<Vec<(String, smelt_runtime::HostT
 
 /// Runs one case (all its data sets) on `runtime`.
 pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
+    run_case_with(case, runtime, &Default::default())
+}
+
+/// As [`run_case`], generating GPU code with `gpu` (its architecture and libdevice).
+pub fn run_case_with(
+    case: &CaseInfo,
+    runtime: Runtime,
+    gpu: &smelt::smelt_gpu::GpuOptions,
+) -> Result<(), String> {
     let model_path = case.dir.join("model.onnx");
     let model = smelt::Model::load(&model_path).map_err(|e| e.to_string())?;
     let input_names = fed_inputs(&model_path)?;
@@ -255,6 +264,7 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
                 .compile(&smelt::Options {
                     threads: Some(1),
                     target,
+                    gpu: gpu.clone(),
                     ..Default::default()
                 })
                 .map_err(|e| e.to_string())?,

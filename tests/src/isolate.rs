@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How one case fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,11 @@ impl Outcome {
     }
 }
 
+/// The exit status with which a worker asks for a fresh process for the rest of its
+/// cases (after a case left its process unusable, as a CUDA fault leaves the context):
+/// the cases it has reported stand, and the next one is not marked crashed.
+pub const RESTART_STATUS: i32 = 75;
+
 /// How a sweep is run: the worker program and its first arguments (it is called as
 /// `worker ARGS... FIRST END` and reports cases FIRST..END one line each), how many
 /// workers at once, how many cases each takes at a time, and how long one case may take.
@@ -72,12 +77,28 @@ pub struct Isolation {
 /// Runs cases `0..count` in worker processes; returns each case's outcome. A worker that
 /// dies or stops reporting is replaced, and the case it was on is marked crashed or hung.
 pub fn run_isolated(iso: &Isolation, count: usize) -> Vec<Outcome> {
+    run_isolated_until(iso, count, None)
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Crashed("never reported".into())))
+        .collect()
+}
+
+/// As [`run_isolated`], starting no block of cases after `deadline`: the cases not run
+/// are `None`, so that a run under a time limit keeps what it finished.
+pub fn run_isolated_until(
+    iso: &Isolation,
+    count: usize,
+    deadline: Option<Instant>,
+) -> Vec<Option<Outcome>> {
     let results = Mutex::new(vec![None; count]);
     let next_block = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..iso.jobs.max(1) {
             s.spawn(|| {
                 loop {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
                     let first = next_block.fetch_add(iso.block, Ordering::SeqCst);
                     if first >= count {
                         break;
@@ -90,12 +111,7 @@ pub fn run_isolated(iso: &Isolation, count: usize) -> Vec<Outcome> {
             });
         }
     });
-    results
-        .into_inner()
-        .expect("no poisoned results")
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Crashed("never reported".into())))
-        .collect()
+    results.into_inner().expect("no poisoned results")
 }
 
 /// The last lines a worker wrote on stderr (where a crash explains itself).
@@ -192,7 +208,8 @@ fn run_block(iso: &Isolation, first: usize, end: usize) -> Vec<(usize, Outcome)>
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = child.wait();
-                    if next < end {
+                    let asked = matches!(&status, Ok(s) if s.code() == Some(RESTART_STATUS));
+                    if next < end && !asked {
                         // Give the stderr reader a moment to take the last words.
                         std::thread::sleep(Duration::from_millis(50));
                         let words = stderr.lock().expect("no poisoned tail").clone();

@@ -1,10 +1,11 @@
-//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|fuzz|fuzz-worker|opt-stats|peak|bench|codegen>`.
+//! Project automation: `cargo xtask <setup|test|onnx-data|conformance|gpu-bundle|gpu-dry-run|gpu-results|fuzz|fuzz-worker|opt-stats|peak|bench|codegen>`.
 
 mod bench;
 mod codegen;
 mod data;
 mod disk;
 mod fuzz;
+mod gpu;
 
 use anyhow::{Context, Result, bail};
 use smelt_tests::conformance::{self, Runtime};
@@ -30,7 +31,9 @@ fn main() -> Result<()> {
         Some("onnx-data") => data::ensure(&root),
         Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root),
-        Some("gpu-check") => gpu_check(&root),
+        Some("gpu-bundle") => gpu::bundle(&root).map(|_| ()),
+        Some("gpu-dry-run") => gpu::dry_run(&root),
+        Some("gpu-results") => gpu::results(&root, &args[1..]),
         Some("fuzz") => fuzz::run(&root, &args[1..]),
         Some("fuzz-worker") => fuzz::worker(&args[1..]),
         Some("peak") => peak(&root),
@@ -40,7 +43,7 @@ fn main() -> Result<()> {
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-check, fuzz [--seconds N] [--targets a,b] [--ci], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-bundle, gpu-dry-run, gpu-results DIR, fuzz [--seconds N] [--targets a,b] [--ci], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
         ),
     }
 }
@@ -252,8 +255,11 @@ const CUDA_FEATURES: &str =
 fn test(root: &Path) -> Result<()> {
     disk::report_before(root);
     let ptxas = setup(root)?;
-    // SAFETY: set before any thread starts; the cargo children inherit it.
-    unsafe { std::env::set_var("SMELT_PTXAS", &ptxas) };
+    // SAFETY: set before any thread starts; the cargo children inherit them.
+    unsafe {
+        std::env::set_var("SMELT_PTXAS", &ptxas);
+        std::env::set_var("SMELT_LIBDEVICE", gpu::libdevice_beside(&ptxas));
+    }
     cargo(root, &["fmt", "--all", "--check"])?;
     // The default build (no LLVM) must stay clean too.
     cargo(
@@ -280,6 +286,10 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The GPU session's bundle and its dry run on the emulated device, before the tests
+    // that check them.
+    gpu::bundle(root)?;
+    let dry_run = gpu::dry_run(root);
     let (passed, failed, ok) = cargo_test(
         root,
         &[
@@ -304,7 +314,7 @@ fn test(root: &Path) -> Result<()> {
     if !ok || failed > 0 {
         bail!("cargo test failed");
     }
-    conformance.and(fuzzing)
+    dry_run.and(conformance).and(fuzzing)
 }
 
 /// Runs `cmd`, echoing its output, and returns its stdout and whether it succeeded.
@@ -323,123 +333,6 @@ fn run_echo(cmd: &mut Command) -> Result<(String, bool)> {
         text.push('\n');
     }
     Ok((text, child.wait()?.success()))
-}
-
-/// On a machine with an NVIDIA GPU: the conformance cases on `--target cuda` (writing
-/// `tests/conformance/cuda.tsv`), the classic and light models against onnxruntime's
-/// outputs, and the SGEMM sweep beside torch.matmul; the results go into docs/gpu.md.
-fn gpu_check(root: &Path) -> Result<()> {
-    setup(root)?;
-    let smi = Command::new("nvidia-smi")
-        .args(["--query-gpu=name,driver_version", "--format=csv,noheader"])
-        .output();
-    let gpu = match smi {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
-        _ => bail!(
-            "no NVIDIA GPU here (nvidia-smi failed); gpu-check runs on a machine with one and its driver"
-        ),
-    };
-    println!("GPU: {gpu}");
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "smelt-cli",
-            "--features",
-            "cuda",
-        ],
-    )?;
-    let (conformance, ok) = run_echo(
-        Command::new(&cargo_bin)
-            .current_dir(root)
-            .env("SMELT_GPU_RUNTIME", "cuda")
-            .env("SMELT_UPDATE_EXPECTATIONS", "1")
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "smelt-tests",
-                "--features",
-                "cuda",
-                "--test",
-                "gpu_conformance",
-                "--",
-                "--nocapture",
-            ]),
-    )?;
-    if !ok {
-        bail!("the cuda conformance run failed");
-    }
-    let counts = conformance
-        .lines()
-        .find(|l| l.starts_with("cuda: "))
-        .unwrap_or("cuda: (no count printed)")
-        .to_string();
-    let (models, models_ok) = run_echo(
-        Command::new(&cargo_bin)
-            .current_dir(root)
-            .env("SMELT_GPU_RUNTIME", "cuda")
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "smelt-cli",
-                "--features",
-                "cuda",
-                "--test",
-                "models",
-                "gpu::",
-                "--",
-                "--test-threads",
-                "1",
-            ]),
-    )?;
-    let models_line = models
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("test result:"))
-        .unwrap_or("test result: (none)")
-        .to_string();
-    let python = data::venv(root)?;
-    let work = root.join("target/gpu-check");
-    std::fs::create_dir_all(&work)?;
-    let table = work.join("sgemm.md");
-    let (_, sweep_ok) = run_echo(
-        Command::new(&python)
-            .arg(root.join("xtask/py/gpu_sgemm.py"))
-            .arg(root.join("target/release/smelt"))
-            .arg(&work)
-            .arg(&table),
-    )?;
-    let sgemm = if sweep_ok {
-        std::fs::read_to_string(&table)?
-    } else {
-        "(the SGEMM sweep failed; see the log)\n".to_string()
-    };
-    let date = bench::today();
-    let section = format!(
-        "## gpu-check on {date}, {gpu}\n\n- Conformance on `--target cuda`: {counts} (expectations in `tests/conformance/cuda.tsv`).\n- Classic and light models against onnxruntime's outputs: {models_line}\n\nSGEMM (fp32, the MatMul launch's time synchronized after each launch; torch.matmul with TF32 off):\n\n{sgemm}"
-    );
-    let doc_path = root.join("docs/gpu.md");
-    let doc = std::fs::read_to_string(&doc_path)?;
-    let marker = "<!-- gpu-check results -->";
-    let (head, _) = doc
-        .split_once(marker)
-        .context("docs/gpu.md lacks the gpu-check results marker")?;
-    std::fs::write(&doc_path, format!("{head}{marker}\n\n{section}"))?;
-    println!("wrote {}", doc_path.display());
-    if !models_ok {
-        bail!("some models differ from onnxruntime on the GPU ({models_line})");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
