@@ -55,6 +55,23 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// Retains GPU `ordinal`'s primary context until the process ends, so that devices made
+/// and dropped one after another (a harness compiling case after case) share it instead
+/// of each creating the context anew when the last one released it.
+pub fn retain_primary_context(ordinal: usize) -> Result<(), RuntimeError> {
+    if !driver_present() {
+        return Err(RuntimeError::Kernel {
+            name: "(device)".into(),
+            reason: "the CUDA driver (libcuda.so) is not installed on this machine".into(),
+        });
+    }
+    result::init().map_err(err("cuInit"))?;
+    let device = result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
+    // SAFETY: a valid device; the reference is kept on purpose (released at exit).
+    unsafe { result::primary_ctx::retain(device) }.map_err(err("cuDevicePrimaryCtxRetain"))?;
+    Ok(())
+}
+
 impl CudaDevice {
     /// Opens GPU `ordinal`, loads `ptx` and looks up the kernels `symbols` (in the
     /// program's function order).

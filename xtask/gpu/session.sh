@@ -70,7 +70,9 @@ step unpack "$(limit unpack)" "$python" "$here/pack.py" unpack "$bundle" "$work"
 environment() {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "runtime: $runtime"
-    if command -v nvidia-smi > /dev/null; then
+    if [ "$runtime" != cuda ]; then
+        echo "gpu: the emulated device (this CPU; no GPU used)"
+    elif command -v nvidia-smi > /dev/null; then
         echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -1)"
     else
         echo "gpu: none (nvidia-smi not found)"

@@ -177,7 +177,14 @@ pub fn bundle(root: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("packing the GPU bundle failed ({status})");
     }
-    let total = check_size(&dir, BUNDLE_LIMIT)?;
+    let total = match check_size(&dir, BUNDLE_LIMIT) {
+        Ok(total) => total,
+        Err(e) => {
+            // An oversized bundle would not travel; leave none to be carried by mistake.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     println!(
         "wrote {} ({:.1} MiB of {} MiB); on a lent GPU: OUT=$OUT bash xtask/gpu/session.sh with carry [\"{BUNDLE_DIR}\"]",
         dir.display(),

@@ -295,6 +295,10 @@ fn worker(
 ) -> Result<(), String> {
     let list = load_cases(kind, cases)?;
     record_panics();
+    if target.runtime() == Runtime::Cuda {
+        // One context for the worker's cases, not one per case.
+        smelt_runtime::cuda::retain_primary_context(0).map_err(|e| e.to_string())?;
+    }
     let gpu = target.gpu();
     for (index, case) in list.iter().enumerate().take(end).skip(first) {
         let outcome = outcome_of(|| {
