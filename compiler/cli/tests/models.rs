@@ -174,6 +174,66 @@ mod gpu {
         assert!(std::fs::metadata(&cubin).unwrap().len() > 0);
     }
 
+    /// `--libdevice` reaches the back end (ahead of SMELT_LIBDEVICE, which the test task
+    /// sets): a missing file is a one-line error naming it.
+    #[test]
+    fn the_libdevice_flag_reaches_the_back_end() {
+        let out = smelt(&[
+            "explain",
+            mnist().to_str().unwrap(),
+            "--stage",
+            "ptx",
+            "--input-shape",
+            "x=1,1,28,28",
+            "--libdevice",
+            "/nonexistent/libdevice.10.bc",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("libdevice /nonexistent/libdevice.10.bc"),
+            "{err}"
+        );
+    }
+
+    /// `smelt bench` on a GPU target names the device instead of a CPU thread count, and
+    /// its profile says which clock it used.
+    #[test]
+    fn bench_on_a_gpu_target_names_the_device() {
+        let model = mnist();
+        let args = [
+            "bench",
+            model.to_str().unwrap(),
+            "--target",
+            "gpu-emulator",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+        ];
+        let out = smelt(&[&args[..], &["--profile"]].concat());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("device: the GPU emulator (this CPU), iterations: 1"),
+            "{text}"
+        );
+        assert!(!text.contains("threads:"), "{text}");
+        assert!(
+            text.contains("host time, synchronized after each launch"),
+            "{text}"
+        );
+        let out = smelt(&[&args[..], &["--json"]].concat());
+        let json = String::from_utf8_lossy(&out.stdout);
+        assert!(json.contains("\"target\": \"gpu-emulator\""), "{json}");
+        assert!(json.contains("\"threads\": null"), "{json}");
+    }
+
     /// The GPU target's Kernel IR has no runtime calls: the convolutions are loops.
     #[test]
     fn explain_kernel_for_cuda_has_only_loops() {
