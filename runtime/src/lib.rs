@@ -1,9 +1,11 @@
-//! smelt's runtime: what a deployed model carries. For now: host tensors and their `.npy`
-//! codec, the contraction kernels (`kernels`), the memory plan (`memory`) and the thread
-//! pool (`pool`); the program format arrives with the CPU back end. It depends on no
-//! compiler crate.
+//! smelt's runtime: what a deployed model carries. The `Program` and its executor
+//! (`program`, with its serialized form in `manifest`), the kernels generated code calls or
+//! launches beside it (`kernels`, the softmax row helpers in `softmax_rows`, the scalar math
+//! in `mathfns`), the memory plan (`memory`), the thread pool (`threads`), the CPU feature
+//! check (`cpu_features`), host tensors and their `.npy` codec, and the GPU executor (`gpu`) with the
+//! CUDA device (`cuda`, feature `cuda`). It depends on no compiler crate.
 
-pub mod cpu;
+pub mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod gpu;
@@ -12,10 +14,10 @@ pub mod manifest;
 pub mod mathfns;
 pub mod memory;
 pub mod npy;
-pub mod pool;
 pub mod program;
-pub mod rows;
+pub mod softmax_rows;
 pub mod tensor;
+pub mod threads;
 
 pub use npy::{NpyError, read_npy, write_npy};
 pub use tensor::{ElemType, HostTensor, output_file_name};

@@ -138,6 +138,6 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
         ("smelt_rt_f32_to_f16", smelt_rt_f32_to_f16 as *const u8),
         ("smelt_rt_f32_to_bf16", smelt_rt_f32_to_bf16 as *const u8),
     ]);
-    v.extend(crate::rows::symbols());
+    v.extend(crate::softmax_rows::symbols());
     v
 }

@@ -6,8 +6,8 @@ use crate::kernels::{
     ConvGeometry, KernelError, PoolGeometry, batched_matmul, conv, conv_prepacked, pool2d,
     prepack_conv_filters,
 };
-use crate::pool::ThreadPool;
 use crate::tensor::{ElemType, HostTensor};
+use crate::threads::ThreadPool;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -157,7 +157,7 @@ pub enum Launch {
         src: usize,
         dst: usize,
     },
-    /// 2-D f32 max or average pooling (`kernels::pool`).
+    /// 2-D f32 max or average pooling (`kernels::pooling`).
     Pool {
         name: String,
         x: usize,

@@ -135,7 +135,7 @@ pub fn compile_and_run(data: &[u8]) -> Reached {
         .iter()
         .map(|spec| smelt_runtime::HostTensor::zeros(spec.elem, spec.shape.clone()))
         .collect();
-    let pool = smelt_runtime::pool::ThreadPool::new(1);
+    let pool = smelt_runtime::threads::ThreadPool::new(1);
     match exe.run(&pool, &inputs.iter().collect::<Vec<_>>(), None) {
         Ok(_) => Reached::Ran,
         Err(_) => Reached::RunError,

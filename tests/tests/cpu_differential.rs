@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use smelt::Executable;
 use smelt_ir::DType;
-use smelt_runtime::pool::ThreadPool;
+use smelt_runtime::threads::ThreadPool;
 use smelt_tests::compare::compare;
 use smelt_tests::random_graph::{konst, on_random_graphs};
 

@@ -141,7 +141,7 @@ fn contiguous_axes_merge_into_one_loop() {
             "rem ",
         ),
     ];
-    let pool = smelt_runtime::pool::ThreadPool::new(2);
+    let pool = smelt_runtime::threads::ThreadPool::new(2);
     for (text, want, not) in cases {
         let g = parse_graph(text).unwrap();
         let plan = smelt_fuse::plan(&g).unwrap();

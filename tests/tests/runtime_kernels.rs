@@ -51,7 +51,7 @@ proptest! {
             Err(_) => return Ok(()), // batch dims that do not broadcast
         };
         let mut out = vec![0f32; want.len()];
-        batched_matmul(&f32s(&a), &a_shape, trans_a, &f32s(&b), &b_shape, trans_b, with_bias.then(|| f32s(&bias)).as_deref(), &mut out, &smelt_runtime::pool::ThreadPool::new(threads)).unwrap();
+        batched_matmul(&f32s(&a), &a_shape, trans_a, &f32s(&b), &b_shape, trans_b, with_bias.then(|| f32s(&bias)).as_deref(), &mut out, &smelt_runtime::threads::ThreadPool::new(threads)).unwrap();
         let got = Tensor::from_f64(DType::F32, want.shape().to_vec(), out.iter().map(|&v| v as f64).collect()).unwrap();
         compare(&want, &got, 1e-5, 1e-5).map_err(TestCaseError::fail)?;
     }
@@ -76,7 +76,7 @@ proptest! {
         let want = smelt_ir::interp::eval_op(&op, &inputs).unwrap().remove(0);
         let geo = ConvGeometry { input: xs, weight: ws, strides: vec![stride; rank], pads: vec![pad; 2 * rank], dilations: vec![dilation; rank], group, relu: false };
         let mut out = vec![0f32; want.len()];
-        conv(&f32s(&x), &f32s(&w), with_bias.then(|| f32s(&bias)).as_deref(), &geo, &mut out, &smelt_runtime::pool::ThreadPool::new(threads)).unwrap();
+        conv(&f32s(&x), &f32s(&w), with_bias.then(|| f32s(&bias)).as_deref(), &geo, &mut out, &smelt_runtime::threads::ThreadPool::new(threads)).unwrap();
         let got = Tensor::from_f64(DType::F32, want.shape().to_vec(), out.iter().map(|&v| v as f64).collect()).unwrap();
         compare(&want, &got, 1e-5, 1e-5).map_err(TestCaseError::fail)?;
     }
@@ -108,7 +108,7 @@ fn large_matmuls_split_over_threads() {
                     trans_b,
                     None,
                     &mut out,
-                    &smelt_runtime::pool::ThreadPool::new(threads),
+                    &smelt_runtime::threads::ThreadPool::new(threads),
                 )
                 .unwrap();
                 let got = Tensor::from_f64(
@@ -137,7 +137,7 @@ fn mismatched_shapes_are_errors_not_panics() {
         false,
         None,
         &mut out,
-        &smelt_runtime::pool::ThreadPool::new(1),
+        &smelt_runtime::threads::ThreadPool::new(1),
     )
     .unwrap_err();
     assert_eq!(e.to_string(), "inner dims differ: 3 and 2");
@@ -156,7 +156,7 @@ fn mismatched_shapes_are_errors_not_panics() {
         None,
         &geo,
         &mut [0f32; 32],
-        &smelt_runtime::pool::ThreadPool::new(1),
+        &smelt_runtime::threads::ThreadPool::new(1),
     )
     .unwrap_err();
     assert_eq!(

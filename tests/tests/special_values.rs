@@ -183,7 +183,7 @@ fn integer_division_by_zero_gives_zero() {
         let host = [smelt::to_host_tensor(&a), smelt::to_host_tensor(&b)];
         let got = exe
             .run(
-                &smelt_runtime::pool::ThreadPool::new(2),
+                &smelt_runtime::threads::ThreadPool::new(2),
                 &[&host[0], &host[1]],
                 None,
             )

@@ -40,6 +40,11 @@ fn synthetic(elem: ElemType, shape: Vec<usize>, seed: u64) -> HostTensor {
     HostTensor { elem, shape, bytes }
 }
 
+/// `v` to 4 decimals, as the text output prints milliseconds.
+fn round4(v: f64) -> f64 {
+    (v * 1e4).round() / 1e4
+}
+
 /// The process's peak resident memory (Linux `VmHWM`), 0 where unknown.
 fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -125,16 +130,21 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         _ => None,
     };
     if a.json {
-        println!(
-            "{{\"model\": {:?}, \"target\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {}, \"threads\": {}, \"compile_ms\": {compile_ms:.2}, \"arena_bytes\": {}, \"flops\": {}, \"peak_rss_bytes\": {}}}",
-            a.model.display().to_string(),
-            a.target.name(),
-            a.iterations,
-            threads.map_or("null".to_string(), |t| t.to_string()),
-            exe.program.arena_bytes,
-            exe.contraction_flops(),
-            peak_rss_bytes()
-        );
+        // serde_json quotes the path: a quote or a control character in it stays valid JSON.
+        let object = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "target": a.target.name(),
+            "median_ms": round4(median),
+            "min_ms": round4(min),
+            "max_ms": round4(max),
+            "iterations": a.iterations,
+            "threads": threads,
+            "compile_ms": (compile_ms * 100.0).round() / 100.0,
+            "arena_bytes": exe.program.arena_bytes,
+            "flops": exe.contraction_flops(),
+            "peak_rss_bytes": peak_rss_bytes(),
+        });
+        println!("{object}");
     } else {
         println!("model: {}", a.model.display());
         let runs_on = match (a.target, threads) {

@@ -230,8 +230,9 @@ mod gpu {
         );
         let out = smelt(&[&args[..], &["--json"]].concat());
         let json = String::from_utf8_lossy(&out.stdout);
-        assert!(json.contains("\"target\": \"gpu-emulator\""), "{json}");
-        assert!(json.contains("\"threads\": null"), "{json}");
+        let object: serde_json::Value = serde_json::from_str(json.trim()).expect("valid JSON");
+        assert_eq!(object["target"], "gpu-emulator", "{json}");
+        assert!(object["threads"].is_null(), "{json}");
     }
 
     /// The GPU target's Kernel IR has no runtime calls: the convolutions are loops.
@@ -369,6 +370,34 @@ fn explain_kernel_shows_conv_epilogues_and_one_softmax_kernel() {
     );
 }
 
+/// `--json` stays valid JSON whatever the model's path holds (a quote, a control
+/// character): the path comes back exactly.
+#[test]
+fn bench_json_quotes_any_path() {
+    let dir = tempdir("json-path").join("a \"quoted\" \u{7} dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("model.onnx");
+    std::fs::copy(
+        smelt_tests::require_data("models").join("logistic_regression/model.onnx"),
+        &model,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .arg("bench")
+        .arg(&model)
+        .args(["--iterations", "1", "--warmup", "0", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let object: serde_json::Value = serde_json::from_str(text.trim()).expect("valid JSON");
+    assert_eq!(object["model"], model.display().to_string(), "{text}");
+}
+
 /// `smelt bench --json` prints one object with the documented fields.
 #[test]
 fn bench_prints_json_figures() {
@@ -398,23 +427,13 @@ fn bench_prints_json_figures() {
         line.starts_with('{') && line.ends_with('}') && !line.contains('\n'),
         "{text}"
     );
-    for field in [
-        "median_ms",
-        "min_ms",
-        "max_ms",
-        "iterations",
-        "threads",
-        "compile_ms",
-    ] {
-        assert!(
-            line.contains(&format!("\"{field}\": ")),
-            "{field} missing: {line}"
-        );
+    let object: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
+    for field in ["median_ms", "min_ms", "max_ms", "compile_ms"] {
+        assert!(object[field].as_f64().is_some(), "{field} missing: {line}");
     }
-    assert!(
-        line.contains("\"threads\": 2") && line.contains("\"iterations\": 5"),
-        "{line}"
-    );
+    assert_eq!(object["threads"], 2, "{line}");
+    assert_eq!(object["iterations"], 5, "{line}");
+    assert_eq!(object["target"], "cpu", "{line}");
     let profile = Command::new(env!("CARGO_BIN_EXE_smelt"))
         .arg("bench")
         .arg(dir.join("model.onnx"))

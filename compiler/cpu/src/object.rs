@@ -81,7 +81,7 @@ impl CpuTarget {
         };
         let all = levels.iter().flat_map(|l| l.iter().copied());
         if self == CpuTarget::Native {
-            all.filter(|(_, cpuid)| smelt_runtime::cpu::has_feature(cpuid))
+            all.filter(|(_, cpuid)| smelt_runtime::cpu_features::has_feature(cpuid))
                 .collect()
         } else {
             all.collect()

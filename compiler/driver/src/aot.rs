@@ -133,12 +133,7 @@ impl Model {
             ..Default::default()
         })?;
         let mut graph = imported.graph;
-        if opts.optimize {
-            smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
-        } else {
-            smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
-                .run(&mut graph)?;
-        }
+        crate::compile::optimize_or_specialize(&mut graph, opts.optimize)?;
         let gpu = match opts.target {
             crate::Target::Cpu => false,
             crate::Target::Cuda => true,

@@ -105,6 +105,31 @@ pub struct Executable {
     pub(crate) scratch: Mutex<Vec<AlignedBytes>>,
 }
 
+/// The standard pipeline, or with `optimize` off only the specialization to fixed shapes,
+/// which compilation needs either way.
+pub(crate) fn optimize_or_specialize(graph: &mut Graph, optimize: bool) -> Result<(), SmeltError> {
+    if optimize {
+        smelt_opt::Pipeline::standard(Default::default()).run(graph)?;
+    } else {
+        smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?]).run(graph)?;
+    }
+    Ok(())
+}
+
+/// The error for an input the model does not have, listing the ones it has.
+pub(crate) fn no_such_input<'a>(
+    name: &str,
+    inputs: impl IntoIterator<Item = &'a str>,
+) -> SmeltError {
+    SmeltError::Input {
+        name: name.to_string(),
+        reason: format!(
+            "the model has no such input (inputs: {})",
+            inputs.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 impl Executable {
     /// Optimizes (optionally) and compiles a graph whose inputs have fixed shapes; its
     /// inputs and outputs keep their value names.
@@ -120,12 +145,7 @@ impl Executable {
         gpu: &smelt_gpu::GpuOptions,
     ) -> Result<Executable, SmeltError> {
         let started = Instant::now();
-        if optimize {
-            smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
-        } else {
-            smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
-                .run(&mut graph)?;
-        }
+        optimize_or_specialize(&mut graph, optimize)?;
         let names = |ids: &[ValueId]| -> Vec<String> {
             ids.iter().map(|&v| graph.value(v).name.clone()).collect()
         };
@@ -136,7 +156,7 @@ impl Executable {
     /// Runs the program; `profile` collects the time of every launch.
     pub fn run(
         &self,
-        pool: &smelt_runtime::pool::ThreadPool,
+        pool: &smelt_runtime::threads::ThreadPool,
         inputs: &[&HostTensor],
         profile: Option<&mut Vec<Duration>>,
     ) -> Result<Vec<HostTensor>, SmeltError> {
@@ -163,7 +183,7 @@ impl Executable {
     /// repeated runs allocate nothing: what a serving loop, and `smelt bench`, do.
     pub fn run_into(
         &self,
-        pool: &smelt_runtime::pool::ThreadPool,
+        pool: &smelt_runtime::threads::ThreadPool,
         inputs: &[&HostTensor],
         outputs: &mut [HostTensor],
         profile: Option<&mut Vec<Duration>>,

@@ -53,7 +53,10 @@ pub(crate) fn specialize(g: &Graph, opts: &ImportOptions) -> Result<Imported> {
     };
     for name in opts.input_shapes.keys().chain(opts.input_values.keys()) {
         if !g.inputs.iter().any(|&i| &g.value(i).name == name) {
-            return Err(input_err(name, "the model has no such input".into()));
+            return Err(crate::compile::no_such_input(
+                name,
+                g.inputs.iter().map(|&i| g.value(i).name.as_str()),
+            ));
         }
     }
     let mut bindings: HashMap<String, usize> = HashMap::new();

@@ -4,7 +4,7 @@
 use crate::compile::{Executable, compile_graph};
 use crate::{Model, Result, SmeltError, to_ir_tensor};
 use smelt_onnx::ImportOptions;
-use smelt_runtime::pool::ThreadPool;
+use smelt_runtime::threads::ThreadPool;
 use smelt_runtime::{ElemType, HostTensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -262,17 +262,10 @@ impl Compiled {
             .iter()
             .find(|(n, _)| !info.inputs.iter().any(|i| &i.name == n))
         {
-            return Err(SmeltError::Input {
-                name: name.clone(),
-                reason: format!(
-                    "the model has no such input (inputs: {})",
-                    info.inputs
-                        .iter()
-                        .map(|i| i.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
+            return Err(crate::compile::no_such_input(
+                name,
+                info.inputs.iter().map(|i| i.name.as_str()),
+            ));
         }
         let mut ordered: Vec<&HostTensor> = Vec::with_capacity(info.inputs.len());
         for i in &info.inputs {
@@ -373,13 +366,7 @@ impl Compiled {
             input_values,
         })?;
         let mut graph = std::mem::take(&mut imported.graph);
-        if self.options.optimize {
-            smelt_opt::Pipeline::standard(Default::default()).run(&mut graph)?;
-        } else {
-            // Compilation needs fixed shapes even without the optimizer.
-            smelt_opt::Pipeline::new(vec![smelt_opt::passes::by_name("specialize")?])
-                .run(&mut graph)?;
-        }
+        crate::compile::optimize_or_specialize(&mut graph, self.options.optimize)?;
         Ok((graph, imported))
     }
 

@@ -215,16 +215,8 @@ impl Model {
                 .inputs
                 .iter()
                 .find(|i| &i.name == name)
-                .ok_or_else(|| SmeltError::Input {
-                    name: name.clone(),
-                    reason: format!(
-                        "the model has no such input (inputs: {})",
-                        info.inputs
-                            .iter()
-                            .map(|i| i.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                .ok_or_else(|| {
+                    compile::no_such_input(name, info.inputs.iter().map(|i| i.name.as_str()))
                 })?;
             if declared.dtype != t.elem.name() {
                 return Err(SmeltError::Input {

@@ -10,7 +10,7 @@ pub enum OptError {
         pass: &'static str,
         source: smelt_ir::IrError,
     },
-    #[error("unknown pass '{0}' (passes: specialize, identity, fold, cse, dce)")]
+    #[error("unknown pass '{0}' (passes: specialize, identity, fold, cse, egraph, dce)")]
     UnknownPass(String),
     #[error("pass '{pass}': {reason}")]
     Pass { pass: &'static str, reason: String },

@@ -2,8 +2,8 @@
 //! `--bench`, on the model linked into it.
 
 use crate::{Loaded, SmeltModel, load};
-use smelt_runtime::pool::ThreadPool;
 use smelt_runtime::program::AlignedBytes;
+use smelt_runtime::threads::ThreadPool;
 use smelt_runtime::{HostTensor, read_npy, write_npy};
 use std::ffi::{CStr, c_char, c_int};
 use std::path::PathBuf;
@@ -69,7 +69,7 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
         .cpu_features
         .iter()
         .map(String::as_str)
-        .filter(|f| !smelt_runtime::cpu::has_feature(f))
+        .filter(|f| !smelt_runtime::cpu_features::has_feature(f))
         .collect();
     if !missing.is_empty() {
         return Err(format!(
@@ -228,10 +228,18 @@ fn main(m: &Loaded, args: &[String]) -> Result<(), String> {
         };
         let (min, max) = (times[0], times[n - 1]);
         if json {
-            println!(
-                "{{\"model\": {:?}, \"median_ms\": {median:.4}, \"min_ms\": {min:.4}, \"max_ms\": {max:.4}, \"iterations\": {n}, \"threads\": {threads}, \"compile_ms\": 0.0, \"arena_bytes\": {}}}",
-                m.manifest.model_name, p.arena_bytes
-            );
+            let round = |v: f64| (v * 1e4).round() / 1e4;
+            let object = serde_json::json!({
+                "model": m.manifest.model_name,
+                "median_ms": round(median),
+                "min_ms": round(min),
+                "max_ms": round(max),
+                "iterations": n,
+                "threads": threads,
+                "compile_ms": 0.0,
+                "arena_bytes": p.arena_bytes,
+            });
+            println!("{object}");
         } else {
             println!("threads: {threads}, iterations: {n}");
             println!("median: {median:.3} ms  min: {min:.3} ms  max: {max:.3} ms");

@@ -10,8 +10,8 @@ mod exe;
 mod gpu;
 
 use smelt_runtime::manifest::ManifestProto;
-use smelt_runtime::pool::ThreadPool;
 use smelt_runtime::program::{AlignedBytes, Constants, KernelFn, Program};
+use smelt_runtime::threads::ThreadPool;
 use std::cell::RefCell;
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Mutex, OnceLock};

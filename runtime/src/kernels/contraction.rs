@@ -2,7 +2,7 @@
 //! `gemm`, for f32 and f64, split over a thread pool.
 
 use super::implicit;
-use crate::pool::ThreadPool;
+use crate::threads::ThreadPool;
 use gemm::{Parallelism, gemm};
 use thiserror::Error;
 

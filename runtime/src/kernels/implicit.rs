@@ -16,7 +16,7 @@
 //! lanes are 32 filters instead ([`filters_as_lanes`]).
 
 use super::contraction::{ConvGeometry, KernelError, SyncPtr, column_phases, every_nth};
-use crate::pool::ThreadPool;
+use crate::threads::ThreadPool;
 
 /// Output positions one micro-kernel call computes: two 16-lane vectors.
 const TILE_LANES: usize = 32;

@@ -5,9 +5,9 @@
 
 pub mod contraction;
 mod implicit;
-pub mod pool;
+pub mod pooling;
 
 pub use contraction::{
     ConvGeometry, KernelError, batched_matmul, conv, conv_prepacked, prepack_conv_filters,
 };
-pub use pool::{PoolGeometry, PoolMode, pool2d};
+pub use pooling::{PoolGeometry, PoolMode, pool2d};

@@ -8,7 +8,7 @@
 
 use super::KernelError;
 use super::contraction::{SyncPtr, copy_short, every_nth};
-use crate::pool::ThreadPool;
+use crate::threads::ThreadPool;
 
 /// What a pooling window computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
