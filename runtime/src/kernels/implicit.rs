@@ -15,7 +15,7 @@
 //! keeps [`pack_filters`]'s result), per call otherwise. Where output rows are short, the
 //! lanes are 32 filters instead ([`filters_as_lanes`]).
 
-use super::contraction::{ConvGeometry, KernelError, SyncPtr, column_phases, every_nth};
+use super::{ConvGeometry, KernelError, SyncPtr, column_phases, every_nth};
 use crate::threads::ThreadPool;
 
 /// Output positions one micro-kernel call computes: two 16-lane vectors.
@@ -333,7 +333,7 @@ pub(crate) fn conv2d(
             packed.len(),
         )));
     }
-    let small = pool.threads() == 1 || n * m * out_count * depth < super::contraction::SERIAL_MACS;
+    let small = pool.threads() == 1 || n * m * out_count * depth < super::SERIAL_MACS;
     if lanes {
         let lanes = FilterLanes {
             source,

@@ -7,7 +7,7 @@
 //! half. 2x2 windows every 2 without padding read their two input rows directly.
 
 use super::KernelError;
-use super::contraction::{SyncPtr, copy_short, every_nth};
+use super::{SyncPtr, copy_short, every_nth};
 use crate::threads::ThreadPool;
 
 /// What a pooling window computes.
@@ -50,15 +50,14 @@ pub struct PoolGeometry {
 
 impl PoolGeometry {
     /// The same pooling with each stride no larger than it needs to be (see
-    /// `contraction::useful_stride`): the output and every value in it stay the same.
+    /// `kernels::useful_stride`): the output and every value in it stay the same.
     pub fn with_useful_strides(mut self) -> PoolGeometry {
         let s = self.strides.len();
         for a in 0..s.min(self.kernel.len()) {
             let extent = self.input[2 + a]
                 .saturating_add(self.pads[a])
                 .saturating_add(self.pads[s + a]);
-            self.strides[a] =
-                super::contraction::useful_stride(self.strides[a], extent, self.kernel[a]);
+            self.strides[a] = super::useful_stride(self.strides[a], extent, self.kernel[a]);
         }
         self
     }
