@@ -72,7 +72,13 @@ pub fn conv<T: Float>(
     out: &mut [T],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
-    conv_tiled(x, w, None, bias, geo, out, pool, TILE_ELEMENTS)
+    let operands = ConvOperands {
+        x,
+        w,
+        prepacked: None,
+        bias,
+    };
+    conv_tiled(operands, geo, out, pool, TILE_ELEMENTS)
 }
 
 /// The filters `w` of convolution `geo` packed once for [`conv_prepacked`] (for weights
@@ -93,24 +99,36 @@ pub fn conv_prepacked(
     out: &mut [f32],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
-    conv_tiled(x, w, Some(packed), bias, geo, out, pool, TILE_ELEMENTS)
+    let operands = ConvOperands {
+        x,
+        w,
+        prepacked: Some(packed),
+        bias,
+    };
+    conv_tiled(operands, geo, out, pool, TILE_ELEMENTS)
+}
+
+/// The read-only operands of a convolution: input, filters (also packed, for the implicit
+/// products, where they were packed once), and the optional per-filter bias.
+#[derive(Clone, Copy)]
+pub(super) struct ConvOperands<'a, T> {
+    pub(super) x: &'a [T],
+    pub(super) w: &'a [T],
+    pub(super) prepacked: Option<&'a [T]>,
+    pub(super) bias: Option<&'a [T]>,
 }
 
 /// [`conv`] with work items of about `tile_elements` im2col elements, and the ReLU of
 /// `geo.relu`: in the stores of the implicit products, as a pass over the output after
 /// the other paths.
-#[allow(clippy::too_many_arguments)]
 fn conv_tiled<T: Float>(
-    x: &[T],
-    w: &[T],
-    prepacked: Option<&[T]>,
-    bias: Option<&[T]>,
+    operands: ConvOperands<'_, T>,
     geo: &ConvGeometry,
     out: &mut [T],
     pool: &ThreadPool,
     tile_elements: usize,
 ) -> Result<(), KernelError> {
-    conv_paths(x, w, prepacked, bias, geo, out, pool, tile_elements)?;
+    conv_paths(operands, geo, out, pool, tile_elements)?;
     if geo.relu && !(is_f32::<T>() && implicit::handles(geo)) {
         let dst = SyncPtr(out.as_mut_ptr());
         let len = out.len();
@@ -128,17 +146,19 @@ fn conv_tiled<T: Float>(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn conv_paths<T: Float>(
-    x: &[T],
-    w: &[T],
-    prepacked: Option<&[T]>,
-    bias: Option<&[T]>,
+    operands: ConvOperands<'_, T>,
     geo: &ConvGeometry,
     out: &mut [T],
     pool: &ThreadPool,
     tile_elements: usize,
 ) -> Result<(), KernelError> {
+    let ConvOperands {
+        x,
+        w,
+        prepacked,
+        bias,
+    } = operands;
     let (n, c, m) = (geo.input[0], geo.input[1], geo.weight[0]);
     let g = geo.group.max(1);
     if c % g != 0 || m % g != 0 || geo.weight[1] * g != c {
@@ -549,7 +569,13 @@ pub(super) mod tests {
             for (threads, tile) in [(1, TILE_ELEMENTS), (2, 1), (3, 200)] {
                 let mut got = vec![f64::NAN; want.len()];
                 let pool = ThreadPool::new(threads);
-                conv_tiled(&x, &w, None, Some(&bias), &geo, &mut got, &pool, tile).unwrap();
+                let operands = ConvOperands {
+                    x: &x,
+                    w: &w,
+                    prepacked: None,
+                    bias: Some(&bias),
+                };
+                conv_tiled(operands, &geo, &mut got, &pool, tile).unwrap();
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-9,
@@ -560,17 +586,14 @@ pub(super) mod tests {
                 let narrow = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
                 let mut got = vec![f32::NAN; want.len()];
                 let bias = narrow(&bias);
-                conv_tiled(
-                    &narrow(&x),
-                    &narrow(&w),
-                    None,
-                    Some(&bias),
-                    &geo,
-                    &mut got,
-                    &pool,
-                    tile,
-                )
-                .unwrap();
+                let (x, w) = (narrow(&x), narrow(&w));
+                let operands = ConvOperands {
+                    x: &x,
+                    w: &w,
+                    prepacked: None,
+                    bias: Some(&bias),
+                };
+                conv_tiled(operands, &geo, &mut got, &pool, tile).unwrap();
                 for (i, (&a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (f64::from(a) - b).abs() < 1e-4 * b.abs().max(1.0),
