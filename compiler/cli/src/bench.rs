@@ -179,65 +179,20 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             smelt::Target::Cpu => "host time",
         };
         println!("profile (mean ms per run, by launch, slowest first; {clock}):");
+        let launches = exe.launch_summaries();
         for (i, ms) in rows {
-            let l = &exe.program.launches[i];
-            let kind = match l {
-                smelt_runtime::program::Launch::Loop { .. } => "loop",
-                smelt_runtime::program::Launch::MatMul { .. } => "matmul",
-                smelt_runtime::program::Launch::Conv { .. } => "conv",
-                smelt_runtime::program::Launch::Copy { .. } => "copy",
-                smelt_runtime::program::Launch::Pool { .. } => "pool",
-            };
-            let rate = launch_flops(l)
+            let l = &launches[i];
+            let rate = l
+                .flops
                 .map(|f| format!("  {:7.1} GFLOP/s", f as f64 / (ms * 1e6).max(1e-12)))
                 .unwrap_or_default();
             println!(
-                "  {ms:9.4} ms {:5.1}%  {kind:<6} {}{rate}",
+                "  {ms:9.4} ms {:5.1}%  {:<6} {}{rate}",
                 ms / (total / a.iterations as f64 * 1e3).max(1e-12) * 100.0,
-                l.name()
+                l.kind,
+                l.name
             );
         }
     }
     Ok(())
-}
-
-/// Floating-point operations of a contraction launch (2 per multiply-add), for the
-/// profile's GFLOP/s.
-fn launch_flops(l: &smelt_runtime::program::Launch) -> Option<u64> {
-    use smelt_runtime::program::Launch;
-    match l {
-        Launch::Conv { geometry: g, .. } => {
-            let out: usize = g.out_spatial().ok()?.iter().product();
-            let per_output: usize = g.weight.iter().skip(1).product();
-            Some(2 * (g.input[0] * g.weight[0] * out * per_output) as u64)
-        }
-        Launch::MatMul {
-            a_shape,
-            b_shape,
-            trans_a,
-            trans_b,
-            ..
-        } => {
-            let (ra, rb) = (a_shape.len(), b_shape.len());
-            if ra < 2 || rb < 2 {
-                return None;
-            }
-            let (m, k) = if *trans_a {
-                (a_shape[ra - 1], a_shape[ra - 2])
-            } else {
-                (a_shape[ra - 2], a_shape[ra - 1])
-            };
-            let n = if *trans_b {
-                b_shape[rb - 2]
-            } else {
-                b_shape[rb - 1]
-            };
-            let batches = a_shape[..ra - 2]
-                .iter()
-                .product::<usize>()
-                .max(b_shape[..rb - 2].iter().product::<usize>());
-            Some(2 * (batches * m * n * k) as u64)
-        }
-        _ => None,
-    }
 }

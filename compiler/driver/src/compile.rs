@@ -251,6 +251,26 @@ impl Executable {
             .sum()
     }
 
+    /// Every launch in order, as a profile shows it: name, kind and, for a runtime
+    /// MatMul or Conv, its floating-point operations.
+    pub fn launch_summaries(&self) -> Vec<LaunchSummary> {
+        self.program
+            .launches
+            .iter()
+            .map(|l| LaunchSummary {
+                name: l.name().to_string(),
+                kind: match l {
+                    Launch::Loop { .. } => "loop",
+                    Launch::MatMul { .. } => "matmul",
+                    Launch::Conv { .. } => "conv",
+                    Launch::Copy { .. } => "copy",
+                    Launch::Pool { .. } => "pool",
+                },
+                flops: launch_flops(l),
+            })
+            .collect()
+    }
+
     /// The Kernel IR of every kernel, in launch order.
     pub fn kernel_text(&self) -> String {
         self.kernels
@@ -258,6 +278,56 @@ impl Executable {
             .map(|k| k.kernel.print())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// One launch of a program as a profile shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchSummary {
+    pub name: String,
+    /// `loop`, `matmul`, `conv`, `copy` or `pool`.
+    pub kind: &'static str,
+    /// Floating-point operations (2 per multiply-add) of a runtime MatMul or Conv.
+    pub flops: Option<u64>,
+}
+
+/// Floating-point operations of a contraction launch (2 per multiply-add), for a
+/// profile's GFLOP/s.
+fn launch_flops(l: &Launch) -> Option<u64> {
+    match l {
+        Launch::Conv { geometry: g, .. } => {
+            let out: usize = g.out_spatial().ok()?.iter().product();
+            let per_output: usize = g.weight.iter().skip(1).product();
+            Some(2 * (g.input[0] * g.weight[0] * out * per_output) as u64)
+        }
+        Launch::MatMul {
+            a_shape,
+            b_shape,
+            trans_a,
+            trans_b,
+            ..
+        } => {
+            let (ra, rb) = (a_shape.len(), b_shape.len());
+            if ra < 2 || rb < 2 {
+                return None;
+            }
+            let (m, k) = if *trans_a {
+                (a_shape[ra - 1], a_shape[ra - 2])
+            } else {
+                (a_shape[ra - 2], a_shape[ra - 1])
+            };
+            let n = if *trans_b {
+                b_shape[rb - 2]
+            } else {
+                b_shape[rb - 1]
+            };
+            let batches = a_shape[..ra - 2]
+                .iter()
+                .product::<usize>()
+                .max(b_shape[..rb - 2].iter().product::<usize>());
+            Some(2 * (batches * m * n * k) as u64)
+        }
+        _ => None,
     }
 }
 

@@ -24,7 +24,7 @@ mod compile;
 mod graph_source;
 mod jit;
 
-pub use compile::{Executable, Target};
+pub use compile::{Executable, LaunchSummary, Target};
 pub use jit::{Compiled, Element, Options, Tensor};
 
 use smelt_ir::{DType, Tensor as IrTensor};
