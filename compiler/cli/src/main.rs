@@ -264,127 +264,18 @@ fn explain(
     gpu: smelt::smelt_gpu::GpuOptions,
 ) -> Result<()> {
     let model = Model::load(path)?;
-    if stage == "llvm" || stage == "ptx" {
-        let compiled = model.compile(&smelt::Options {
+    let stage = smelt::ExplainStage::parse(stage)
+        .ok_or_else(|| anyhow!("--stage: unknown stage '{stage}'"))?;
+    let text = model.explain_text(
+        stage,
+        &smelt::ExplainOptions {
+            input_shapes: parse_shapes(input_shapes)?,
+            full_constants,
+            target,
             gpu,
-            ..Default::default()
-        })?;
-        let module = compiled.gpu_module(&parse_shapes(input_shapes)?)?;
-        // The PTX alone, so it pipes into ptxas.
-        print!(
-            "{}",
-            if stage == "ptx" {
-                &module.ptx
-            } else {
-                &module.llvm_ir
-            }
-        );
-        return Ok(());
-    }
-    if stage == "kernel" && target.is_gpu() {
-        let compiled = model.compile(&smelt::Options::default())?;
-        let kernels = compiled.kernels_for_shapes(&parse_shapes(input_shapes)?, target)?;
-        for k in &kernels {
-            println!("{}", k.kernel.print());
-        }
-        println!("# {} kernels for {}", kernels.len(), target.name());
-        return Ok(());
-    }
-    if stage == "kernel" || stage == "clif" {
-        let compiled = model.compile(&smelt::Options::default())?;
-        let exe = compiled.executable_for_shapes(&parse_shapes(input_shapes)?)?;
-        for k in &exe.kernels {
-            if stage == "kernel" {
-                println!("{}", k.kernel.print());
-            } else {
-                let text = smelt::smelt_cpu::clif(&k.kernel)?;
-                if text.is_empty() {
-                    println!(
-                        "; {}: contraction only, run by the runtime's microkernels\n",
-                        k.kernel.name
-                    );
-                } else {
-                    println!("; {}\n{text}", k.kernel.name);
-                }
-            }
-        }
-        println!(
-            "# {} kernels ({} distinct), {} launches; arena {} bytes ({} bytes of intermediates without reuse); compiled in {:.1} ms",
-            exe.kernels.len(),
-            exe.functions.len(),
-            exe.program.launches.len(),
-            exe.program.arena_bytes,
-            exe.program.intermediate_bytes,
-            exe.compile_time.as_secs_f64() * 1e3
-        );
-        return Ok(());
-    }
-    let fuse = stage == "fuse";
-    let stage = if stage == "import" {
-        smelt::Stage::Import
-    } else {
-        smelt::Stage::Opt
-    };
-    let e = model.explain(stage, &parse_shapes(input_shapes)?)?;
-    if fuse {
-        let plan = smelt::smelt_fuse::plan(&e.graph)?;
-        plan.verify(&e.graph)?;
-        print!("{}", plan.print(&e.graph));
-        println!(
-            "# {} kernels for {} nodes",
-            plan.groups.len(),
-            e.graph.nodes.len()
-        );
-        let lives: Vec<_> = plan
-            .buffer_lives(&e.graph)
-            .into_iter()
-            .map(|(_, l)| l)
-            .collect();
-        let arena = smelt_runtime::memory::plan_arena(&lives);
-        println!(
-            "# memory plan: {} intermediates in an arena of {} bytes ({} bytes without reuse)",
-            lives.len(),
-            arena.arena_bytes,
-            arena.total_bytes
-        );
-    } else {
-        let opts = if full_constants {
-            smelt_ir::text::PrintOptions::full()
-        } else {
-            smelt_ir::text::PrintOptions::default()
-        };
-        print!("{}", smelt_ir::text::print_graph(&e.graph, opts));
-    }
-    println!();
-    println!("# nodes by op (import -> opt):");
-    let ops: std::collections::BTreeSet<&str> =
-        e.before.keys().chain(e.after.keys()).copied().collect();
-    for op in ops {
-        println!(
-            "#   {op}: {} -> {}",
-            e.before.get(op).unwrap_or(&0),
-            e.after.get(op).unwrap_or(&0)
-        );
-    }
-    println!(
-        "#   total: {} -> {}",
-        e.before.values().sum::<usize>(),
-        e.after.values().sum::<usize>()
-    );
-    println!("# passes:");
-    for p in &e.passes {
-        println!(
-            "#   {}: {} changes, {} -> {} nodes, {:.3} ms",
-            p.name,
-            p.changes,
-            p.nodes_before,
-            p.nodes_after,
-            p.time.as_secs_f64() * 1e3
-        );
-        for (k, v) in &p.details {
-            println!("#     {k}: {v}");
-        }
-    }
+        },
+    )?;
+    print!("{text}");
     Ok(())
 }
 
@@ -501,10 +392,10 @@ fn memory_limit_from_env() -> Result<()> {
         return Ok(());
     };
     let text = text.to_string_lossy();
-    let bytes = smelt_ir::limits::parse_bytes(&text).ok_or_else(|| {
+    let bytes = smelt::parse_bytes(&text).ok_or_else(|| {
         anyhow::anyhow!("SMELT_MEMORY_LIMIT must be a byte count such as 8G, got '{text}'")
     })?;
-    smelt_ir::limits::set_max_value_bytes(bytes);
+    smelt::set_memory_limit(bytes);
     Ok(())
 }
 

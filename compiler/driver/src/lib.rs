@@ -21,10 +21,23 @@
 
 pub mod aot;
 mod compile;
+mod explain;
 mod graph_source;
 mod jit;
 
 pub use compile::{Executable, LaunchSummary, Target};
+pub use explain::{ExplainOptions, ExplainStage};
+
+/// Sets the memory limit: the most bytes one value, or one run's arena, may take (16 GiB
+/// unless set); a model over it is refused with an error naming the value.
+pub fn set_memory_limit(bytes: u64) {
+    smelt_ir::limits::set_max_value_bytes(bytes);
+}
+
+/// A byte count as `SMELT_MEMORY_LIMIT` takes it: digits with an optional K, M, G or T.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    smelt_ir::limits::parse_bytes(text)
+}
 pub use jit::{Compiled, Element, Options, Tensor};
 
 use smelt_ir::{DType, Tensor as IrTensor};
