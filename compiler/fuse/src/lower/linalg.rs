@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// A convolution's window as its op carries it: strides, all begin then all end pads,
+/// dilations and group.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConvAttrs<'a> {
+    pub(super) strides: &'a [usize],
+    pub(super) pads: &'a [usize],
+    pub(super) dilations: &'a [usize],
+    pub(super) group: usize,
+}
+
 impl<'g> Builder<'g> {
     /// Input coordinates of a reduction: kept axes from `coords`, reduced ones from `inner`.
     pub(super) fn expand_reduced(
@@ -107,17 +117,19 @@ impl<'g> Builder<'g> {
         self.add_bias(v, ins, sum, channel)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn conv(
         &mut self,
         v: ValueId,
         ins: &[ValueId],
         coords: &[ExprId],
-        strides: &[usize],
-        pads: &[usize],
-        dilations: &[usize],
-        group: usize,
+        attrs: ConvAttrs<'_>,
     ) -> Result<ExprId, KernelError> {
+        let ConvAttrs {
+            strides,
+            pads,
+            dilations,
+            group,
+        } = attrs;
         let (x, w) = (fixed(self.g, ins[0])?, fixed(self.g, ins[1])?);
         let s = x.len() - 2;
         let (cg, m) = (w[1], w[0]);
@@ -147,17 +159,19 @@ impl<'g> Builder<'g> {
         self.window_sum(v, ins, (&xc, &wc), valid, (var, extent), coords[1])
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn conv_transpose(
         &mut self,
         v: ValueId,
         ins: &[ValueId],
         coords: &[ExprId],
-        strides: &[usize],
-        pads: &[usize],
-        dilations: &[usize],
-        group: usize,
+        attrs: ConvAttrs<'_>,
     ) -> Result<ExprId, KernelError> {
+        let ConvAttrs {
+            strides,
+            pads,
+            dilations,
+            group,
+        } = attrs;
         let (x, w) = (fixed(self.g, ins[0])?, fixed(self.g, ins[1])?);
         let s = x.len() - 2;
         let c = x[1];

@@ -329,14 +329,30 @@ impl<'g> Builder<'g> {
                 pads,
                 dilations,
                 group,
-            } => self.conv(v, &ins, coords, strides, pads, dilations, *group),
+            } => {
+                let attrs = linalg::ConvAttrs {
+                    strides,
+                    pads,
+                    dilations,
+                    group: *group,
+                };
+                self.conv(v, &ins, coords, attrs)
+            }
             Op::ConvTranspose {
                 strides,
                 pads,
                 dilations,
                 group,
                 ..
-            } => self.conv_transpose(v, &ins, coords, strides, pads, dilations, *group),
+            } => {
+                let attrs = linalg::ConvAttrs {
+                    strides,
+                    pads,
+                    dilations,
+                    group: *group,
+                };
+                self.conv_transpose(v, &ins, coords, attrs)
+            }
             Op::ScatterElements { axis, reduction } => {
                 let (x, u) = (shape_of(0)?, shape_of(1)?);
                 let axis = *axis;
