@@ -168,32 +168,19 @@ pub fn run_onnxruntime(
 /// `SMELT_LIBDEVICE`), for the tests that generate PTX: the GPU back end looks at nothing
 /// of the build machine by itself.
 pub fn libdevice() -> PathBuf {
-    if let Some(p) = std::env::var_os("SMELT_LIBDEVICE") {
-        return PathBuf::from(p);
-    }
-    let lib = workspace_root().join("target/smelt-venv/lib");
-    std::fs::read_dir(&lib)
-        .ok()
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|d| {
-            d.path()
-                .join("site-packages/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc")
-        })
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "libdevice.10.bc not found under {}: run `cargo xtask setup` (the README's test command does)",
-                lib.display()
-            )
-        })
+    gpu_tool("SMELT_LIBDEVICE", "nvvm/libdevice/libdevice.10.bc")
 }
 
 /// `ptxas`: `SMELT_PTXAS`, else the one the `nvidia-cuda-nvcc-cu12` wheel put in the
 /// test venv (`cargo xtask setup`).
 pub fn ptxas() -> PathBuf {
-    if let Some(p) = std::env::var_os("SMELT_PTXAS") {
+    gpu_tool("SMELT_PTXAS", "bin/ptxas")
+}
+
+/// The file `env` names, else `file` (relative to the wheel's `nvidia/cuda_nvcc`) in the
+/// test venv; a panic tells how to install it.
+fn gpu_tool(env: &str, file: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let lib = workspace_root().join("target/smelt-venv/lib");
@@ -202,11 +189,11 @@ pub fn ptxas() -> PathBuf {
         .into_iter()
         .flatten()
         .flatten()
-        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc").join(file))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "ptxas not found under {}: run `cargo xtask setup` (the README's test command does)",
+                "{file} not found under {}: run `cargo xtask setup` (the README's test command does)",
                 lib.display()
             )
         })
