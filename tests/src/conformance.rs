@@ -170,7 +170,9 @@ pub fn write_expectations(
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn one_line(s: &str) -> String {
+/// A failure's reason as an expectations file holds it: one line of at most 200
+/// characters.
+pub fn one_line(s: &str) -> String {
     let s: String = s.replace(['\n', '\t'], " ");
     if s.chars().count() > 200 {
         format!("{}...", s.chars().take(200).collect::<String>())

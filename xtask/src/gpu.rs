@@ -5,6 +5,7 @@
 
 use crate::data;
 use anyhow::{Context, Result, bail};
+use smelt_tests::conformance::{self, Runtime, Status};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -242,7 +243,7 @@ pub fn dry_run(root: &Path) -> Result<()> {
                 .join(", ")
         );
     }
-    let emulator = expectations(&root.join("tests/conformance/gpu-emulator.tsv"))?;
+    let emulator = emulator_expectations()?;
     print!("{}", render(&session, &emulator));
     println!(
         "GPU session dry run: {} conformance cases ({} pass), {} models ({} pass), {} timings, in {}",
@@ -398,7 +399,7 @@ fn ms(v: Option<f64>) -> String {
 
 /// The docs/gpu.md section of a session: environment, steps, conformance and model
 /// counts (with what fails that passes on the emulator), and the timings beside PyTorch.
-pub fn render(session: &Session, emulator: &BTreeMap<String, String>) -> String {
+pub fn render(session: &Session, emulator: &BTreeMap<String, Status>) -> String {
     let mut md = String::new();
     let date = session
         .env("date")
@@ -450,7 +451,7 @@ pub fn render(session: &Session, emulator: &BTreeMap<String, String>) -> String 
     let regressions: Vec<&(String, Option<String>)> = session
         .conformance
         .iter()
-        .filter(|(c, r)| r.is_some() && emulator.get(c).is_some_and(|s| s == "pass"))
+        .filter(|(c, r)| r.is_some() && emulator.get(c) == Some(&Status::Pass))
         .collect();
     let failing_models: Vec<&(String, Option<String>)> =
         session.models.iter().filter(|(_, r)| r.is_some()).collect();
@@ -552,27 +553,16 @@ pub fn cuda_expectations(session: &Session) -> String {
     for (case, reason) in cases {
         match reason {
             None => text.push_str(&format!("{case}\tpass\n")),
-            Some(r) => {
-                let short: String = r.replace(['\t', '\n'], " ").chars().take(200).collect();
-                text.push_str(&format!("{case}\tfail\t{short}\n"));
-            }
+            Some(r) => text.push_str(&format!("{case}\tfail\t{}\n", conformance::one_line(&r))),
         }
     }
     text
 }
 
-/// The status word of each case in an expectations file.
-fn expectations(path: &Path) -> Result<BTreeMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            Some((f.next()?.to_string(), f.next()?.to_string()))
-        })
-        .collect())
+/// The expected status of each case on the emulated device.
+fn emulator_expectations() -> Result<BTreeMap<String, Status>> {
+    conformance::load_expectations(&conformance::expectations_path(Runtime::GpuEmulator))
+        .map_err(anyhow::Error::msg)
 }
 
 /// Where docs/gpu.md's results begin.
@@ -591,7 +581,7 @@ pub fn results(root: &Path, args: &[String]) -> Result<()> {
             session.env("runtime")
         );
     }
-    let emulator = expectations(&root.join("tests/conformance/gpu-emulator.tsv"))?;
+    let emulator = emulator_expectations()?;
     let section = render(&session, &emulator);
     let doc_path = root.join("docs/gpu.md");
     let doc = std::fs::read_to_string(&doc_path)?;
@@ -672,7 +662,7 @@ mod tests {
             assert!(listed.contains(&f), "{f} is not in the bundle: {listed:?}");
         }
         // Unpack the program and ask ldd what it loads.
-        let python = root().join("target/smelt-venv/bin/python");
+        let python = smelt_tests::venv_python();
         let program = std::env::temp_dir().join(format!("smelt-gpu-check-{}", std::process::id()));
         let status = Command::new(&python)
             .arg("-c")
@@ -708,7 +698,7 @@ mod tests {
             session.conformance.len()
         );
         assert!(session.models.len() >= 17, "{:?}", session.models);
-        let emulator = expectations(&root().join("tests/conformance/gpu-emulator.tsv")).unwrap();
+        let emulator = emulator_expectations().unwrap();
         let md = render(&session, &emulator);
         assert!(md.contains("(`gpu-emulator`)"), "{md}");
         let node = session.conformance.iter().filter(|(c, _)| !c.contains('/'));
