@@ -59,6 +59,15 @@ pub fn driver_present() -> bool {
 /// and dropped one after another (a harness compiling case after case) share it instead
 /// of each creating the context anew when the last one released it.
 pub fn retain_primary_context(ordinal: usize) -> Result<(), RuntimeError> {
+    let device = open_device(ordinal)?;
+    // SAFETY: a valid device; the reference is kept on purpose (released at exit).
+    unsafe { result::primary_ctx::retain(device) }.map_err(err("cuDevicePrimaryCtxRetain"))?;
+    Ok(())
+}
+
+/// GPU `ordinal` with the driver initialized: the driver library present, the ordinal
+/// one of the GPUs there.
+fn open_device(ordinal: usize) -> Result<sys::CUdevice, RuntimeError> {
     if !driver_present() {
         return Err(RuntimeError::Kernel {
             name: "(device)".into(),
@@ -66,31 +75,21 @@ pub fn retain_primary_context(ordinal: usize) -> Result<(), RuntimeError> {
         });
     }
     result::init().map_err(err("cuInit"))?;
-    let device = result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
-    // SAFETY: a valid device; the reference is kept on purpose (released at exit).
-    unsafe { result::primary_ctx::retain(device) }.map_err(err("cuDevicePrimaryCtxRetain"))?;
-    Ok(())
+    let count = result::device::get_count().map_err(err("cuDeviceGetCount"))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(RuntimeError::Kernel {
+            name: "(device)".into(),
+            reason: format!("GPU {ordinal} requested, {count} present"),
+        });
+    }
+    result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))
 }
 
 impl CudaDevice {
     /// Opens GPU `ordinal`, loads `ptx` and looks up the kernels `symbols` (in the
     /// program's function order).
     pub fn new(ordinal: usize, ptx: &str, symbols: &[String]) -> Result<CudaDevice, RuntimeError> {
-        if !driver_present() {
-            return Err(RuntimeError::Kernel {
-                name: "(device)".into(),
-                reason: "the CUDA driver (libcuda.so) is not installed on this machine".into(),
-            });
-        }
-        result::init().map_err(err("cuInit"))?;
-        let count = result::device::get_count().map_err(err("cuDeviceGetCount"))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(RuntimeError::Kernel {
-                name: "(device)".into(),
-                reason: format!("GPU {ordinal} requested, {count} present"),
-            });
-        }
-        let device = result::device::get(ordinal as i32).map_err(err("cuDeviceGet"))?;
+        let device = open_device(ordinal)?;
         let name = result::device::get_name(device).map_err(err("cuDeviceGetName"))?;
         // SAFETY: `device` is a valid ordinal; the primary context is released on drop.
         let context = unsafe { result::primary_ctx::retain(device) }
