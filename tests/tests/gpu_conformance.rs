@@ -1,7 +1,8 @@
 //! The ONNX node cases and suite models on the GPU target, checked against
 //! `tests/conformance/<runtime>.tsv`. In CI the runtime is the emulated device (the GPU
-//! kernels compiled for this CPU, run through the GPU executor); `cargo xtask gpu-check`
-//! runs it with `SMELT_GPU_RUNTIME=cuda` on a real GPU. `SMELT_UPDATE_EXPECTATIONS=1`
+//! kernels compiled for this CPU, run through the GPU executor); on a machine with a GPU
+//! and Rust, `SMELT_GPU_RUNTIME=cuda` runs it there (the lent GPU machines, without Rust,
+//! run the same cases through the GPU session's check program instead, docs/gpu.md). `SMELT_UPDATE_EXPECTATIONS=1`
 //! rewrites the runtime's expectations file from the run instead of checking it.
 #![cfg(feature = "cuda")]
 

@@ -101,7 +101,8 @@ macro_rules! every_model {
 every_model!(model_tests);
 
 /// The GPU target: the emulated device here (`--target gpu-emulator`), the first CUDA
-/// GPU with `SMELT_GPU_RUNTIME=cuda` (what `cargo xtask gpu-check` runs).
+/// GPU with `SMELT_GPU_RUNTIME=cuda` on a machine with one. The test venv's libdevice is
+/// given through `SMELT_LIBDEVICE`, so the tests do not depend on the caller's environment.
 #[cfg(feature = "cuda")]
 mod gpu {
     fn target() -> String {
@@ -125,6 +126,7 @@ mod gpu {
 
     fn smelt(args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_smelt"))
+            .env("SMELT_LIBDEVICE", smelt_tests::libdevice())
             .args(args)
             .output()
             .expect("smelt runs")
@@ -576,12 +578,11 @@ fn explain_fuse_plans_kernels_and_memory() {
 
 /// `smelt explain MODEL ARGS...`, asserting success; returns stdout.
 fn explain(model: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .arg("explain")
-        .arg(model)
-        .args(args)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));
+    // The llvm and ptx stages link libdevice.
+    #[cfg(feature = "cuda")]
+    cmd.env("SMELT_LIBDEVICE", smelt_tests::libdevice());
+    let out = cmd.arg("explain").arg(model).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
