@@ -332,20 +332,16 @@ const MODEL_ATOL: f64 = 1e-5;
 /// Runs a model directory's inputs and compares with its expected outputs.
 fn run_model(dir: &Path, target: &Target, gpu: &GpuOptions) -> Result<(), String> {
     let model = smelt::Model::load(dir.join("model.onnx")).map_err(|e| e.to_string())?;
-    let io = std::fs::read_to_string(dir.join("io.tsv")).map_err(|e| e.to_string())?;
-    let mut inputs = Vec::new();
-    let mut expected = Vec::new();
-    for line in io.lines().filter(|l| !l.trim().is_empty()) {
-        let f: Vec<&str> = line.split('\t').collect();
-        let [kind, name, file] = f[..] else {
-            return Err(format!("bad io.tsv line '{line}'"));
-        };
-        let t = read_npy(&dir.join(file)).map_err(|e| format!("{file}: {e}"))?;
-        match kind {
-            "input" => inputs.push((name.to_string(), t)),
-            _ => expected.push((name.to_string(), t)),
-        }
-    }
+    let read = |kind: &str| -> Result<Vec<(String, HostTensor)>, String> {
+        smelt_tests::model_case_files(dir, kind)
+            .into_iter()
+            .map(|(name, path)| {
+                let t = read_npy(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                Ok((name, t))
+            })
+            .collect()
+    };
+    let (inputs, expected) = (read("input")?, read("output")?);
     let compiled = model
         .compile(&smelt::Options {
             target: smelt_target(target),

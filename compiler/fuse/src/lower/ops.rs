@@ -329,16 +329,8 @@ impl<'g> Builder<'g> {
                 pads,
                 dilations,
                 group,
-            } => {
-                let attrs = linalg::ConvAttrs {
-                    strides,
-                    pads,
-                    dilations,
-                    group: *group,
-                };
-                self.conv(v, &ins, coords, attrs)
             }
-            Op::ConvTranspose {
+            | Op::ConvTranspose {
                 strides,
                 pads,
                 dilations,
@@ -351,7 +343,11 @@ impl<'g> Builder<'g> {
                     dilations,
                     group: *group,
                 };
-                self.conv_transpose(v, &ins, coords, attrs)
+                if matches!(node.op, Op::Conv { .. }) {
+                    self.conv(v, &ins, coords, attrs)
+                } else {
+                    self.conv_transpose(v, &ins, coords, attrs)
+                }
             }
             Op::ScatterElements { axis, reduction } => {
                 let (x, u) = (shape_of(0)?, shape_of(1)?);
