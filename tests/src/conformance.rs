@@ -240,7 +240,7 @@ pub fn run_case(case: &CaseInfo, runtime: Runtime) -> Result<(), String> {
 pub fn run_case_with(
     case: &CaseInfo,
     runtime: Runtime,
-    gpu: &smelt::smelt_gpu::GpuOptions,
+    gpu: &smelt::GpuOptions,
 ) -> Result<(), String> {
     let model_path = case.dir.join("model.onnx");
     let model = smelt::Model::load(&model_path).map_err(|e| e.to_string())?;

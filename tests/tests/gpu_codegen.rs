@@ -4,7 +4,7 @@
 //! that `cargo xtask setup` installs in the test venv).
 #![cfg(feature = "cuda")]
 
-use smelt::smelt_fuse::Kernel;
+use smelt_fuse::Kernel;
 use smelt_gpu::{GpuModule, GpuOptions};
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +19,12 @@ const CLASSIC: [&str; 5] = [
     "logistic_regression",
 ];
 
-/// sm_90 with the test venv's libdevice.
+/// sm_90 with the test venv's libdevice, as the driver takes it.
+fn driver_gpu_options() -> smelt::GpuOptions {
+    smelt::GpuOptions::new("sm_90", Some(smelt_tests::libdevice()))
+}
+
+/// sm_90 with the test venv's libdevice, as the back end takes it.
 fn gpu_options() -> GpuOptions {
     GpuOptions {
         libdevice: Some(smelt_tests::libdevice()),
@@ -31,7 +36,7 @@ fn gpu_module(dir: &Path) -> GpuModule {
     let model = smelt::Model::load(dir.join("model.onnx")).unwrap();
     let compiled = model
         .compile(&smelt::Options {
-            gpu: gpu_options(),
+            gpu: driver_gpu_options(),
             ..Default::default()
         })
         .unwrap();
@@ -198,7 +203,7 @@ fn ptxas_accepts_every_conformance_kernel() {
         };
         let compiled = model
             .compile(&smelt::Options {
-                gpu: gpu_options(),
+                gpu: driver_gpu_options(),
                 ..Default::default()
             })
             .unwrap();

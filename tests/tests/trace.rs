@@ -15,9 +15,9 @@ mod mlp_example;
 mod mnist_cnn_example;
 
 use anyhow::{Context, Result, anyhow, bail};
-use smelt::smelt_ir::text::{PrintOptions, print_graph};
-use smelt::smelt_ir::{Graph, Op};
 use smelt::{Model, Options, Stage, to_ir_tensor};
+use smelt_ir::text::{PrintOptions, print_graph};
+use smelt_ir::{Graph, Op};
 use smelt_runtime::HostTensor;
 use smelt_tests::compare::compare;
 use smelt_tests::{model_case_files, require_data, run_onnxruntime, workspace_root};
@@ -60,7 +60,7 @@ fn traced_graphs_optimize_to_the_imported_onnx_graphs() -> Result<()> {
             "{name}: the traced graph optimizes differently from the imported one"
         );
         // The text abbreviates big constants: their values must agree bit for bit too.
-        let constants = |g: &Graph| -> Vec<smelt::smelt_ir::Tensor> {
+        let constants = |g: &Graph| -> Vec<smelt_ir::Tensor> {
             g.nodes
                 .iter()
                 .filter_map(|n| match &n.op {
@@ -160,12 +160,12 @@ fn write_inputs(dir: &Path, specs: &[(&str, Vec<usize>, DType)]) -> Result<Vec<(
         .map(|(name, shape, dtype)| {
             let n: usize = shape.iter().product();
             let t = match dtype {
-                DType::I64 => smelt::smelt_ir::Tensor::from_i64(
+                DType::I64 => smelt_ir::Tensor::from_i64(
                     *dtype,
                     shape.clone(),
                     (0..n).map(|i| (i % 3) as i64 - 1).collect(),
                 )?,
-                _ => smelt::smelt_ir::Tensor::from_f64(
+                _ => smelt_ir::Tensor::from_f64(
                     *dtype,
                     shape.clone(),
                     (0..n).map(|_| next() * 4.0 - 2.0).collect(),

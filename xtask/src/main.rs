@@ -146,12 +146,12 @@ fn opt_stats(root: &Path) -> Result<()> {
             if f[0] == "input" {
                 shapes.insert(
                     f[1].to_string(),
-                    smelt::smelt_runtime::read_npy(&dir.join(f[2]))?.shape,
+                    smelt_runtime::read_npy(&dir.join(f[2]))?.shape,
                 );
             }
         }
         let model = smelt::Model::load(dir.join("model.onnx"))?;
-        let imported = model.import(&smelt::smelt_onnx::ImportOptions {
+        let imported = model.import(&smelt_onnx::ImportOptions {
             input_shapes: shapes,
             ..Default::default()
         })?;
@@ -160,7 +160,7 @@ fn opt_stats(root: &Path) -> Result<()> {
         for _ in 0..3 {
             let mut g = imported.graph.clone();
             let start = std::time::Instant::now();
-            let records = smelt::smelt_opt::Pipeline::standard(Default::default()).run(&mut g)?;
+            let records = smelt_opt::Pipeline::standard(Default::default()).run(&mut g)?;
             best = best.min(start.elapsed().as_secs_f64() * 1e3);
             last = Some((g, records));
         }

@@ -3,7 +3,7 @@
 use crate::{parse_shapes, split_pair};
 use anyhow::{Result, bail};
 use smelt::Model;
-use smelt_runtime::{ElemType, HostTensor, read_npy};
+use smelt::Tensor;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,11 @@ pub struct BenchArgs<'a> {
     pub profile: bool,
     pub json: bool,
     pub target: smelt::Target,
-    pub gpu: smelt::smelt_gpu::GpuOptions,
+    pub gpu: smelt::GpuOptions,
 }
 
 /// A deterministic input: uniform values in [-1, 1) for floats, zeros otherwise.
-fn synthetic(elem: ElemType, shape: Vec<usize>, seed: u64) -> HostTensor {
+fn synthetic(dtype: &str, shape: Vec<usize>, seed: u64) -> smelt::Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut state = seed
         .wrapping_mul(6364136223846793005)
@@ -32,12 +32,11 @@ fn synthetic(elem: ElemType, shape: Vec<usize>, seed: u64) -> HostTensor {
             .wrapping_add(1442695040888963407);
         ((state >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0
     };
-    let bytes = match elem {
-        ElemType::F32 => (0..n).flat_map(|_| (next() as f32).to_le_bytes()).collect(),
-        ElemType::F64 => (0..n).flat_map(|_| next().to_le_bytes()).collect(),
-        e => vec![0u8; n * e.size_bytes()],
-    };
-    HostTensor { elem, shape, bytes }
+    match dtype {
+        "f32" => Tensor::from_vec(shape, (0..n).map(|_| next() as f32).collect()),
+        "f64" => Tensor::from_vec(shape, (0..n).map(|_| next()).collect()),
+        _ => Tensor::zeros(dtype, shape),
+    }
 }
 
 /// `v` to 4 decimals, as the text output prints milliseconds.
@@ -67,7 +66,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let mut feeds = Vec::new();
     for arg in a.inputs {
         let (name, file) = split_pair(arg, "--input")?;
-        feeds.push((name.to_string(), read_npy(file.as_ref())?));
+        feeds.push((name.to_string(), Tensor::read_npy(file.as_ref())?.0));
     }
     for (k, i) in model.info().inputs.iter().enumerate() {
         if feeds.iter().any(|(n, _)| n == &i.name) {
@@ -88,9 +87,9 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
                     )
                 })?,
         };
-        let elem = ElemType::from_name(&i.dtype)
-            .ok_or_else(|| anyhow::anyhow!("input '{}': unsupported dtype {}", i.name, i.dtype))?;
-        feeds.push((i.name.clone(), synthetic(elem, shape, k as u64)));
+        let tensor = synthetic(&i.dtype, shape, k as u64)
+            .map_err(|e| anyhow::anyhow!("input '{}': {e}", i.name))?;
+        feeds.push((i.name.clone(), tensor.0));
     }
     let compiled = model.compile(&smelt::Options {
         threads: a.threads,

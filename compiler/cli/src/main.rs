@@ -5,7 +5,7 @@ mod bench;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use smelt::Model;
-use smelt_runtime::{read_npy, write_npy};
+use smelt::Tensor;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,7 +157,7 @@ enum Engine {
     Compiled {
         threads: Option<usize>,
         target: smelt::Target,
-        gpu: smelt::smelt_gpu::GpuOptions,
+        gpu: smelt::GpuOptions,
     },
 }
 
@@ -174,11 +174,8 @@ struct GpuArgs {
 }
 
 impl GpuArgs {
-    fn options(&self) -> smelt::smelt_gpu::GpuOptions {
-        smelt::smelt_gpu::GpuOptions {
-            arch: self.gpu_arch.clone(),
-            libdevice: self.libdevice.clone(),
-        }
+    fn options(&self) -> smelt::GpuOptions {
+        smelt::GpuOptions::new(self.gpu_arch.clone(), self.libdevice.clone())
     }
 }
 
@@ -261,7 +258,7 @@ fn explain(
     input_shapes: &[String],
     full_constants: bool,
     target: smelt::Target,
-    gpu: smelt::smelt_gpu::GpuOptions,
+    gpu: smelt::GpuOptions,
 ) -> Result<()> {
     let model = Model::load(path)?;
     let stage = smelt::ExplainStage::parse(stage)
@@ -287,12 +284,12 @@ fn aot_options(
     threads: Option<usize>,
     optimize: bool,
     target: smelt::Target,
-    gpu: smelt::smelt_gpu::GpuOptions,
+    gpu: smelt::GpuOptions,
 ) -> Result<smelt::aot::AotOptions> {
     use smelt::aot::{AotOptions, Emit};
     Ok(AotOptions {
         emit: Emit::parse(emit).ok_or_else(|| anyhow!("--emit: unknown kind '{emit}'"))?,
-        cpu: smelt::smelt_cpu::object::CpuTarget::parse(cpu)
+        cpu: smelt::CpuTarget::parse(cpu)
             .ok_or_else(|| anyhow!("--cpu: unknown target '{cpu}'"))?,
         threads,
         input_shapes: parse_shapes(input_shapes)?,
@@ -309,7 +306,7 @@ fn compile(path: &PathBuf, output: &std::path::Path, opts: &smelt::aot::AotOptio
         println!("wrote {}", f.display());
     }
     let runs_on = if opts.target == smelt::Target::Cuda {
-        format!("cuda {}", opts.gpu.arch)
+        format!("cuda {}", opts.gpu.arch())
     } else {
         format!("cpu {}", opts.cpu.name())
     };
@@ -333,7 +330,7 @@ fn run(
     let mut feeds = Vec::new();
     for arg in inputs {
         let (name, file) = split_pair(arg, "--input")?;
-        feeds.push((name.to_string(), read_npy(file.as_ref())?));
+        feeds.push((name.to_string(), Tensor::read_npy(file.as_ref())?.0));
     }
     let shapes = parse_shapes(input_shapes)?;
     let mut targets = HashMap::new();
@@ -371,16 +368,17 @@ fn run(
     if let Some(dir) = output_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    for (name, t) in &results {
-        let dest = match (targets.get(name), output_dir) {
+    for (name, t) in results {
+        let t = Tensor(t);
+        let dest = match (targets.get(&name), output_dir) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(dir)) => Some(dir.join(smelt_runtime::output_file_name(name))),
+            (None, Some(dir)) => Some(dir.join(smelt::output_file_name(&name))),
             (None, None) => None,
         };
         if let Some(dest) = dest {
-            write_npy(&dest, t)?;
+            t.write_npy(&dest)?;
         }
-        println!("{}", t.summary(name));
+        println!("{}", t.summary(&name));
     }
     Ok(())
 }

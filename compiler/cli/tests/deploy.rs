@@ -100,7 +100,7 @@ fn exe_of_model_matches_case(name: &str, model: &Path, work: &Path, compile_args
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_executable_embeds_ptx_and_needs_only_the_driver() {
-    if smelt::smelt_runtime::cuda::driver_present() {
+    if smelt_runtime::cuda::driver_present() {
         exe_matches_onnxruntime_with("mnist_cnn", &["--target", "cuda"]);
         return;
     }

@@ -274,7 +274,7 @@ mod gpu {
             "cuda",
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if smelt::smelt_runtime::cuda::driver_present() {
+        if smelt_runtime::cuda::driver_present() {
             assert!(out.status.success(), "{stderr}");
             assert!(String::from_utf8_lossy(&out.stdout).starts_with("probs: f32[1, 10]"));
         } else {
@@ -554,7 +554,8 @@ fn graph_name(model: &Path) -> String {
 }
 
 /// `smelt explain --stage fuse` on ResNet-50: one kernel per conv (with its epilogue)
-/// and a memory plan far below the sum of the intermediates.
+/// and a memory plan far below the sum of the intermediates, the very arena the compiled
+/// program uses.
 #[test]
 fn explain_fuse_plans_kernels_and_memory() {
     let model = smelt_tests::require_data("models").join("light_resnet50/model.onnx");
@@ -572,8 +573,18 @@ fn explain_fuse_plans_kernels_and_memory() {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    let (arena, total) = (numbers[1], numbers[2]);
+    let (arena, total) = (numbers[numbers.len() - 2], numbers[numbers.len() - 1]);
     assert!(arena * 2 < total, "no reuse: {line}");
+    let compiled = smelt::Model::load(&model)
+        .unwrap()
+        .compile(&smelt::Options::default())
+        .unwrap();
+    let exe = compiled.executable_for_shapes(&Default::default()).unwrap();
+    assert_eq!(
+        (arena, total),
+        (exe.program.arena_bytes, exe.program.intermediate_bytes),
+        "{line}"
+    );
 }
 
 /// `smelt explain MODEL ARGS...`, asserting success; returns stdout.

@@ -6,8 +6,9 @@
 //! needs no other file. Linking uses the system's `cc` (and `ar` for libraries).
 
 use crate::compile::lower_graph;
+use crate::{CpuTarget, GpuOptions};
 use crate::{Model, Result, SmeltError};
-use smelt_cpu::object::{CpuTarget, ObjectParts, emit_object};
+use smelt_cpu::object::{ObjectParts, emit_object};
 use smelt_onnx::ImportOptions;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,7 @@ pub struct AotOptions {
     pub optimize: bool,
     /// `Target::Cuda` embeds the PTX; the deployable needs the NVIDIA driver and a GPU.
     pub target: crate::Target,
-    pub gpu: smelt_gpu::GpuOptions,
+    pub gpu: GpuOptions,
 }
 
 /// What was written.
@@ -162,7 +163,7 @@ impl Model {
             opts.threads.unwrap_or(0) as u32,
         );
         let cpu_kernels = if gpu {
-            let module = smelt_gpu::compile(&lowered.function_kernels(), &opts.gpu)?;
+            let module = smelt_gpu::compile(&lowered.function_kernels(), &opts.gpu.0)?;
             manifest.gpu = Some(smelt_runtime::manifest::GpuProto {
                 arch: module.arch.clone(),
                 ptx: module.ptx,
@@ -182,7 +183,7 @@ impl Model {
                 constants: program.constants.as_slice(),
                 main: opts.emit == Emit::Exe,
             },
-            opts.cpu,
+            opts.cpu.0,
         )?;
         let dir = out
             .parent()

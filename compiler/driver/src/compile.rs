@@ -1,63 +1,16 @@
-//! The compile pipeline of one shape signature: optimize, plan fusion, lower to Kernel
-//! IR, generate code, and assemble the runtime `Program` (buffers, memory plan, launches).
+//! The compile pipeline of one shape signature: optimize, plan fusion and its buffer
+//! layout, lower to Kernel IR, assemble the runtime `Program` (`program.rs`) and generate
+//! code for it.
 
-use crate::SmeltError;
-use smelt_fuse::kernel::{Body, Contraction, Role};
-use smelt_fuse::plan::VIEW_ALIGN;
-use smelt_fuse::{FusionPlan, GroupKind, LoweredKernel};
-use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
-use smelt_runtime::kernels::{ConvGeometry, PoolGeometry, PoolMode};
-use smelt_runtime::memory::{BufferLife, plan_arena};
-use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
-use smelt_runtime::{ElemType, HostTensor};
+use crate::program::{IoNames, build_program};
+use crate::{GpuOptions, SmeltError, Target};
+use smelt_fuse::{FusionPlan, Layout, LoweredKernel};
+use smelt_ir::{Graph, ValueId};
+use smelt_runtime::HostTensor;
+use smelt_runtime::program::{AlignedBytes, Launch, Program};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// What the code runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Target {
-    /// This CPU, through Cranelift and the runtime's kernels.
-    #[default]
-    Cpu,
-    /// An NVIDIA GPU (the first one), through PTX and the CUDA driver (feature `cuda`).
-    Cuda,
-    /// The GPU target's kernels compiled for this CPU and run through the GPU executor
-    /// by an emulated device: checks the GPU path on machines without a GPU (slow).
-    GpuEmulator,
-}
-
-impl Target {
-    pub fn parse(s: &str) -> Option<Target> {
-        match s {
-            "cpu" => Some(Target::Cpu),
-            "cuda" => Some(Target::Cuda),
-            "gpu-emulator" => Some(Target::GpuEmulator),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Target::Cpu => "cpu",
-            Target::Cuda => "cuda",
-            Target::GpuEmulator => "gpu-emulator",
-        }
-    }
-
-    pub fn is_gpu(self) -> bool {
-        self != Target::Cpu
-    }
-
-    /// How fusion groups are lowered for this target.
-    pub fn lowering(self) -> smelt_fuse::LowerTarget {
-        if self.is_gpu() {
-            smelt_fuse::LowerTarget::Gpu
-        } else {
-            smelt_fuse::LowerTarget::Cpu
-        }
-    }
-}
 
 /// Generated code: CPU functions, or a GPU program with the device it is resident on.
 pub(crate) enum Code {
@@ -142,7 +95,7 @@ impl Executable {
         mut graph: Graph,
         optimize: bool,
         target: Target,
-        gpu: &smelt_gpu::GpuOptions,
+        gpu: &GpuOptions,
     ) -> Result<Executable, SmeltError> {
         let started = Instant::now();
         optimize_or_specialize(&mut graph, optimize)?;
@@ -331,14 +284,12 @@ fn launch_flops(l: &Launch) -> Option<u64> {
     }
 }
 
-fn elem(g: &Graph, v: ValueId) -> ElemType {
-    ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
-}
-
 /// An optimized graph planned, lowered and assembled: what the JIT and the ahead-of-time
 /// path share.
 pub(crate) struct Lowered {
     pub plan: FusionPlan,
+    /// The views and the plan the kernels store under, as the program places them.
+    pub layout: Layout,
     /// Every kernel, in launch order.
     pub kernels: Vec<LoweredKernel>,
     /// The kernels that get code, as indices into `kernels`: one of each set of identical
@@ -373,25 +324,17 @@ pub(crate) fn lower_graph(
         }
     }
     let plan = smelt_fuse::plan(graph)?;
-    // Concatenations their operands' producers write in place are no group's to store.
-    let (mut views, in_place) = concat_views(graph, &plan);
-    views.extend(slice_views(graph, &plan));
-    let mut storing = plan.clone();
-    for group in &mut storing.groups {
-        group.outputs.retain(|v| !in_place.contains(v));
-    }
-    let kernels = smelt_fuse::lower_for(graph, &storing, target)?;
+    let layout = Layout::new(graph, &plan);
+    let kernels = smelt_fuse::lower_for(graph, &layout.storing, target)?;
     let (functions, function_of) = shared_functions(&kernels);
-    let program = build_program(
-        graph,
-        input_names,
-        output_names,
-        &kernels,
-        &function_of,
-        &views,
-    )?;
+    let names = IoNames {
+        inputs: input_names,
+        outputs: output_names,
+    };
+    let program = build_program(graph, &names, &kernels, &function_of, &layout)?;
     Ok(Lowered {
         plan,
+        layout,
         kernels,
         functions,
         program,
@@ -430,7 +373,7 @@ pub(crate) fn compile_graph(
     output_names: Vec<String>,
     started: Instant,
     target: Target,
-    gpu_options: &smelt_gpu::GpuOptions,
+    gpu_options: &GpuOptions,
 ) -> Result<Executable, SmeltError> {
     let lowered = lower_graph(&graph, &input_names, &output_names, target.lowering())?;
     let (code, gpu) = match target {
@@ -439,7 +382,7 @@ pub(crate) fn compile_graph(
             None,
         ),
         Target::Cuda => {
-            let module = smelt_gpu::compile(&lowered.function_kernels(), gpu_options)?;
+            let module = smelt_gpu::compile(&lowered.function_kernels(), &gpu_options.0)?;
             let run = cuda_run(&lowered.program, &module)?;
             (Code::Gpu(Box::new(Mutex::new(run))), Some(module))
         }
@@ -505,483 +448,4 @@ fn emulated_run(lowered: &Lowered) -> Result<GpuRun, SmeltError> {
 #[cfg(not(feature = "cuda"))]
 fn emulated_run(_lowered: &Lowered) -> Result<GpuRun, SmeltError> {
     Err(smelt_gpu::GpuError::NotBuilt.into())
-}
-
-/// Elements of work per chunk that make a thread hand-off worth it.
-const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
-
-/// Values that are part of another value's buffer: value -> (the value whose buffer
-/// holds it, byte offset). Concatenation operands in their concatenation, and slices
-/// in their operand.
-type Views = HashMap<ValueId, (ValueId, usize)>;
-
-/// The slices the fusion plan made views: each in its operand's buffer.
-fn slice_views(g: &Graph, plan: &FusionPlan) -> Views {
-    plan.groups
-        .iter()
-        .filter(|grp| grp.kind == GroupKind::View)
-        .filter_map(|grp| {
-            let node = &g.nodes[grp.nodes[0]];
-            let offset = smelt_fuse::plan::view_offset(g, node)?;
-            Some((node.outputs[0], (node.inputs[0], offset)))
-        })
-        .collect()
-}
-
-/// The values an integer graph input may hold when it indexes a gather or scatter
-/// (directly or through a cast), as `IoSpec::index_bounds`: `[-n, n)` for an indexed axis
-/// of `n`, the tightest over its uses. Gather, GatherElements and ScatterElements index
-/// one axis; GatherND and ScatterND index one data axis per position of the indices' last
-/// axis. Kernels clamp their loads, so an index outside would silently read a wrong
-/// element; the program checks these inputs before each run instead. Empty when the
-/// input indexes nothing, or an indexed axis is symbolic.
-fn index_bounds(g: &Graph, input: ValueId) -> Vec<(i64, i64)> {
-    if !matches!(g.ty(input).dtype, DType::I32 | DType::I64) {
-        return Vec::new();
-    }
-    let mut indices = vec![input];
-    for n in &g.nodes {
-        if matches!(n.op, Op::Cast { to } if to.is_int()) && n.inputs[0] == input {
-            indices.push(n.outputs[0]);
-        }
-    }
-    let fixed = |v: ValueId, axis: usize| g.ty(v).shape.get(axis)?.fixed().map(|n| n as i64);
-    let mut bounds: Vec<(i64, i64)> = Vec::new();
-    for n in &g.nodes {
-        if n.inputs.len() < 2 || !indices.contains(&n.inputs[1]) {
-            continue;
-        }
-        let (data, idx) = (n.inputs[0], n.inputs[1]);
-        // GatherND and ScatterND: one data axis per position of the last index axis,
-        // from `first` (after GatherND's batch axes).
-        let nd_sizes = |first: usize| {
-            let last = g.ty(idx).shape.len().checked_sub(1)?;
-            let depth = fixed(idx, last)? as usize;
-            let sizes: Option<Vec<i64>> = (0..depth).map(|j| fixed(data, first + j)).collect();
-            sizes.filter(|sizes| !sizes.is_empty())
-        };
-        // The sizes of the data axes that successive innermost index positions address.
-        let axis_sizes = match n.op {
-            Op::Gather { axis }
-            | Op::GatherElements { axis }
-            | Op::ScatterElements { axis, .. } => fixed(data, axis).map(|size| vec![size]),
-            Op::GatherNd { batch_dims } => nd_sizes(batch_dims),
-            Op::ScatterNd { .. } => nd_sizes(0),
-            _ => continue,
-        };
-        let Some(axis_sizes) = axis_sizes else {
-            return Vec::new();
-        };
-        let use_bounds: Vec<(i64, i64)> = axis_sizes.iter().map(|&n| (-n, n)).collect();
-        bounds = intersect_bounds(&bounds, &use_bounds);
-    }
-    bounds
-}
-
-/// The tighter of two `index_bounds` lists of one input, each cycling along its
-/// innermost axis, as one list cycling over the least common multiple of their lengths
-/// (in practice the longer one's: a one-entry list applies to every position, and an ND
-/// use's length is the input's innermost size).
-fn intersect_bounds(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
-    if a.is_empty() {
-        return b.to_vec();
-    }
-    let gcd = |mut x: usize, mut y: usize| {
-        while y != 0 {
-            (x, y) = (y, x % y);
-        }
-        x
-    };
-    let len = a.len() / gcd(a.len(), b.len()) * b.len();
-    (0..len)
-        .map(|i| {
-            let (alo, ahi) = a[i % a.len()];
-            let (blo, bhi) = b[i % b.len()];
-            (alo.max(blo), ahi.min(bhi))
-        })
-        .collect()
-}
-
-/// Concatenations that need no copy: a concatenation along an axis with only 1s before it
-/// whose output its group stores and is not a graph output, and whose operands are
-/// distinct values that other groups store (not graph inputs, outputs or constants),
-/// each at an offset that keeps the arena's alignment. Their operands become views of
-/// the concatenation's buffer, where their producers write directly, and the
-/// concatenation's group no longer stores it (a group that only concatenated is not
-/// launched at all). Returns the views and the concatenations written in place.
-fn concat_views(g: &Graph, plan: &FusionPlan) -> (Views, Vec<ValueId>) {
-    let producer = g.producers();
-    let mut group_of = vec![usize::MAX; g.nodes.len()];
-    for (gi, group) in plan.groups.iter().enumerate() {
-        for &n in &group.nodes {
-            group_of[n] = gi;
-        }
-    }
-    let stored = |v: ValueId| {
-        producer[v.index()].is_some_and(|p| {
-            !matches!(g.nodes[p].op, Op::Constant(_))
-                && plan
-                    .groups
-                    .get(group_of[p])
-                    .is_some_and(|grp| grp.outputs.contains(&v))
-        })
-    };
-    let mut views = HashMap::new();
-    let mut in_place = Vec::new();
-    for (gi, group) in plan.groups.iter().enumerate() {
-        for &node in &group.nodes {
-            let n = &g.nodes[node];
-            let Op::Concat { axis } = n.op else { continue };
-            let out = n.outputs[0];
-            let shape = g.ty(out).fixed_shape().expect("shapes are fixed");
-            // Produced by another group, and not a slice's view (a value is part of one
-            // buffer only).
-            let operand_ok = |v: ValueId| {
-                !g.inputs.contains(&v)
-                    && !g.outputs.contains(&v)
-                    && stored(v)
-                    && producer[v.index()].is_some_and(|p| {
-                        group_of[p] != gi && plan.groups[group_of[p]].kind != GroupKind::View
-                    })
-                    && !views.contains_key(&v)
-            };
-            let distinct = n
-                .inputs
-                .iter()
-                .enumerate()
-                .all(|(i, v)| !n.inputs[..i].contains(v));
-            if shape[..axis].iter().any(|&d| d != 1)
-                || g.outputs.contains(&out)
-                || !group.outputs.contains(&out)
-                || !distinct
-                || !n.inputs.iter().all(|&v| operand_ok(v))
-            {
-                continue;
-            }
-            let elem = g.ty(out).dtype.size_bytes();
-            let mut offsets = Vec::with_capacity(n.inputs.len());
-            let mut offset = 0;
-            for &v in &n.inputs {
-                offsets.push(offset);
-                let count: usize = g
-                    .ty(v)
-                    .fixed_shape()
-                    .expect("shapes are fixed")
-                    .iter()
-                    .product();
-                offset += count * elem;
-            }
-            if offsets.iter().any(|o| o % VIEW_ALIGN != 0) {
-                continue;
-            }
-            for (&v, o) in n.inputs.iter().zip(offsets) {
-                views.insert(v, (out, o));
-            }
-            in_place.push(out);
-        }
-    }
-    (views, in_place)
-}
-
-fn build_program(
-    g: &Graph,
-    input_names: &[String],
-    output_names: &[String],
-    kernels: &[LoweredKernel],
-    function_of: &[usize],
-    views: &Views,
-) -> Result<Program, SmeltError> {
-    let producer = g.producers();
-    let mut buffers: Vec<BufferSpec> = Vec::new();
-    let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
-    let mut constants: Vec<u8> = Vec::new();
-    let shape = |v: ValueId| g.ty(v).fixed_shape().expect("shapes are fixed");
-    let mut buffer =
-        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut Vec<u8>| -> usize {
-            if let Some(&b) = buffer_of.get(&v) {
-                return b;
-            }
-            let place = match producer[v.index()].map(|n| &g.nodes[n].op) {
-                Some(Op::Constant(t)) => {
-                    let offset = constants.len().div_ceil(64) * 64;
-                    constants.resize(offset, 0);
-                    constants.extend_from_slice(&t.to_le_bytes());
-                    Place::Constant { offset }
-                }
-                _ => Place::Arena { offset: 0 },
-            };
-            buffers.push(BufferSpec {
-                name: g.value(v).name.clone(),
-                elem: elem(g, v),
-                shape: shape(v),
-                place,
-            });
-            buffer_of.insert(v, buffers.len() - 1);
-            buffers.len() - 1
-        };
-    let inputs: Vec<IoSpec> = g
-        .inputs
-        .iter()
-        .zip(input_names)
-        .map(|(&v, name)| IoSpec {
-            name: name.clone(),
-            elem: elem(g, v),
-            shape: shape(v),
-            buffer: buffer(v, &mut buffers, &mut constants),
-            index_bounds: index_bounds(g, v),
-        })
-        .collect();
-    let mut launches = Vec::new();
-    for (ki, lk) in kernels.iter().enumerate() {
-        let k = &lk.kernel;
-        let args: Vec<usize> = lk
-            .args
-            .iter()
-            .map(|&v| buffer(v, &mut buffers, &mut constants))
-            .collect();
-        let loop_launch = |nest: &smelt_fuse::LoopNest| Launch::Loop {
-            name: k.name.clone(),
-            function: function_of[ki],
-            args: args.clone(),
-            extent: nest.outer_extent(),
-            min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1)),
-        };
-        match &k.body {
-            Body::Loop(nest) => launches.push(loop_launch(nest)),
-            Body::Contraction {
-                call,
-                out,
-                epilogue,
-            } => {
-                let p = |i: u32| args[i as usize];
-                let pshape = |i: u32| k.params[i as usize].shape.clone();
-                launches.push(match call {
-                    Contraction::MatMul {
-                        a,
-                        b,
-                        bias,
-                        trans_a,
-                        trans_b,
-                    } => {
-                        // Rank-1 operands are matrices of one row (a) or one column (b).
-                        let mut a_shape = pshape(*a);
-                        if a_shape.len() == 1 {
-                            a_shape.insert(0, 1);
-                        }
-                        let mut b_shape = pshape(*b);
-                        if b_shape.len() == 1 {
-                            b_shape.push(1);
-                        }
-                        Launch::MatMul {
-                            name: k.name.clone(),
-                            a: p(*a),
-                            b: p(*b),
-                            bias: bias.map(p),
-                            out: p(*out),
-                            a_shape,
-                            b_shape,
-                            trans_a: *trans_a,
-                            trans_b: *trans_b,
-                        }
-                    }
-                    Contraction::Conv {
-                        x,
-                        w,
-                        bias,
-                        strides,
-                        pads,
-                        dilations,
-                        group,
-                        relu,
-                    } => Launch::Conv {
-                        name: k.name.clone(),
-                        x: p(*x),
-                        w: p(*w),
-                        bias: bias.map(p),
-                        out: p(*out),
-                        geometry: ConvGeometry {
-                            input: pshape(*x),
-                            weight: pshape(*w),
-                            strides: strides.clone(),
-                            pads: pads.clone(),
-                            dilations: dilations.clone(),
-                            group: *group,
-                            relu: *relu,
-                        }
-                        .with_useful_strides(),
-                    },
-                    Contraction::Pool {
-                        x,
-                        kind,
-                        kernel,
-                        strides,
-                        pads,
-                    } => Launch::Pool {
-                        name: k.name.clone(),
-                        x: p(*x),
-                        out: p(*out),
-                        geometry: PoolGeometry {
-                            mode: match kind {
-                                PoolKind::Max => PoolMode::Max,
-                                PoolKind::Avg => PoolMode::Avg,
-                                PoolKind::AvgIncludePad => PoolMode::AvgIncludePad,
-                            },
-                            input: pshape(*x),
-                            kernel: kernel.clone(),
-                            strides: strides.clone(),
-                            pads: pads.clone(),
-                        }
-                        .with_useful_strides(),
-                    },
-                });
-                if let Some(nest) = epilogue {
-                    launches.push(loop_launch(nest));
-                }
-            }
-        }
-        debug_assert!(
-            k.params
-                .iter()
-                .all(|p| p.role == Role::Input || p.role == Role::Output)
-        );
-    }
-    // Outputs: values that are inputs or constants are copied into a buffer of their own,
-    // so that every output is written by the program.
-    let mut outputs = Vec::new();
-    for (&v, name) in g.outputs.iter().zip(output_names) {
-        let src = buffer(v, &mut buffers, &mut constants);
-        let computed =
-            !g.inputs.contains(&v) && !matches!(buffers[src].place, Place::Constant { .. });
-        let buf = if computed {
-            src
-        } else {
-            buffers.push(BufferSpec {
-                name: format!("{name}.copy"),
-                ..buffers[src].clone()
-            });
-            let dst = buffers.len() - 1;
-            buffers[dst].place = Place::Arena { offset: 0 };
-            launches.push(Launch::Copy {
-                name: format!("copy_{name}"),
-                src,
-                dst,
-            });
-            dst
-        };
-        outputs.push(IoSpec {
-            name: name.clone(),
-            elem: elem(g, v),
-            shape: shape(v),
-            buffer: buf,
-            index_bounds: Vec::new(),
-        });
-    }
-    // Every buffer a view is part of exists, even one no launch names (a concatenation
-    // written in place that only slices read).
-    for &(whole, _) in views.values() {
-        buffer(whole, &mut buffers, &mut constants);
-    }
-    // Lifetimes over launches, then one arena for every non-constant buffer.
-    let n = launches.len();
-    let mut first = vec![usize::MAX; buffers.len()];
-    let mut last = vec![0usize; buffers.len()];
-    let mut touch = |b: usize, i: usize| {
-        first[b] = first[b].min(i);
-        last[b] = last[b].max(i);
-    };
-    for (i, l) in launches.iter().enumerate() {
-        let used: Vec<usize> = match l {
-            Launch::Loop { args, .. } => args.clone(),
-            Launch::MatMul {
-                a, b, bias, out, ..
-            } => [Some(*a), Some(*b), *bias, Some(*out)]
-                .into_iter()
-                .flatten()
-                .collect(),
-            Launch::Conv {
-                x, w, bias, out, ..
-            } => [Some(*x), Some(*w), *bias, Some(*out)]
-                .into_iter()
-                .flatten()
-                .collect(),
-            Launch::Copy { src, dst, .. } => vec![*src, *dst],
-            Launch::Pool { x, out, .. } => vec![*x, *out],
-        };
-        for b in used {
-            touch(b, i);
-        }
-    }
-    for io in &inputs {
-        touch(io.buffer, 0);
-    }
-    for io in &outputs {
-        touch(io.buffer, n);
-    }
-    // A view lives as long as the buffer it is part of (the concatenation's, or the
-    // buffer that one is part of in turn) and takes no room of its own.
-    let value_of_buffer: HashMap<usize, ValueId> =
-        buffer_of.iter().map(|(&v, &b)| (b, v)).collect();
-    let view_of = |b: usize| -> Option<(usize, usize)> {
-        let (mut whole, mut offset) = *views.get(value_of_buffer.get(&b)?)?;
-        while let Some(&(outer, o)) = views.get(&whole) {
-            (whole, offset) = (outer, offset + o);
-        }
-        Some((*buffer_of.get(&whole)?, offset))
-    };
-    let view_place: Vec<Option<(usize, usize)>> = (0..buffers.len()).map(view_of).collect();
-    for (b, place) in view_place.iter().enumerate() {
-        if let Some((whole, _)) = *place
-            && first[b] != usize::MAX
-        {
-            first[whole] = first[whole].min(first[b]);
-            last[whole] = last[whole].max(last[b]);
-        }
-    }
-    let arena_ids: Vec<usize> = (0..buffers.len())
-        .filter(|&b| matches!(buffers[b].place, Place::Arena { .. }) && view_place[b].is_none())
-        .collect();
-    let lives: Vec<BufferLife> = arena_ids
-        .iter()
-        .map(|&b| BufferLife {
-            bytes: buffers[b].bytes(),
-            first: if first[b] == usize::MAX { 0 } else { first[b] },
-            last: last[b].max(if first[b] == usize::MAX { 0 } else { first[b] }),
-        })
-        .collect();
-    let plan = plan_arena(&lives);
-    // The arena is one allocation per run: it must fit the memory limit like any value.
-    let limit = smelt_ir::limits::max_value_bytes();
-    if plan.total_bytes as u64 > limit {
-        return Err(SmeltError::Compile(format!(
-            "the model's intermediate values need {} bytes at once, over the memory limit of {limit} bytes (SMELT_MEMORY_LIMIT)",
-            plan.total_bytes
-        )));
-    }
-    for (j, &b) in arena_ids.iter().enumerate() {
-        buffers[b].place = Place::Arena {
-            offset: plan.offsets[j],
-        };
-    }
-    for (b, place) in view_place.iter().enumerate() {
-        if let Some((whole, offset)) = *place {
-            let Place::Arena { offset: base } = buffers[whole].place else {
-                unreachable!("views are of computed values, so in the arena")
-            };
-            buffers[b].place = Place::Arena {
-                offset: base + offset,
-            };
-        }
-    }
-    let mut blob = AlignedBytes::zeroed(constants.len());
-    blob.as_mut_slice().copy_from_slice(&constants);
-    Ok(Program {
-        inputs,
-        outputs,
-        buffers,
-        constants: smelt_runtime::program::Constants::Owned(blob),
-        arena_bytes: plan.arena_bytes,
-        intermediate_bytes: plan.total_bytes,
-        launches,
-        packed_filters: Default::default(),
-    })
 }

@@ -48,7 +48,7 @@ pub struct ExplainOptions {
     pub full_constants: bool,
     /// The target of the Kernel IR stage (the LLVM IR and PTX stages imply `Cuda`).
     pub target: Target,
-    pub gpu: smelt_gpu::GpuOptions,
+    pub gpu: crate::GpuOptions,
 }
 
 impl Model {
@@ -134,18 +134,33 @@ impl Model {
                 plan.groups.len(),
                 e.graph.nodes.len()
             );
-            let lives: Vec<_> = plan
-                .buffer_lives(&e.graph)
-                .into_iter()
-                .map(|(_, l)| l)
-                .collect();
-            let arena = smelt_runtime::memory::plan_arena(&lives);
+            // The layout and memory plan the compiled program uses: lower and assemble it.
+            let names = |ids: &[smelt_ir::ValueId]| -> Vec<String> {
+                ids.iter().map(|&v| e.graph.value(v).name.clone()).collect()
+            };
+            let lowered = crate::compile::lower_graph(
+                &e.graph,
+                &names(&e.graph.inputs),
+                &names(&e.graph.outputs),
+                opts.target.lowering(),
+            )?;
+            for (v, (whole, offset)) in &lowered.layout.views {
+                let _ = writeln!(
+                    out,
+                    "# view: {} is bytes {offset}.. of {}",
+                    e.graph.value(*v).name,
+                    e.graph.value(*whole).name
+                );
+            }
+            let program = &lowered.program;
             let _ = writeln!(
                 out,
-                "# memory plan: {} intermediates in an arena of {} bytes ({} bytes without reuse)",
-                lives.len(),
-                arena.arena_bytes,
-                arena.total_bytes
+                "# memory plan: {} launches, {} views ({} concatenations written in place); arena {} bytes ({} bytes of intermediates without reuse)",
+                program.launches.len(),
+                lowered.layout.views.len(),
+                lowered.layout.in_place.len(),
+                program.arena_bytes,
+                program.intermediate_bytes
             );
         } else {
             let print = if opts.full_constants {

@@ -28,7 +28,7 @@ pub struct Options {
     /// What the code runs on (the CPU by default).
     pub target: crate::Target,
     /// The GPU architecture, for `Target::Cuda`.
-    pub gpu: smelt_gpu::GpuOptions,
+    pub gpu: crate::GpuOptions,
 }
 
 impl Default for Options {
@@ -123,6 +123,35 @@ impl Tensor {
     pub fn elem(&self) -> ElemType {
         self.0.elem
     }
+
+    /// Zeros of the element type named `dtype` (`f32`, `i64`, `bool`, ...).
+    pub fn zeros(dtype: &str, shape: Vec<usize>) -> Result<Tensor> {
+        let elem = ElemType::from_name(dtype)
+            .ok_or_else(|| SmeltError::Compile(format!("unsupported element type {dtype}")))?;
+        let bytes = vec![0u8; shape.iter().product::<usize>() * elem.size_bytes()];
+        Ok(Tensor(HostTensor { elem, shape, bytes }))
+    }
+
+    /// The tensor a NumPy `.npy` file holds.
+    pub fn read_npy(path: &std::path::Path) -> Result<Tensor> {
+        Ok(Tensor(smelt_runtime::read_npy(path)?))
+    }
+
+    /// Writes the tensor as a NumPy `.npy` file.
+    pub fn write_npy(&self, path: &std::path::Path) -> Result<()> {
+        Ok(smelt_runtime::write_npy(path, &self.0)?)
+    }
+
+    /// One line naming the tensor, its shape and a few statistics (what `smelt run` prints).
+    pub fn summary(&self, name: &str) -> String {
+        self.0.summary(name)
+    }
+}
+
+/// The `.npy` file name `smelt run --output-dir` gives output `name`: every character
+/// outside `[A-Za-z0-9_.-]` becomes `_`.
+pub fn output_file_name(name: &str) -> String {
+    smelt_runtime::output_file_name(name)
 }
 
 impl<T: Element> From<ndarray::ArrayD<T>> for Tensor {
@@ -404,7 +433,7 @@ impl Compiled {
         )?;
         Ok(smelt_gpu::compile(
             &lowered.function_kernels(),
-            &self.options.gpu,
+            &self.options.gpu.0,
         )?)
     }
 

@@ -24,9 +24,12 @@ mod compile;
 mod explain;
 mod graph_source;
 mod jit;
+mod program;
+mod targets;
 
-pub use compile::{Executable, LaunchSummary, Target};
+pub use compile::{Executable, LaunchSummary};
 pub use explain::{ExplainOptions, ExplainStage};
+pub use targets::{CpuTarget, GpuOptions, Target};
 
 /// Sets the memory limit: the most bytes one value, or one run's arena, may take (16 GiB
 /// unless set); a model over it is refused with an error naming the value.
@@ -38,7 +41,7 @@ pub fn set_memory_limit(bytes: u64) {
 pub fn parse_bytes(text: &str) -> Option<u64> {
     smelt_ir::limits::parse_bytes(text)
 }
-pub use jit::{Compiled, Element, Options, Tensor};
+pub use jit::{Compiled, Element, Options, Tensor, output_file_name};
 
 use smelt_ir::{DType, Tensor as IrTensor};
 use smelt_onnx::{ImportOptions, Imported, ModelInfo, OnnxModel};
@@ -46,14 +49,6 @@ use smelt_runtime::{ElemType, HostTensor};
 use std::collections::HashMap;
 use std::path::Path;
 use thiserror::Error;
-
-pub use smelt_cpu;
-pub use smelt_fuse;
-pub use smelt_gpu;
-pub use smelt_ir;
-pub use smelt_onnx;
-pub use smelt_opt;
-pub use smelt_runtime;
 
 /// Errors of loading and running models.
 #[derive(Debug, Error)]
@@ -78,6 +73,8 @@ pub enum SmeltError {
     Gpu(#[from] smelt_gpu::GpuError),
     #[error(transparent)]
     Runtime(#[from] smelt_runtime::program::RuntimeError),
+    #[error(transparent)]
+    Npy(#[from] smelt_runtime::NpyError),
     #[error("{0}")]
     Compile(String),
 }

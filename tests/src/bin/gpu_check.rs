@@ -11,7 +11,7 @@
 //! - `worker`: the worker process of the first two.
 
 use clap::{Parser, Subcommand};
-use smelt::smelt_gpu::GpuOptions;
+use smelt::GpuOptions;
 use smelt_runtime::{HostTensor, read_npy, write_npy};
 use smelt_tests::conformance::{self, CaseInfo, Runtime};
 use smelt_tests::isolate::{
@@ -51,10 +51,7 @@ impl Target {
     }
 
     fn gpu(&self) -> GpuOptions {
-        GpuOptions {
-            arch: self.gpu_arch.clone(),
-            libdevice: Some(self.libdevice.clone()),
-        }
+        GpuOptions::new(self.gpu_arch.clone(), Some(self.libdevice.clone()))
     }
 
     /// The arguments that give a worker the same target.

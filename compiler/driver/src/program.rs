@@ -1,0 +1,371 @@
+//! Program assembly: the runtime `Program` of lowered kernels. Buffers for values
+//! (constants packed into one blob), a launch per kernel (and one per contraction's
+//! epilogue), copies for outputs that are inputs or constants, and the arena placed by
+//! the memory plan from the fusion layout's views and lifetimes.
+
+use crate::SmeltError;
+use smelt_fuse::kernel::{Body, Contraction, Role};
+use smelt_fuse::{Layout, LoweredKernel};
+use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
+use smelt_runtime::ElemType;
+use smelt_runtime::kernels::{ConvGeometry, PoolGeometry, PoolMode};
+use smelt_runtime::memory::{BufferLife, plan_arena};
+use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
+use std::collections::HashMap;
+
+/// The names the program gives its inputs and outputs, in the graph's order.
+pub(crate) struct IoNames<'a> {
+    pub inputs: &'a [String],
+    pub outputs: &'a [String],
+}
+
+/// Elements of work per chunk that make a thread hand-off worth it.
+const MIN_CHUNK_ELEMENTS: usize = 16 * 1024;
+
+/// The values an integer graph input may hold when it indexes a gather or scatter
+/// (directly or through a cast), as `IoSpec::index_bounds`: `[-n, n)` for an indexed axis
+/// of `n`, the tightest over its uses. Gather, GatherElements and ScatterElements index
+/// one axis; GatherND and ScatterND index one data axis per position of the indices' last
+/// axis. Kernels clamp their loads, so an index outside would silently read a wrong
+/// element; the program checks these inputs before each run instead. Empty when the
+/// input indexes nothing, or an indexed axis is symbolic.
+fn index_bounds(g: &Graph, input: ValueId) -> Vec<(i64, i64)> {
+    if !matches!(g.ty(input).dtype, DType::I32 | DType::I64) {
+        return Vec::new();
+    }
+    let mut indices = vec![input];
+    for n in &g.nodes {
+        if matches!(n.op, Op::Cast { to } if to.is_int()) && n.inputs[0] == input {
+            indices.push(n.outputs[0]);
+        }
+    }
+    let fixed = |v: ValueId, axis: usize| g.ty(v).shape.get(axis)?.fixed().map(|n| n as i64);
+    let mut bounds: Vec<(i64, i64)> = Vec::new();
+    for n in &g.nodes {
+        if n.inputs.len() < 2 || !indices.contains(&n.inputs[1]) {
+            continue;
+        }
+        let (data, idx) = (n.inputs[0], n.inputs[1]);
+        // GatherND and ScatterND: one data axis per position of the last index axis,
+        // from `first` (after GatherND's batch axes).
+        let nd_sizes = |first: usize| {
+            let last = g.ty(idx).shape.len().checked_sub(1)?;
+            let depth = fixed(idx, last)? as usize;
+            let sizes: Option<Vec<i64>> = (0..depth).map(|j| fixed(data, first + j)).collect();
+            sizes.filter(|sizes| !sizes.is_empty())
+        };
+        // The sizes of the data axes that successive innermost index positions address.
+        let axis_sizes = match n.op {
+            Op::Gather { axis }
+            | Op::GatherElements { axis }
+            | Op::ScatterElements { axis, .. } => fixed(data, axis).map(|size| vec![size]),
+            Op::GatherNd { batch_dims } => nd_sizes(batch_dims),
+            Op::ScatterNd { .. } => nd_sizes(0),
+            _ => continue,
+        };
+        let Some(axis_sizes) = axis_sizes else {
+            return Vec::new();
+        };
+        let use_bounds: Vec<(i64, i64)> = axis_sizes.iter().map(|&n| (-n, n)).collect();
+        bounds = intersect_bounds(&bounds, &use_bounds);
+    }
+    bounds
+}
+
+/// The tighter of two `index_bounds` lists of one input, each cycling along its
+/// innermost axis, as one list cycling over the least common multiple of their lengths
+/// (in practice the longer one's: a one-entry list applies to every position, and an ND
+/// use's length is the input's innermost size).
+fn intersect_bounds(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    let gcd = |mut x: usize, mut y: usize| {
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        x
+    };
+    let len = a.len() / gcd(a.len(), b.len()) * b.len();
+    (0..len)
+        .map(|i| {
+            let (alo, ahi) = a[i % a.len()];
+            let (blo, bhi) = b[i % b.len()];
+            (alo.max(blo), ahi.min(bhi))
+        })
+        .collect()
+}
+
+pub(crate) fn build_program(
+    g: &Graph,
+    names: &IoNames,
+    kernels: &[LoweredKernel],
+    function_of: &[usize],
+    layout: &Layout,
+) -> Result<Program, SmeltError> {
+    let producer = g.producers();
+    let mut buffers: Vec<BufferSpec> = Vec::new();
+    let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
+    let mut constants: Vec<u8> = Vec::new();
+    let shape = |v: ValueId| g.ty(v).fixed_shape().expect("shapes are fixed");
+    let mut buffer =
+        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut Vec<u8>| -> usize {
+            if let Some(&b) = buffer_of.get(&v) {
+                return b;
+            }
+            let place = match producer[v.index()].map(|n| &g.nodes[n].op) {
+                Some(Op::Constant(t)) => {
+                    let offset = constants.len().div_ceil(64) * 64;
+                    constants.resize(offset, 0);
+                    constants.extend_from_slice(&t.to_le_bytes());
+                    Place::Constant { offset }
+                }
+                _ => Place::Arena { offset: 0 },
+            };
+            buffers.push(BufferSpec {
+                name: g.value(v).name.clone(),
+                elem: elem(g, v),
+                shape: shape(v),
+                place,
+            });
+            buffer_of.insert(v, buffers.len() - 1);
+            buffers.len() - 1
+        };
+    let inputs: Vec<IoSpec> = g
+        .inputs
+        .iter()
+        .zip(names.inputs)
+        .map(|(&v, name)| IoSpec {
+            name: name.clone(),
+            elem: elem(g, v),
+            shape: shape(v),
+            buffer: buffer(v, &mut buffers, &mut constants),
+            index_bounds: index_bounds(g, v),
+        })
+        .collect();
+    let mut launches = Vec::new();
+    // The first and last launch of each kernel.
+    let mut kernel_launches: Vec<(usize, usize)> = Vec::with_capacity(kernels.len());
+    for (ki, lk) in kernels.iter().enumerate() {
+        let first_launch = launches.len();
+        let k = &lk.kernel;
+        let args: Vec<usize> = lk
+            .args
+            .iter()
+            .map(|&v| buffer(v, &mut buffers, &mut constants))
+            .collect();
+        let loop_launch = |nest: &smelt_fuse::LoopNest| Launch::Loop {
+            name: k.name.clone(),
+            function: function_of[ki],
+            args: args.clone(),
+            extent: nest.outer_extent(),
+            min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1)),
+        };
+        match &k.body {
+            Body::Loop(nest) => launches.push(loop_launch(nest)),
+            Body::Contraction {
+                call,
+                out,
+                epilogue,
+            } => {
+                let p = |i: u32| args[i as usize];
+                let pshape = |i: u32| k.params[i as usize].shape.clone();
+                launches.push(match call {
+                    Contraction::MatMul {
+                        a,
+                        b,
+                        bias,
+                        trans_a,
+                        trans_b,
+                    } => {
+                        // Rank-1 operands are matrices of one row (a) or one column (b).
+                        let mut a_shape = pshape(*a);
+                        if a_shape.len() == 1 {
+                            a_shape.insert(0, 1);
+                        }
+                        let mut b_shape = pshape(*b);
+                        if b_shape.len() == 1 {
+                            b_shape.push(1);
+                        }
+                        Launch::MatMul {
+                            name: k.name.clone(),
+                            a: p(*a),
+                            b: p(*b),
+                            bias: bias.map(p),
+                            out: p(*out),
+                            a_shape,
+                            b_shape,
+                            trans_a: *trans_a,
+                            trans_b: *trans_b,
+                        }
+                    }
+                    Contraction::Conv {
+                        x,
+                        w,
+                        bias,
+                        strides,
+                        pads,
+                        dilations,
+                        group,
+                        relu,
+                    } => Launch::Conv {
+                        name: k.name.clone(),
+                        x: p(*x),
+                        w: p(*w),
+                        bias: bias.map(p),
+                        out: p(*out),
+                        geometry: ConvGeometry {
+                            input: pshape(*x),
+                            weight: pshape(*w),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                            dilations: dilations.clone(),
+                            group: *group,
+                            relu: *relu,
+                        }
+                        .with_useful_strides(),
+                    },
+                    Contraction::Pool {
+                        x,
+                        kind,
+                        kernel,
+                        strides,
+                        pads,
+                    } => Launch::Pool {
+                        name: k.name.clone(),
+                        x: p(*x),
+                        out: p(*out),
+                        geometry: PoolGeometry {
+                            mode: match kind {
+                                PoolKind::Max => PoolMode::Max,
+                                PoolKind::Avg => PoolMode::Avg,
+                                PoolKind::AvgIncludePad => PoolMode::AvgIncludePad,
+                            },
+                            input: pshape(*x),
+                            kernel: kernel.clone(),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                        }
+                        .with_useful_strides(),
+                    },
+                });
+                if let Some(nest) = epilogue {
+                    launches.push(loop_launch(nest));
+                }
+            }
+        }
+        debug_assert!(
+            k.params
+                .iter()
+                .all(|p| p.role == Role::Input || p.role == Role::Output)
+        );
+        kernel_launches.push((first_launch, launches.len() - 1));
+    }
+    // Outputs: values that are inputs or constants are copied into a buffer of their own,
+    // so that every output is written by the program.
+    let mut outputs = Vec::new();
+    // Each copy's destination buffer and its launch.
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    for (&v, name) in g.outputs.iter().zip(names.outputs) {
+        let src = buffer(v, &mut buffers, &mut constants);
+        let computed =
+            !g.inputs.contains(&v) && !matches!(buffers[src].place, Place::Constant { .. });
+        let buf = if computed {
+            src
+        } else {
+            buffers.push(BufferSpec {
+                name: format!("{name}.copy"),
+                ..buffers[src].clone()
+            });
+            let dst = buffers.len() - 1;
+            buffers[dst].place = Place::Arena { offset: 0 };
+            copies.push((dst, launches.len()));
+            launches.push(Launch::Copy {
+                name: format!("copy_{name}"),
+                src,
+                dst,
+            });
+            dst
+        };
+        outputs.push(IoSpec {
+            name: name.clone(),
+            elem: elem(g, v),
+            shape: shape(v),
+            buffer: buf,
+            index_bounds: Vec::new(),
+        });
+    }
+    // Every buffer a view is part of exists, even one no launch names (a concatenation
+    // written in place that only slices read).
+    for &(whole, _) in layout.views.values() {
+        buffer(whole, &mut buffers, &mut constants);
+    }
+    // The layout's lifetimes are over kernels; kernel k runs as launches
+    // `kernel_launches[k]` (a contraction and its epilogue loop are two), and position
+    // `kernels.len()` is the end of the run, where the output copies are.
+    let end = launches.len();
+    let launch_span = |k: usize| kernel_launches.get(k).copied().unwrap_or((end, end));
+    let mut lives: Vec<(usize, BufferLife)> = Vec::new();
+    for life in layout.lives(g, kernels) {
+        let b = buffer_of[&life.value];
+        if matches!(buffers[b].place, Place::Arena { .. }) {
+            let (first, _) = launch_span(life.first);
+            let (_, last) = launch_span(life.last);
+            lives.push((
+                b,
+                BufferLife {
+                    bytes: buffers[b].bytes(),
+                    first,
+                    last,
+                },
+            ));
+        }
+    }
+    for &(b, launch) in &copies {
+        lives.push((
+            b,
+            BufferLife {
+                bytes: buffers[b].bytes(),
+                first: launch,
+                last: end,
+            },
+        ));
+    }
+    let plan = plan_arena(&lives.iter().map(|(_, l)| *l).collect::<Vec<_>>());
+    // The arena is one allocation per run: it must fit the memory limit like any value.
+    let limit = smelt_ir::limits::max_value_bytes();
+    if plan.total_bytes as u64 > limit {
+        return Err(SmeltError::Compile(format!(
+            "the model's intermediate values need {} bytes at once, over the memory limit of {limit} bytes (SMELT_MEMORY_LIMIT)",
+            plan.total_bytes
+        )));
+    }
+    for (&(b, _), &offset) in lives.iter().zip(&plan.offsets) {
+        buffers[b].place = Place::Arena { offset };
+    }
+    for (v, &(whole, offset)) in &layout.views {
+        let Some(&b) = buffer_of.get(v) else { continue };
+        let Place::Arena { offset: base } = buffers[buffer_of[&whole]].place else {
+            unreachable!("views are of computed values, so in the arena")
+        };
+        buffers[b].place = Place::Arena {
+            offset: base + offset,
+        };
+    }
+    let mut blob = AlignedBytes::zeroed(constants.len());
+    blob.as_mut_slice().copy_from_slice(&constants);
+    Ok(Program {
+        inputs,
+        outputs,
+        buffers,
+        constants: smelt_runtime::program::Constants::Owned(blob),
+        arena_bytes: plan.arena_bytes,
+        intermediate_bytes: plan.total_bytes,
+        launches,
+        packed_filters: Default::default(),
+    })
+}
+
+fn elem(g: &Graph, v: ValueId) -> ElemType {
+    ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
+}
