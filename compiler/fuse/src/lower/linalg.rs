@@ -245,4 +245,122 @@ impl<'g> Builder<'g> {
             Some(p) => self.bin(BinaryOp::And, p, ok),
         }
     }
+
+    /// Contractions and windows: pooling, MatMul, and convolutions with their transposes.
+    pub(super) fn linalg_at(
+        &mut self,
+        v: ValueId,
+        coords: &[ExprId],
+    ) -> Result<ExprId, KernelError> {
+        let g = self.g;
+        let node = self.node_of(v);
+        let ins = node.inputs.clone();
+        let shape_of = |i: usize| fixed(g, ins[i]);
+        let dtype = g.ty(v).dtype;
+        match &node.op {
+            Op::Pool {
+                kind,
+                kernel,
+                strides,
+                pads,
+                dilations,
+            } => {
+                let x = shape_of(0)?;
+                let s = kernel.len();
+                let lead = x.len() - s;
+                let extent: usize = kernel.iter().product();
+                let window = |b: &mut Self| -> Result<(u32, ExprId, ExprId), KernelError> {
+                    let (var, rv) = b.fresh_var(extent);
+                    let ks = b.unflatten(rv, kernel);
+                    let mut c = coords[..lead].to_vec();
+                    let mut valid: Option<ExprId> = None;
+                    for a in 0..s {
+                        let base = b.imul_c(coords[lead + a], strides[a] as i64);
+                        let off = b.imul_c(ks[a], dilations[a] as i64);
+                        let pos = b.iadd(base, off);
+                        let pos = b.iadd_c(pos, -(pads[a] as i64));
+                        let ok = b.in_range(pos, 0, x[lead + a] as i64);
+                        valid = Some(b.and_also(valid, ok));
+                        c.push(pos);
+                    }
+                    let valid =
+                        valid.unwrap_or_else(|| b.add(Expr::Const(Const::Int(1)), DType::Bool));
+                    let value = b.at(ins[0], &c)?;
+                    Ok((var, valid, value))
+                };
+                let (var, valid, value) = window(self)?;
+                match kind {
+                    PoolKind::Max => {
+                        let low = if dtype.is_float() {
+                            self.constant(dtype, f64::NEG_INFINITY)
+                        } else {
+                            let low = if dtype.is_unsigned_int() { 0 } else { i64::MIN };
+                            self.add(Expr::Const(Const::Int(low)), dtype)
+                        };
+                        let body = self.select(valid, value, low);
+                        Ok(self.reduce(Combine::Max, extent, var, body))
+                    }
+                    PoolKind::Avg | PoolKind::AvgIncludePad => {
+                        let zero = self.constant(dtype, 0.0);
+                        let body = self.select(valid, value, zero);
+                        let sum = self.reduce(Combine::Sum, extent, var, body);
+                        let count = if *kind == PoolKind::Avg {
+                            // The taps inside the input, counted axis by axis and
+                            // multiplied (exact: small integers): the outer axes' counts
+                            // depend on the row only, and the innermost one takes its
+                            // kernel width of taps instead of the whole window's.
+                            let (one, zero) =
+                                (self.constant(dtype, 1.0), self.constant(dtype, 0.0));
+                            let mut count: Option<ExprId> = None;
+                            for a in 0..s {
+                                let (cvar, rv) = self.fresh_var(kernel[a]);
+                                let base = self.imul_c(coords[lead + a], strides[a] as i64);
+                                let off = self.imul_c(rv, dilations[a] as i64);
+                                let pos = self.iadd(base, off);
+                                let pos = self.iadd_c(pos, -(pads[a] as i64));
+                                let ok = self.in_range(pos, 0, x[lead + a] as i64);
+                                let body = self.select(ok, one, zero);
+                                let n = self.reduce(Combine::Sum, kernel[a], cvar, body);
+                                count = Some(match count {
+                                    None => n,
+                                    Some(c) => self.add(Expr::Binary(BinaryOp::Mul, c, n), dtype),
+                                });
+                            }
+                            count.unwrap_or(one)
+                        } else {
+                            self.constant(dtype, extent as f64)
+                        };
+                        Ok(self.add(Expr::Binary(BinaryOp::Div, sum, count), dtype))
+                    }
+                }
+            }
+            Op::MatMul { trans_a, trans_b } => self.matmul(v, &ins, coords, *trans_a, *trans_b),
+            Op::Conv {
+                strides,
+                pads,
+                dilations,
+                group,
+            }
+            | Op::ConvTranspose {
+                strides,
+                pads,
+                dilations,
+                group,
+                ..
+            } => {
+                let attrs = linalg::ConvAttrs {
+                    strides,
+                    pads,
+                    dilations,
+                    group: *group,
+                };
+                if matches!(node.op, Op::Conv { .. }) {
+                    self.conv(v, &ins, coords, attrs)
+                } else {
+                    self.conv_transpose(v, &ins, coords, attrs)
+                }
+            }
+            op => Err(self.not_compiled(v, op)),
+        }
+    }
 }

@@ -18,8 +18,11 @@ use smelt_ir::{
 };
 use std::collections::HashMap;
 
+mod indexing;
 mod linalg;
+mod movement;
 mod ops;
+mod reduce;
 mod resize;
 mod simplify;
 
