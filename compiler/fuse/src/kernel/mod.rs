@@ -12,6 +12,10 @@
 //! Back ends run a loop body over an outer range `[begin, end)`: the rows (the domain
 //! without its innermost axis) for rank >= 2, the elements for rank 1.
 
+mod parse;
+
+pub use parse::ParseError;
+
 use smelt_ir::{BinaryOp, DType, UnaryOp};
 use std::collections::HashMap;
 use std::fmt::Write as _;
