@@ -3,8 +3,8 @@
 //! microkernels, copies).
 
 use crate::kernels::{
-    ConvGeometry, KernelError, PoolGeometry, batched_matmul, conv, conv_prepacked, pool2d,
-    prepack_conv_filters,
+    ConvGeometry, KernelError, MatrixOperand, PoolGeometry, batched_matmul, conv, conv_prepacked,
+    pool2d, prepack_conv_filters,
 };
 use crate::tensor::{ElemType, HostTensor};
 use crate::threads::ThreadPool;
@@ -625,13 +625,25 @@ impl Program {
             } => match self.buffers[*out].elem {
                 ElemType::F32 => {
                     let (av, bv, bias, ov) = self.slices::<f32>(mem, *a, *b, *bias, *out);
-                    batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
-                        .map_err(|e| fail(e.to_string()))?
+                    batched_matmul(
+                        MatrixOperand::new(av, a_shape, *trans_a),
+                        MatrixOperand::new(bv, b_shape, *trans_b),
+                        bias,
+                        ov,
+                        pool,
+                    )
+                    .map_err(|e| fail(e.to_string()))?
                 }
                 ElemType::F64 => {
                     let (av, bv, bias, ov) = self.slices::<f64>(mem, *a, *b, *bias, *out);
-                    batched_matmul(av, a_shape, *trans_a, bv, b_shape, *trans_b, bias, ov, pool)
-                        .map_err(|e| fail(e.to_string()))?
+                    batched_matmul(
+                        MatrixOperand::new(av, a_shape, *trans_a),
+                        MatrixOperand::new(bv, b_shape, *trans_b),
+                        bias,
+                        ov,
+                        pool,
+                    )
+                    .map_err(|e| fail(e.to_string()))?
                 }
                 e => return Err(fail(format!("matmul of {}", e.name()))),
             },

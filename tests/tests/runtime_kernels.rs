@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use smelt_ir::{DType, Op, Tensor};
-use smelt_runtime::kernels::{ConvGeometry, batched_matmul, conv};
+use smelt_runtime::kernels::{ConvGeometry, MatrixOperand, batched_matmul, conv};
 use smelt_tests::compare::compare;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -51,7 +51,7 @@ proptest! {
             Err(_) => return Ok(()), // batch dims that do not broadcast
         };
         let mut out = vec![0f32; want.len()];
-        batched_matmul(&f32s(&a), &a_shape, trans_a, &f32s(&b), &b_shape, trans_b, with_bias.then(|| f32s(&bias)).as_deref(), &mut out, &smelt_runtime::threads::ThreadPool::new(threads)).unwrap();
+        batched_matmul(MatrixOperand::new(&f32s(&a), &a_shape, trans_a), MatrixOperand::new(&f32s(&b), &b_shape, trans_b), with_bias.then(|| f32s(&bias)).as_deref(), &mut out, &smelt_runtime::threads::ThreadPool::new(threads)).unwrap();
         let got = Tensor::from_f64(DType::F32, want.shape().to_vec(), out.iter().map(|&v| v as f64).collect()).unwrap();
         compare(&want, &got, 1e-5, 1e-5).map_err(TestCaseError::fail)?;
     }
@@ -100,12 +100,8 @@ fn large_matmuls_split_over_threads() {
             for threads in [1, 2, 3, 8] {
                 let mut out = vec![0f32; want.len()];
                 batched_matmul(
-                    &f32s(&a),
-                    &a_shape,
-                    trans_a,
-                    &f32s(&b),
-                    &b_shape,
-                    trans_b,
+                    MatrixOperand::new(&f32s(&a), &a_shape, trans_a),
+                    MatrixOperand::new(&f32s(&b), &b_shape, trans_b),
                     None,
                     &mut out,
                     &smelt_runtime::threads::ThreadPool::new(threads),
@@ -129,12 +125,8 @@ fn large_matmuls_split_over_threads() {
 fn mismatched_shapes_are_errors_not_panics() {
     let mut out = vec![0f32; 4];
     let e = batched_matmul(
-        &[0.0; 6],
-        &[2, 3],
-        false,
-        &[0.0; 4],
-        &[2, 2],
-        false,
+        MatrixOperand::new(&[0.0; 6], &[2, 3], false),
+        MatrixOperand::new(&[0.0; 4], &[2, 2], false),
         None,
         &mut out,
         &smelt_runtime::threads::ThreadPool::new(1),

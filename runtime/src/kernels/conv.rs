@@ -5,8 +5,8 @@
 
 use super::window::Window;
 use super::{
-    Float, KernelError, SERIAL_MACS, SyncPtr, as_f32, as_f32_mut, gemm_into, implicit, is_f32,
-    useful_stride, with_scratch,
+    Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, gemm_into,
+    implicit, is_f32, useful_stride, with_scratch,
 };
 use crate::threads::ThreadPool;
 
@@ -111,11 +111,11 @@ pub fn conv_prepacked(
 /// The read-only operands of a convolution: input, filters (also packed, for the implicit
 /// products, where they were packed once), and the optional per-filter bias.
 #[derive(Clone, Copy)]
-pub(super) struct ConvOperands<'a, T> {
-    pub(super) x: &'a [T],
-    pub(super) w: &'a [T],
-    pub(super) prepacked: Option<&'a [T]>,
-    pub(super) bias: Option<&'a [T]>,
+pub(crate) struct ConvOperands<'a, T> {
+    pub(crate) x: &'a [T],
+    pub(crate) w: &'a [T],
+    pub(crate) prepacked: Option<&'a [T]>,
+    pub(crate) bias: Option<&'a [T]>,
 }
 
 /// [`conv`] with work items of about `tile_elements` im2col elements, and the ReLU of
@@ -241,10 +241,12 @@ fn conv_paths<T: Float>(
         // SAFETY: T is f32.
         return unsafe {
             implicit::conv2d(
-                as_f32(x),
-                as_f32(w),
-                prepacked.map(|p| as_f32(p)),
-                bias.map(|b| as_f32(b)),
+                ConvOperands {
+                    x: as_f32(x),
+                    w: as_f32(w),
+                    prepacked: prepacked.map(|p| as_f32(p)),
+                    bias: bias.map(|b| as_f32(b)),
+                },
                 geo,
                 as_f32_mut(out),
                 pool,
@@ -328,17 +330,19 @@ fn conv_paths<T: Float>(
             .get()
             .add((b * m + first_filter) * out_count + cols.start);
         gemm_into(
-            filters.len(),
-            width,
-            depth,
+            [filters.len(), width, depth],
             dst,
             out_count,
-            wg,
-            depth as isize,
-            1,
-            rhs,
-            rhs_rs as isize,
-            1,
+            StridedMatrix {
+                data: wg,
+                rs: depth as isize,
+                cs: 1,
+            },
+            StridedMatrix {
+                data: rhs,
+                rs: rhs_rs as isize,
+                cs: 1,
+            },
         );
         if let Some(bias) = bias {
             let own = &bias[first_filter..gi * mg + filters.end];

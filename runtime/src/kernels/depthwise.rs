@@ -76,7 +76,6 @@ impl Window<'_> {
     /// tap is one multiply-add over a whole phase plane at a fixed offset (into `sums`,
     /// whose rows have the phase pitch and whose extra columns are dropped): one long
     /// vector loop per tap instead of a short (or strided) one per output row.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn depthwise_planes<T: Float>(
         &self,
         plane: &[T],

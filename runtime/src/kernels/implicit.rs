@@ -15,6 +15,7 @@
 //! keeps [`pack_filters`]'s result), per call otherwise. Where output rows are short, the
 //! lanes are 32 filters instead ([`filters_as_lanes`]).
 
+use super::conv::ConvOperands;
 use super::{ConvGeometry, KernelError, SyncPtr, column_phases, every_nth};
 use crate::threads::ThreadPool;
 
@@ -217,20 +218,22 @@ fn pack_groups(w: &[f32], g: usize, mg: usize, depth: usize, packed: &mut [f32])
 }
 
 /// `conv` for a convolution [`handles`] takes; `geo` validated by the caller (groups
-/// divide the channels, buffer sizes match). `prepacked` are the filters from
+/// divide the channels, buffer sizes match). `operands.prepacked` are the filters from
 /// [`pack_filters`] where the caller keeps them (constant weights); without, they are
 /// packed here. `tile_elements` sizes the work items as for im2col tiles.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d(
-    x: &[f32],
-    w: &[f32],
-    prepacked: Option<&[f32]>,
-    bias: Option<&[f32]>,
+    operands: ConvOperands<'_, f32>,
     geo: &ConvGeometry,
     out: &mut [f32],
     pool: &ThreadPool,
     tile_elements: usize,
 ) -> Result<(), KernelError> {
+    let ConvOperands {
+        x,
+        w,
+        prepacked,
+        bias,
+    } = operands;
     let (n, c, h, wd) = (geo.input[0], geo.input[1], geo.input[2], geo.input[3]);
     let (m, cg, kh, kw) = (geo.weight[0], geo.weight[1], geo.weight[2], geo.weight[3]);
     let g = geo.group.max(1);
@@ -956,17 +959,13 @@ mod tests {
                 let pool = ThreadPool::new(threads);
                 for prepacked in [None, Some(&packed[..])] {
                     let mut got = vec![f32::NAN; want.len()];
-                    conv2d(
-                        &x,
-                        &w,
+                    let operands = ConvOperands {
+                        x: &x,
+                        w: &w,
                         prepacked,
-                        Some(&bias),
-                        &geo,
-                        &mut got,
-                        &pool,
-                        1 << 16,
-                    )
-                    .unwrap();
+                        bias: Some(&bias),
+                    };
+                    conv2d(operands, &geo, &mut got, &pool, 1 << 16).unwrap();
                     for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
                         assert!(
                             (f64::from(a) - b).abs() < 1e-4 * b.abs().max(1.0),
@@ -996,16 +995,13 @@ mod tests {
         };
         let (x, w) = (vec![1.0; 32], vec![1.0; 54]);
         let mut out = vec![0.0; 12];
-        let err = conv2d(
-            &x,
-            &w,
-            Some(&[0.0; 5]),
-            None,
-            &geo,
-            &mut out,
-            &ThreadPool::new(1),
-            1 << 16,
-        );
+        let operands = ConvOperands {
+            x: &x,
+            w: &w,
+            prepacked: Some(&[0.0; 5]),
+            bias: None,
+        };
+        let err = conv2d(operands, &geo, &mut out, &ThreadPool::new(1), 1 << 16);
         assert!(matches!(err, Err(KernelError::Shape(_))), "{err:?}");
     }
 

@@ -2,7 +2,8 @@
 //! register-blocked kernel of our own (AVX-512 and AVX2/FMA twins), split over a thread pool.
 
 use super::{
-    Float, KernelError, SERIAL_MACS, Simd, SyncPtr, as_f32, as_f32_mut, f32_with, gemm_into,
+    Float, KernelError, SERIAL_MACS, Simd, StridedMatrix, SyncPtr, as_f32, as_f32_mut, f32_with,
+    gemm_into,
 };
 use crate::threads::ThreadPool;
 
@@ -185,21 +186,45 @@ fn batch_index(i: usize, full: &[usize], own: &[usize]) -> usize {
     idx
 }
 
-/// NumPy `matmul` of `a` (shape `a_shape`, rank >= 2) and `b` (rank >= 2), each optionally
-/// transposed in its last two axes, plus an optional `bias[n]`, into `out`. Work is
-/// split over `threads` by batch, or by rows for a single batch.
-#[allow(clippy::too_many_arguments)]
+/// One factor of [`batched_matmul`]: its elements, its shape (rank >= 2) and whether it
+/// is used transposed in its last two axes.
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixOperand<'a, T> {
+    pub data: &'a [T],
+    pub shape: &'a [usize],
+    pub transposed: bool,
+}
+
+impl<'a, T> MatrixOperand<'a, T> {
+    pub fn new(data: &'a [T], shape: &'a [usize], transposed: bool) -> Self {
+        MatrixOperand {
+            data,
+            shape,
+            transposed,
+        }
+    }
+}
+
+/// NumPy `matmul` of `a` and `b`, each optionally transposed in its last two axes, plus
+/// an optional `bias[n]`, into `out`. Work is split over `threads` by batch, or by rows
+/// for a single batch.
 pub fn batched_matmul<T: Float>(
-    a: &[T],
-    a_shape: &[usize],
-    trans_a: bool,
-    b: &[T],
-    b_shape: &[usize],
-    trans_b: bool,
+    a: MatrixOperand<'_, T>,
+    b: MatrixOperand<'_, T>,
     bias: Option<&[T]>,
     out: &mut [T],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
+    let MatrixOperand {
+        data: a,
+        shape: a_shape,
+        transposed: trans_a,
+    } = a;
+    let MatrixOperand {
+        data: b,
+        shape: b_shape,
+        transposed: trans_b,
+    } = b;
     let (ra, rb) = (a_shape.len(), b_shape.len());
     if ra < 2 || rb < 2 {
         return Err(KernelError::Shape("matmul operands need rank >= 2".into()));
@@ -228,12 +253,8 @@ pub fn batched_matmul<T: Float>(
         // are laid out exactly as the batched result (a sequence model's projection of
         // every time step, which per batch would be a hundred 1-row products).
         return batched_matmul(
-            a,
-            &[batches * m, k],
-            false,
-            b,
-            &b_shape[rb - 2..],
-            trans_b,
+            MatrixOperand::new(a, &[batches * m, k], false),
+            MatrixOperand::new(b, &b_shape[rb - 2..], trans_b),
             bias,
             out,
             pool,
@@ -272,17 +293,19 @@ pub fn batched_matmul<T: Float>(
         // SAFETY: `c` is this item's block, rows n apart; the strides stay in `a` and `b`.
         unsafe {
             gemm_into(
-                rows.len(),
-                cols.len(),
-                k,
+                [rows.len(), cols.len(), k],
                 c,
                 n,
-                a_part,
-                a_rs,
-                a_cs,
-                b_part,
-                b_rs,
-                b_cs,
+                StridedMatrix {
+                    data: a_part,
+                    rs: a_rs,
+                    cs: a_cs,
+                },
+                StridedMatrix {
+                    data: b_part,
+                    rs: b_rs,
+                    cs: b_cs,
+                },
             );
             if let Some(bias) = bias {
                 for r in 0..rows.len() {
@@ -348,12 +371,8 @@ mod tests {
         let b: Vec<f32> = (0..k * n).map(|i| i as f32 - 1.0).collect();
         let mut out = vec![0f32; 6 * m * n];
         batched_matmul(
-            &a,
-            &[6, k, m],
-            true,
-            &b,
-            &[k, n],
-            false,
+            MatrixOperand::new(&a, &[6, k, m], true),
+            MatrixOperand::new(&b, &[k, n], false),
             None,
             &mut out,
             &ThreadPool::new(2),
@@ -394,12 +413,8 @@ mod tests {
                     let mut out = vec![T::ZERO; n];
                     let a_shape = if trans_a { [k, 1] } else { [1, k] };
                     batched_matmul(
-                        &a,
-                        &a_shape,
-                        trans_a,
-                        &b,
-                        &[k, n],
-                        false,
+                        MatrixOperand::new(&a, &a_shape, trans_a),
+                        MatrixOperand::new(&b, &[k, n], false),
                         Some(&bias),
                         &mut out,
                         &ThreadPool::new(1),
@@ -436,12 +451,8 @@ mod tests {
                 let mut out = vec![f32::NAN; n];
                 let b_shape = if trans_b { [n, k] } else { [k, n] };
                 batched_matmul(
-                    &a,
-                    &[1, k],
-                    false,
-                    &b,
-                    &b_shape,
-                    trans_b,
+                    MatrixOperand::new(&a, &[1, k], false),
+                    MatrixOperand::new(&b, &b_shape, trans_b),
                     Some(&bias),
                     &mut out,
                     &ThreadPool::new(threads),
@@ -474,12 +485,8 @@ mod tests {
         for threads in [1, 2] {
             let mut out = vec![f64::NAN; batches * m * n];
             batched_matmul(
-                &a,
-                &[batches, m, k],
-                false,
-                &b,
-                &[1, k, n],
-                false,
+                MatrixOperand::new(&a, &[batches, m, k], false),
+                MatrixOperand::new(&b, &[1, k, n], false),
                 Some(&bias),
                 &mut out,
                 &ThreadPool::new(threads),

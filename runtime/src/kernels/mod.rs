@@ -14,7 +14,7 @@ pub mod pooling;
 mod window;
 
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
-pub use matmul::batched_matmul;
+pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
 
 use gemm::{Parallelism, gemm};
@@ -53,26 +53,37 @@ impl Float for f64 {
     const ONE: Self = 1.0;
 }
 
+/// A matrix operand of [`gemm_into`]: a base slice with its row and column strides.
+#[derive(Clone, Copy)]
+pub(super) struct StridedMatrix<'a, T> {
+    pub(super) data: &'a [T],
+    pub(super) rs: isize,
+    pub(super) cs: isize,
+}
+
 /// `c[m, n] = a[m, k] * b[k, n]` through `gemm`; operands given by base slices and
 /// strides, `c` by a pointer and its row stride.
 ///
 /// # Safety
 /// `c` must address `m` rows of `n` elements `c_rs` apart that nothing else accesses
 /// during the call, and the strides must keep `a` and `b` inside their slices.
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm_into<T: Float>(
-    m: usize,
-    n: usize,
-    k: usize,
+    [m, n, k]: [usize; 3],
     c: *mut T,
     c_rs: usize,
-    a: &[T],
-    a_rs: isize,
-    a_cs: isize,
-    b: &[T],
-    b_rs: isize,
-    b_cs: isize,
+    a: StridedMatrix<'_, T>,
+    b: StridedMatrix<'_, T>,
 ) {
+    let StridedMatrix {
+        data: a,
+        rs: a_rs,
+        cs: a_cs,
+    } = a;
+    let StridedMatrix {
+        data: b,
+        rs: b_rs,
+        cs: b_cs,
+    } = b;
     if m == 0 || n == 0 {
         return;
     }

@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// The reduction variable a scatter runs over its updates: its number, its expression
+/// and its extent (the number of updates).
+struct UpdateVar {
+    var: u32,
+    rv: ExprId,
+    extent: usize,
+}
+
 impl<'g> Builder<'g> {
     /// Gathers and scatters: data at coordinates read from index tensors (clamped into
     /// range), and scatters as reductions over the updates.
@@ -74,7 +82,12 @@ impl<'g> Builder<'g> {
                     c[axis] = pos;
                     b.at(ins[2], &c)
                 };
-                self.scatter(*reduction, base, var, rv, u[axis], hit, update_at)
+                let over = UpdateVar {
+                    var,
+                    rv,
+                    extent: u[axis],
+                };
+                self.scatter(*reduction, base, over, hit, update_at)
             }
             Op::ScatterNd { reduction } => {
                 let (x, idx) = (shape_of(0)?, shape_of(1)?);
@@ -99,26 +112,29 @@ impl<'g> Builder<'g> {
                     c.extend_from_slice(&coords[k..]);
                     b.at(ins[2], &c)
                 };
-                self.scatter(*reduction, base, var, rv, count, hit, update_at)
+                let over = UpdateVar {
+                    var,
+                    rv,
+                    extent: count,
+                };
+                self.scatter(*reduction, base, over, hit, update_at)
             }
             op => Err(self.not_compiled(v, op)),
         }
     }
 
     /// The result of a scatter at one element: `base` combined with the updates that hit
-    /// it (`hit` over reduction variable `rv` in `0..extent`); without a reduction the
-    /// last update that hits wins.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn scatter(
+    /// it (`hit` over the update variable `over`); without a reduction the last update
+    /// that hits wins.
+    fn scatter(
         &mut self,
         reduction: ScatterReduction,
         base: ExprId,
-        var: u32,
-        rv: ExprId,
-        extent: usize,
+        over: UpdateVar,
         hit: ExprId,
         update_at: impl Fn(&mut Self, ExprId) -> Result<ExprId, KernelError>,
     ) -> Result<ExprId, KernelError> {
+        let UpdateVar { var, rv, extent } = over;
         let dtype = self.nest.nodes[base as usize].dtype;
         if reduction == ScatterReduction::None {
             let none = self.int(-1);

@@ -218,7 +218,6 @@ pub(super) fn conv(
     Tensor::from_f64(x.dtype(), shape, out)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_transpose(
     x: &Tensor,
     w: &Tensor,

@@ -44,7 +44,6 @@ fn repeat_heads(cx: &mut Ctx, x: ValueId, reps: usize) -> Result<ValueId> {
 
 /// The import-time part of the bias: causal frontier, sliding window and padding, as
 /// 0 / -inf of shape `[batch, 1, q, kv]`; `None` when none applies.
-#[allow(clippy::too_many_arguments)]
 fn static_bias(
     batch: usize,
     q: usize,

@@ -18,18 +18,31 @@ fn mode(n: &Node, name: &str) -> Result<ResizeMode> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    cx: &mut Ctx,
-    x: ValueId,
-    roi: Option<ValueId>,
+/// How a Resize samples its input: output sizes and scales per axis, and the modes.
+struct Sampling {
     sizes: Vec<usize>,
     scales: Vec<f64>,
     mode: ResizeMode,
     coord: CoordMode,
     nearest: NearestMode,
+}
+
+/// The Resize op of `n` on `x`, with its region of interest (constant, if any) and the
+/// attributes `sampling` leaves to the node (cubic coefficient, extrapolation).
+fn emit(
+    cx: &mut Ctx,
     n: &Node,
+    x: ValueId,
+    roi: Option<ValueId>,
+    sampling: Sampling,
 ) -> Result<Vec<ValueId>> {
+    let Sampling {
+        sizes,
+        scales,
+        mode,
+        coord,
+        nearest,
+    } = sampling;
     let roi = match roi {
         Some(r) => {
             let t = cx.require_const(r, "roi")?.cast(DType::F64);
@@ -164,7 +177,14 @@ fn resize(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         }
         _ => None,
     };
-    emit(cx, x, roi, sizes, scales, mode, coord, nearest, n)
+    let sampling = Sampling {
+        sizes,
+        scales,
+        mode,
+        coord,
+        nearest,
+    };
+    emit(cx, n, x, roi, sampling)
 }
 
 fn upsample(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
@@ -190,15 +210,12 @@ fn upsample(cx: &mut Ctx, n: &Node) -> Result<Vec<ValueId>> {
         .map(|(&d, &s)| (d as f64 * s).floor() as usize)
         .collect();
     let mode = mode(n, &n.string("mode", "nearest")?)?;
-    emit(
-        cx,
-        x,
-        None,
+    let sampling = Sampling {
         sizes,
         scales,
         mode,
-        CoordMode::Asymmetric,
-        NearestMode::Floor,
-        n,
-    )
+        coord: CoordMode::Asymmetric,
+        nearest: NearestMode::Floor,
+    };
+    emit(cx, n, x, None, sampling)
 }
