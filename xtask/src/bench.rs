@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: every benchmark model on smelt, onnxruntime and tract, at 1 and 2
 //! threads, in one run on this machine; writes `bench/results/<date>.json`, the table in
 //! `docs/performance.md` and the chart `docs/performance.svg`; `--compare OLD.json`
-//! prints per-model regressions against an earlier run.
+//! prints per-model changes against an earlier run, of the median and of the ratio to
+//! onnxruntime.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -154,11 +155,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         return Ok(());
     }
     if let Some(old) = flag("--compare") {
-        return compare(
-            root,
-            Path::new(old),
-            args.iter().any(|a| a == "--latest").then_some(()),
-        );
+        return compare(root, Path::new(old));
     }
     crate::data::ensure(root)?;
     let python = crate::data::venv(root)?;
@@ -442,9 +439,14 @@ fn svg(r: &Value) -> String {
     s
 }
 
-/// Per-model changes of smelt's median against an earlier results file (the newest
-/// file in bench/results other than OLD is the new run).
-fn compare(root: &Path, old: &Path, _latest: Option<()>) -> Result<()> {
+/// Per-model changes against an earlier results file (the newest file in bench/results
+/// other than OLD is the new run): smelt's median, and smelt's ratio to onnxruntime
+/// measured in the same run. The ratio cancels a machine that is faster or busier as a
+/// whole, so a model counts as slower only where both grew by more than `NOISE`.
+fn compare(root: &Path, old: &Path) -> Result<()> {
+    /// Changes up to this (10%) are within what two runs of the same code differ by on a
+    /// shared 2-core host.
+    const NOISE: f64 = 0.10;
     let read = |p: &Path| -> Result<Value> {
         serde_json::from_str(
             &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
@@ -463,7 +465,12 @@ fn compare(root: &Path, old: &Path, _latest: Option<()>) -> Result<()> {
     let new_path = files.last().context("no newer results in bench/results")?;
     let new_v = read(new_path)?;
     println!("{} -> {}", old.display(), new_path.display());
-    let mut regressions = 0;
+    println!(
+        "{:<22} {:>3} {:>21} {:>8}   {:>15} {:>8}",
+        "model", "thr", "smelt ms (old -> new)", "change", "/ onnxruntime", "change"
+    );
+    let mut slower = 0;
+    let mut ratio_changes = Vec::new();
     for row in new_v["results"].as_array().cloned().unwrap_or_default() {
         let before = old_v["results"].as_array().and_then(|rs| {
             rs.iter()
@@ -476,22 +483,41 @@ fn compare(root: &Path, old: &Path, _latest: Option<()>) -> Result<()> {
         ) else {
             continue;
         };
+        let ratio = |r: &Value| r["smelt_over_onnxruntime"].as_f64();
+        let (rb, ra) = (before.as_ref().and_then(ratio), ratio(&row));
         let change = a / b - 1.0;
-        let mark = if change > 0.05 {
-            regressions += 1;
-            "REGRESSION"
-        } else if change < -0.05 {
-            "faster"
-        } else {
-            ""
+        let ratio_change = rb.zip(ra).map(|(rb, ra)| ra / rb - 1.0);
+        if let Some(c) = ratio_change {
+            ratio_changes.push(1.0 + c);
+        }
+        let mark = match ratio_change {
+            Some(rc) if change > NOISE && rc > NOISE => {
+                slower += 1;
+                "SLOWER"
+            }
+            Some(rc) if change < -NOISE && rc < -NOISE => "faster",
+            _ => "",
         };
         println!(
-            "{:<22} {}T {b:>9.3} -> {a:>9.3} ms ({:+.1}%) {mark}",
+            "{:<22} {:>3} {b:>9.3} -> {a:>9.3} {:>+7.1}%   {:>6} -> {:>6} {:>8} {mark}",
             row["model"].as_str().unwrap_or(""),
             row["threads"],
-            change * 100.0
+            change * 100.0,
+            fmt_ratio(rb),
+            fmt_ratio(ra),
+            ratio_change.map_or("-".into(), |c| format!("{:+.1}%", c * 100.0)),
         );
     }
-    println!("{regressions} regressions above 5%");
+    if let Some(g) = geomean(&ratio_changes) {
+        println!(
+            "geometric mean of the change of smelt/onnxruntime: {:+.1}% over {} rows",
+            (g - 1.0) * 100.0,
+            ratio_changes.len()
+        );
+    }
+    println!(
+        "{slower} models slower beyond noise ({:.0}% in both)",
+        NOISE * 100.0
+    );
     Ok(())
 }
