@@ -622,31 +622,24 @@ impl Program {
                 trans_a,
                 trans_b,
                 ..
-            } => match self.buffers[*out].elem {
-                ElemType::F32 => {
-                    let (av, bv, bias, ov) = self.slices::<f32>(mem, *a, *b, *bias, *out);
-                    batched_matmul(
-                        MatrixOperand::new(av, a_shape, *trans_a),
-                        MatrixOperand::new(bv, b_shape, *trans_b),
-                        bias,
-                        ov,
-                        pool,
-                    )
-                    .map_err(|e| fail(e.to_string()))?
+            } => {
+                // One call for either float type: the operands' slices as `$t`.
+                macro_rules! matmul_as {
+                    ($t:ty) => {{
+                        let (av, bv, bias, ov) = self.slices::<$t>(mem, *a, *b, *bias, *out);
+                        let (a, b) = (
+                            MatrixOperand::new(av, a_shape, *trans_a),
+                            MatrixOperand::new(bv, b_shape, *trans_b),
+                        );
+                        batched_matmul(a, b, bias, ov, pool).map_err(|e| fail(e.to_string()))?
+                    }};
                 }
-                ElemType::F64 => {
-                    let (av, bv, bias, ov) = self.slices::<f64>(mem, *a, *b, *bias, *out);
-                    batched_matmul(
-                        MatrixOperand::new(av, a_shape, *trans_a),
-                        MatrixOperand::new(bv, b_shape, *trans_b),
-                        bias,
-                        ov,
-                        pool,
-                    )
-                    .map_err(|e| fail(e.to_string()))?
+                match self.buffers[*out].elem {
+                    ElemType::F32 => matmul_as!(f32),
+                    ElemType::F64 => matmul_as!(f64),
+                    e => return Err(fail(format!("matmul of {}", e.name()))),
                 }
-                e => return Err(fail(format!("matmul of {}", e.name()))),
-            },
+            }
             Launch::Conv {
                 x,
                 w,

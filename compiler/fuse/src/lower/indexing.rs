@@ -14,14 +14,9 @@ struct UpdateVar {
 impl<'g> Builder<'g> {
     /// Gathers and scatters: data at coordinates read from index tensors (clamped into
     /// range), and scatters as reductions over the updates.
-    pub(super) fn indexing_at(
-        &mut self,
-        v: ValueId,
-        coords: &[ExprId],
-    ) -> Result<ExprId, KernelError> {
-        let g = self.g;
-        let node = self.node_of(v);
-        let ins = node.inputs.clone();
+    pub(super) fn indexing_at(&mut self, v: ValueId, coords: &[ExprId]) -> Built {
+        let (g, node) = (self.g, self.node_of(v));
+        let ins = &node.inputs;
         let shape_of = |i: usize| fixed(g, ins[i]);
         match &node.op {
             Op::Gather { axis } => {

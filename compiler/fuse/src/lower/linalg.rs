@@ -247,14 +247,9 @@ impl<'g> Builder<'g> {
     }
 
     /// Contractions and windows: pooling, MatMul, and convolutions with their transposes.
-    pub(super) fn linalg_at(
-        &mut self,
-        v: ValueId,
-        coords: &[ExprId],
-    ) -> Result<ExprId, KernelError> {
-        let g = self.g;
-        let node = self.node_of(v);
-        let ins = node.inputs.clone();
+    pub(super) fn linalg_at(&mut self, v: ValueId, coords: &[ExprId]) -> Built {
+        let (g, node) = (self.g, self.node_of(v));
+        let ins = &node.inputs;
         let shape_of = |i: usize| fixed(g, ins[i]);
         let dtype = g.ty(v).dtype;
         match &node.op {
@@ -334,7 +329,7 @@ impl<'g> Builder<'g> {
                     }
                 }
             }
-            Op::MatMul { trans_a, trans_b } => self.matmul(v, &ins, coords, *trans_a, *trans_b),
+            Op::MatMul { trans_a, trans_b } => self.matmul(v, ins, coords, *trans_a, *trans_b),
             Op::Conv {
                 strides,
                 pads,
@@ -355,9 +350,9 @@ impl<'g> Builder<'g> {
                     group: *group,
                 };
                 if matches!(node.op, Op::Conv { .. }) {
-                    self.conv(v, &ins, coords, attrs)
+                    self.conv(v, ins, coords, attrs)
                 } else {
-                    self.conv_transpose(v, &ins, coords, attrs)
+                    self.conv_transpose(v, ins, coords, attrs)
                 }
             }
             op => Err(self.not_compiled(v, op)),

@@ -33,6 +33,9 @@ pub struct LoweredKernel {
     pub args: Vec<ValueId>,
 }
 
+/// An expression built for a value at some coordinates, or why it cannot be.
+pub(super) type Built = Result<ExprId, KernelError>;
+
 /// Largest loop body (in expressions) a kernel may have; a fused group beyond it is
 /// lowered node by node instead.
 const MAX_NODES: usize = 50_000;

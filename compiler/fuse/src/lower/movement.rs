@@ -6,14 +6,9 @@ use super::*;
 impl<'g> Builder<'g> {
     /// Movement ops: the operand at coordinates mapped from the result's (broadcast, reshape,
     /// transpose, slice, concatenation, padding).
-    pub(super) fn movement_at(
-        &mut self,
-        v: ValueId,
-        coords: &[ExprId],
-    ) -> Result<ExprId, KernelError> {
-        let g = self.g;
-        let node = self.node_of(v);
-        let ins = node.inputs.clone();
+    pub(super) fn movement_at(&mut self, v: ValueId, coords: &[ExprId]) -> Built {
+        let (g, node) = (self.g, self.node_of(v));
+        let ins = &node.inputs;
         let shape_of = |i: usize| fixed(g, ins[i]);
         let dtype = g.ty(v).dtype;
         match &node.op {

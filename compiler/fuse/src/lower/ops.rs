@@ -60,11 +60,11 @@ impl<'g> Builder<'g> {
     }
 
     /// Elementwise ops: each operand broadcast to the result's coordinates.
-    fn elementwise_at(&mut self, v: ValueId, coords: &[ExprId]) -> Result<ExprId, KernelError> {
+    fn elementwise_at(&mut self, v: ValueId, coords: &[ExprId]) -> Built {
         let g = self.g;
-        let ins = self.node_of(v).inputs.clone();
+        let ins = &self.node_of(v).inputs;
         let mut ops = Vec::with_capacity(ins.len());
-        for &input in &ins {
+        for &input in ins {
             let c = self.broadcast(coords, &fixed(g, input)?);
             ops.push(self.at(input, &c)?);
         }
