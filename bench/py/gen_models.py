@@ -107,6 +107,14 @@ def micro(out):
          [f32("x", [128, 768])], [f32("y", [128, 768])],
          [numpy_helper.from_array(np.ones(768, np.float32), "g"), numpy_helper.from_array(np.zeros(768, np.float32), "b")],
          [("x", rng.uniform(-1, 1, (128, 768)).astype(np.float32))])
+    # A CTC head's product: few rows times a large transposed constant weight (Gemm with
+    # transB=1), whose floor is the time to stream the 34 MB weight once (issue 23).
+    # Last, so that the models above keep their random data.
+    save(out, "gemm_skinny_transb_24x1024x8210",
+         [helper.make_node("Gemm", ["a", "w", "bias"], ["c"], transB=1)],
+         [f32("a", [24, 1024])], [f32("c", [24, 8210])],
+         [weight("w", (8210, 1024), 0.05), weight("bias", (8210,))],
+         [("a", rng.uniform(-1, 1, (24, 1024)).astype(np.float32))])
 
 
 if __name__ == "__main__":
