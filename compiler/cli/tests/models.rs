@@ -587,6 +587,27 @@ fn explain_fuse_plans_kernels_and_memory() {
     );
 }
 
+/// With a symbolic batch, `smelt explain --stage fuse` still prints the fusion plan and
+/// says what the memory plan needs; given the shape, it prints the memory plan.
+#[test]
+fn explain_fuse_with_symbolic_shapes_prints_the_plan() {
+    let model = smelt_tests::require_data("models").join("mlp_784_64_64_1/model.onnx");
+    let text = explain(&model, &["--stage", "fuse"]);
+    assert!(text.contains("# 3 kernels for "), "{text}");
+    assert!(
+        text.contains(
+            "# memory plan: needs every shape fixed; give the inputs' shapes (--input-shape)"
+        ),
+        "{text}"
+    );
+    let text = explain(&model, &["--stage", "fuse", "--input-shape", "x=2,784"]);
+    assert!(text.contains("# 3 kernels for "), "{text}");
+    assert!(
+        text.contains("# memory plan: 6 launches, 0 views"),
+        "{text}"
+    );
+}
+
 /// `smelt explain MODEL ARGS...`, asserting success; returns stdout.
 fn explain(model: &Path, args: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_smelt"));

@@ -125,7 +125,30 @@ impl Model {
         };
         let e = self.explain(graph_stage, shapes)?;
         if stage == ExplainStage::Fuse {
-            let plan = smelt_fuse::plan(&e.graph)?;
+            // With every shape fixed, the plan, layout and memory plan are those of the
+            // program the compiler assembles; otherwise only the plan can be shown.
+            let fixed = e.graph.values.iter().all(|v| v.ty.fixed_shape().is_some());
+            let lowered = if fixed {
+                let names = |ids: &[smelt_ir::ValueId]| -> Vec<String> {
+                    ids.iter().map(|&v| e.graph.value(v).name.clone()).collect()
+                };
+                Some(crate::compile::lower_graph(
+                    &e.graph,
+                    &names(&e.graph.inputs),
+                    &names(&e.graph.outputs),
+                    opts.target.lowering(),
+                )?)
+            } else {
+                None
+            };
+            let planned;
+            let plan = match &lowered {
+                Some(l) => &l.plan,
+                None => {
+                    planned = smelt_fuse::plan(&e.graph)?;
+                    &planned
+                }
+            };
             plan.verify(&e.graph)?;
             out.push_str(&plan.print(&e.graph));
             let _ = writeln!(
@@ -134,34 +157,34 @@ impl Model {
                 plan.groups.len(),
                 e.graph.nodes.len()
             );
-            // The layout and memory plan the compiled program uses: lower and assemble it.
-            let names = |ids: &[smelt_ir::ValueId]| -> Vec<String> {
-                ids.iter().map(|&v| e.graph.value(v).name.clone()).collect()
-            };
-            let lowered = crate::compile::lower_graph(
-                &e.graph,
-                &names(&e.graph.inputs),
-                &names(&e.graph.outputs),
-                opts.target.lowering(),
-            )?;
-            for (v, (whole, offset)) in &lowered.layout.views {
-                let _ = writeln!(
-                    out,
-                    "# view: {} is bytes {offset}.. of {}",
-                    e.graph.value(*v).name,
-                    e.graph.value(*whole).name
-                );
+            match &lowered {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "# memory plan: needs every shape fixed; give the inputs' shapes (--input-shape)"
+                    );
+                }
+                Some(lowered) => {
+                    for (v, (whole, offset)) in &lowered.layout.views {
+                        let _ = writeln!(
+                            out,
+                            "# view: {} is bytes {offset}.. of {}",
+                            e.graph.value(*v).name,
+                            e.graph.value(*whole).name
+                        );
+                    }
+                    let program = &lowered.program;
+                    let _ = writeln!(
+                        out,
+                        "# memory plan: {} launches, {} views ({} concatenations written in place); arena {} bytes ({} bytes of intermediates without reuse)",
+                        program.launches.len(),
+                        lowered.layout.views.len(),
+                        lowered.layout.in_place.len(),
+                        program.arena_bytes,
+                        program.intermediate_bytes
+                    );
+                }
             }
-            let program = &lowered.program;
-            let _ = writeln!(
-                out,
-                "# memory plan: {} launches, {} views ({} concatenations written in place); arena {} bytes ({} bytes of intermediates without reuse)",
-                program.launches.len(),
-                lowered.layout.views.len(),
-                lowered.layout.in_place.len(),
-                program.arena_bytes,
-                program.intermediate_bytes
-            );
         } else {
             let print = if opts.full_constants {
                 smelt_ir::text::PrintOptions::full()
