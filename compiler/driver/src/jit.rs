@@ -128,8 +128,7 @@ impl Tensor {
     pub fn zeros(dtype: &str, shape: Vec<usize>) -> Result<Tensor> {
         let elem = ElemType::from_name(dtype)
             .ok_or_else(|| SmeltError::Compile(format!("unsupported element type {dtype}")))?;
-        let bytes = vec![0u8; shape.iter().product::<usize>() * elem.size_bytes()];
-        Ok(Tensor(HostTensor { elem, shape, bytes }))
+        Ok(Tensor(HostTensor::zeros(elem, shape)))
     }
 
     /// The tensor a NumPy `.npy` file holds.
