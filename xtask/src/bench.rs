@@ -3,6 +3,11 @@
 //! `docs/performance.md` and the chart `docs/performance.svg`; `--compare OLD.json`
 //! prints per-model changes against an earlier run, of the median and of the ratio to
 //! onnxruntime.
+//!
+//! The baseline is onnxruntime's C API, called in process by `ort-capi` (bench crate)
+//! on the pinned wheel's library: the Python bindings add some microseconds a call,
+//! which made sub-10-microsecond models look 20x faster on smelt than they are. The
+//! Python figure stays as an extra column.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -26,6 +31,9 @@ struct Case {
     dir: PathBuf,
     /// `--input NAME=FILE` arguments for smelt.
     inputs: Vec<String>,
+    /// Where the model comes from: its directory's `source.txt`, else the generator of
+    /// its folder.
+    source: String,
 }
 
 fn cases(root: &Path, filter: Option<&str>) -> Result<Vec<Case>> {
@@ -59,7 +67,21 @@ fn cases(root: &Path, filter: Option<&str>) -> Result<Vec<Case>> {
                     .then(|| format!("{}={}", f[1], dir.join(f[2]).display()))
             })
             .collect();
-        out.push(Case { name, dir, inputs });
+        let source = std::fs::read_to_string(dir.join("source.txt"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| {
+                if dir.starts_with(root.join("target/bench-models")) {
+                    "bench/py/gen_models.py".into()
+                } else {
+                    "xtask/py/gen_data.py (cargo xtask onnx-data)".into()
+                }
+            });
+        out.push(Case {
+            name,
+            dir,
+            inputs,
+            source,
+        });
     }
     Ok(out)
 }
@@ -115,8 +137,50 @@ fn peer(
     )
 }
 
+/// onnxruntime through its C API (`ort-capi` on the pinned wheel's library).
+fn ort_capi(
+    root: &Path,
+    lib: &Path,
+    case: &Case,
+    threads: usize,
+    iterations: usize,
+) -> Result<Value> {
+    json_of(
+        Command::new(root.join("target/release/ort-capi"))
+            .arg(lib)
+            .arg(&case.dir)
+            .arg(threads.to_string())
+            .arg(iterations.to_string()),
+        &format!("onnxruntime C API {}", case.name),
+    )
+}
+
+/// The pinned onnxruntime wheel's shared library in the test venv.
+fn onnxruntime_library(python: &Path) -> Result<PathBuf> {
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import onnxruntime, glob, os; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), 'capi', 'libonnxruntime.so.*')))[-1])",
+        ])
+        .output()
+        .context("asking the venv's Python for onnxruntime's library")?;
+    if !out.status.success() {
+        bail!(
+            "the venv has no onnxruntime library: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
 fn iterations_for(ms: f64) -> usize {
     ((TARGET_MS / ms.max(0.01)) as usize).clamp(5, 2000)
+}
+
+/// smelt's peak resident memory over onnxruntime's, each process measured alone.
+fn rss_ratio(smelt: &Value, ort: &Value) -> Option<f64> {
+    let rss = |v: &Value| v.get("peak_rss_bytes").and_then(Value::as_f64);
+    rss(smelt).zip(rss(ort)).map(|(s, o)| s / o)
 }
 
 fn median(v: &Value) -> Option<f64> {
@@ -181,6 +245,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         "smelt-peak",
     )?;
     println!("peak: {peak}");
+    let ort_lib = onnxruntime_library(&python)?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -207,12 +272,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                         .unwrap_or_else(|e| json!({ "error": format!("{e:#}") })),
                 );
                 ort_rounds.push(
-                    peer(&python, root, "onnxruntime", &case, threads, n)
+                    ort_capi(root, &ort_lib, &case, threads, n)
                         .unwrap_or_else(|e| json!({ "error": format!("{e:#}") })),
                 );
             }
             let smelt_result = median_round(&smelt_rounds);
             let ort = median_round(&ort_rounds);
+            // The Python bindings once, as the extra column earlier results used.
+            let ort_python = peer(&python, root, "onnxruntime", &case, threads, n)
+                .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
             // tract's bindings run on one thread: measured once, shown at both counts.
             let tract = match &tract_once {
                 Some(t) => t.clone(),
@@ -247,8 +315,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 .map(|(g, p)| g / p);
             let row = json!({
                 "model": case.name, "threads": threads,
-                "smelt": smelt_result, "onnxruntime": ort, "tract": tract,
+                "source": case.source, "parameters": smelt_result.get("parameters"),
+                "smelt": smelt_result, "onnxruntime": ort, "onnxruntime_python": ort_python,
+                "tract": tract,
                 "smelt_over_onnxruntime": over_ort,
+                "smelt_rss_over_onnxruntime": rss_ratio(&smelt_result, &ort),
                 "rounds": {
                     "smelt_median_ms": smelt_rounds.iter().map(median).collect::<Vec<_>>(),
                     "onnxruntime_median_ms": ort_rounds.iter().map(median).collect::<Vec<_>>(),
@@ -271,9 +342,17 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let date = today();
     let result = json!({
         "date": date, "cpu": cpu, "peak": peak,
+        "baseline": "onnxruntime C API (ort-capi, in process)",
         "versions": { "smelt": env!("CARGO_PKG_VERSION"), "onnxruntime": "1.31.1", "tract": "0.23.9" },
         "results": rows,
     });
+    if flag("--models").is_some() {
+        // A subset is a check, not a result: the committed files stay the full run's.
+        let path = root.join("target/bench-subset.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+        println!("wrote {} (a subset: docs untouched)", path.display());
+        return Ok(());
+    }
     let dir = root.join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{date}.json"));
@@ -320,29 +399,44 @@ fn geomean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| (v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
 }
 
+/// A model counts as sizeable where onnxruntime's C API takes at least this long: below
+/// it, fixed per-run costs decide the ratio more than the kernels do.
+const SIZEABLE_MS: f64 = 1.0;
+
 fn markdown(r: &Value) -> String {
+    let baseline = r["baseline"]
+        .as_str()
+        .unwrap_or("onnxruntime through its Python bindings");
     let mut s = format!(
         "# Performance\n\nGenerated by `cargo xtask bench` on {} ({}; measured peak: {}). Median latency in ms \
-         at batch 1 after warm-up; smelt and onnxruntime take turns in {ROUNDS} rounds, and each figure is the \
-         median round's (smelt/ort is the median of the per-round ratios); ratios are smelt / peer (below \
-         1: smelt is faster). tract's Python bindings \
-         run on one thread, so its 2-thread column repeats the 1-thread figure. GFLOP/s count the contractions \
-         (MatMul, Conv) only; the share is of the measured fp32 FMA peak for that many threads.\n\n\
+         at batch 1 after warm-up. The baseline is {baseline}; smelt and it take turns in {ROUNDS} rounds, and each \
+         figure is the median round's (smelt/ort is the median of the per-round ratios); ratios are smelt / peer \
+         (below 1: smelt is faster). `ort py` is onnxruntime through its Python bindings, measured once. tract's \
+         Python bindings run on one thread, so its 2-thread column repeats the 1-thread figure. GFLOP/s count the \
+         contractions (MatMul, Conv) only; the share is of the measured fp32 FMA peak for that many threads. \
+         `load ms` is smelt's import to runnable code (JIT); peak RSS is each process's, and the RSS ratio \
+         smelt's over onnxruntime's C API harness's.\n\n\
          ![ratios](performance.svg)\n\n\
-         | model | threads | smelt | onnxruntime | tract | smelt/ort | smelt/tract | GFLOP/s | share of peak | compile ms | smelt peak RSS MB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         | model | threads | smelt | onnxruntime | ort py | tract | smelt/ort | smelt/tract | GFLOP/s | share of peak | load ms | smelt RSS MB | ort RSS MB | RSS ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         r["date"].as_str().unwrap_or(""),
         r["cpu"].as_str().unwrap_or(""),
         r["peak"]
     );
     let rows = r["results"].as_array().cloned().unwrap_or_default();
+    let mb = |v: &Value| {
+        v["peak_rss_bytes"]
+            .as_f64()
+            .map_or("-".into(), |g| format!("{:.0}", g / 1e6))
+    };
     for row in &rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row["model"].as_str().unwrap_or(""),
             row["threads"],
             fmt_ms(median(&row["smelt"])),
             fmt_ms(median(&row["onnxruntime"])),
+            fmt_ms(median(&row["onnxruntime_python"])),
             fmt_ms(median(&row["tract"])),
             fmt_ratio(row["smelt_over_onnxruntime"].as_f64()),
             fmt_ratio(row["smelt_over_tract"].as_f64()),
@@ -352,37 +446,65 @@ fn markdown(r: &Value) -> String {
             row["share_of_peak"]
                 .as_f64()
                 .map_or("-".into(), |g| format!("{:.0}%", g * 100.0)),
-            row["smelt"]["compile_ms"]
+            row["smelt"]["load_ms"]
                 .as_f64()
+                .or(row["smelt"]["compile_ms"].as_f64())
                 .map_or("-".into(), |g| format!("{g:.0}")),
-            row["smelt"]["peak_rss_bytes"]
-                .as_f64()
-                .map_or("-".into(), |g| format!("{:.0}", g / 1e6)),
+            mb(&row["smelt"]),
+            mb(&row["onnxruntime"]),
+            fmt_ratio(row["smelt_rss_over_onnxruntime"].as_f64()),
         ));
     }
+    if rows.iter().any(|r| r["parameters"].is_u64()) {
+        s.push_str("\n| model | parameters | contraction GFLOP | source |\n|---|---|---|---|\n");
+        for row in rows.iter().filter(|r| r["threads"] == THREADS[0]) {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                row["model"].as_str().unwrap_or(""),
+                row["parameters"]
+                    .as_u64()
+                    .map_or("-".into(), |p| p.to_string()),
+                row["smelt"]["flops"]
+                    .as_f64()
+                    .map_or("-".into(), |f| format!("{:.3}", f / 1e9)),
+                row["source"].as_str().unwrap_or("-"),
+            ));
+        }
+    }
     for threads in THREADS {
-        let ort: Vec<f64> = rows
+        let at: Vec<&Value> = rows.iter().filter(|r| r["threads"] == threads).collect();
+        let ratios = |sizeable: bool| -> Vec<f64> {
+            at.iter()
+                .filter(|r| {
+                    !sizeable || median(&r["onnxruntime"]).is_some_and(|ms| ms >= SIZEABLE_MS)
+                })
+                .filter_map(|r| r["smelt_over_onnxruntime"].as_f64())
+                .collect()
+        };
+        let (all, sizeable) = (ratios(false), ratios(true));
+        let tract: Vec<f64> = at
             .iter()
-            .filter(|r| r["threads"] == threads)
-            .filter_map(|r| r["smelt_over_onnxruntime"].as_f64())
-            .collect();
-        let tract: Vec<f64> = rows
-            .iter()
-            .filter(|r| r["threads"] == threads)
             .filter_map(|r| r["smelt_over_tract"].as_f64())
             .collect();
-        s.push_str(&format!(
-            "\nAt {threads} thread(s): geometric mean of smelt/onnxruntime {} over {} models, worst {}; smelt/tract {}.\n",
-            fmt_ratio(geomean(&ort)),
-            ort.len(),
-            fmt_ratio(ort.iter().copied().reduce(f64::max)),
-            fmt_ratio(geomean(&tract)),
-        ));
-        let failed: Vec<String> = rows
+        let rss: Vec<f64> = at
             .iter()
-            .filter(|r| r["threads"] == threads)
+            .filter_map(|r| r["smelt_rss_over_onnxruntime"].as_f64())
+            .collect();
+        s.push_str(&format!(
+            "\nAt {threads} thread(s): geometric mean of smelt/onnxruntime {} over {} models, {} over the {} \
+             models of at least {SIZEABLE_MS} ms; worst {}; smelt/tract {}; peak RSS smelt/onnxruntime worst {}.\n",
+            fmt_ratio(geomean(&all)),
+            all.len(),
+            fmt_ratio(geomean(&sizeable)),
+            sizeable.len(),
+            fmt_ratio(all.iter().copied().reduce(f64::max)),
+            fmt_ratio(geomean(&tract)),
+            fmt_ratio(rss.iter().copied().reduce(f64::max)),
+        ));
+        let failed: Vec<String> = at
+            .iter()
             .flat_map(|r| {
-                ["smelt", "onnxruntime", "tract"]
+                ["smelt", "onnxruntime", "onnxruntime_python", "tract"]
                     .into_iter()
                     .filter_map(move |k| {
                         r[k]["error"]
@@ -465,6 +587,14 @@ fn compare(root: &Path, old: &Path) -> Result<()> {
     let new_path = files.last().context("no newer results in bench/results")?;
     let new_v = read(new_path)?;
     println!("{} -> {}", old.display(), new_path.display());
+    if old_v["baseline"] != new_v["baseline"] {
+        // Files from before the C API harness have no baseline field: Python bindings.
+        println!(
+            "note: the onnxruntime baselines differ ({} -> {}); ratio changes mix the two",
+            old_v["baseline"].as_str().unwrap_or("Python bindings"),
+            new_v["baseline"].as_str().unwrap_or("Python bindings")
+        );
+    }
     println!(
         "{:<22} {:>3} {:>21} {:>8}   {:>15} {:>8}",
         "model", "thr", "smelt ms (old -> new)", "change", "/ onnxruntime", "change"

@@ -61,6 +61,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     if a.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
+    // Import to runnable code: what a user waits for before the first run.
+    let load_start = Instant::now();
     let model = Model::load(a.model)?;
     let shapes = parse_shapes(a.input_shapes)?;
     let mut feeds = Vec::new();
@@ -100,6 +102,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     })?;
     let exe = compiled.prepare(&feeds)?;
     let compile_ms = exe.compile_time.as_secs_f64() * 1e3;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     // Runs reuse the first run's output tensors, as a serving loop (and the deployable
     // executable's --bench) would: an allocation per run would time the allocator
     // (zeroing a softmax's 512 KiB output took a sixth of its run).
@@ -139,6 +142,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "iterations": a.iterations,
             "threads": threads,
             "compile_ms": (compile_ms * 100.0).round() / 100.0,
+            "load_ms": (load_ms * 100.0).round() / 100.0,
+            "parameters": model.info().parameter_count,
             "arena_bytes": exe.program.arena_bytes,
             "flops": exe.contraction_flops(),
             "peak_rss_bytes": peak_rss_bytes(),
@@ -157,7 +162,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         );
         println!("median: {median:.3} ms  min: {min:.3} ms  max: {max:.3} ms");
         println!(
-            "compile: {compile_ms:.1} ms; {} kernels ({} distinct), {} launches; arena {} bytes",
+            "compile: {compile_ms:.1} ms ({load_ms:.1} ms from import to runnable code); {} kernels ({} distinct), {} launches; arena {} bytes",
             exe.kernels.len(),
             exe.functions.len(),
             exe.program.launches.len(),
