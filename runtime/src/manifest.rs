@@ -126,6 +126,9 @@ pub struct LaunchProto {
     /// Conv: a ReLU folded into the stores.
     #[prost(bool, tag = "16")]
     pub relu: bool,
+    /// MatMul: `b` is the weight packed into column panels.
+    #[prost(bool, tag = "17")]
+    pub b_packed: bool,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -307,9 +310,11 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             b_shape,
             trans_a,
             trans_b,
+            b_packed,
             ..
         } => {
             p.kind = 1;
+            p.b_packed = *b_packed;
             p.args = [Some(*a), Some(*b), Some(*out), *bias]
                 .into_iter()
                 .flatten()
@@ -398,6 +403,7 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                 b_shape: usizes(&p.b_shape),
                 trans_a: p.trans_a,
                 trans_b: p.trans_b,
+                b_packed: p.b_packed,
             }
         }
         2 => {

@@ -4,7 +4,7 @@
 
 use crate::kernels::{
     ConvGeometry, KernelError, MatrixOperand, PoolGeometry, batched_matmul, conv, conv_prepacked,
-    pool2d, prepack_conv_filters,
+    pool2d, prepack_conv_filters, skinny_matmul,
 };
 use crate::tensor::{ElemType, HostTensor};
 use crate::threads::ThreadPool;
@@ -143,6 +143,10 @@ pub enum Launch {
         b_shape: Vec<usize>,
         trans_a: bool,
         trans_b: bool,
+        /// `b` holds the constant weight packed by the compiler into column panels
+        /// (`kernels::skinny`): every batch of `a` is then a row of one product, and
+        /// `b_shape` stays the weight's own shape.
+        b_packed: bool,
     },
     Conv {
         name: String,
@@ -315,6 +319,24 @@ impl PackedFilters {
             .get_or_init(|| (0..launches).map(|_| std::sync::OnceLock::new()).collect());
         slots.get(index)?.get_or_init(pack).as_deref()
     }
+}
+
+/// `[rows, k, n]` of a MatMul whose weight is packed: every batch of `a` is a row.
+pub fn packed_product_sizes(
+    a_shape: &[usize],
+    b_shape: &[usize],
+    trans_b: bool,
+) -> Option<[usize; 3]> {
+    let (ra, rb) = (a_shape.len(), b_shape.len());
+    if ra < 2 || rb < 2 {
+        return None;
+    }
+    let n = if trans_b {
+        b_shape[rb - 2]
+    } else {
+        b_shape[rb - 1]
+    };
+    Some([a_shape[..ra - 1].iter().product(), a_shape[ra - 1], n])
 }
 
 /// Pointers that the pool's threads share; each launch writes disjoint elements.
@@ -621,6 +643,7 @@ impl Program {
                 b_shape,
                 trans_a,
                 trans_b,
+                b_packed,
                 ..
             } => {
                 // One call for either float type: the operands' slices as `$t`.
@@ -635,6 +658,16 @@ impl Program {
                     }};
                 }
                 match self.buffers[*out].elem {
+                    ElemType::F32 if *b_packed => {
+                        let [rows, k, n] = packed_product_sizes(a_shape, b_shape, *trans_b)
+                            .ok_or_else(|| {
+                                fail("a packed weight needs rank >= 2 operands".into())
+                            })?;
+                        let (av, bv, bias, ov) = self.slices::<f32>(mem, *a, *b, *bias, *out);
+                        skinny_matmul(av, [rows, k, n], bv, bias, ov, pool)
+                            .map_err(|e| fail(e.to_string()))?
+                    }
+                    _ if *b_packed => return Err(fail("a packed weight must be f32".into())),
                     ElemType::F32 => matmul_as!(f32),
                     ElemType::F64 => matmul_as!(f64),
                     e => return Err(fail(format!("matmul of {}", e.name()))),

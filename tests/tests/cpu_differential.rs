@@ -395,3 +395,73 @@ fn contiguous_slices_are_views_and_identical_steps_share_code() {
         exe.kernel_text()
     );
 }
+
+/// Products of a few rows with a constant weight run on the weight packed into panels at
+/// compile time: transposed or not, with a bias, with batches folded into rows, and with
+/// a last panel of 10 columns. The constants hold the packed form instead of the weight
+/// (not both), the results are the reference's, and a manifest (what deployables carry)
+/// keeps the packed launch.
+#[test]
+fn skinny_products_run_on_weights_packed_at_compile_time() {
+    let (k, n) = (300usize, 250usize);
+    for (trans_b, a_shape) in [(true, vec![24usize, k]), (false, vec![2, 5, k])] {
+        let w_shape = if trans_b { [n, k] } else { [k, n] };
+        let list = |len: usize, seed: usize| {
+            (0..len)
+                .map(|i| format!("{:.3}", ((i * 37 + seed) % 29) as f64 / 16.0 - 0.875))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let dims = |s: &[usize]| {
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut out_shape = a_shape.clone();
+        *out_shape.last_mut().unwrap() = n;
+        let text = format!(
+            "graph skinny (%x: f32[{}]) {{\n  %w = constant f32[{}] [{}]\n  %b = constant f32[{n}] [{}]\n  %y = matmul{}(%x, %w, %b) : f32[{}]\n  return %y\n}}\n",
+            dims(&a_shape),
+            dims(&w_shape),
+            list(k * n, 3),
+            list(n, 5),
+            if trans_b { "<trans_b=true>" } else { "" },
+            dims(&out_shape),
+        );
+        let x = konst(a_shape.clone(), 7, None);
+        agrees_with_reference(&text, std::slice::from_ref(&x), true, 1e-4, 1e-5);
+        let g = smelt_ir::text::parse_graph(&text).unwrap();
+        let exe = Executable::from_graph(g, true).unwrap();
+        let program = &exe.program;
+        let packed: Vec<&str> = program
+            .buffers
+            .iter()
+            .map(|b| b.name.as_str())
+            .filter(|name| name.ends_with("(packed)"))
+            .collect();
+        assert_eq!(packed.len(), 1, "one packed weight: {:?}", program.buffers);
+        let weight_bytes = k * n * 4;
+        let constants = program.constants.as_slice().len();
+        assert!(
+            constants < weight_bytes + weight_bytes / 4,
+            "the constants ({constants} bytes) hold the {weight_bytes}-byte weight once"
+        );
+        let launch_packed = |p: &smelt_runtime::program::Program| {
+            p.launches.iter().any(|l| {
+                matches!(
+                    l,
+                    smelt_runtime::program::Launch::MatMul { b_packed: true, .. }
+                )
+            })
+        };
+        assert!(launch_packed(program));
+        let manifest = program.manifest("skinny", "x86-64", &[], 1);
+        let decoded =
+            smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes()).unwrap();
+        let back =
+            smelt_runtime::program::Program::from_manifest(&decoded, program.constants.clone())
+                .unwrap();
+        assert!(launch_packed(&back), "the manifest keeps the packed launch");
+    }
+}

@@ -136,7 +136,8 @@ pub struct Model {
 /// Where a model's graph comes from.
 #[derive(Debug, Clone)]
 enum Source {
-    Onnx(Box<OnnxModel>),
+    /// Shared: a compilation holds the model, and its weights must not be copied for it.
+    Onnx(std::sync::Arc<OnnxModel>),
     /// Shared: every compilation specializes a copy.
     Graph(std::sync::Arc<smelt_ir::Graph>),
 }
@@ -145,14 +146,14 @@ impl Model {
     /// Reads and decodes an ONNX file (external data resolves next to it).
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         Ok(Model {
-            source: Source::Onnx(Box::new(OnnxModel::load(path.as_ref())?)),
+            source: Source::Onnx(std::sync::Arc::new(OnnxModel::load(path.as_ref())?)),
         })
     }
 
     /// Decodes an ONNX model held in memory.
     pub fn from_bytes(bytes: &[u8]) -> Result<Model> {
         Ok(Model {
-            source: Source::Onnx(Box::new(OnnxModel::from_bytes(bytes)?)),
+            source: Source::Onnx(std::sync::Arc::new(OnnxModel::from_bytes(bytes)?)),
         })
     }
 

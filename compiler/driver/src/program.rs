@@ -8,7 +8,10 @@ use smelt_fuse::kernel::{Body, Contraction, Role};
 use smelt_fuse::{Layout, LoweredKernel};
 use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
 use smelt_runtime::ElemType;
-use smelt_runtime::kernels::{ConvGeometry, PoolGeometry, PoolMode};
+use smelt_runtime::kernels::{
+    ConvGeometry, PoolGeometry, PoolMode, prepack_skinny_weight_le, skinny_applies,
+    skinny_packed_len,
+};
 use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
 use std::collections::HashMap;
@@ -96,8 +99,148 @@ fn intersect_bounds(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
         .collect()
 }
 
-pub(crate) fn build_program(
-    g: &Graph,
+/// One constant of the program: a graph constant, or a weight in a packed form.
+enum ConstantPiece<'g> {
+    Tensor(&'g smelt_ir::Tensor),
+    /// An f32 weight (`k x n`, or `n x k` when transposed) in `kernels::skinny`'s panels.
+    SkinnyPanels {
+        weight: &'g [f32],
+        k: usize,
+        n: usize,
+        transposed: bool,
+    },
+}
+
+impl ConstantPiece<'_> {
+    fn byte_len(&self) -> usize {
+        match self {
+            ConstantPiece::Tensor(t) => t.byte_len(),
+            ConstantPiece::SkinnyPanels { k, n, .. } => skinny_packed_len(*k, *n) * 4,
+        }
+    }
+}
+
+/// The program's constants, placed first and written once into a blob of the exact size
+/// (packed forms straight from the graph's tensors): growing a vector and copying it
+/// into the aligned blob held up to three copies of the weights at once.
+#[derive(Default)]
+struct ConstantBlob<'g> {
+    pieces: Vec<(usize, ConstantPiece<'g>)>,
+    len: usize,
+}
+
+impl<'g> ConstantBlob<'g> {
+    /// The offset of `piece`, on a 64-byte boundary.
+    fn place(&mut self, piece: ConstantPiece<'g>) -> usize {
+        let offset = self.len.div_ceil(64) * 64;
+        self.len = offset + piece.byte_len();
+        self.pieces.push((offset, piece));
+        offset
+    }
+
+    fn into_blob(self) -> AlignedBytes {
+        let mut blob = AlignedBytes::zeroed(self.len);
+        let bytes = blob.as_mut_slice();
+        for (offset, piece) in self.pieces {
+            let dst = &mut bytes[offset..offset + piece.byte_len()];
+            match piece {
+                ConstantPiece::Tensor(t) => t.write_le_bytes_to(dst),
+                ConstantPiece::SkinnyPanels {
+                    weight,
+                    k,
+                    n,
+                    transposed,
+                } => prepack_skinny_weight_le(weight, k, n, transposed, dst)
+                    .expect("sizes checked when placed"),
+            }
+        }
+        blob
+    }
+}
+
+/// The buffers of the constant weights that MatMul kernels take packed
+/// (`kernels::skinny`), added to `buffers` and `constants`, by value: f32 weights used by
+/// that one kernel alone (a weight shared with another kernel stays plain), whose
+/// products have few rows (`skinny_applies`).
+fn pack_skinny_weights<'g>(
+    g: &'g Graph,
+    producer: &[Option<usize>],
+    kernels: &[LoweredKernel],
+    buffers: &mut Vec<BufferSpec>,
+    constants: &mut ConstantBlob<'g>,
+) -> HashMap<ValueId, usize> {
+    let mut uses: HashMap<ValueId, usize> = HashMap::new();
+    for &v in kernels.iter().flat_map(|lk| &lk.args).chain(&g.outputs) {
+        *uses.entry(v).or_default() += 1;
+    }
+    let mut packed = HashMap::new();
+    for lk in kernels {
+        let Body::Contraction {
+            call:
+                Contraction::MatMul {
+                    a,
+                    b,
+                    trans_a,
+                    trans_b,
+                    ..
+                },
+            ..
+        } = &lk.kernel.body
+        else {
+            continue;
+        };
+        let weight = lk.args[*b as usize];
+        let Some(Op::Constant(t)) = producer[weight.index()].map(|n| &g.nodes[n].op) else {
+            continue;
+        };
+        let smelt_ir::Data::F32(w) = t.data() else {
+            continue;
+        };
+        let (a_shape, b_shape) = (
+            &lk.kernel.params[*a as usize].shape,
+            &lk.kernel.params[*b as usize].shape,
+        );
+        let (ra, rb) = (a_shape.len(), b_shape.len());
+        if *trans_a
+            || uses.get(&weight) != Some(&1)
+            || ra < 2
+            || rb < 2
+            || b_shape[..rb - 2].iter().product::<usize>() != 1
+        {
+            continue;
+        }
+        let (k, n) = if *trans_b {
+            (b_shape[rb - 1], b_shape[rb - 2])
+        } else {
+            (b_shape[rb - 2], b_shape[rb - 1])
+        };
+        let rows = a_shape[..ra - 1].iter().product::<usize>();
+        if a_shape[ra - 1] != k || !skinny_applies(rows, k, n) {
+            continue;
+        }
+        if w.len() != k * n {
+            continue;
+        }
+        buffers.push(BufferSpec {
+            name: format!("{} (packed)", g.value(weight).name),
+            elem: ElemType::F32,
+            shape: vec![skinny_packed_len(k, n)],
+            place: Place::Constant {
+                offset: constants.place(ConstantPiece::SkinnyPanels {
+                    weight: w,
+                    k,
+                    n,
+                    transposed: *trans_b,
+                }),
+            },
+        });
+        packed.insert(weight, buffers.len() - 1);
+    }
+    packed
+}
+
+pub(crate) fn build_program<'g>(
+    g: &'g Graph,
     names: &IoNames,
     kernels: &[LoweredKernel],
     function_of: &[usize],
@@ -106,20 +249,23 @@ pub(crate) fn build_program(
     let producer = g.producers();
     let mut buffers: Vec<BufferSpec> = Vec::new();
     let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
-    let mut constants: Vec<u8> = Vec::new();
+    let mut constants: ConstantBlob<'g> = ConstantBlob::default();
     let shape = |v: ValueId| g.ty(v).fixed_shape().expect("shapes are fixed");
+    // Constant weights of skinny products take the packed form in place of their own:
+    // the constants then hold each weight once, and no run packs it again.
+    let packed = pack_skinny_weights(g, &producer, kernels, &mut buffers, &mut constants);
+    for (&v, &b) in &packed {
+        buffer_of.insert(v, b);
+    }
     let mut buffer =
-        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut Vec<u8>| -> usize {
+        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut ConstantBlob<'g>| -> usize {
             if let Some(&b) = buffer_of.get(&v) {
                 return b;
             }
             let place = match producer[v.index()].map(|n| &g.nodes[n].op) {
-                Some(Op::Constant(t)) => {
-                    let offset = constants.len().div_ceil(64) * 64;
-                    constants.resize(offset, 0);
-                    constants.extend_from_slice(&t.to_le_bytes());
-                    Place::Constant { offset }
-                }
+                Some(Op::Constant(t)) => Place::Constant {
+                    offset: constants.place(ConstantPiece::Tensor(t)),
+                },
                 _ => Place::Arena { offset: 0 },
             };
             buffers.push(BufferSpec {
@@ -197,6 +343,7 @@ pub(crate) fn build_program(
                             b_shape,
                             trans_a: *trans_a,
                             trans_b: *trans_b,
+                            b_packed: packed.contains_key(&lk.args[*b as usize]),
                         }
                     }
                     Contraction::Conv {
@@ -352,8 +499,7 @@ pub(crate) fn build_program(
             offset: base + offset,
         };
     }
-    let mut blob = AlignedBytes::zeroed(constants.len());
-    blob.as_mut_slice().copy_from_slice(&constants);
+    let blob = constants.into_blob();
     Ok(Program {
         inputs,
         outputs,

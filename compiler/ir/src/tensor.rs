@@ -296,31 +296,52 @@ impl Tensor {
 
     /// The elements as little-endian bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        match &self.data {
-            Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
-            other => each_data!(other, v => v.iter().flat_map(le_bytes).collect()),
-        }
+        let mut out = Vec::new();
+        self.write_le_bytes(&mut out);
+        out
+    }
+
+    /// Appends the elements as little-endian bytes to `out`.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + self.byte_len(), 0);
+        self.write_le_bytes_to(&mut out[start..]);
+    }
+
+    /// Bytes the elements take.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.dtype().size_bytes()
+    }
+
+    /// Writes the elements as little-endian bytes over `out`, which holds
+    /// [`Tensor::byte_len`] bytes, with no allocation (a 34 MB weight took 0.2 s through
+    /// a vector per element).
+    pub fn write_le_bytes_to(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.byte_len(), "the destination's size");
+        let width = self.dtype().size_bytes();
+        each_data!(&self.data, v => out
+            .chunks_exact_mut(width)
+            .zip(v)
+            .for_each(|(o, x)| x.le_into(o)))
     }
 }
 
-/// Little-endian bytes of one element of any storage type.
+/// Writes the little-endian bytes of one element of any storage type.
 trait LeBytes {
-    fn le(&self) -> Vec<u8>;
+    fn le_into(&self, out: &mut [u8]);
 }
 
 macro_rules! le_impl {
-    ($($t:ty),*) => {$(impl LeBytes for $t { fn le(&self) -> Vec<u8> { self.to_le_bytes().to_vec() } })*};
+    ($($t:ty),*) => {$(impl LeBytes for $t {
+        fn le_into(&self, out: &mut [u8]) { out.copy_from_slice(&self.to_le_bytes()) }
+    })*};
 }
 le_impl!(f16, bf16, f32, f64, i8, i16, i32, i64, u8, u16, u32, u64);
 
 impl LeBytes for bool {
-    fn le(&self) -> Vec<u8> {
-        vec![*self as u8]
+    fn le_into(&self, out: &mut [u8]) {
+        out[0] = *self as u8
     }
-}
-
-fn le_bytes<T: LeBytes>(x: &T) -> Vec<u8> {
-    x.le()
 }
 
 macro_rules! map_data {

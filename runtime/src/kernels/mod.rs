@@ -2,8 +2,9 @@
 //! (`conv`: im2col tiles over the sliding `window`, or a plain MatMul for 1x1 kernels) on
 //! the `gemm` crate (AVX-512 kernels through its `x86-v4` feature) with their bias
 //! epilogue, two-dimensional depthwise convolutions (`depthwise`), 2-D f32 convolutions as
-//! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), and 2-D f32
-//! pooling (`pooling`). This file holds what they share: the error, the element types,
+//! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), products
+//! of a few rows with a constant weight packed once (`skinny`), and 2-D f32 pooling
+//! (`pooling`). This file holds what they share: the error, the element types,
 //! the SIMD dispatch and the copy helpers.
 
 mod conv;
@@ -11,11 +12,16 @@ mod depthwise;
 mod implicit;
 mod matmul;
 pub mod pooling;
+mod skinny;
 mod window;
 
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
 pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
+pub use skinny::{
+    prepack_skinny_weight, prepack_skinny_weight_le, skinny_applies, skinny_matmul,
+    skinny_packed_len,
+};
 
 use gemm::{Parallelism, gemm};
 use matmul::row_times_matrix;

@@ -1,0 +1,363 @@
+//! Products of a few rows with a large constant weight (a CTC or classifier head, a
+//! projection at batch 1): the compiler packs the weight once into panels of 16 columns
+//! (the program's constants hold only the packed form), and each run streams every panel
+//! once while all rows' sums stay in registers, threads taking panels. `gemm` packs the
+//! whole weight again on every call and splits the work by rows, so with 24 rows each of
+//! two threads packed and streamed all 34 MB of a CTC head's weight.
+
+use super::{KernelError, SyncPtr};
+use crate::threads::ThreadPool;
+
+/// Columns in one packed panel: two 8-lane vectors.
+const PANEL: usize = 16;
+/// Rows one register block computes: 6 x 2 accumulators, 2 weight vectors and a broadcast
+/// take 15 of the 16 vector registers.
+const ROW_BLOCK: usize = 6;
+/// Depths of a panel (16 KiB) that all row blocks take in turn while it stays in L1.
+const DEPTH_CHUNK: usize = 256;
+/// At most this many rows (all batches together) take the packed path; with more, `gemm`'s
+/// own packing pays for itself and its cache blocking wins.
+pub const SKINNY_MAX_ROWS: usize = 48;
+/// The packed path needs at least this many multiply-adds per row to be worth a packed
+/// copy of the weight.
+const SKINNY_MIN_ROW_MACS: usize = 1 << 16;
+
+/// Whether a product of `rows` rows (every batch of `a` together) by a constant `k x n`
+/// weight is compiled to the packed form. The form runs on any CPU (AVX2 and FMA where
+/// present), so a deployable packed on one machine runs on another.
+pub fn skinny_applies(rows: usize, k: usize, n: usize) -> bool {
+    (1..=SKINNY_MAX_ROWS).contains(&rows)
+        && k.saturating_mul(n) >= SKINNY_MIN_ROW_MACS
+        && n >= PANEL
+}
+
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Floats the packed form of a `k x n` weight takes: whole panels of 16 columns.
+pub fn skinny_packed_len(k: usize, n: usize) -> usize {
+    n.div_ceil(PANEL) * k * PANEL
+}
+
+/// The weight `b` (`k x n`, or `n x k` when `transposed`) as panels of 16 columns: panel
+/// `p` holds, for each of the `k` depths in turn, columns `16p..16p+16` (zeros past `n`).
+/// Placed on a 64-byte boundary, a depth's 16 floats are one cache line.
+pub fn prepack_skinny_weight(b: &[f32], k: usize, n: usize, transposed: bool) -> Option<Vec<f32>> {
+    let mut packed = vec![0f32; skinny_packed_len(k, n)];
+    pack_panels(b, k, n, transposed, |i, v| packed[i] = v)?;
+    Some(packed)
+}
+
+/// [`prepack_skinny_weight`] written as little-endian bytes over `out` (which holds
+/// [`skinny_packed_len`] floats), so that a compiler writes it straight into the
+/// program's constants. `None` where `b` or `out` has the wrong size.
+pub fn prepack_skinny_weight_le(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    out: &mut [u8],
+) -> Option<()> {
+    if out.len() != skinny_packed_len(k, n) * 4 {
+        return None;
+    }
+    out.fill(0);
+    pack_panels(b, k, n, transposed, |i, v| {
+        out[i * 4..i * 4 + 4].copy_from_slice(&v.to_le_bytes())
+    })
+}
+
+/// Calls `put(index, value)` for every weight element's place in the panels.
+fn pack_panels(
+    b: &[f32],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    mut put: impl FnMut(usize, f32),
+) -> Option<()> {
+    if b.len() != k.checked_mul(n)? {
+        return None;
+    }
+    for p in 0..n.div_ceil(PANEL) {
+        let panel = p * k * PANEL;
+        let cols = p * PANEL..((p + 1) * PANEL).min(n);
+        for (j, col) in cols.enumerate() {
+            if transposed {
+                // Column `col` of op(b) is row `col` of b: contiguous reads.
+                for (kk, &v) in b[col * k..(col + 1) * k].iter().enumerate() {
+                    put(panel + kk * PANEL + j, v);
+                }
+            } else {
+                for kk in 0..k {
+                    put(panel + kk * PANEL + j, b[kk * n + col]);
+                }
+            }
+        }
+    }
+    Some(())
+}
+
+/// `out = a * op(b) (+ bias)` for `a: [rows, k]` row-major and `op(b): [k, n]` packed by
+/// [`prepack_skinny_weight`]; `out: [rows, n]`. Threads take panels (column blocks).
+pub fn skinny_matmul(
+    a: &[f32],
+    [rows, k, n]: [usize; 3],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), KernelError> {
+    if a.len() != rows * k || out.len() != rows * n || packed.len() != skinny_packed_len(k, n) {
+        return Err(KernelError::Shape(
+            "skinny product: buffer sizes do not match the shapes".into(),
+        ));
+    }
+    if bias.is_some_and(|b| b.len() != n) {
+        return Err(KernelError::Shape(format!("bias must have {n} values")));
+    }
+    skinny_matmul_on(has_fma(), a, [rows, k, n], packed, bias, out, pool);
+    Ok(())
+}
+
+/// [`skinny_matmul`] on the AVX2/FMA kernel (`fma`, which the CPU must have) or the
+/// portable one, on checked operands.
+fn skinny_matmul_on(
+    fma: bool,
+    a: &[f32],
+    [rows, k, n]: [usize; 3],
+    packed: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    pool: &ThreadPool,
+) {
+    let panels = n.div_ceil(PANEL);
+    // Each block of rows interleaved by depth (`[k][block rows]`), so the broadcasts of
+    // one depth share a cache line instead of reading rows 4 KiB apart, which alias in L1.
+    let blocks: Vec<(usize, usize)> = (0..rows)
+        .step_by(ROW_BLOCK)
+        .map(|r0| (r0, (rows - r0).min(ROW_BLOCK)))
+        .collect();
+    let mut a_packed = vec![0f32; rows * k];
+    for &(r0, r) in &blocks {
+        let dst = &mut a_packed[r0 * k..(r0 + r) * k];
+        for i in 0..r {
+            for (kk, &v) in a[(r0 + i) * k..(r0 + i + 1) * k].iter().enumerate() {
+                dst[kk * r + i] = v;
+            }
+        }
+    }
+    let base = SyncPtr(out.as_mut_ptr());
+    let body = |range: std::ops::Range<usize>| {
+        let mut tiles = vec![[[0f32; PANEL]; ROW_BLOCK]; blocks.len()];
+        for p in range {
+            let panel = &packed[p * k * PANEL..(p + 1) * k * PANEL];
+            let c0 = p * PANEL;
+            let width = (n - c0).min(PANEL);
+            tiles
+                .iter_mut()
+                .for_each(|t| *t = [[0f32; PANEL]; ROW_BLOCK]);
+            // Every block of rows takes a slice of the panel's depth while it is in L1:
+            // the panel then comes from memory once, overlapped with all blocks' FMAs,
+            // instead of one block waiting on memory and the others reading L2.
+            for d0 in (0..k).step_by(DEPTH_CHUNK) {
+                let depth = (k - d0).min(DEPTH_CHUNK);
+                let w = &panel[d0 * PANEL..(d0 + depth) * PANEL];
+                for (&(r0, r), tile) in blocks.iter().zip(tiles.iter_mut()) {
+                    let ap = &a_packed[r0 * k + d0 * r..r0 * k + (d0 + depth) * r];
+                    if fma {
+                        // SAFETY: the CPU has AVX2 and FMA (checked above).
+                        unsafe { block_times_panel(ap, r, depth, w, tile) };
+                    } else {
+                        block_portable(ap, r, depth, w, tile);
+                    }
+                }
+            }
+            for (&(r0, r), tile) in blocks.iter().zip(&tiles) {
+                for (i, sums) in tile.iter().take(r).enumerate() {
+                    // SAFETY: panels cover disjoint columns of `out`, which outlives the run.
+                    let row = unsafe {
+                        std::slice::from_raw_parts_mut(base.get().add((r0 + i) * n + c0), width)
+                    };
+                    match bias {
+                        Some(b) => row
+                            .iter_mut()
+                            .zip(&sums[..width])
+                            .zip(&b[c0..c0 + width])
+                            .for_each(|((o, &s), &b)| *o = s + b),
+                        None => row.copy_from_slice(&sums[..width]),
+                    }
+                }
+            }
+        }
+    };
+    pool.run(panels, 4, &body);
+}
+
+/// [`block_times_panel`] on any CPU: the same sums in the same order (rounded after each
+/// multiply, as a CPU without FMA must), as plain arrays the compiler vectorizes for the
+/// build's baseline.
+fn block_portable(
+    ap: &[f32],
+    r: usize,
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]; ROW_BLOCK],
+) {
+    for kk in 0..k {
+        let w = &panel[kk * PANEL..(kk + 1) * PANEL];
+        for (i, sums) in tile.iter_mut().take(r).enumerate() {
+            let x = ap[kk * r + i];
+            sums.iter_mut().zip(w).for_each(|(s, &w)| *s += x * w);
+        }
+    }
+}
+
+/// Adds `r` (at most [`ROW_BLOCK`]) interleaved rows times `k` depths of a panel to `tile`.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+unsafe fn block_times_panel(
+    ap: &[f32],
+    r: usize,
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]; ROW_BLOCK],
+) {
+    // SAFETY: the caller checked the CPU; each call gets its exact row count.
+    unsafe {
+        match r {
+            1 => block_fma::<1>(ap, k, panel, tile),
+            2 => block_fma::<2>(ap, k, panel, tile),
+            3 => block_fma::<3>(ap, k, panel, tile),
+            4 => block_fma::<4>(ap, k, panel, tile),
+            5 => block_fma::<5>(ap, k, panel, tile),
+            _ => block_fma::<6>(ap, k, panel, tile),
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn block_times_panel(
+    _: &[f32],
+    _: usize,
+    _: usize,
+    _: &[f32],
+    _: &mut [[f32; PANEL]; ROW_BLOCK],
+) {
+    unreachable!("skinny_applies is false off x86-64")
+}
+
+/// [`block_times_panel`] for exactly `R` rows: `R x 2` vector sums (loaded from and
+/// stored back to `tile`) in registers while the depth runs, one broadcast per row and two weight loads per depth.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn block_fma<const R: usize>(
+    ap: &[f32],
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]; ROW_BLOCK],
+) {
+    use std::arch::x86_64::*;
+    assert!(ap.len() >= k * R && panel.len() >= k * PANEL);
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    for (sums, row) in acc.iter_mut().zip(tile.iter()) {
+        // SAFETY: each row of the tile holds 16 floats.
+        unsafe {
+            sums[0] = _mm256_loadu_ps(row.as_ptr());
+            sums[1] = _mm256_loadu_ps(row.as_ptr().add(8));
+        }
+    }
+    let (a, w) = (ap.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        // SAFETY: kk < k, and the lengths were asserted above.
+        unsafe {
+            let w0 = _mm256_loadu_ps(w.add(kk * PANEL));
+            let w1 = _mm256_loadu_ps(w.add(kk * PANEL + 8));
+            for (i, sums) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(kk * R + i));
+                sums[0] = _mm256_fmadd_ps(x, w0, sums[0]);
+                sums[1] = _mm256_fmadd_ps(x, w1, sums[1]);
+            }
+        }
+    }
+    for (sums, row) in acc.iter().zip(tile.iter_mut()) {
+        // SAFETY: each row of the tile holds 16 floats.
+        unsafe {
+            _mm256_storeu_ps(row.as_mut_ptr(), sums[0]);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8), sums[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{MatrixOperand, batched_matmul};
+
+    /// Against `batched_matmul` on odd sizes: row counts that leave partial row blocks,
+    /// a last panel of 5 columns, both weight layouts, with and without bias.
+    #[test]
+    fn matches_the_general_product() {
+        let pool = ThreadPool::new(2);
+        for (rows, k, n) in [
+            (1, 300, 40),
+            (2, 70, 1029),
+            (7, 256, 261),
+            (13, 129, 517),
+            (24, 64, 1024),
+        ] {
+            for transposed in [false, true] {
+                let a: Vec<f32> = (0..rows * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+                let b: Vec<f32> = (0..k * n)
+                    .map(|i| ((i * 5) % 11) as f32 * 0.25 - 1.0)
+                    .collect();
+                let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+                let b_shape = if transposed { [n, k] } else { [k, n] };
+                for with_bias in [false, true] {
+                    let bias = with_bias.then_some(bias.as_slice());
+                    let mut want = vec![0f32; rows * n];
+                    batched_matmul(
+                        MatrixOperand::new(&a, &[rows, k], false),
+                        MatrixOperand::new(&b, &b_shape, transposed),
+                        bias,
+                        &mut want,
+                        &pool,
+                    )
+                    .unwrap();
+                    let packed = prepack_skinny_weight(&b, k, n, transposed).unwrap();
+                    let mut got = vec![f32::NAN; rows * n];
+                    skinny_matmul(&a, [rows, k, n], &packed, bias, &mut got, &pool).unwrap();
+                    // Small integers and quarters: both sums are exact.
+                    assert_eq!(got, want, "rows {rows} k {k} n {n} transposed {transposed}");
+                    let mut portable = vec![f32::NAN; rows * n];
+                    skinny_matmul_on(false, &a, [rows, k, n], &packed, bias, &mut portable, &pool);
+                    assert_eq!(portable, want, "portable: rows {rows} k {k} n {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_mismatched_buffers() {
+        let packed = prepack_skinny_weight(&[0.0; 64 * 1024], 64, 1024, false).unwrap();
+        let err = skinny_matmul(
+            &[0.0; 3 * 64],
+            [2, 64, 1024],
+            &packed,
+            None,
+            &mut [0.0; 2 * 1024],
+            &ThreadPool::new(1),
+        );
+        assert!(err.is_err());
+        assert!(prepack_skinny_weight(&[0.0; 10], 64, 1024, false).is_none());
+    }
+}
