@@ -407,6 +407,43 @@ impl Tensor {
         Tensor::new(shape, data)
     }
 
+    /// `outer` rows of each part in turn (row `o` of part `p` is its elements
+    /// `o * chunks[p]..(o + 1) * chunks[p]`), flat: a concatenation along an inner axis.
+    pub fn interleave_rows(parts: &[&Tensor], chunks: &[usize], outer: usize) -> Result<Tensor> {
+        let first = parts
+            .first()
+            .ok_or_else(|| IrError::Eval("nothing to concatenate".into()))?;
+        if parts.iter().any(|p| p.dtype() != first.dtype())
+            || parts.len() != chunks.len()
+            || parts.iter().zip(chunks).any(|(p, &c)| p.len() != c * outer)
+        {
+            return Err(IrError::Eval(
+                "interleaved parts differ in dtype or size".into(),
+            ));
+        }
+        let total: usize = chunks.iter().sum::<usize>() * outer;
+        macro_rules! interleave {
+            ($($var:ident),*) => {
+                match &first.data {
+                    $(Data::$var(_) => {
+                        let mut out = Vec::with_capacity(total);
+                        for o in 0..outer {
+                            for (p, &c) in parts.iter().zip(chunks) {
+                                let Data::$var(v) = &p.data else { unreachable!("dtypes checked") };
+                                out.extend_from_slice(&v[o * c..(o + 1) * c]);
+                            }
+                        }
+                        Data::$var(out)
+                    })*
+                }
+            };
+        }
+        let data = interleave!(
+            F16, BF16, F32, F64, I8, I16, I32, I64, U8, U16, U32, U64, Bool
+        );
+        Tensor::new(vec![total], data)
+    }
+
     /// Flat concatenation of several tensors of one dtype (shape `[total]`).
     pub fn concat_flat(parts: &[&Tensor]) -> Result<Tensor> {
         let first = parts

@@ -190,18 +190,26 @@ fn int_binary(op: BinaryOp, a: i64, b: i64, unsigned: bool) -> i64 {
 /// zero-extended in the `i64` already); `u64` compares through its bit pattern.
 pub(super) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out_shape = broadcast_shapes(&[a.shape(), b.shape()])?;
-    let same = a.shape() == out_shape.as_slice() && b.shape() == out_shape.as_slice();
-    let (ma, mb) = if same {
-        (None, None)
-    } else {
-        (
-            Some(broadcast_map(&out_shape, a.shape())),
-            Some(broadcast_map(&out_shape, b.shape())),
-        )
+    // Where each output element reads an operand: the same position, the one element of
+    // a scalar (folding a scale into a weight), or a computed broadcast map.
+    let index_map = |t: &Tensor| {
+        if t.shape() == out_shape.as_slice() {
+            None
+        } else if t.len() == 1 {
+            Some(Vec::new())
+        } else {
+            Some(broadcast_map(&out_shape, t.shape()))
+        }
     };
+    let (ma, mb) = (index_map(a), index_map(b));
     let n: usize = out_shape.iter().product();
-    let ia = |i: usize| ma.as_ref().map_or(i, |m| m[i]);
-    let ib = |i: usize| mb.as_ref().map_or(i, |m| m[i]);
+    let at = |m: &Option<Vec<usize>>, i: usize| match m {
+        None => i,
+        Some(m) if m.is_empty() => 0,
+        Some(m) => m[i],
+    };
+    let ia = |i: usize| at(&ma, i);
+    let ib = |i: usize| at(&mb, i);
     let out_dtype = if op.is_comparison() {
         DType::Bool
     } else {
