@@ -36,9 +36,30 @@ struct Case {
     source: String,
 }
 
+/// Where `bench/py/export_zoo.py` puts the architectures exported by torch.
+const ZOO: &str = "target/bench-zoo";
+
+/// Exports the torch-made models that are missing (in the bench-only export venv). A
+/// model that fails to export is left out of the run, and said so.
+fn ensure_zoo(root: &Path) -> Result<()> {
+    let python = crate::data::export_venv(root)?;
+    let status = Command::new(&python)
+        .arg(root.join("bench/py/export_zoo.py"))
+        .arg(root.join(ZOO))
+        .status()
+        .context("running bench/py/export_zoo.py")?;
+    if !status.success() {
+        println!("warning: some models failed to export (above); the run goes on without them");
+    }
+    Ok(())
+}
+
 fn cases(root: &Path, filter: Option<&str>) -> Result<Vec<Case>> {
     let mut dirs = Vec::new();
-    for base in ["target/onnx-data/models", "target/bench-models"] {
+    for base in ["target/onnx-data/models", "target/bench-models", ZOO] {
+        if base == ZOO && !root.join(base).is_dir() {
+            continue;
+        }
         let mut names: Vec<_> = std::fs::read_dir(root.join(base))
             .with_context(|| format!("reading {base}"))?
             .filter_map(|e| e.ok())
@@ -231,6 +252,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .context("generating benchmark models")?;
     if !status.success() {
         bail!("bench/py/gen_models.py failed");
+    }
+    if !args.iter().any(|a| a == "--no-zoo") {
+        ensure_zoo(root)?;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)

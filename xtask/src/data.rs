@@ -35,11 +35,27 @@ fn pip_install(python: &Path, requirements: &Path) -> Result<()> {
         .arg(requirements))
 }
 
-/// Creates (or reuses) the venv and returns its python.
+/// Creates (or reuses) the test venv and returns its python.
 pub fn venv(root: &Path) -> Result<PathBuf> {
-    let dir = root.join("target/smelt-venv");
+    venv_from(root, "target/smelt-venv", "xtask/py/requirements.txt")
+}
+
+/// Creates (or reuses) the bench-only export venv (pinned torch, torchvision and
+/// transformers: several GB, so never the test venv) and returns its python.
+pub fn export_venv(root: &Path) -> Result<PathBuf> {
+    venv_from(
+        root,
+        "target/bench-venv",
+        "bench/py/requirements-export.txt",
+    )
+}
+
+/// The venv in `dir` with the packages of `requirements` (both relative to `root`),
+/// reinstalled when the requirements change.
+fn venv_from(root: &Path, dir: &str, requirements: &str) -> Result<PathBuf> {
+    let dir = root.join(dir);
     let python = dir.join("bin/python");
-    let requirements = root.join("xtask/py/requirements.txt");
+    let requirements = root.join(requirements);
     let wanted = std::fs::read_to_string(&requirements)?;
     let stamp = dir.join("smelt-requirements.txt");
     if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {

@@ -43,7 +43,7 @@ fn main() -> Result<()> {
             opt_stats(&root)
         }
         other => bail!(
-            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-bundle, gpu-dry-run, gpu-results DIR, fuzz [--seconds N] [--targets a,b] [--ci], opt-stats, peak, bench [--models A,B] [--compare OLD.json], codegen"
+            "unknown task {other:?}; tasks: setup, onnx-data, test, conformance [--update], gpu-bundle, gpu-dry-run, gpu-results DIR, fuzz [--seconds N] [--targets a,b] [--ci], opt-stats, peak, bench [--models A,B] [--no-zoo] [--compare OLD.json], codegen"
         ),
     }
 }
