@@ -67,6 +67,7 @@ impl Pipeline {
         passes.push(Box::new(Identity));
         passes.push(Box::new(Fold::default()));
         passes.push(Box::new(Cse));
+        passes.push(Box::new(ConvTaps));
         passes.push(Box::new(crate::egraph::EGraphPass::default()));
         passes.push(Box::new(Fold::default()));
         passes.push(Box::new(Cse));

@@ -1,11 +1,13 @@
 //! The cheap deterministic passes, one per file.
 
+mod conv_taps;
 mod cse;
 mod dce;
 pub(crate) mod fold;
 mod identity;
 mod specialize;
 
+pub use conv_taps::ConvTaps;
 pub use cse::Cse;
 pub use dce::Dce;
 pub use fold::Fold;
@@ -21,6 +23,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Pass>, OptError> {
         "identity" => Box::new(Identity),
         "fold" => Box::new(Fold::default()),
         "cse" => Box::new(Cse),
+        "conv-taps" => Box::new(ConvTaps),
         "dce" => Box::new(Dce),
         "specialize" => Box::new(Specialize::default()),
         "egraph" => Box::new(crate::egraph::EGraphPass::default()),
