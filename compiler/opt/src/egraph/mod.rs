@@ -10,7 +10,7 @@ pub mod rules;
 use crate::error::OptError;
 use crate::pass::{Pass, PassOutcome};
 use smelt_ir::Graph;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +44,10 @@ impl Pass for EGraphPass {
 
     fn run(&self, g: &mut Graph) -> Result<PassOutcome, OptError> {
         let mut loaded = convert::load(std::mem::take(g), self.fold_budget);
-        let merges = Arc::new(Mutex::new((Vec::new(), HashSet::new())));
+        let merges = Arc::new(Mutex::new((
+            Vec::new(),
+            rules::contraction::Merged::default(),
+        )));
         let hook_merges = merges.clone();
         let egraph = std::mem::replace(
             &mut loaded.egraph,
@@ -172,6 +175,45 @@ mod tests {
             convert::never_worse(&loaded.egraph, &roots, cheap.clone(), costly);
         assert!(!took);
         assert_eq!(kept, cheap);
+    }
+
+    /// Q, K and V sharing their input merge once, though a scale folded into Q's weight
+    /// gives a new group of the same products at the next iteration.
+    #[test]
+    fn a_left_operand_is_merged_once() {
+        let w = |seed: usize| {
+            (0..16)
+                .map(|i| format!("{:.2}", ((i * 7 + seed) % 9) as f64 / 4.0 - 1.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = format!(
+            "graph qkv (%x: f32[4, 4]) {{\n  %wq = constant f32[4, 4] [{}]\n  %wk = constant f32[4, 4] [{}]\n  %wv = constant f32[4, 4] [{}]\n  %s = constant f32[] [0.125]\n  %q = matmul(%x, %wq) : f32[4, 4]\n  %qs = mul(%q, %s) : f32[4, 4]\n  %k = matmul(%x, %wk) : f32[4, 4]\n  %v = matmul(%x, %wv) : f32[4, 4]\n  %qk = add(%qs, %k) : f32[4, 4]\n  %y = mul(%qk, %v) : f32[4, 4]\n  return %y\n}}\n",
+            w(1),
+            w(2),
+            w(3)
+        );
+        let mut g = parse_graph(&text).unwrap();
+        let outcome = EGraphPass::default().run(&mut g).unwrap();
+        let detail = |name: &str| {
+            outcome
+                .details
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            detail("rule matmul-scale-into-weights").as_deref(),
+            Some("1"),
+            "{:?}",
+            outcome.details
+        );
+        assert_eq!(
+            detail(&format!("rule {}", rules::contraction::MERGE_RULE)).as_deref(),
+            Some("1"),
+            "{:?}",
+            outcome.details
+        );
     }
 
     #[test]
