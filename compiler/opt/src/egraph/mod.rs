@@ -216,6 +216,37 @@ mod tests {
         );
     }
 
+    /// The facts interned with a constant answer what scanning it would.
+    #[test]
+    fn constant_facts_match_their_elements() {
+        use smelt_ir::{DType, Tensor};
+        let mut a = lang::Analysis::new(vec![], 0);
+        let f64s = |v: Vec<f64>| Tensor::from_f64(DType::F32, vec![v.len()], v).unwrap();
+        let cases = [
+            (f64s(vec![1.0, 1.0, 1.0]), true, Some(1.0)),
+            (f64s(vec![0.0, 1.0]), true, None),
+            (
+                f64s(vec![f64::INFINITY, f64::INFINITY]),
+                false,
+                Some(f64::INFINITY),
+            ),
+            (f64s(vec![2.0, f64::NAN]), false, None),
+            (f64s(vec![]), true, None),
+            (
+                Tensor::from_i64(DType::I64, vec![2], vec![7, 7]).unwrap(),
+                true,
+                Some(7.0),
+            ),
+        ];
+        for (t, finite, splat) in cases {
+            let k = a.intern_const(t.clone()) as usize;
+            assert_eq!(a.facts[k], lang::ConstFacts { finite, splat }, "{t:?}");
+        }
+        // A NaN splat equals no value, as the element-wise check had it.
+        let k = a.intern_const(f64s(vec![f64::NAN, f64::NAN])) as usize;
+        assert!(a.facts[k].splat.is_some_and(f64::is_nan) && !a.facts[k].finite);
+    }
+
     #[test]
     fn transpose_pairs_cancel() {
         let mut g = parse_graph(

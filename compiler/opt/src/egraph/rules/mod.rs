@@ -63,13 +63,18 @@ pub fn konst(eg: &EGraph, id: Id) -> Option<&Tensor> {
 
 /// True when the class is a constant whose every element equals `v`.
 pub fn is_splat(eg: &EGraph, id: Id, v: f64) -> bool {
-    konst(eg, id).is_some_and(|t| t.dtype().is_numeric() && !t.is_empty() && t.all_f64(|x| x == v))
+    facts(eg, id).is_some_and(|f| f.splat == Some(v))
+}
+
+/// The interned facts of the class's constant, if it is one.
+fn facts(eg: &EGraph, id: Id) -> Option<crate::egraph::lang::ConstFacts> {
+    eg[id].data.konst.map(|k| eg.analysis.facts[k as usize])
 }
 
 /// True when the class is a constant with only finite elements (folding constants into
 /// other constants is sound only then: `inf * 0` terms would turn into NaN).
 pub fn is_finite_const(eg: &EGraph, id: Id) -> bool {
-    konst(eg, id).is_some_and(|t| !t.dtype().is_float() || t.all_f64(f64::is_finite))
+    facts(eg, id).is_some_and(|f| f.finite)
 }
 
 /// Adds `op(children)` over constants when it folds to a constant with only finite
