@@ -243,6 +243,12 @@ def export(name, out):
     np.random.seed(SEED)
     model, args, input_names = MODELS[name]()
     model.eval()
+    # Some initializers zero a layer (torchvision's ViT head): its products would then
+    # fold away and its outputs say nothing. Such weights get small random values.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and torch.count_nonzero(p) == 0:
+                torch.nn.init.normal_(p, std=0.02)
     dynamo = name.endswith("_dynamo")
     # The fused multi-head-attention fast path (torchvision's ViT in eval mode) has no
     # TorchScript-based export; the exporter's users turn it off.
