@@ -158,6 +158,46 @@ fn peer(
     )
 }
 
+/// Whether smelt's outputs of the case match onnxruntime's (`bench/py/check_outputs.py`
+/// on `smelt run`'s files): a timing of wrong results would say nothing.
+fn check_outputs(root: &Path, python: &Path, case: &Case) -> Value {
+    let out = root.join("target/bench-check").join(&case.name);
+    let _ = std::fs::remove_dir_all(&out);
+    let run = || -> Result<Value> {
+        std::fs::create_dir_all(&out)?;
+        let mut cmd = Command::new(root.join("target/release/smelt"));
+        cmd.arg("run").arg(case.dir.join("model.onnx"));
+        for i in &case.inputs {
+            cmd.arg("--input").arg(i);
+        }
+        let status = cmd
+            .arg("--output-dir")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .context("running smelt run")?;
+        if !status.status.success() {
+            bail!(
+                "smelt run: {}",
+                String::from_utf8_lossy(&status.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+        json_of(
+            Command::new(python)
+                .arg(root.join("bench/py/check_outputs.py"))
+                .arg(&case.dir)
+                .arg(&out),
+            &format!("checking {}", case.name),
+        )
+    };
+    let result = run().unwrap_or_else(|e| json!({ "matches": false, "error": format!("{e:#}") }));
+    let _ = std::fs::remove_dir_all(&out);
+    result
+}
+
 /// onnxruntime through its C API (`ort-capi` on the pinned wheel's library).
 fn ort_capi(
     root: &Path,
@@ -280,6 +320,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .unwrap_or_default();
     let mut rows = Vec::new();
     for case in cases(root, flag("--models"))? {
+        let check = check_outputs(root, &python, &case);
+        println!(
+            "{:<22} outputs match onnxruntime: {}",
+            case.name, check["matches"]
+        );
         let mut tract_once: Option<Value> = None;
         for threads in THREADS {
             let probe = smelt(root, &case, threads, 3);
@@ -340,6 +385,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             let row = json!({
                 "model": case.name, "threads": threads,
                 "source": case.source, "parameters": smelt_result.get("parameters"),
+                "check": check,
                 "smelt": smelt_result, "onnxruntime": ort, "onnxruntime_python": ort_python,
                 "tract": tract,
                 "smelt_over_onnxruntime": over_ort,
@@ -439,7 +485,8 @@ fn markdown(r: &Value) -> String {
          Python bindings run on one thread, so its 2-thread column repeats the 1-thread figure. GFLOP/s count the \
          contractions (MatMul, Conv) only; the share is of the measured fp32 FMA peak for that many threads. \
          `load ms` is smelt's import to runnable code (JIT); peak RSS is each process's, and the RSS ratio \
-         smelt's over onnxruntime's C API harness's.\n\n\
+         smelt's over onnxruntime's C API harness's. Before timing, each model's outputs from `smelt run` are \
+         compared with onnxruntime's (rtol 1e-4, atol 1e-5; the table after the timings).\n\n\
          ![ratios](performance.svg)\n\n\
          | model | threads | smelt | onnxruntime | ort py | tract | smelt/ort | smelt/tract | GFLOP/s | share of peak | load ms | smelt RSS MB | ort RSS MB | RSS ratio |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -480,10 +527,25 @@ fn markdown(r: &Value) -> String {
         ));
     }
     if rows.iter().any(|r| r["parameters"].is_u64()) {
-        s.push_str("\n| model | parameters | contraction GFLOP | source |\n|---|---|---|---|\n");
+        s.push_str("\n| model | parameters | contraction GFLOP | outputs match onnxruntime | source |\n|---|---|---|---|---|\n");
         for row in rows.iter().filter(|r| r["threads"] == THREADS[0]) {
+            let check = &row["check"];
+            let matches = match check["matches"].as_bool() {
+                Some(true) => format!(
+                    "yes ({:.2} of the tolerance)",
+                    check["worst_error_over_tolerance"].as_f64().unwrap_or(0.0)
+                ),
+                Some(false) => format!(
+                    "NO: {}",
+                    check["error"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| check["problems"].to_string())
+                ),
+                None => "-".into(),
+            };
             s.push_str(&format!(
-                "| {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {matches} | {} |\n",
                 row["model"].as_str().unwrap_or(""),
                 row["parameters"]
                     .as_u64()
