@@ -159,7 +159,8 @@ fn peer(
 }
 
 /// Whether smelt's outputs of the case match onnxruntime's (`bench/py/check_outputs.py`
-/// on `smelt run`'s files): a timing of wrong results would say nothing.
+/// on `smelt run`'s files; its tolerance is in the script): a timing of wrong results
+/// would say nothing.
 fn check_outputs(root: &Path, python: &Path, case: &Case) -> Value {
     let out = root.join("target/bench-check").join(&case.name);
     let _ = std::fs::remove_dir_all(&out);
@@ -486,7 +487,8 @@ fn markdown(r: &Value) -> String {
          contractions (MatMul, Conv) only; the share is of the measured fp32 FMA peak for that many threads. \
          `load ms` is smelt's import to runnable code (JIT); peak RSS is each process's, and the RSS ratio \
          smelt's over onnxruntime's C API harness's. Before timing, each model's outputs from `smelt run` are \
-         compared with onnxruntime's (rtol 1e-4, atol 1e-5; the table after the timings).\n\n\
+         compared with onnxruntime's (rtol 1e-4, atol 1e-5 times the output's largest magnitude above 1; the table \
+         after the timings).\n\n\
          ![ratios](performance.svg)\n\n\
          | model | threads | smelt | onnxruntime | ort py | tract | smelt/ort | smelt/tract | GFLOP/s | share of peak | load ms | smelt RSS MB | ort RSS MB | RSS ratio |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
