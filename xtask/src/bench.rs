@@ -107,7 +107,8 @@ fn cases(root: &Path, filter: Option<&str>) -> Result<Vec<Case>> {
     Ok(out)
 }
 
-fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
+/// Runs `cmd`; an error naming `what` and the last line of its stderr unless it succeeds.
+fn output_of(cmd: &mut Command, what: &str) -> Result<std::process::Output> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
@@ -118,17 +119,28 @@ fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
                 .unwrap_or("")
         );
     }
+    Ok(out)
+}
+
+fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
+    let out = output_of(cmd, what)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rfind(|l| l.starts_with('{')).unwrap_or("");
     serde_json::from_str(line).with_context(|| format!("{what} printed {text}"))
 }
 
-fn smelt(root: &Path, case: &Case, threads: usize, iterations: usize) -> Result<Value> {
+/// `smelt SUBCOMMAND MODEL --input ...` for the case.
+fn smelt_command(root: &Path, subcommand: &str, case: &Case) -> Command {
     let mut cmd = Command::new(root.join("target/release/smelt"));
-    cmd.arg("bench").arg(case.dir.join("model.onnx"));
+    cmd.arg(subcommand).arg(case.dir.join("model.onnx"));
     for i in &case.inputs {
         cmd.arg("--input").arg(i);
     }
+    cmd
+}
+
+fn smelt(root: &Path, case: &Case, threads: usize, iterations: usize) -> Result<Value> {
+    let mut cmd = smelt_command(root, "bench", case);
     cmd.args([
         "--threads",
         &threads.to_string(),
@@ -166,26 +178,12 @@ fn check_outputs(root: &Path, python: &Path, case: &Case) -> Value {
     let _ = std::fs::remove_dir_all(&out);
     let run = || -> Result<Value> {
         std::fs::create_dir_all(&out)?;
-        let mut cmd = Command::new(root.join("target/release/smelt"));
-        cmd.arg("run").arg(case.dir.join("model.onnx"));
-        for i in &case.inputs {
-            cmd.arg("--input").arg(i);
-        }
-        let status = cmd
-            .arg("--output-dir")
-            .arg(&out)
-            .stdout(std::process::Stdio::null())
-            .output()
-            .context("running smelt run")?;
-        if !status.status.success() {
-            bail!(
-                "smelt run: {}",
-                String::from_utf8_lossy(&status.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
-        }
+        output_of(
+            smelt_command(root, "run", case)
+                .arg("--output-dir")
+                .arg(&out),
+            "smelt run",
+        )?;
         json_of(
             Command::new(python)
                 .arg(root.join("bench/py/check_outputs.py"))
