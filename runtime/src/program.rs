@@ -322,11 +322,7 @@ impl PackedFilters {
 }
 
 /// `[rows, k, n]` of a MatMul whose weight is packed: every batch of `a` is a row.
-pub fn packed_product_sizes(
-    a_shape: &[usize],
-    b_shape: &[usize],
-    trans_b: bool,
-) -> Option<[usize; 3]> {
+fn packed_product_sizes(a_shape: &[usize], b_shape: &[usize], trans_b: bool) -> Option<[usize; 3]> {
     let (ra, rb) = (a_shape.len(), b_shape.len());
     if ra < 2 || rb < 2 {
         return None;

@@ -296,16 +296,9 @@ impl Tensor {
 
     /// The elements as little-endian bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_le_bytes(&mut out);
+        let mut out = vec![0; self.byte_len()];
+        self.write_le_bytes_to(&mut out);
         out
-    }
-
-    /// Appends the elements as little-endian bytes to `out`.
-    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + self.byte_len(), 0);
-        self.write_le_bytes_to(&mut out[start..]);
     }
 
     /// Bytes the elements take.

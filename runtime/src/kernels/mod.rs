@@ -18,10 +18,7 @@ mod window;
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
 pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
-pub use skinny::{
-    prepack_skinny_weight, prepack_skinny_weight_le, skinny_applies, skinny_matmul,
-    skinny_packed_len,
-};
+pub use skinny::{prepack_skinny_weight_le, skinny_applies, skinny_matmul, skinny_packed_len};
 
 use gemm::{Parallelism, gemm};
 use matmul::row_times_matrix;

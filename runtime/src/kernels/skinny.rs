@@ -18,8 +18,8 @@ const DEPTH_CHUNK: usize = 256;
 /// At most this many rows (all batches together) take the packed path; with more, `gemm`'s
 /// own packing pays for itself and its cache blocking wins.
 pub const SKINNY_MAX_ROWS: usize = 48;
-/// The packed path needs at least this many multiply-adds per row to be worth a packed
-/// copy of the weight.
+/// The packed path needs at least this many multiply-adds per row; smaller weights stay
+/// plain, where `gemm`'s packing costs little.
 const SKINNY_MIN_ROW_MACS: usize = 1 << 16;
 
 /// Whether a product of `rows` rows (every batch of `a` together) by a constant `k x n`
@@ -34,7 +34,7 @@ pub fn skinny_applies(rows: usize, k: usize, n: usize) -> bool {
 fn has_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        super::f32_with::<f32>(super::Simd::Avx2Fma)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -47,18 +47,12 @@ pub fn skinny_packed_len(k: usize, n: usize) -> usize {
     n.div_ceil(PANEL) * k * PANEL
 }
 
-/// The weight `b` (`k x n`, or `n x k` when `transposed`) as panels of 16 columns: panel
-/// `p` holds, for each of the `k` depths in turn, columns `16p..16p+16` (zeros past `n`).
-/// Placed on a 64-byte boundary, a depth's 16 floats are one cache line.
-pub fn prepack_skinny_weight(b: &[f32], k: usize, n: usize, transposed: bool) -> Option<Vec<f32>> {
-    let mut packed = vec![0f32; skinny_packed_len(k, n)];
-    pack_panels(b, k, n, transposed, |i, v| packed[i] = v)?;
-    Some(packed)
-}
-
-/// [`prepack_skinny_weight`] written as little-endian bytes over `out` (which holds
-/// [`skinny_packed_len`] floats), so that a compiler writes it straight into the
-/// program's constants. `None` where `b` or `out` has the wrong size.
+/// The weight `b` (`k x n`, or `n x k` when `transposed`) as panels of 16 columns, written
+/// as little-endian bytes over `out` (which holds [`skinny_packed_len`] floats), so that a
+/// compiler writes it straight into the program's constants: panel `p` holds, for each of
+/// the `k` depths in turn, columns `16p..16p+16` (zeros past `n`). Placed on a 64-byte
+/// boundary, a depth's 16 floats are one cache line. `None` where `b` or `out` has the
+/// wrong size.
 pub fn prepack_skinny_weight_le(
     b: &[f32],
     k: usize,
@@ -106,7 +100,7 @@ fn pack_panels(
 }
 
 /// `out = a * op(b) (+ bias)` for `a: [rows, k]` row-major and `op(b): [k, n]` packed by
-/// [`prepack_skinny_weight`]; `out: [rows, n]`. Threads take panels (column blocks).
+/// [`prepack_skinny_weight_le`]; `out: [rows, n]`. Threads take panels (column blocks).
 pub fn skinny_matmul(
     a: &[f32],
     [rows, k, n]: [usize; 3],
@@ -253,7 +247,7 @@ unsafe fn block_times_panel(
     _: &[f32],
     _: &mut [[f32; PANEL]; ROW_BLOCK],
 ) {
-    unreachable!("skinny_applies is false off x86-64")
+    unreachable!("has_fma is false off x86-64")
 }
 
 /// [`block_times_panel`] for exactly `R` rows: `R x 2` vector sums (loaded from and
@@ -302,6 +296,13 @@ fn block_fma<const R: usize>(
 mod tests {
     use super::*;
     use crate::kernels::{MatrixOperand, batched_matmul};
+
+    /// The packed weight as floats (what the program's constants hold as bytes).
+    fn prepack_skinny_weight(b: &[f32], k: usize, n: usize, transposed: bool) -> Option<Vec<f32>> {
+        let mut packed = vec![0f32; skinny_packed_len(k, n)];
+        pack_panels(b, k, n, transposed, |i, v| packed[i] = v)?;
+        Some(packed)
+    }
 
     /// Against `batched_matmul` on odd sizes: row counts that leave partial row blocks,
     /// a last panel of 5 columns, both weight layouts, with and without bias.
@@ -359,5 +360,7 @@ mod tests {
         );
         assert!(err.is_err());
         assert!(prepack_skinny_weight(&[0.0; 10], 64, 1024, false).is_none());
+        let mut short = vec![0u8; 16];
+        assert!(prepack_skinny_weight_le(&[0.0; 64 * 1024], 64, 1024, false, &mut short).is_none());
     }
 }

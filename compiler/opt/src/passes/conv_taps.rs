@@ -84,7 +84,7 @@ impl Pass for ConvTaps {
                     pads[a],
                     pads[spatial + a],
                 ];
-                if axis.iter().skip(2).take(2).any(|&v| v == 0) || ws[2 + a] == 0 {
+                if strides[a] == 0 || dilations[a] == 0 || ws[2 + a] == 0 {
                     continue;
                 }
                 if let Some((t0, t1, pb, pe)) = live_taps(axis) {
@@ -99,15 +99,19 @@ impl Pass for ConvTaps {
             let Op::Constant(weight) = &g.nodes[wn].op else {
                 continue;
             };
-            let mut cut: Tensor = weight.clone();
+            // Each cut reads the previous one (the first the weight itself, not a copy).
+            let mut cut: Option<Tensor> = None;
             for op in &cuts {
-                cut = smelt_ir::interp::eval_op(op, &[&cut])
+                let from = cut.as_ref().unwrap_or(weight);
+                let next = smelt_ir::interp::eval_op(op, &[from])
                     .map_err(|source| OptError::Ir {
                         pass: "conv-taps",
                         source,
                     })?
                     .remove(0);
+                cut = Some(next);
             }
+            let cut = cut.expect("at least one cut");
             g.values[w.index()].ty = cut.tensor_type();
             g.nodes[wn].op = Op::Constant(cut);
             if let Op::Conv { pads, .. } = &mut g.nodes[i].op {
