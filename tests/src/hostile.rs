@@ -136,7 +136,7 @@ fn convinteger_scalar_weight() -> Vec<u8> {
         name: Some(name.into()),
         dims: dims.to_vec(),
         data_type: Some(2),
-        raw_data: Some(values.to_vec()),
+        raw_data: Some(values.to_vec().into()),
         ..Default::default()
     };
     model(

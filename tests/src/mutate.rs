@@ -298,7 +298,9 @@ fn mutate_tensor(rng: &mut Rng, t: &mut TensorProto) {
                 t.int64_data[at] = edge;
             } else if let Some(raw) = t.raw_data.as_mut().filter(|r| r.len() >= 8) {
                 let at = 8 * rng.below(raw.len() / 8);
-                raw[at..at + 8].copy_from_slice(&edge.to_le_bytes());
+                let mut bytes = raw.to_vec();
+                bytes[at..at + 8].copy_from_slice(&edge.to_le_bytes());
+                *raw = bytes.into();
             }
         }
         _ => mutate_dims(rng, &mut t.dims),

@@ -421,3 +421,82 @@ fn attention_checks_past_ranks_and_nonpad_lengths() {
     let extreme = Tensor::from_i64(DType::I64, vec![1], vec![i64::MIN]).unwrap();
     assert!(run(&nonpad, &qkv(vec![("nonpad_kv_seqlen", extreme)])).is_ok());
 }
+
+/// A model `y = x + w` whose weight `w` (64 Ki floats, 64 pages) is stored in
+/// `raw_data`, written to `file`; returns the weight.
+fn write_add_model(file: &std::path::Path, seed: f32) -> Tensor {
+    let n = 65536;
+    let values: Vec<f64> = (0..n).map(|i| (i % 97) as f64 * 0.25 + seed as f64).collect();
+    let w = f32s(vec![n], &values);
+    let proto = tensor_to_proto(&w, "w");
+    let bytes = smelt_tests::builder::model(
+        vec![node("Add", "add", &["x", "w"], &["y"])],
+        vec![f32_info("x", &[n as i64])],
+        vec![f32_info("y", &[n as i64])],
+        vec![proto],
+    );
+    std::fs::write(file, bytes).unwrap();
+    w
+}
+
+fn scratch_file(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("mapped-models");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// The weight constant of an imported `write_add_model` model.
+fn imported_weight(m: &OnnxModel) -> Result<Tensor, OnnxError> {
+    let imported = import(m, &ImportOptions::default())?;
+    let g = &imported.graph;
+    Ok(g.nodes
+        .iter()
+        .find_map(|n| match &n.op {
+            smelt_ir::Op::Constant(t) => Some(t.clone()),
+            _ => None,
+        })
+        .expect("the weight"))
+}
+
+#[test]
+fn a_loaded_model_imports_again_after_its_weight_pages_are_handed_back() {
+    let file = scratch_file("twice.onnx");
+    let w = write_add_model(&file, 0.5);
+    let m = OnnxModel::load(&file).unwrap();
+    // The first import converts the weight and hands its pages back; the second reads
+    // them again from the file.
+    for _ in 0..2 {
+        let got = imported_weight(&m).unwrap();
+        assert!(got.bits_eq(&w), "the weight changed between imports");
+    }
+}
+
+#[test]
+fn a_model_file_written_in_place_after_loading_is_refused() {
+    let file = scratch_file("written.onnx");
+    write_add_model(&file, 0.5);
+    let m = OnnxModel::load(&file).unwrap();
+    imported_weight(&m).unwrap();
+    // Another model written over the same file: a mapping would read its weights.
+    let other = scratch_file("written.tmp");
+    write_add_model(&other, 1.5);
+    let mut bytes = std::fs::read(&other).unwrap();
+    bytes.extend_from_slice(&[0; 8]);
+    std::fs::write(&file, bytes).unwrap();
+    let err = imported_weight(&m).unwrap_err().to_string();
+    assert!(
+        err.contains("was written since it was loaded") && err.contains("written.onnx"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_file_replaced_by_rename_after_loading_keeps_the_loaded_weights() {
+    let file = scratch_file("renamed.onnx");
+    let w = write_add_model(&file, 0.5);
+    let m = OnnxModel::load(&file).unwrap();
+    let other = scratch_file("renamed.tmp");
+    write_add_model(&other, 2.5);
+    std::fs::rename(&other, &file).unwrap();
+    assert!(imported_weight(&m).unwrap().bits_eq(&w));
+}

@@ -11,6 +11,8 @@ pub fn run(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let tmp = tempdir(root)?;
     prost_build::Config::new()
+        // Weights decode as slices of the file's buffer instead of copies of it.
+        .bytes([".onnx.TensorProto.raw_data"])
         .out_dir(&tmp)
         .compile_fds(fds)
         .context("generating Rust types with prost-build")?;

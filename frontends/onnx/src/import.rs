@@ -605,6 +605,7 @@ fn input_type(
 
 /// Imports a model into the Graph IR.
 pub fn import(model: &OnnxModel, opts: &ImportOptions) -> Result<Imported> {
+    model.check_unchanged()?;
     let graph = model.proto.graph.as_ref().expect("checked when decoded");
     let opset = model
         .default_opset()
@@ -663,6 +664,7 @@ pub fn import(model: &OnnxModel, opts: &ImportOptions) -> Result<Imported> {
     for t in &graph.initializer {
         let name = t.name.clone().unwrap_or_default();
         let tensor = tensor_from_proto(t, base_dir)?;
+        model.release(t);
         cx.node = name.clone();
         cx.op_type = "initializer".into();
         let id = cx.constant(tensor);

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod export;
 pub mod import;
+mod mapped;
 pub mod model;
 pub mod ops;
 pub mod tensor;

@@ -1,6 +1,7 @@
 //! Reading ONNX model files and summarizing them (for `smelt inspect`).
 
 use crate::error::{OnnxError, Result};
+use crate::mapped::MappedFile;
 use crate::proto::{ModelProto, TypeProto, type_proto};
 use crate::tensor::{dtype_from_onnx, onnx_type_name};
 use prost::Message;
@@ -12,11 +13,19 @@ use std::path::Path;
 pub struct OnnxModel {
     pub proto: ModelProto,
     pub base_dir: Option<std::path::PathBuf>,
+    /// The mapped file that the tensors' `raw_data` are slices of (a loaded file).
+    mapped: Option<std::sync::Arc<MappedFile>>,
 }
 
 impl OnnxModel {
     /// Decodes a model from bytes (external data is refused: there is no directory).
     pub fn from_bytes(bytes: &[u8]) -> Result<OnnxModel> {
+        OnnxModel::from_buffer(prost::bytes::Bytes::copy_from_slice(bytes))
+    }
+
+    /// Decodes a model from a buffer it keeps: the tensors' `raw_data` are slices of it,
+    /// not copies, so a model's weights are in memory once until import converts them.
+    pub fn from_buffer(bytes: prost::bytes::Bytes) -> Result<OnnxModel> {
         if bytes.is_empty() {
             return Err(OnnxError::Decode("the file is empty".into()));
         }
@@ -34,16 +43,26 @@ impl OnnxModel {
         Ok(OnnxModel {
             proto,
             base_dir: None,
+            mapped: None,
         })
     }
 
-    /// Reads and decodes a model file; external data resolves relative to its directory.
+    /// Maps and decodes a model file; external data resolves relative to its directory.
+    /// The weights stay in the file's pages until an import converts them (and hands
+    /// the pages back): see [`OnnxModel::release`].
     pub fn load(path: &Path) -> Result<OnnxModel> {
-        let bytes = std::fs::read(path).map_err(|source| OnnxError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut m = OnnxModel::from_bytes(&bytes)?;
+        let mapped = MappedFile::open(path)?;
+        let bytes = match &mapped {
+            Some(m) => m.bytes(),
+            None => std::fs::read(path)
+                .map_err(|source| OnnxError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .into(),
+        };
+        let mut m = OnnxModel::from_buffer(bytes)?;
+        m.mapped = mapped;
         m.base_dir = Some(path.parent().map(Path::to_path_buf).unwrap_or_default()).map(|p| {
             if p.as_os_str().is_empty() {
                 std::path::PathBuf::from(".")
@@ -52,6 +71,21 @@ impl OnnxModel {
             }
         });
         Ok(m)
+    }
+
+    /// Refuses to go on with a mapped file that was written since it was loaded: its
+    /// weights would no longer be the ones the model was loaded with.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.mapped.as_ref().map_or(Ok(()), |m| m.check_unchanged())
+    }
+
+    /// Hands back the memory of `t`'s `raw_data` once it has been converted, where it
+    /// lies in the mapped file: the pages leave the resident set, and the next import
+    /// reads them again from the page cache.
+    pub fn release(&self, t: &crate::proto::TensorProto) {
+        if let (Some(m), Some(raw)) = (&self.mapped, &t.raw_data) {
+            m.release(raw);
+        }
     }
 
     /// Version of the default (`ai.onnx`) domain.

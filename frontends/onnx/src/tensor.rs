@@ -261,7 +261,7 @@ pub fn tensor_to_proto(t: &Tensor, name: &str) -> TensorProto {
         dims: t.shape().iter().map(|&d| d as i64).collect(),
         data_type: Some(dtype_to_onnx(t.dtype())),
         name: Some(name.to_string()),
-        raw_data: Some(t.to_le_bytes()),
+        raw_data: Some(t.to_le_bytes().into()),
         ..TensorProto::default()
     }
 }
