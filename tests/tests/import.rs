@@ -426,7 +426,9 @@ fn attention_checks_past_ranks_and_nonpad_lengths() {
 /// `raw_data`, written to `file`; returns the weight.
 fn write_add_model(file: &std::path::Path, seed: f32) -> Tensor {
     let n = 65536;
-    let values: Vec<f64> = (0..n).map(|i| (i % 97) as f64 * 0.25 + seed as f64).collect();
+    let values: Vec<f64> = (0..n)
+        .map(|i| (i % 97) as f64 * 0.25 + seed as f64)
+        .collect();
     let w = f32s(vec![n], &values);
     let proto = tensor_to_proto(&w, "w");
     let bytes = smelt_tests::builder::model(
