@@ -5,8 +5,8 @@
 
 use super::window::Window;
 use super::{
-    Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, gemm_into,
-    implicit, is_f32, useful_stride, with_scratch,
+    Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, depthwise_nhwc,
+    gemm_into, implicit, is_f32, useful_stride, with_scratch,
 };
 use crate::threads::ThreadPool;
 
@@ -86,7 +86,27 @@ pub fn conv<T: Float>(
 /// packed filters (plain [`conv`] then).
 pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     let size: usize = geo.weight.iter().product();
-    (implicit::handles(geo) && w.len() == size).then(|| implicit::pack_filters(w, geo))
+    if w.len() != size || geo.weight.len() < 2 {
+        return None;
+    }
+    if depthwise(geo) && depthwise_nhwc::handles(geo) {
+        return Some(depthwise_nhwc::pack_filters(w, geo));
+    }
+    implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
+}
+
+/// Whether each filter of `geo` reads one input channel and each channel feeds one
+/// filter, with a window wider than one position (the depthwise paths).
+fn depthwise(geo: &ConvGeometry) -> bool {
+    let (c, m, g) = (
+        geo.input.get(1).copied().unwrap_or(0),
+        geo.weight[0],
+        geo.group.max(1),
+    );
+    let pointwise = geo.weight[2..].iter().all(|&k| k == 1)
+        && geo.strides.iter().all(|&st| st == 1)
+        && geo.pads.iter().all(|&p| p == 0);
+    c == g && m == g && geo.weight[1] == 1 && !pointwise
 }
 
 /// [`conv`] with the filters also given packed by [`prepack_conv_filters`].
@@ -191,6 +211,27 @@ fn conv_paths<T: Float>(
     }
     .with_taps();
     let base = SyncPtr(out.as_mut_ptr());
+    if cg == 1 && mg == 1 && !pointwise && is_f32::<T>() && depthwise_nhwc::handles(geo) {
+        if prepacked.is_some_and(|p| p.len() != depthwise_nhwc::packed_len(geo)) {
+            return Err(KernelError::Shape(
+                "the prepacked depthwise filters do not match the convolution".into(),
+            ));
+        }
+        // SAFETY: T is f32.
+        unsafe {
+            depthwise_nhwc::conv(
+                as_f32(x),
+                as_f32(w),
+                prepacked.map(|p| as_f32(p)),
+                bias.map(|b| as_f32(b)),
+                geo,
+                &out_sp,
+                as_f32_mut(out),
+                pool,
+            )
+        };
+        return Ok(());
+    }
     if cg == 1 && mg == 1 && !pointwise {
         // Depthwise: each output channel reads one input channel; a tiny GEMM per
         // channel would cost more than the arithmetic, so accumulate tap by tap.

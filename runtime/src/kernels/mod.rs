@@ -9,6 +9,7 @@
 
 mod conv;
 mod depthwise;
+mod depthwise_nhwc;
 mod implicit;
 mod matmul;
 pub mod pooling;
