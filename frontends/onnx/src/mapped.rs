@@ -3,7 +3,7 @@
 //! once (as IR tensors) instead of twice (file buffer and tensors).
 
 use crate::error::{OnnxError, Result};
-use memmap2::{Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 use prost::bytes::Bytes;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -112,14 +112,18 @@ impl MappedFile {
         }
         let from = (start - base).div_ceil(PAGE) * PAGE;
         let to = (start - base + part.len()) / PAGE * PAGE;
+        // Only Unix has the advice; elsewhere the pages stay until the model is dropped.
+        #[cfg(unix)]
         if to > from {
             // SAFETY: the mapping is private, read-only and never written, so dropping
             // its pages loses nothing: the next read maps the file's bytes again. The
             // advice is only a hint; where the kernel refuses it, the pages stay.
             let _ = unsafe {
                 self.map
-                    .unchecked_advise_range(UncheckedAdvice::DontNeed, from, to - from)
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
             };
         }
+        #[cfg(not(unix))]
+        let _ = (from, to);
     }
 }
