@@ -19,12 +19,11 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(file: &File) -> std::io::Result<Stamp> {
-        let meta = file.metadata()?;
-        Ok(Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
             len: meta.len(),
             modified: meta.modified().ok(),
-        })
+        }
     }
 }
 
@@ -63,7 +62,7 @@ impl MappedFile {
         if !meta.is_file() || meta.len() == 0 {
             return Ok(None);
         }
-        let stamp = Stamp::of(&file).map_err(io)?;
+        let stamp = Stamp::of(&meta);
         // SAFETY: the mapping is private and read-only, and nothing here writes to it. A
         // file changed in place is caught by `check_unchanged` before each import.
         let map = match unsafe { Mmap::map(&file) } {
@@ -85,10 +84,11 @@ impl MappedFile {
 
     /// Refuses a file written since it was mapped.
     pub(crate) fn check_unchanged(&self) -> Result<()> {
-        let now = Stamp::of(&self.file).map_err(|source| OnnxError::Io {
+        let meta = self.file.metadata().map_err(|source| OnnxError::Io {
             path: self.path.display().to_string(),
             source,
         })?;
+        let now = Stamp::of(&meta);
         if now != self.stamp {
             return Err(OnnxError::Model(format!(
                 "'{}' was written since it was loaded ({} bytes then, {} now); load it again",

@@ -95,6 +95,14 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
 }
 
+/// Whether `geo` is a 1x1, unit-stride, unpadded convolution: a MatMul of the input
+/// itself, without an im2col matrix.
+fn pointwise(geo: &ConvGeometry) -> bool {
+    geo.weight[2..].iter().all(|&k| k == 1)
+        && geo.strides.iter().all(|&st| st == 1)
+        && geo.pads.iter().all(|&p| p == 0)
+}
+
 /// Whether each filter of `geo` reads one input channel and each channel feeds one
 /// filter, with a window wider than one position (the depthwise paths).
 fn depthwise(geo: &ConvGeometry) -> bool {
@@ -103,10 +111,7 @@ fn depthwise(geo: &ConvGeometry) -> bool {
         geo.weight[0],
         geo.group.max(1),
     );
-    let pointwise = geo.weight[2..].iter().all(|&k| k == 1)
-        && geo.strides.iter().all(|&st| st == 1)
-        && geo.pads.iter().all(|&p| p == 0);
-    c == g && m == g && geo.weight[1] == 1 && !pointwise
+    c == g && m == g && geo.weight[1] == 1 && !pointwise(geo)
 }
 
 /// [`conv`] with the filters also given packed by [`prepack_conv_filters`].
@@ -197,8 +202,7 @@ fn conv_paths<T: Float>(
             "buffer sizes do not match the convolution".into(),
         ));
     }
-    let pointwise =
-        kc == 1 && geo.strides.iter().all(|&st| st == 1) && geo.pads.iter().all(|&p| p == 0);
+    let pointwise = pointwise(geo);
     let window = Window {
         kernel: &kernel,
         out_sp: &out_sp,
@@ -211,7 +215,8 @@ fn conv_paths<T: Float>(
     }
     .with_taps();
     let base = SyncPtr(out.as_mut_ptr());
-    if cg == 1 && mg == 1 && !pointwise && is_f32::<T>() && depthwise_nhwc::handles(geo) {
+    let depthwise = depthwise(geo);
+    if depthwise && is_f32::<T>() && depthwise_nhwc::handles(geo) {
         if prepacked.is_some_and(|p| p.len() != depthwise_nhwc::packed_len(geo)) {
             return Err(KernelError::Shape(
                 "the prepacked depthwise filters do not match the convolution".into(),
@@ -232,7 +237,7 @@ fn conv_paths<T: Float>(
         };
         return Ok(());
     }
-    if cg == 1 && mg == 1 && !pointwise {
+    if depthwise {
         // Depthwise: each output channel reads one input channel; a tiny GEMM per
         // channel would cost more than the arithmetic, so accumulate tap by tap.
         let per_channel = |items: std::ops::Range<usize>| {

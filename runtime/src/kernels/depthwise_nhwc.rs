@@ -146,7 +146,7 @@ pub(super) fn conv(
     if let Some(b) = bias {
         start[..channels].copy_from_slice(&b[..channels]);
     }
-    let (filters, start) = (filters, start.as_slice());
+    let start = start.as_slice();
     let blocks = lanes / LANES;
     // Output rows are split only as far as every thread gets work (a first layer has
     // two or four channel blocks).
