@@ -1,7 +1,7 @@
 //! The serialized form of a `Program` (without its code and constants): a protobuf
 //! message, so that a deployed runtime loads what the compiler wrote.
 
-use crate::kernels::{ConvGeometry, PoolGeometry, PoolMode};
+use crate::kernels::{AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry};
 use crate::program::{BufferSpec, Constants, IoSpec, Launch, Place, Program};
 use crate::tensor::ElemType;
 use prost::Message;
@@ -89,7 +89,7 @@ pub struct BufferProto {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct LaunchProto {
-    /// 0 loop, 1 matmul, 2 conv, 3 copy, 4 pool.
+    /// 0 loop, 1 matmul, 2 conv, 3 copy, 4 pool, 5 resize.
     #[prost(uint32, tag = "1")]
     pub kind: u32,
     #[prost(string, tag = "2")]
@@ -98,6 +98,7 @@ pub struct LaunchProto {
     pub function: u64,
     /// Loop: the kernel's buffers. MatMul: a, b, out[, bias]. Conv: x, w, out[, bias].
     /// Copy: src, dst. Pool: x, out (input shape in `a_shape`, kernel in `b_shape`).
+    /// Resize: x, out (input shape in `a_shape`, taps per row and column in `b_shape`).
     #[prost(uint64, repeated, tag = "4")]
     pub args: Vec<u64>,
     #[prost(uint64, tag = "5")]
@@ -129,6 +130,15 @@ pub struct LaunchProto {
     /// MatMul: `b` is the weight packed into column panels.
     #[prost(bool, tag = "17")]
     pub b_packed: bool,
+    /// Resize: the row taps' input indices, then the column taps'.
+    #[prost(uint32, repeated, tag = "18")]
+    pub tap_index: Vec<u32>,
+    /// Resize: the weights of `tap_index`.
+    #[prost(float, repeated, tag = "19")]
+    pub tap_weight: Vec<f32>,
+    /// Resize: output rows (the output's columns follow from the rest).
+    #[prost(uint64, tag = "20")]
+    pub out_rows: u64,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -362,6 +372,18 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.pads = u64s(&geometry.pads);
             p.pool_mode = geometry.mode.code();
         }
+        Launch::Resize {
+            x, out, geometry, ..
+        } => {
+            p.kind = 5;
+            p.args = vec![*x as u64, *out as u64];
+            p.a_shape = u64s(&geometry.input);
+            let (rows, cols) = (&geometry.rows, &geometry.cols);
+            p.b_shape = u64s(&[rows.taps, cols.taps]);
+            p.out_rows = rows.len() as u64;
+            p.tap_index = [&rows.index[..], &cols.index[..]].concat();
+            p.tap_weight = [&rows.weight[..], &cols.weight[..]].concat();
+        }
     }
     p
 }
@@ -448,6 +470,36 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                 .out_spatial()
                 .map_err(|e| format!("launch {}: {e}", p.name))?;
             Launch::Pool {
+                name,
+                x: args[0],
+                out: args[1],
+                geometry,
+            }
+        }
+        5 => {
+            need(2)?;
+            let bad = || format!("launch {}: malformed resize taps", p.name);
+            let [row_taps, col_taps] = usizes(&p.b_shape)[..] else {
+                return Err(bad());
+            };
+            let split = row_taps
+                .checked_mul(p.out_rows as usize)
+                .filter(|&n| n <= p.tap_index.len() && p.tap_weight.len() == p.tap_index.len())
+                .ok_or_else(bad)?;
+            let axis = |taps: usize, r: std::ops::Range<usize>| AxisTaps {
+                taps,
+                index: p.tap_index[r.clone()].to_vec(),
+                weight: p.tap_weight[r].to_vec(),
+            };
+            let geometry = ResizeGeometry {
+                input: usizes(&p.a_shape),
+                rows: axis(row_taps, 0..split),
+                cols: axis(col_taps, split..p.tap_index.len()),
+            };
+            geometry
+                .output()
+                .map_err(|e| format!("launch {}: {e}", p.name))?;
+            Launch::Resize {
                 name,
                 x: args[0],
                 out: args[1],

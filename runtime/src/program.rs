@@ -3,8 +3,8 @@
 //! microkernels, copies).
 
 use crate::kernels::{
-    ConvGeometry, KernelError, MatrixOperand, PoolGeometry, batched_matmul, conv, conv_prepacked,
-    pool2d, prepack_conv_filters, skinny_matmul,
+    ConvGeometry, KernelError, MatrixOperand, PoolGeometry, ResizeGeometry, batched_matmul, conv,
+    conv_prepacked, pool2d, prepack_conv_filters, resize2d, skinny_matmul,
 };
 use crate::tensor::{ElemType, HostTensor};
 use crate::threads::ThreadPool;
@@ -168,6 +168,13 @@ pub enum Launch {
         out: usize,
         geometry: PoolGeometry,
     },
+    /// f32 resize along the two innermost axes (`kernels::resize`).
+    Resize {
+        name: String,
+        x: usize,
+        out: usize,
+        geometry: ResizeGeometry,
+    },
 }
 
 impl Launch {
@@ -177,7 +184,8 @@ impl Launch {
             | Launch::MatMul { name, .. }
             | Launch::Conv { name, .. }
             | Launch::Copy { name, .. }
-            | Launch::Pool { name, .. } => name,
+            | Launch::Pool { name, .. }
+            | Launch::Resize { name, .. } => name,
         }
     }
 }
@@ -710,6 +718,17 @@ impl Program {
                 }
                 let (xv, _, _, ov) = self.slices::<f32>(mem, *x, *x, None, *out);
                 pool2d(xv, geometry, ov, pool).map_err(|e: KernelError| fail(e.to_string()))?
+            }
+            Launch::Resize {
+                x, out, geometry, ..
+            } => {
+                if self.buffers[*out].elem != ElemType::F32
+                    || self.buffers[*x].elem != ElemType::F32
+                {
+                    return Err(fail("resizing of other than f32".into()));
+                }
+                let (xv, _, _, ov) = self.slices::<f32>(mem, *x, *x, None, *out);
+                resize2d(xv, geometry, ov, pool).map_err(|e: KernelError| fail(e.to_string()))?
             }
             Launch::Copy { src, dst, .. } => {
                 let n = self.buffers[*src].bytes();

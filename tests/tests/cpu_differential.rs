@@ -465,3 +465,130 @@ fn skinny_products_run_on_weights_packed_at_compile_time() {
         assert!(launch_packed(&back), "the manifest keeps the packed launch");
     }
 }
+
+/// f32 resizes of the two innermost axes run the runtime's separable kernel (nearest,
+/// linear and cubic sampling, up and down, rank 3 and 4) and match the reference; a
+/// resize of an outer axis and crop-and-resize stay generated loops. A manifest keeps
+/// the kernel's taps.
+#[test]
+fn inner_axis_resizes_run_the_runtime_kernel() {
+    use smelt_runtime::program::{Launch, Program};
+    let cases = [
+        // (input, sizes, scales, mode, coord, nearest, exclude_outside, runs the kernel)
+        (
+            vec![1, 2, 5, 7],
+            vec![1, 2, 12, 10],
+            "linear",
+            "half_pixel",
+            "floor",
+            false,
+            true,
+        ),
+        (
+            vec![2, 3, 4, 4],
+            vec![2, 3, 8, 8],
+            "nearest",
+            "asymmetric",
+            "floor",
+            false,
+            true,
+        ),
+        (
+            vec![1, 2, 6, 5],
+            vec![1, 2, 4, 9],
+            "cubic",
+            "align_corners",
+            "round_prefer_floor",
+            true,
+            true,
+        ),
+        (
+            vec![1, 1, 6, 5],
+            vec![1, 1, 7, 3],
+            "cubic",
+            "half_pixel",
+            "round_prefer_floor",
+            false,
+            true,
+        ),
+        (
+            vec![3, 4, 6],
+            vec![3, 8, 3],
+            "linear",
+            "pytorch_half_pixel",
+            "floor",
+            false,
+            true,
+        ),
+        (
+            vec![1, 2, 4, 4],
+            vec![1, 4, 4, 4],
+            "nearest",
+            "asymmetric",
+            "floor",
+            false,
+            false,
+        ),
+        (
+            vec![1, 1, 4, 4],
+            vec![1, 1, 3, 3],
+            "linear",
+            "tf_crop_and_resize",
+            "floor",
+            false,
+            false,
+        ),
+    ];
+    let dims = |s: &[usize]| {
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (input, sizes, mode, coord, nearest, exclude, runs_kernel) in cases {
+        let scales: Vec<String> = input
+            .iter()
+            .zip(&sizes)
+            .map(|(&i, &o)| format!("{:?}", o as f64 / i as f64))
+            .collect();
+        let text = format!(
+            "graph resize (%x: f32[{}]) {{\n  %roi = constant f32[{}] [{}]\n  %y = resize<sizes=[{}], scales=[{}], mode={mode}, coord={coord}, nearest={nearest}, cubic_coeff=-0.75, exclude_outside={exclude}, extrapolation=0.5>(%x, %roi) : f32[{}]\n  return %y\n}}\n",
+            dims(&input),
+            2 * input.len(),
+            // Crop-and-resize reads the middle half and a bit outside (the extrapolation).
+            (0..2 * input.len())
+                .map(|i| if i < input.len() { "-0.1" } else { "0.6" })
+                .collect::<Vec<_>>()
+                .join(", "),
+            dims(&sizes),
+            scales.join(", "),
+            dims(&sizes),
+        );
+        let x = konst(input.clone(), 5, None);
+        agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
+        let g = smelt_ir::text::parse_graph(&text).unwrap();
+        let exe = Executable::from_graph(g, false).unwrap();
+        let resize_launch = |p: &Program| {
+            p.launches.iter().find_map(|l| match l {
+                Launch::Resize { geometry, .. } => Some(geometry.clone()),
+                _ => None,
+            })
+        };
+        let geometry = resize_launch(&exe.program);
+        assert_eq!(
+            geometry.is_some(),
+            runs_kernel,
+            "{input:?} -> {sizes:?} {mode} {coord}:\n{}",
+            exe.kernel_text()
+        );
+        let manifest = exe.program.manifest("resize", "x86-64", &[], 1);
+        let decoded =
+            smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes()).unwrap();
+        let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+        assert_eq!(
+            resize_launch(&back),
+            geometry,
+            "the manifest keeps the taps"
+        );
+    }
+}

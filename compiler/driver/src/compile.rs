@@ -218,6 +218,7 @@ impl Executable {
                     Launch::Conv { .. } => "conv",
                     Launch::Copy { .. } => "copy",
                     Launch::Pool { .. } => "pool",
+                    Launch::Resize { .. } => "resize",
                 },
                 flops: launch_flops(l),
             })

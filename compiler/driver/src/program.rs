@@ -9,8 +9,8 @@ use smelt_fuse::{Layout, LoweredKernel};
 use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
 use smelt_runtime::ElemType;
 use smelt_runtime::kernels::{
-    ConvGeometry, PoolGeometry, PoolMode, prepack_skinny_weight_le, skinny_applies,
-    skinny_packed_len,
+    AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry, prepack_skinny_weight_le,
+    skinny_applies, skinny_packed_len,
 };
 use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
@@ -395,6 +395,17 @@ pub(crate) fn build_program<'g>(
                         }
                         .with_useful_strides(),
                     },
+                    Contraction::Resize {
+                        x,
+                        sampling,
+                        scales,
+                        sizes,
+                    } => Launch::Resize {
+                        name: k.name.clone(),
+                        x: p(*x),
+                        out: p(*out),
+                        geometry: resize_geometry(pshape(*x), sampling, scales, sizes),
+                    },
                 });
                 if let Some(nest) = epilogue {
                     launches.push(loop_launch(nest));
@@ -514,4 +525,51 @@ pub(crate) fn build_program<'g>(
 
 fn elem(g: &Graph, v: ValueId) -> ElemType {
     ElemType::from_name(g.ty(v).dtype.name()).expect("runtime and IR share dtype names")
+}
+
+/// The runtime's form of a resize call: the taps of the two innermost axes, as ONNX's
+/// reference works them out (in f64), with f32 weights. An output index with fewer taps
+/// than its axis' most (cubic sampling that excludes the outside, at the borders) is
+/// padded with zero weights, which the kernel skips.
+fn resize_geometry(
+    input: Vec<usize>,
+    sampling: &smelt_ir::Sampling,
+    scales: &[f64],
+    sizes: &[usize],
+) -> ResizeGeometry {
+    let axis = |a: usize| {
+        let per_output: Vec<smelt_ir::Taps> = sampling
+            .taps(smelt_ir::ResizeAxis {
+                n_in: input[a],
+                n_out: sizes[a],
+                scale: scales[a],
+                roi: (0.0, 1.0),
+            })
+            .into_iter()
+            .map(|t| t.expect("crop-and-resize never becomes a resize call"))
+            .collect();
+        let taps = per_output.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let mut axis = AxisTaps {
+            taps,
+            index: Vec::with_capacity(taps * per_output.len()),
+            weight: Vec::with_capacity(taps * per_output.len()),
+        };
+        for t in &per_output {
+            let pad = taps - t.len();
+            axis.index.extend(
+                t.iter()
+                    .map(|&(i, _)| i as u32)
+                    .chain(std::iter::repeat_n(0, pad)),
+            );
+            axis.weight.extend(
+                t.iter()
+                    .map(|&(_, w)| w as f32)
+                    .chain(std::iter::repeat_n(0.0, pad)),
+            );
+        }
+        axis
+    };
+    let r = input.len();
+    let (rows, cols) = (axis(r - 2), axis(r - 1));
+    ResizeGeometry { input, rows, cols }
 }

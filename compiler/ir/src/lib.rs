@@ -11,6 +11,7 @@ pub mod infer;
 pub mod interp;
 pub mod limits;
 pub mod op;
+pub mod resize;
 pub mod shape;
 pub mod tensor;
 pub mod text;
@@ -24,5 +25,6 @@ pub use op::{
     ArgKind, BinaryOp, CoordMode, NearestMode, Op, PadMode, PoolKind, ReduceKind, ResizeMode,
     ScatterReduction, UnaryOp,
 };
+pub use resize::{ResizeAxis, Sampling, Taps};
 pub use shape::{Dim, Shape, TensorType};
 pub use tensor::{Data, Tensor};

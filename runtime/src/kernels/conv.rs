@@ -3,6 +3,7 @@
 //! it on `gemm`; a plain MatMul for 1x1 kernels; depthwise convolutions and, where the
 //! CPU has AVX-512, 2-D f32 implicit matrix products handed to their own files.
 
+use super::sparse_taps;
 use super::window::Window;
 use super::{
     Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, depthwise_nhwc,
@@ -92,6 +93,12 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     if depthwise(geo) && depthwise_nhwc::handles(geo) {
         return Some(depthwise_nhwc::pack_filters(w, geo));
     }
+    if geo
+        .out_spatial()
+        .is_ok_and(|out_sp| sparse_taps::handles(geo, &out_sp))
+    {
+        return Some(sparse_taps::pack_filters(w, geo));
+    }
     implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
 }
 
@@ -159,7 +166,7 @@ fn conv_tiled<T: Float>(
 /// values become zero, NaN stays NaN (the comparison is false). A select, not a branch,
 /// so it vectorizes; as a separate pass over the whole output it took a quarter of a
 /// RegNet's run.
-fn relu_in_place<T: Float>(values: &mut [T]) {
+pub(super) fn relu_in_place<T: Float>(values: &mut [T]) {
     for v in values {
         *v = if *v < T::ZERO { T::ZERO } else { *v };
     }
@@ -236,6 +243,9 @@ fn conv_paths<T: Float>(
             )
         };
         return Ok(());
+    }
+    if sparse_taps::handles(geo, &out_sp) {
+        return sparse_taps::conv(x, w, prepacked, bias, geo, &out_sp, out, pool);
     }
     if depthwise {
         // Depthwise: each output channel reads one input channel; a tiny GEMM per

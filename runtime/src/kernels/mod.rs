@@ -3,8 +3,8 @@
 //! the `gemm` crate (AVX-512 kernels through its `x86-v4` feature) with their bias
 //! epilogue, two-dimensional depthwise convolutions (`depthwise`), 2-D f32 convolutions as
 //! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), products
-//! of a few rows with a constant weight packed once (`skinny`), and 2-D f32 pooling
-//! (`pooling`). This file holds what they share: the error, the element types,
+//! of a few rows with a constant weight packed once (`skinny`), 2-D f32 pooling
+//! (`pooling`) and separable f32 resizing (`resize`). This file holds what they share: the error, the element types,
 //! the SIMD dispatch and the copy helpers.
 
 mod conv;
@@ -13,12 +13,15 @@ mod depthwise_nhwc;
 mod implicit;
 mod matmul;
 pub mod pooling;
+mod resize;
 mod skinny;
+mod sparse_taps;
 mod window;
 
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
 pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
+pub use resize::{AxisTaps, ResizeGeometry, resize2d};
 pub use skinny::{prepack_skinny_weight_le, skinny_applies, skinny_matmul, skinny_packed_len};
 
 use gemm::{Parallelism, gemm};

@@ -504,8 +504,9 @@ impl LoopNest {
     }
 }
 
-/// A call of one of the runtime's kernels: the contractions, and pooling, which is not
-/// one but is run the same way (its window sums computed once per row and reused).
+/// A call of one of the runtime's kernels: the contractions, and pooling and resizing,
+/// which are not but are run the same way (pooling's window sums computed once per row
+/// and reused, resizing's taps worked out once per axis instead of per element).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Contraction {
     /// NumPy matmul of params `a` and `b` (transposes of their last two axes), plus an
@@ -537,6 +538,14 @@ pub enum Contraction {
         strides: Vec<usize>,
         /// All begin pads, then all end pads.
         pads: Vec<usize>,
+    },
+    /// f32 Resize of `x` to `sizes` that changes at most its two innermost axes (no
+    /// crop-and-resize).
+    Resize {
+        x: u32,
+        sampling: smelt_ir::Sampling,
+        scales: Vec<f64>,
+        sizes: Vec<usize>,
     },
 }
 
@@ -643,13 +652,34 @@ impl Kernel {
             let operands = match call {
                 Contraction::MatMul { a, b, bias, .. } => [Some(*a), Some(*b), *bias],
                 Contraction::Conv { x, w, bias, .. } => [Some(*x), Some(*w), *bias],
-                Contraction::Pool { x, .. } => [Some(*x), None, None],
+                Contraction::Pool { x, .. } | Contraction::Resize { x, .. } => {
+                    [Some(*x), None, None]
+                }
             };
             for p in operands.into_iter().flatten() {
                 param(p)?;
             }
             if param(*out)?.role != Role::Output {
                 return Err(bad("contraction result is not an output".into()));
+            }
+            if let Contraction::Resize {
+                x,
+                sampling,
+                scales,
+                sizes,
+            } = call
+            {
+                let rank = param(*x)?.shape.len();
+                if rank < 2 || scales.len() != rank || sizes.len() != rank {
+                    return Err(bad(format!(
+                        "a resize call of a rank-{rank} operand with {} scales and {} sizes",
+                        scales.len(),
+                        sizes.len()
+                    )));
+                }
+                if sampling.coord == smelt_ir::CoordMode::TfCropAndResize {
+                    return Err(bad("a resize call cannot crop and resize".into()));
+                }
             }
         }
         let Some(nest) = self.loop_nest() else {
@@ -782,6 +812,26 @@ impl Kernel {
                             s,
                             "  p{out} = {}(p{x}) kernel {kernel:?} strides {strides:?} pads {pads:?}",
                             kind.name()
+                        );
+                    }
+                    Contraction::Resize {
+                        x,
+                        sampling,
+                        scales,
+                        sizes,
+                    } => {
+                        let _ = writeln!(
+                            s,
+                            "  p{out} = resize(p{x}) mode {} coord {} nearest {} cubic_coeff {:?}{} scales {scales:?} sizes {sizes:?}",
+                            sampling.mode.name(),
+                            sampling.coord.name(),
+                            sampling.nearest.name(),
+                            sampling.cubic_coeff,
+                            if sampling.exclude_outside {
+                                " exclude_outside"
+                            } else {
+                                ""
+                            },
                         );
                     }
                 }

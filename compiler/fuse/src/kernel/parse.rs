@@ -9,7 +9,7 @@ use super::{
     Body, Combine, Const, Contraction, Expr, ExprId, Kernel, LoopNest, Node, Param, Role, Store,
     contiguous_strides,
 };
-use smelt_ir::{BinaryOp, DType, PoolKind, UnaryOp};
+use smelt_ir::{BinaryOp, CoordMode, DType, NearestMode, PoolKind, ResizeMode, Sampling, UnaryOp};
 
 /// Why a kernel's text does not parse: the line (1-based) and what is wrong there.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -241,6 +241,23 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 relu: attrs.flag("relu"),
             }
         }
+        "resize" => {
+            let [x] = operands.as_slice() else {
+                return Err(err(n, "resize takes one operand"));
+            };
+            Contraction::Resize {
+                x: parse_ref(n, x, 'p')?,
+                sampling: Sampling {
+                    mode: attrs.word("mode", ResizeMode::from_name)?,
+                    coord: attrs.word("coord", CoordMode::from_name)?,
+                    nearest: attrs.word("nearest", NearestMode::from_name)?,
+                    cubic_coeff: attrs.float("cubic_coeff")?,
+                    exclude_outside: attrs.flag("exclude_outside"),
+                },
+                scales: attrs.floats("scales")?,
+                sizes: attrs.list("sizes")?,
+            }
+        }
         kind => {
             let kind = PoolKind::from_name(kind)
                 .ok_or_else(|| err(n, format!("unknown call '{kind}'")))?;
@@ -308,6 +325,47 @@ impl<'a> Attrs<'a> {
         })?;
         self.rest = rest.trim_start();
         Ok(v)
+    }
+
+    /// The next word, parsed by `parse`.
+    fn word<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ParseError> {
+        self.name(name)?;
+        let (word, rest) = self.rest.split_once(' ').unwrap_or((self.rest, ""));
+        let v = parse(word)
+            .ok_or_else(|| err(self.line, format!("'{name}' does not take '{word}'")))?;
+        self.rest = rest.trim_start();
+        Ok(v)
+    }
+
+    fn float(&mut self, name: &str) -> Result<f64, ParseError> {
+        self.word(name, |w| w.parse().ok())
+    }
+
+    /// `NAME [F, F, ...]`.
+    fn floats(&mut self, name: &str) -> Result<Vec<f64>, ParseError> {
+        self.name(name)?;
+        let end = self
+            .rest
+            .find(']')
+            .ok_or_else(|| err(self.line, format!("expected '[...]' after '{name}'")))?;
+        let inner = self.rest[..end]
+            .strip_prefix('[')
+            .ok_or_else(|| err(self.line, format!("expected '[' after '{name}'")))?;
+        let list = inner
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| err(self.line, format!("'{name}' holds '{t}', not a number")))
+            })
+            .collect::<Result<_, _>>()?;
+        self.rest = self.rest[end + 1..].trim_start();
+        Ok(list)
     }
 
     fn flag(&mut self, name: &str) -> bool {

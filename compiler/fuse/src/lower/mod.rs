@@ -184,6 +184,9 @@ fn lower_group(
     if calls && grp.kind == GroupKind::Opaque && runtime_pool(g, first) {
         return lower_pool(g, producer, &base, grp).map(|k| vec![k]);
     }
+    if calls && grp.kind == GroupKind::Opaque && resize::runtime_resize(g, first) {
+        return resize::lower_resize_call(g, producer, &base, grp).map(|k| vec![k]);
+    }
     // One kernel per distinct output shape: each iterates its own domain.
     let mut by_shape: Vec<(Vec<usize>, Vec<ValueId>)> = Vec::new();
     for &o in &grp.outputs {

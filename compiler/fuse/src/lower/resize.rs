@@ -1,7 +1,77 @@
-//! Resize: arithmetic on the output coordinate in f64 (nearest, linear and cubic modes,
-//! every coordinate transformation), as ONNX defines it.
+//! Resize: a call of the runtime's separable kernel where it applies (f32, only the two
+//! innermost axes resized, no crop-and-resize), otherwise arithmetic on the output
+//! coordinate in f64 (nearest, linear and cubic modes, every coordinate transformation),
+//! as ONNX defines it.
 
 use super::*;
+use smelt_ir::{ResizeAxis, Sampling};
+
+/// Whether the runtime's resize kernel runs this node: f32, at least two axes, no
+/// crop-and-resize, and every axis but the two innermost mapped onto itself.
+pub(super) fn runtime_resize(g: &Graph, node: &smelt_ir::Node) -> bool {
+    let (
+        Op::Resize {
+            sizes,
+            scales,
+            coord,
+            ..
+        },
+        Some(sampling),
+    ) = (&node.op, Sampling::of(&node.op))
+    else {
+        return false;
+    };
+    let Some(x) = g.ty(node.inputs[0]).fixed_shape() else {
+        return false;
+    };
+    let r = x.len();
+    g.ty(node.outputs[0]).dtype == DType::F32
+        && g.ty(node.inputs[0]).dtype == DType::F32
+        && r >= 2
+        && *coord != smelt_ir::CoordMode::TfCropAndResize
+        && (0..r - 2).all(|a| {
+            x[a] == sizes[a]
+                && sampling
+                    .taps(ResizeAxis {
+                        n_in: x[a],
+                        n_out: sizes[a],
+                        scale: scales[a],
+                        roi: (0.0, 1.0),
+                    })
+                    .iter()
+                    .enumerate()
+                    .all(|(o, taps)| {
+                        taps.as_ref().is_some_and(|t| {
+                            t.iter().filter(|(_, w)| *w != 0.0).eq([(o, 1.0)].iter())
+                        })
+                    })
+        })
+}
+
+/// A resize group: one call of the runtime's resize kernel.
+pub(super) fn lower_resize_call(
+    g: &Graph,
+    producer: &[Option<usize>],
+    name: &str,
+    grp: &Group,
+) -> Result<LoweredKernel, KernelError> {
+    let node = &g.nodes[grp.nodes[0]];
+    let (Op::Resize { sizes, scales, .. }, Some(sampling)) = (&node.op, Sampling::of(&node.op))
+    else {
+        unreachable!("runtime_resize admits only Resize")
+    };
+    let mut b = Builder::new(g, producer, grp, name);
+    b.in_group[grp.nodes[0]] = false;
+    let out = b.param(node.outputs[0], Role::Output)?;
+    let x = b.param(node.inputs[0], Role::Input)?;
+    let call = Contraction::Resize {
+        x,
+        sampling,
+        scales: scales.clone(),
+        sizes: sizes.clone(),
+    };
+    Ok(b.finish(Some((call, out))))
+}
 
 impl<'g> Builder<'g> {
     /// Resize as arithmetic on the output coordinates, in f64 as the reference computes

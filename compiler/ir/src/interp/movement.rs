@@ -3,7 +3,8 @@
 use super::{Vals, for_each_index, from_vals, strides, vals};
 use crate::error::{IrError, Result};
 use crate::infer::slice_bounds;
-use crate::op::{CoordMode, NearestMode, Op, PadMode, ResizeMode, ScatterReduction};
+use crate::op::{Op, PadMode, ScatterReduction};
+use crate::resize::{ResizeAxis, Sampling, Taps};
 use crate::tensor::{FILL, Tensor};
 
 pub(super) fn transpose(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
@@ -296,34 +297,16 @@ pub(super) fn scatter_nd(
     from_vals(x.dtype(), x.shape().to_vec(), out)
 }
 
-fn cubic_weights(t: f64, a: f64) -> [f64; 4] {
-    let w = |x: f64| {
-        let x = x.abs();
-        if x <= 1.0 {
-            ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-        } else if x < 2.0 {
-            ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-        } else {
-            0.0
-        }
-    };
-    [w(t + 1.0), w(t), w(1.0 - t), w(2.0 - t)]
-}
-
-/// Input indices and weights that make up one output coordinate of one axis.
-type Taps = Vec<(usize, f64)>;
-
 pub(super) fn resize(op: &Op, x: &Tensor, roi: &Tensor) -> Result<Tensor> {
-    let Op::Resize {
-        sizes,
-        scales,
-        mode,
-        coord,
-        nearest,
-        cubic_coeff,
-        exclude_outside,
-        extrapolation,
-    } = op
+    let (
+        Op::Resize {
+            sizes,
+            scales,
+            extrapolation,
+            ..
+        },
+        Some(sampling),
+    ) = (op, Sampling::of(op))
     else {
         return Err(IrError::Eval("resize called with another op".into()));
     };
@@ -331,98 +314,20 @@ pub(super) fn resize(op: &Op, x: &Tensor, roi: &Tensor) -> Result<Tensor> {
     let roi = roi.to_f64();
     let xs = strides(x.shape());
     // Per axis and output index: the contributing (input index, weight) pairs, or None when outside (crop-and-resize).
-    let mut taps: Vec<Vec<Option<Taps>>> = Vec::with_capacity(r);
-    for a in 0..r {
-        let (n_in, n_out, scale) = (x.shape()[a], sizes[a], scales[a]);
-        let mut axis_taps = Vec::with_capacity(n_out);
-        for o in 0..n_out {
-            let of = o as f64;
-            let src = match coord {
-                CoordMode::HalfPixel => (of + 0.5) / scale - 0.5,
-                CoordMode::HalfPixelSymmetric => {
-                    let adj = n_out as f64 / (scale * n_in as f64);
-                    let center = n_in as f64 / 2.0;
-                    let offset = center * (1.0 - adj);
-                    offset + (of + 0.5) / scale - 0.5
-                }
-                CoordMode::PytorchHalfPixel => {
-                    if n_out > 1 {
-                        (of + 0.5) / scale - 0.5
-                    } else {
-                        0.0
-                    }
-                }
-                // The output length is the unrounded `n_in * scale`, as the ONNX reference has it.
-                CoordMode::AlignCorners => {
-                    let len = n_in as f64 * scale;
-                    if len > 1.0 {
-                        of * (n_in as f64 - 1.0) / (len - 1.0)
-                    } else {
-                        0.0
-                    }
-                }
-                CoordMode::Asymmetric => of / scale,
-                CoordMode::TfCropAndResize => {
-                    let (s, e) = if roi.len() == 2 * r {
-                        (roi[a], roi[r + a])
-                    } else {
-                        (0.0, 1.0)
-                    };
-                    if n_out > 1 {
-                        s * (n_in as f64 - 1.0)
-                            + of * (e - s) * (n_in as f64 - 1.0) / (n_out as f64 - 1.0)
-                    } else {
-                        0.5 * (s + e) * (n_in as f64 - 1.0)
-                    }
-                }
-            };
-            if *coord == CoordMode::TfCropAndResize && (src < 0.0 || src > n_in as f64 - 1.0) {
-                axis_taps.push(None);
-                continue;
-            }
-            let last = n_in as i64 - 1;
-            let taps_here = match mode {
-                ResizeMode::Nearest => {
-                    let i = match nearest {
-                        NearestMode::RoundPreferFloor => {
-                            if src.fract() == 0.5 {
-                                src.floor()
-                            } else {
-                                src.round()
-                            }
-                        }
-                        NearestMode::RoundPreferCeil => src.round(),
-                        NearestMode::Floor => src.floor(),
-                        NearestMode::Ceil => src.ceil(),
-                    } as i64;
-                    vec![(i.clamp(0, last) as usize, 1.0)]
-                }
-                ResizeMode::Linear => {
-                    let s = src.clamp(0.0, last as f64);
-                    let lo = s.floor() as i64;
-                    let hi = (lo + 1).min(last);
-                    let t = s - lo as f64;
-                    vec![(lo as usize, 1.0 - t), (hi as usize, t)]
-                }
-                ResizeMode::Cubic => {
-                    let base = src.floor() as i64;
-                    let w = cubic_weights(src - base as f64, *cubic_coeff);
-                    let mut v: Vec<(i64, f64)> =
-                        (0..4).map(|k| (base - 1 + k as i64, w[k])).collect();
-                    if *exclude_outside {
-                        v.retain(|(i, _)| *i >= 0 && *i <= last);
-                        let total: f64 = v.iter().map(|(_, w)| w).sum();
-                        v.iter_mut().for_each(|(_, w)| *w /= total);
-                    }
-                    v.into_iter()
-                        .map(|(i, w)| (i.clamp(0, last) as usize, w))
-                        .collect()
-                }
-            };
-            axis_taps.push(Some(taps_here));
-        }
-        taps.push(axis_taps);
-    }
+    let taps: Vec<Vec<Option<Taps>>> = (0..r)
+        .map(|a| {
+            sampling.taps(ResizeAxis {
+                n_in: x.shape()[a],
+                n_out: sizes[a],
+                scale: scales[a],
+                roi: if roi.len() == 2 * r {
+                    (roi[a], roi[r + a])
+                } else {
+                    (0.0, 1.0)
+                },
+            })
+        })
+        .collect();
     let xv = x.to_f64();
     let mut out = Vec::with_capacity(sizes.iter().product());
     for_each_index(sizes, |_, o| {
