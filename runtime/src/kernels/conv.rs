@@ -90,7 +90,7 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     if w.len() != size || geo.weight.len() < 2 {
         return None;
     }
-    if depthwise(geo) && depthwise_nhwc::handles(geo) {
+    if (depthwise(geo) || grouped_by_eight(geo)) && depthwise_nhwc::handles(geo) {
         return Some(depthwise_nhwc::pack_filters(w, geo));
     }
     if geo
@@ -119,6 +119,18 @@ fn depthwise(geo: &ConvGeometry) -> bool {
         geo.group.max(1),
     );
     c == g && m == g && geo.weight[1] == 1 && !pointwise(geo)
+}
+
+/// Whether `geo` is grouped with as many input as output channels, eight of each per
+/// group (RegNet's group width): the channels-last kernel takes one group per block.
+fn grouped_by_eight(geo: &ConvGeometry) -> bool {
+    let (c, m, g) = (
+        geo.input.get(1).copied().unwrap_or(0),
+        geo.weight[0],
+        geo.group.max(1),
+    );
+    let width = depthwise_nhwc::GROUP_WIDTH;
+    g > 1 && c == m && c == g * width && geo.weight[1] == width
 }
 
 /// [`conv`] with the filters also given packed by [`prepack_conv_filters`].
@@ -223,10 +235,10 @@ fn conv_paths<T: Float>(
     .with_taps();
     let base = SyncPtr(out.as_mut_ptr());
     let depthwise = depthwise(geo);
-    if depthwise && is_f32::<T>() && depthwise_nhwc::handles(geo) {
+    if (depthwise || grouped_by_eight(geo)) && is_f32::<T>() && depthwise_nhwc::handles(geo) {
         if prepacked.is_some_and(|p| p.len() != depthwise_nhwc::packed_len(geo)) {
             return Err(KernelError::Shape(
-                "the prepacked depthwise filters do not match the convolution".into(),
+                "the prepacked channels-last filters do not match the convolution".into(),
             ));
         }
         // SAFETY: T is f32.
