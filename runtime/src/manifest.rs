@@ -1,7 +1,7 @@
 //! The serialized form of a `Program` (without its code and constants): a protobuf
 //! message, so that a deployed runtime loads what the compiler wrote.
 
-use crate::kernels::{AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry};
+use crate::kernels::{Activation, AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry};
 use crate::program::{BufferSpec, Constants, IoSpec, Launch, Place, Program};
 use crate::tensor::ElemType;
 use prost::Message;
@@ -124,7 +124,7 @@ pub struct LaunchProto {
     /// Pool: `PoolMode::code`.
     #[prost(uint32, tag = "15")]
     pub pool_mode: u32,
-    /// Conv: a ReLU folded into the stores.
+    /// Conv: a ReLU folded into the stores (also written as `activation` 1).
     #[prost(bool, tag = "16")]
     pub relu: bool,
     /// MatMul: `b` is the weight packed into column panels.
@@ -139,6 +139,9 @@ pub struct LaunchProto {
     /// Resize: output rows (the output's columns follow from the rest).
     #[prost(uint64, tag = "20")]
     pub out_rows: u64,
+    /// Conv: `Activation::code` of the folded activation (0 with `relu` set: ReLU).
+    #[prost(uint32, tag = "21")]
+    pub activation: u32,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -355,7 +358,8 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.pads = u64s(&geometry.pads);
             p.dilations = u64s(&geometry.dilations);
             p.group = geometry.group as u64;
-            p.relu = geometry.relu;
+            p.relu = geometry.activation == Activation::Relu;
+            p.activation = geometry.activation.code();
         }
         Launch::Copy { src, dst, .. } => {
             p.kind = 3;
@@ -443,7 +447,16 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                     pads: usizes(&p.pads),
                     dilations: usizes(&p.dilations),
                     group: p.group as usize,
-                    relu: p.relu,
+                    activation: match Activation::from_code(p.activation) {
+                        Some(Activation::None) if p.relu => Activation::Relu,
+                        Some(a) => a,
+                        None => {
+                            return Err(format!(
+                                "launch {}: unknown activation {}",
+                                p.name, p.activation
+                            ));
+                        }
+                    },
                 },
             }
         }

@@ -96,7 +96,7 @@ pub fn exp_sum(row: &mut [f32]) -> f32 {
 }
 
 /// One element, by the same formula.
-fn exp_scalar(x: f32) -> f32 {
+pub(crate) fn exp_scalar(x: f32) -> f32 {
     let shifted = x * LOG2E + MAGIC;
     let n = shifted - MAGIC;
     let r = n.mul_add(LN2_HI, x);
@@ -114,36 +114,43 @@ fn exp_scalar(x: f32) -> f32 {
     }
 }
 
+/// The exp of eight lanes by the formula above, on AVX2 with FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let s = _mm256_set1_ps;
+    let shifted = _mm256_fmadd_ps(x, s(LOG2E), s(MAGIC));
+    let n = _mm256_sub_ps(shifted, s(MAGIC));
+    let r = _mm256_fmadd_ps(n, s(LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, s(LN2_LO), r);
+    let p = _mm256_fmadd_ps(s(C5), r, s(C4));
+    let p = _mm256_fmadd_ps(p, r, s(C3));
+    let p = _mm256_fmadd_ps(p, r, s(C2));
+    let p = _mm256_fmadd_ps(p, r, s(1.0));
+    let p = _mm256_fmadd_ps(p, r, s(1.0));
+    let exponent = _mm256_slli_epi32::<23>(_mm256_castps_si256(shifted));
+    let y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent));
+    let over = _mm256_cmp_ps::<_CMP_NLE_UQ>(x, s(HI));
+    let y = _mm256_blendv_ps(y, _mm256_add_ps(x, s(f32::INFINITY)), over);
+    let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, s(LO));
+    _mm256_and_ps(y, keep)
+}
+
 /// # Safety
 /// As `smelt_rt_exp_shifted_sum_f32`, on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_sum_avx2(dst: *mut f32, src: *const f32, shift: f32, n: usize) -> f32 {
     use std::arch::x86_64::*;
-    let s = _mm256_set1_ps;
-    let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
-    let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
-    let (hi, lo, inf, shift_v) = (s(HI), s(LO), s(f32::INFINITY), s(shift));
+    let shift_v = _mm256_set1_ps(shift);
     let mut acc = _mm256_setzero_ps();
     let full = n / 8 * 8;
     for i in (0..full).step_by(8) {
         // SAFETY: i + 8 <= n, per the contract.
         let x = _mm256_sub_ps(unsafe { _mm256_loadu_ps(src.add(i)) }, shift_v);
-        let shifted = _mm256_fmadd_ps(x, log2e, magic);
-        let n = _mm256_sub_ps(shifted, magic);
-        let r = _mm256_fmadd_ps(n, ln2_hi, x);
-        let r = _mm256_fmadd_ps(n, ln2_lo, r);
-        let p = _mm256_fmadd_ps(c5, r, c4);
-        let p = _mm256_fmadd_ps(p, r, c3);
-        let p = _mm256_fmadd_ps(p, r, c2);
-        let p = _mm256_fmadd_ps(p, r, one);
-        let p = _mm256_fmadd_ps(p, r, one);
-        let exponent = _mm256_slli_epi32::<23>(_mm256_castps_si256(shifted));
-        let y = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), exponent));
-        let over = _mm256_cmp_ps::<_CMP_NLE_UQ>(x, hi);
-        let y = _mm256_blendv_ps(y, _mm256_add_ps(x, inf), over);
-        let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
-        let y = _mm256_and_ps(y, keep);
+        let y = exp_avx2(x);
         // SAFETY: i + 8 <= n, per the contract.
         unsafe { _mm256_storeu_ps(dst.add(i), y) };
         acc = _mm256_add_ps(acc, y);

@@ -592,3 +592,66 @@ fn inner_axis_resizes_run_the_runtime_kernel() {
         );
     }
 }
+
+/// A SiLU after an f32 convolution is folded into the call on every convolution path
+/// (im2col, pointwise, channels-last depthwise and grouped, sparse taps) and matches
+/// the reference; a manifest keeps it. The same graph in f64 keeps its epilogue loop.
+#[test]
+fn silu_after_a_convolution_is_folded_into_the_call() {
+    use smelt_runtime::kernels::Activation;
+    use smelt_runtime::program::{Launch, Program};
+    // (channels in, filters, kernel, group, pads, dilation)
+    let cases = [
+        (4, 6, 3, 1, 1, 1),
+        (4, 6, 1, 1, 0, 1),
+        (16, 16, 3, 16, 1, 1),
+        (16, 16, 3, 2, 1, 1),
+        (4, 6, 3, 1, 6, 6),
+    ];
+    for (c, m, k, group, pad, dilation) in cases {
+        for dtype in ["f32", "f64"] {
+            let weights: Vec<String> = (0..m * (c / group) * k * k)
+                .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
+                .collect();
+            let text = format!(
+                "graph silu (%x: {dtype}[1, {c}, 7, 7]) {{\n  %w = constant {dtype}[{m}, {}, {k}, {k}] [{}]\n  %c = conv<strides=[1, 1], pads=[{pad}, {pad}, {pad}, {pad}], dilations=[{dilation}, {dilation}], group={group}>(%x, %w) : {dtype}[1, {m}, 7, 7]\n  %s = sigmoid(%c) : {dtype}[1, {m}, 7, 7]\n  %y = mul(%c, %s) : {dtype}[1, {m}, 7, 7]\n  return %y\n}}\n",
+                c / group,
+                weights.join(", "),
+            );
+            let mut x = konst(vec![1, c, 7, 7], 3, None);
+            if dtype == "f64" {
+                x = x.cast(DType::F64);
+            }
+            agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
+            let g = smelt_ir::text::parse_graph(&text).unwrap();
+            let exe = Executable::from_graph(g, false).unwrap();
+            let activation = |p: &Program| {
+                p.launches.iter().find_map(|l| match l {
+                    Launch::Conv { geometry, .. } => Some(geometry.activation),
+                    _ => None,
+                })
+            };
+            let want = if dtype == "f32" {
+                Activation::Silu
+            } else {
+                Activation::None
+            };
+            assert_eq!(
+                activation(&exe.program),
+                Some(want),
+                "{dtype} c={c} m={m} k={k} group={group}:\n{}",
+                exe.kernel_text()
+            );
+            let manifest = exe.program.manifest("silu", "x86-64", &[], 1);
+            let decoded =
+                smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes())
+                    .unwrap();
+            let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+            assert_eq!(
+                activation(&back),
+                Some(want),
+                "the manifest keeps the activation"
+            );
+        }
+    }
+}

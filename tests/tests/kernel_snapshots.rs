@@ -49,7 +49,10 @@ fn mnist_cnn_fuses_conv_bias_relu_and_softmax() {
     for k in convs {
         // Conv with its bias operand, and the ReLU (max with 0) folded into the call.
         let smelt_fuse::Body::Contraction {
-            call: smelt_fuse::kernel::Contraction::Conv { bias, relu, .. },
+            call:
+                smelt_fuse::kernel::Contraction::Conv {
+                    bias, activation, ..
+                },
             epilogue: None,
             ..
         } = &k.body
@@ -57,7 +60,12 @@ fn mnist_cnn_fuses_conv_bias_relu_and_softmax() {
             panic!("{} is not a conv without epilogue:\n{}", k.name, k.print());
         };
         assert!(bias.is_some(), "{}", k.print());
-        assert!(relu, "{}", k.print());
+        assert_eq!(
+            *activation,
+            smelt_fuse::kernel::ConvActivation::Relu,
+            "{}",
+            k.print()
+        );
     }
     // Softmax: the last kernels hold exp and a sum reduction; at most two of them.
     let softmax: Vec<&smelt_fuse::Kernel> = exe

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use smelt_ir::{DType, Op, Tensor};
-use smelt_runtime::kernels::{ConvGeometry, MatrixOperand, batched_matmul, conv};
+use smelt_runtime::kernels::{Activation, ConvGeometry, MatrixOperand, batched_matmul, conv};
 use smelt_tests::compare::compare;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -74,7 +74,7 @@ proptest! {
         let mut inputs = vec![&x, &w];
         if with_bias { inputs.push(&bias); }
         let want = smelt_ir::interp::eval_op(&op, &inputs).unwrap().remove(0);
-        let geo = ConvGeometry { input: xs, weight: ws, strides: vec![stride; rank], pads: vec![pad; 2 * rank], dilations: vec![dilation; rank], group, relu: false };
+        let geo = ConvGeometry { input: xs, weight: ws, strides: vec![stride; rank], pads: vec![pad; 2 * rank], dilations: vec![dilation; rank], group, activation: Activation::None };
         let mut out = vec![0f32; want.len()];
         conv(&f32s(&x), &f32s(&w), with_bias.then(|| f32s(&bias)).as_deref(), &geo, &mut out, &smelt_runtime::threads::ThreadPool::new(threads)).unwrap();
         let got = Tensor::from_f64(DType::F32, want.shape().to_vec(), out.iter().map(|&v| v as f64).collect()).unwrap();
@@ -140,7 +140,7 @@ fn mismatched_shapes_are_errors_not_panics() {
         pads: vec![0; 4],
         dilations: vec![1, 1],
         group: 1,
-        relu: false,
+        activation: Activation::None,
     };
     let e = conv(
         &[0f32; 48],

@@ -4,13 +4,13 @@
 //! the memory plan from the fusion layout's views and lifetimes.
 
 use crate::SmeltError;
-use smelt_fuse::kernel::{Body, Contraction, Role};
+use smelt_fuse::kernel::{Body, Contraction, ConvActivation, Role};
 use smelt_fuse::{Layout, LoweredKernel};
 use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
 use smelt_runtime::ElemType;
 use smelt_runtime::kernels::{
-    AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry, prepack_skinny_weight_le,
-    skinny_applies, skinny_packed_len,
+    Activation, AxisTaps, ConvGeometry, PoolGeometry, PoolMode, ResizeGeometry,
+    prepack_skinny_weight_le, skinny_applies, skinny_packed_len,
 };
 use smelt_runtime::memory::{BufferLife, plan_arena};
 use smelt_runtime::program::{AlignedBytes, BufferSpec, IoSpec, Launch, Place, Program};
@@ -354,7 +354,7 @@ pub(crate) fn build_program<'g>(
                         pads,
                         dilations,
                         group,
-                        relu,
+                        activation,
                     } => Launch::Conv {
                         name: k.name.clone(),
                         x: p(*x),
@@ -368,7 +368,11 @@ pub(crate) fn build_program<'g>(
                             pads: pads.clone(),
                             dilations: dilations.clone(),
                             group: *group,
-                            relu: *relu,
+                            activation: match activation {
+                                ConvActivation::None => Activation::None,
+                                ConvActivation::Relu => Activation::Relu,
+                                ConvActivation::Silu => Activation::Silu,
+                            },
                         }
                         .with_useful_strides(),
                     },

@@ -3,6 +3,7 @@
 //! it on `gemm`; a plain MatMul for 1x1 kernels; depthwise convolutions and, where the
 //! CPU has AVX-512, 2-D f32 implicit matrix products handed to their own files.
 
+use super::activation::Activation;
 use super::sparse_taps;
 use super::window::Window;
 use super::{
@@ -21,9 +22,9 @@ pub struct ConvGeometry {
     pub pads: Vec<usize>,
     pub dilations: Vec<usize>,
     pub group: usize,
-    /// Negative results are stored as zero (NaN stays NaN): a ReLU that followed the
-    /// convolution, folded into its stores.
-    pub relu: bool,
+    /// The activation that followed the convolution, applied by each path to its
+    /// results while they are in cache.
+    pub activation: Activation,
 }
 
 impl ConvGeometry {
@@ -162,8 +163,8 @@ pub(crate) struct ConvOperands<'a, T> {
     pub(crate) bias: Option<&'a [T]>,
 }
 
-/// [`conv`] with work items of about `tile_elements` im2col elements, and the ReLU of
-/// `geo.relu` applied by each path as it stores its results.
+/// [`conv`] with work items of about `tile_elements` im2col elements, and the activation
+/// of `geo` applied by each path as it stores its results.
 fn conv_tiled<T: Float>(
     operands: ConvOperands<'_, T>,
     geo: &ConvGeometry,
@@ -172,16 +173,6 @@ fn conv_tiled<T: Float>(
     tile_elements: usize,
 ) -> Result<(), KernelError> {
     conv_paths(operands, geo, out, pool, tile_elements)
-}
-
-/// The ReLU folded into a convolution, over output values still in cache: negative
-/// values become zero, NaN stays NaN (the comparison is false). A select, not a branch,
-/// so it vectorizes; as a separate pass over the whole output it took a quarter of a
-/// RegNet's run.
-pub(super) fn relu_in_place<T: Float>(values: &mut [T]) {
-    for v in values {
-        *v = if *v < T::ZERO { T::ZERO } else { *v };
-    }
 }
 
 fn conv_paths<T: Float>(
@@ -288,9 +279,7 @@ fn conv_paths<T: Float>(
                         }
                     }
                 }
-                if geo.relu {
-                    relu_in_place(dst);
-                }
+                geo.activation.apply(dst);
             }
         };
         let min_items = if n * m * out_count * kc < 1 << 15 {
@@ -303,7 +292,7 @@ fn conv_paths<T: Float>(
     }
     if is_f32::<T>() && implicit::handles(geo) {
         // SAFETY: T is f32.
-        return unsafe {
+        unsafe {
             implicit::conv2d(
                 ConvOperands {
                     x: as_f32(x),
@@ -315,8 +304,25 @@ fn conv_paths<T: Float>(
                 as_f32_mut(out),
                 pool,
                 tile_elements,
-            )
+            )?
         };
+        // The implicit products fold a ReLU into their registers; any other activation
+        // goes over the output after them, in blocks split over the threads.
+        if !matches!(geo.activation, Activation::None | Activation::Relu) {
+            let block = 16 * 1024;
+            let base = SyncPtr(out.as_mut_ptr());
+            let len = out.len();
+            pool.run(len.div_ceil(block), 1, &|blocks: std::ops::Range<usize>| {
+                for i in blocks {
+                    let r = i * block..((i + 1) * block).min(len);
+                    // SAFETY: block i of `out`, which only this item touches.
+                    let part =
+                        unsafe { std::slice::from_raw_parts_mut(base.get().add(r.start), r.len()) };
+                    geo.activation.apply(part);
+                }
+            });
+        }
+        return Ok(());
     }
     // A stride along the rows makes every im2col run a strided copy; split the input rows
     // by column phase once, and the runs are contiguous again.
@@ -415,9 +421,11 @@ fn conv_paths<T: Float>(
                 row.iter_mut().for_each(|v| *v = *v + bv);
             }
         }
-        if geo.relu {
+        // The activation over output values still in cache: as a separate pass over
+        // the whole output, a ReLU took a quarter of a RegNet's run.
+        if geo.activation != Activation::None {
             for r in 0..filters.len() {
-                relu_in_place(std::slice::from_raw_parts_mut(
+                geo.activation.apply(std::slice::from_raw_parts_mut(
                     dst.add(r * out_count),
                     width,
                 ));
@@ -633,7 +641,7 @@ pub(super) mod tests {
                 pads,
                 dilations,
                 group,
-                relu: false,
+                activation: Activation::None,
             };
             let numel = |d: &[usize]| d.iter().product::<usize>();
             let value =
@@ -709,7 +717,7 @@ pub(super) mod tests {
                 pads,
                 dilations: vec![1; rank],
                 group,
-                relu: false,
+                activation: Activation::None,
             };
             if implicit::handles(&geo) {
                 layouts[usize::from(implicit::filters_as_lanes(&geo))] = true;
@@ -725,7 +733,7 @@ pub(super) mod tests {
             let mut plain = vec![0f32; out_len];
             conv(&x, &w, None, &geo, &mut plain, &pool).unwrap();
             let folded_geo = ConvGeometry {
-                relu: true,
+                activation: Activation::Relu,
                 ..geo.clone()
             };
             let mut folded = vec![0f32; out_len];

@@ -146,7 +146,7 @@ impl Window<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::{ConvGeometry, conv};
+    use crate::kernels::{Activation, ConvGeometry, conv};
     use crate::threads::ThreadPool;
 
     #[test]
@@ -197,7 +197,7 @@ mod tests {
                 pads: pads.to_vec(),
                 dilations: vec![1, 1],
                 group: c,
-                relu: false,
+                activation: Activation::None,
             };
             let numel = |d: &[usize]| d.iter().product::<usize>();
             let value =

@@ -15,7 +15,7 @@
 //! position, a filter column over the group's outputs times one input channel
 //! broadcast. As im2col products of 8 filters by 72 rows they ran at 4-15 GFLOP/s.
 
-use super::{ConvGeometry, SyncPtr};
+use super::{Activation, ConvGeometry, SyncPtr};
 use crate::threads::ThreadPool;
 
 /// Channels in one vector (an AVX2 register of f32), and in one block.
@@ -105,7 +105,7 @@ thread_local! {
         const { std::cell::RefCell::new((None, Vec::new())) };
 }
 
-/// `out = depthwise_conv(x, w) + bias` with the ReLU of `geo.relu`, for a geometry that
+/// `out = depthwise_conv(x, w) + bias` with the activation of `geo`, for a geometry that
 /// [`handles`] accepts, with `out_sp` its output size, and the filters also given packed
 /// by [`pack_filters`] where they were packed once. The caller has checked the buffer
 /// sizes (the packed filters' included) against the geometry.
@@ -168,7 +168,13 @@ pub(super) fn conv(
     let per_split = s.out_h.div_ceil(splits);
     let splits = s.out_h.div_ceil(per_split);
     let base = SyncPtr(out.as_mut_ptr());
-    let relu = geo.relu;
+    // A ReLU is folded into the stores; another activation goes over each stored row.
+    let relu = geo.activation == Activation::Relu;
+    let after = if relu {
+        Activation::None
+    } else {
+        geo.activation
+    };
     let body = |items: std::ops::Range<usize>| {
         BLOCK.with(|cell| {
             let (key, block) = &mut *cell.borrow_mut();
@@ -201,6 +207,15 @@ pub(super) fn conv(
                     for oy in oy0..oy1 {
                         output_row(&s, block, filters, start, oy, c0, &mut sums);
                         row_out(&sums, &s, b, oy, c0, base.get(), relu);
+                        if after != Activation::None {
+                            for i in 0..LANES.min(s.channels - c0) {
+                                let at = ((b * s.channels + c0 + i) * s.out_h + oy) * s.out_w;
+                                after.apply(std::slice::from_raw_parts_mut(
+                                    base.get().add(at),
+                                    s.out_w,
+                                ));
+                            }
+                        }
                     }
                 }
             }
@@ -572,7 +587,7 @@ mod tests {
 
     /// Against the f64 definition: whole and partial channel blocks, rows shorter and
     /// longer than a vector, strides, dilations, asymmetric pads, batches, the folded ReLU
-    /// (with a NaN input, which stays NaN), filters packed once or per call, one and
+    /// and SiLU (with a NaN input, which stays NaN), filters packed once or per call, one and
     /// three threads (whose row splits copy only the rows they read); depthwise and in
     /// groups of eight channels.
     #[test]
@@ -605,7 +620,7 @@ mod tests {
             .chain(grouped.iter().map(|c| (c, GROUP_WIDTH)));
         for (&(input, kernel, strides, dilations, pads), width) in all {
             let c = input[1];
-            for relu in [false, true] {
+            for activation in [Activation::None, Activation::Relu, Activation::Silu] {
                 let geo = ConvGeometry {
                     input: input.to_vec(),
                     weight: vec![c, width, kernel[0], kernel[1]],
@@ -613,7 +628,7 @@ mod tests {
                     pads: pads.to_vec(),
                     dilations: dilations.to_vec(),
                     group: c / width,
-                    relu,
+                    activation,
                 };
                 if !handles(&geo) {
                     return;
@@ -625,9 +640,12 @@ mod tests {
                 let bias: Vec<f32> = (0..c).map(|i| value(i, 3)).collect();
                 let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
                 let mut want = reference(&wide(&x), &wide(&w), &wide(&bias), &geo);
-                if relu {
-                    want.iter_mut()
-                        .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v });
+                match activation {
+                    Activation::None => {}
+                    Activation::Relu => want
+                        .iter_mut()
+                        .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
+                    Activation::Silu => want.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
                 }
                 let packed = pack_filters(&w, &geo);
                 assert_eq!(packed.len(), packed_len(&geo));

@@ -353,7 +353,7 @@ pub(crate) fn conv2d(
             out_h,
             out_w,
             small,
-            relu: geo.relu,
+            relu: geo.activation == super::Activation::Relu,
         };
         return lanes.run(w, prepacked, bias, out, pool);
     }
@@ -431,7 +431,7 @@ pub(crate) fn conv2d(
                         out: base.get().wrapping_add((b * m + first) * out_count),
                         out_rs: out_count,
                         bias: bias.map(|bs| bs[first..].as_ptr()),
-                        relu: geo.relu,
+                        relu: geo.activation == super::Activation::Relu,
                         segments: &segs,
                     };
                     // SAFETY: this item alone writes these filters' planes at these
@@ -795,6 +795,7 @@ impl Tile<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Activation;
 
     /// The definition of a 2-D convolution with bias, in f64.
     fn reference(x: &[f32], w: &[f32], bias: &[f32], geo: &ConvGeometry) -> Vec<f64> {
@@ -940,7 +941,7 @@ mod tests {
                 pads: pads.to_vec(),
                 dilations: dilations.to_vec(),
                 group,
-                relu: false,
+                activation: Activation::None,
             };
             assert!(handles(&geo), "{geo:?}");
             layouts[usize::from(filters_as_lanes(&geo))] = true;
@@ -991,7 +992,7 @@ mod tests {
             pads: vec![0; 4],
             dilations: vec![1, 1],
             group: 1,
-            relu: false,
+            activation: Activation::None,
         };
         let (x, w) = (vec![1.0; 32], vec![1.0; 54]);
         let mut out = vec![0.0; 12];

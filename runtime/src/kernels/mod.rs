@@ -7,6 +7,7 @@
 //! (`pooling`) and separable f32 resizing (`resize`). This file holds what they share: the error, the element types,
 //! the SIMD dispatch and the copy helpers.
 
+mod activation;
 mod conv;
 mod depthwise;
 mod depthwise_nhwc;
@@ -18,6 +19,7 @@ mod skinny;
 mod sparse_taps;
 mod window;
 
+pub use activation::Activation;
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
 pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
@@ -48,16 +50,29 @@ pub trait Float:
 {
     const ZERO: Self;
     const ONE: Self;
+
+    /// `x * sigmoid(x)` of each value, in place.
+    fn silu_in_place(values: &mut [Self]);
 }
 
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+
+    fn silu_in_place(values: &mut [f32]) {
+        activation::silu_in_place_f32(values);
+    }
 }
 
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+
+    fn silu_in_place(values: &mut [f64]) {
+        values
+            .iter_mut()
+            .for_each(|v| *v = *v * (1.0 / (1.0 + (-*v).exp())));
+    }
 }
 
 /// A matrix operand of [`gemm_into`]: a base slice with its row and column strides.

@@ -249,9 +249,7 @@ pub(super) fn conv<T: Float>(
                 let bv = bias[filters.start + r];
                 row.iter_mut().for_each(|v| *v = *v + bv);
             }
-            if geo.relu {
-                super::conv::relu_in_place(row);
-            }
+            geo.activation.apply(row);
         }
     };
     with_scratch::<T>(gathered, |matrix| {
@@ -300,6 +298,7 @@ fn gather<T: Float>(x: &[T], in_count: usize, tb: &TapBox, dst: &mut [T]) {
 mod tests {
     use super::super::conv::tests::reference;
     use super::*;
+    use crate::kernels::Activation;
 
     #[test]
     fn matches_the_definition() {
@@ -315,7 +314,7 @@ mod tests {
             pads: pads.to_vec(),
             dilations: dilations.to_vec(),
             group: 1,
-            relu: true,
+            activation: Activation::Relu,
         };
         let cases = [
             // DeepLab's atrous 3x3 at rate 12 on a small map.
@@ -376,7 +375,11 @@ mod tests {
             .unwrap();
             assert_eq!(got, again, "{geo:?}: packed once or per call");
             for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
-                let r = if geo.relu { r.max(0.0) } else { r };
+                let r = if geo.activation == Activation::Relu {
+                    r.max(0.0)
+                } else {
+                    r
+                };
                 assert!(
                     (g as f64 - r).abs() <= 1e-4 * (1.0 + r.abs()),
                     "{geo:?}: {i}: {g} vs {r}"
@@ -394,7 +397,7 @@ mod tests {
             pads: vec![1; 4],
             dilations: vec![1, 1],
             group: 1,
-            relu: false,
+            activation: Activation::None,
         };
         assert!(!handles(&geo, &geo.out_spatial().unwrap()));
     }

@@ -527,8 +527,9 @@ pub enum Contraction {
         pads: Vec<usize>,
         dilations: Vec<usize>,
         group: usize,
-        /// A ReLU epilogue folded into the call (`Kernel::fold_relu_epilogue`).
-        relu: bool,
+        /// An activation epilogue folded into the call
+        /// (`Kernel::fold_activation_epilogue`).
+        activation: ConvActivation,
     },
     /// 2-D max or average pooling of an f32 `x: [N, C, H, W]` (dilation 1).
     Pool {
@@ -547,6 +548,28 @@ pub enum Contraction {
         scales: Vec<f64>,
         sizes: Vec<usize>,
     },
+}
+
+/// An activation a convolution call applies to its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvActivation {
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x * sigmoid(x)`, f32 only.
+    Silu,
+}
+
+impl ConvActivation {
+    /// The flag in the text form (none for `None`).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            ConvActivation::None => None,
+            ConvActivation::Relu => Some("relu"),
+            ConvActivation::Silu => Some("silu"),
+        }
+    }
 }
 
 /// What a kernel does.
@@ -571,13 +594,14 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Folds an epilogue that only clamps the convolution's result at zero in place
-    /// (`out[i] = max(out[i], 0)` over every element, the ReLU after a Conv) into the
-    /// call, which stores it so, instead of a second pass over the output.
-    pub fn fold_relu_epilogue(&mut self) {
+    /// Folds an epilogue that only applies an activation to the convolution's result in
+    /// place (`out[i] = f(out[i])` over every element) into the call, which applies it
+    /// to each block of results while it is in cache, instead of a second pass over the
+    /// output: a ReLU (`max(out, 0)`), or on f32 a SiLU (`out * sigmoid(out)`).
+    pub fn fold_activation_epilogue(&mut self) {
         let Kernel { params, body, .. } = self;
         let Body::Contraction {
-            call: Contraction::Conv { relu, .. },
+            call: Contraction::Conv { activation, .. },
             out,
             epilogue,
         } = body
@@ -587,27 +611,41 @@ impl Kernel {
         let Some(nest) = epilogue.as_ref() else {
             return;
         };
-        let out_len = params[*out as usize].len();
+        let out_param = &params[*out as usize];
+        let out_len = out_param.len();
         let node = |e: ExprId| nest.nodes.get(e as usize).map(|n| n.expr);
-        let is_relu = match nest.stores.as_slice() {
+        let folded = match nest.stores.as_slice() {
             [store] if store.param == *out && nest.domain == [out_len] => {
                 let in_place = |e: ExprId| {
                     matches!(node(e), Some(Expr::Load { param, index })
                         if param == *out && index == store.index)
                 };
                 let zero = |e: ExprId| matches!(node(e), Some(Expr::Const(Const::Float(bits))) if f64::from_bits(bits) == 0.0);
-                node(store.index) == Some(Expr::Var(0))
-                    && match node(store.value) {
-                        Some(Expr::Binary(BinaryOp::Max, a, b)) => {
-                            (in_place(a) && zero(b)) || (zero(a) && in_place(b))
+                let sigmoid_in_place = |e: ExprId| matches!(node(e), Some(Expr::Unary(UnaryOp::Sigmoid, x)) if in_place(x));
+                if node(store.index) != Some(Expr::Var(0)) {
+                    None
+                } else {
+                    match node(store.value) {
+                        Some(Expr::Binary(BinaryOp::Max, a, b))
+                            if (in_place(a) && zero(b)) || (zero(a) && in_place(b)) =>
+                        {
+                            Some(ConvActivation::Relu)
                         }
-                        _ => false,
+                        Some(Expr::Binary(BinaryOp::Mul, a, b))
+                            if out_param.dtype == DType::F32
+                                && ((in_place(a) && sigmoid_in_place(b))
+                                    || (sigmoid_in_place(a) && in_place(b))) =>
+                        {
+                            Some(ConvActivation::Silu)
+                        }
+                        _ => None,
                     }
+                }
             }
-            _ => false,
+            _ => None,
         };
-        if is_relu {
-            *relu = true;
+        if let Some(a) = folded {
+            *activation = a;
             *epilogue = None;
         }
     }
@@ -792,13 +830,16 @@ impl Kernel {
                         pads,
                         dilations,
                         group,
-                        relu,
+                        activation,
                     } => {
                         let _ = writeln!(
                             s,
                             "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}{}",
                             opt(bias),
-                            if *relu { " relu" } else { "" }
+                            activation
+                                .name()
+                                .map(|a| format!(" {a}"))
+                                .unwrap_or_default()
                         );
                     }
                     Contraction::Pool {

@@ -6,8 +6,8 @@
 //! printing a parsed kernel gives its text back.
 
 use super::{
-    Body, Combine, Const, Contraction, Expr, ExprId, Kernel, LoopNest, Node, Param, Role, Store,
-    contiguous_strides,
+    Body, Combine, Const, Contraction, ConvActivation, Expr, ExprId, Kernel, LoopNest, Node, Param,
+    Role, Store, contiguous_strides,
 };
 use smelt_ir::{BinaryOp, CoordMode, DType, NearestMode, PoolKind, ResizeMode, Sampling, UnaryOp};
 
@@ -238,7 +238,13 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 pads: attrs.list("pads")?,
                 dilations: attrs.list("dilations")?,
                 group: attrs.number("group")?,
-                relu: attrs.flag("relu"),
+                activation: if attrs.flag("relu") {
+                    ConvActivation::Relu
+                } else if attrs.flag("silu") {
+                    ConvActivation::Silu
+                } else {
+                    ConvActivation::None
+                },
             }
         }
         "resize" => {

@@ -8,8 +8,8 @@
 //! coordinates is computed once.
 
 use crate::kernel::{
-    Body, Combine, Const, Contraction, Expr, ExprId, Kernel, KernelError, LoopNest, Node, Param,
-    Role, Store, contiguous_strides,
+    Body, Combine, Const, Contraction, ConvActivation, Expr, ExprId, Kernel, KernelError, LoopNest,
+    Node, Param, Role, Store, contiguous_strides,
 };
 use crate::plan::{FusionPlan, Group, GroupKind};
 use smelt_ir::{
@@ -103,7 +103,7 @@ pub fn lower_for(
                 } => nest.collapse_inner_axes(),
                 Body::Contraction { epilogue: None, .. } => {}
             }
-            k.kernel.fold_relu_epilogue();
+            k.kernel.fold_activation_epilogue();
             k.kernel.verify()?;
             out.push(k);
         }
@@ -303,7 +303,7 @@ fn lower_contraction(
             pads: pads.clone(),
             dilations: dilations.clone(),
             group: *group,
-            relu: false,
+            activation: ConvActivation::None,
         },
         _ => unreachable!("runtime_contraction admits only MatMul and Conv"),
     };

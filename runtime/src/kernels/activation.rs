@@ -1,0 +1,134 @@
+//! Activations folded into a convolution: each path applies it to a block of outputs
+//! right after computing them, while they are in cache, instead of a generated loop
+//! reading and writing the whole output again after the call. EfficientNet-B0's SiLU
+//! epilogues took a third of its run as such loops (3.5 ms for one 96x112x112 output).
+//!
+//! SiLU is `x * sigmoid(x)` with `sigmoid(x) = 1 / (1 + exp(-x))` and the exp of the
+//! generated code (`softmax_rows::exp_avx2`), so folded or not it computes the same
+//! formula.
+
+use super::Float;
+
+/// An activation a convolution applies to its outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    #[default]
+    None,
+    /// `max(x, 0)`; NaN stays NaN.
+    Relu,
+    /// `x * sigmoid(x)` (f32 only).
+    Silu,
+}
+
+impl Activation {
+    /// The manifest's code.
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::None => 0,
+            Activation::Relu => 1,
+            Activation::Silu => 2,
+        }
+    }
+
+    /// Inverse of [`Self::code`].
+    pub fn from_code(code: u32) -> Option<Activation> {
+        [Activation::None, Activation::Relu, Activation::Silu]
+            .into_iter()
+            .find(|a| a.code() == code)
+    }
+
+    /// Applies the activation to `values` in place.
+    pub fn apply<T: Float>(self, values: &mut [T]) {
+        match self {
+            Activation::None => {}
+            Activation::Relu => {
+                // A select, not a branch, so it vectorizes; NaN compares false and stays.
+                for v in values {
+                    *v = if *v < T::ZERO { T::ZERO } else { *v };
+                }
+            }
+            Activation::Silu => T::silu_in_place(values),
+        }
+    }
+}
+
+/// `x * sigmoid(x)` of one f32, as the vector loop computes it.
+pub(super) fn silu_f32(x: f32) -> f32 {
+    x * (1.0 / (1.0 + crate::softmax_rows::exp_scalar(-x)))
+}
+
+/// `x * sigmoid(x)` in place, eight lanes at a time where the CPU has AVX2 and FMA.
+pub(super) fn silu_in_place_f32(values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features.
+        unsafe { silu_avx2(values) };
+        return;
+    }
+    values.iter_mut().for_each(|v| *v = silu_f32(*v));
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn silu_avx2(values: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = values.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        // SAFETY: eight floats.
+        unsafe {
+            let x = _mm256_loadu_ps(chunk.as_ptr());
+            let e = crate::softmax_rows::exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x));
+            let one = _mm256_set1_ps(1.0);
+            let s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+            _mm256_storeu_ps(chunk.as_mut_ptr(), _mm256_mul_ps(x, s));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = silu_f32(*v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silu_matches_f64_and_keeps_special_values() {
+        let mut xs: Vec<f32> = (-400..400).map(|i| i as f32 / 17.0).collect();
+        xs.extend([f32::NAN, f32::INFINITY, -0.0, 100.0, -100.0]);
+        let mut got = xs.clone();
+        Activation::Silu.apply(&mut got);
+        for (&x, &g) in xs.iter().zip(&got) {
+            let want = x as f64 / (1.0 + (-x as f64).exp());
+            if want.is_nan() {
+                assert!(g.is_nan(), "silu({x}) = {g}");
+            } else if want.is_infinite() {
+                assert_eq!(g as f64, want, "silu({x})");
+            } else {
+                let tol = 1e-6 * want.abs().max(1e-3);
+                assert!(
+                    (g as f64 - want).abs() <= tol,
+                    "silu({x}) = {g}, want {want}"
+                );
+            }
+            // The vector lanes and the scalar tail agree.
+            assert_eq!(g.to_bits(), silu_f32(x).to_bits(), "silu({x})");
+        }
+        // -inf times sigmoid(-inf) = 0 is NaN, as x * sigmoid(x) is in onnxruntime.
+        let mut minus_inf = [f32::NEG_INFINITY; 9];
+        Activation::Silu.apply(&mut minus_inf);
+        assert!(minus_inf.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
+    fn relu_keeps_nan_and_codes_round_trip() {
+        let mut v = [-1.0f32, 2.0, f32::NAN, -0.0];
+        Activation::Relu.apply(&mut v);
+        assert_eq!(v[..2], [0.0, 2.0]);
+        assert!(v[2].is_nan());
+        for a in [Activation::None, Activation::Relu, Activation::Silu] {
+            assert_eq!(Activation::from_code(a.code()), Some(a));
+        }
+        assert_eq!(Activation::from_code(3), None);
+    }
+}
