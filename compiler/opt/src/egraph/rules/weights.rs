@@ -3,8 +3,8 @@
 
 use super::{add_like, konst, ops_in, rule, var};
 use crate::egraph::convert::try_add;
-use crate::egraph::lang::{Analysis, ENode};
-use egg::Rewrite;
+use crate::egraph::lang::{Analysis, EGraph, ENode, Head};
+use egg::{Id, Rewrite};
 use smelt_ir::op::BinaryOp;
 use smelt_ir::{Dim, Op};
 
@@ -24,6 +24,23 @@ pub(super) fn per_channel(shape: &[Dim], rank: usize, axis: usize, m: usize) -> 
     })
 }
 
+/// Whether every use of class `id` adds, subtracts, multiplies or divides it by a
+/// constant (a bias or a scale): folding a scale into its weights then replaces it. With
+/// another use (HardSwish's `y * hardsigmoid(y)`), the unscaled result stays needed, and
+/// the extraction, which counts each use's cost apart, would keep both: MobileNetV3's
+/// first convolution ran twice, once with the weights over 6.
+fn only_affine_uses(eg: &EGraph, id: Id) -> bool {
+    let id = eg.find(id);
+    eg[id].parents().all(|p| {
+        let node = eg.id_to_node(p);
+        matches!(node.head, Head::Op("add" | "sub" | "mul" | "div", _))
+            && node
+                .children
+                .iter()
+                .any(|&c| eg.find(c) != id && konst(eg, c).is_some())
+    })
+}
+
 pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
     let (x, w, sc) = (var("?x"), var("?w"), var("?s"));
     vec![
@@ -38,6 +55,9 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let (_, mul_ch) = ops_in(eg, root, "mul")
                     .into_iter()
                     .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
+                if !only_affine_uses(eg, mul_ch[0]) {
+                    return None;
+                }
                 // The conv whose operands the pattern bound (its attributes go with them).
                 let (conv, _) = ops_in(eg, mul_ch[0], "conv").into_iter().find(|(_, ch)| {
                     ch.len() == 2
@@ -71,6 +91,9 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let (_, mul_ch) = ops_in(eg, root, "mul")
                     .into_iter()
                     .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
+                if !only_affine_uses(eg, mul_ch[0]) {
+                    return None;
+                }
                 // The node whose operands the pattern bound: another matmul of the same
                 // class may read the same weights with other flags (a folded transpose).
                 let (op, _) = ops_in(eg, mul_ch[0], "matmul")
@@ -103,6 +126,12 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 konst(eg, s[b])?;
                 konst(eg, s[sc])?;
                 if ops_in(eg, s[y], "conv").is_empty() && ops_in(eg, s[y], "matmul").is_empty() {
+                    return None;
+                }
+                let (_, mul_ch) = ops_in(eg, root, "mul")
+                    .into_iter()
+                    .find(|(_, ch)| eg.find(ch[1]) == eg.find(s[sc]))?;
+                if !only_affine_uses(eg, mul_ch[0]) {
                     return None;
                 }
                 let ys = try_add(eg, Op::Binary(BinaryOp::Mul), vec![s[y], s[sc]])?;
