@@ -4,12 +4,12 @@
 //! CPU has AVX-512, 2-D f32 implicit matrix products handed to their own files.
 
 use super::activation::Activation;
-use super::sparse_taps;
 use super::window::Window;
 use super::{
     Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, depthwise_nhwc,
     gemm_into, implicit, is_f32, useful_stride, with_scratch,
 };
+use super::{small_depth, sparse_taps};
 use crate::threads::ThreadPool;
 
 /// The geometry of an N-d convolution: `x: [N, C, spatial..]`, `w: [M, C/group, kernel..]`.
@@ -358,7 +358,16 @@ fn conv_paths<T: Float>(
     } else {
         tile_columns(
             // A 1x1 convolution builds no im2col matrix to keep in cache.
-            if pointwise { usize::MAX } else { tile_elements },
+            if pointwise {
+                usize::MAX
+            } else if depth <= small_depth::MAX_DEPTH {
+                // Shallow products read the tile in place, every block of filters again:
+                // a tile that stays in L1 keeps them at twice the speed (SqueezeNet's
+                // stem: 16 -> 36 GFLOP/s).
+                tile_elements.min(SMALL_DEPTH_TILE_ELEMENTS)
+            } else {
+                tile_elements
+            },
             depth,
             out_count,
             if small { 1 } else { wanted.div_ceil(n * g) },
@@ -511,6 +520,10 @@ pub(super) const MIN_FILTER_BLOCK: usize = 32;
 
 /// Spatial axes a convolution may have.
 pub(super) const MAX_SPATIAL: usize = 8;
+
+/// Elements of im2col matrix a work item aims for when the product is shallow enough
+/// for `small_depth` (32 KiB of f32, an L1).
+const SMALL_DEPTH_TILE_ELEMENTS: usize = 8 * 1024;
 
 /// Elements of im2col matrix a work item aims for (256 KiB of f32, about half an L2).
 pub(super) const TILE_ELEMENTS: usize = 64 * 1024;

@@ -3,7 +3,8 @@
 //! the `gemm` crate (AVX-512 kernels through its `x86-v4` feature) with their bias
 //! epilogue, two-dimensional depthwise convolutions (`depthwise`), 2-D f32 convolutions as
 //! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), products
-//! of a few rows with a constant weight packed once (`skinny`), 2-D f32 pooling
+//! of a few rows with a constant weight packed once (`skinny`), products of a small
+//! depth without packing (`small_depth`, under `gemm_into`), 2-D f32 pooling
 //! (`pooling`) and separable f32 resizing (`resize`). This file holds what they share: the error, the element types,
 //! the SIMD dispatch and the copy helpers.
 
@@ -16,6 +17,7 @@ mod matmul;
 pub mod pooling;
 mod resize;
 mod skinny;
+mod small_depth;
 mod sparse_taps;
 mod window;
 
@@ -120,6 +122,29 @@ pub(super) unsafe fn gemm_into<T: Float>(
         // SAFETY: row 0 of `c`, per the contract.
         let row = unsafe { std::slice::from_raw_parts_mut(c, n) };
         row_times_matrix(a, a_cs as usize, b, b_rs as usize, k, row);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_f32::<T>() && b_rs >= 0 && small_depth::applies(k, n, b_cs) {
+        // SAFETY: T is f32 and the CPU has the features (`applies`); the rest per the
+        // contract.
+        unsafe {
+            small_depth::product(
+                [m, n, k],
+                c.cast::<f32>(),
+                c_rs,
+                StridedMatrix {
+                    data: as_f32(a),
+                    rs: a_rs,
+                    cs: a_cs,
+                },
+                StridedMatrix {
+                    data: as_f32(b),
+                    rs: b_rs,
+                    cs: b_cs,
+                },
+            )
+        };
         return;
     }
     // SAFETY: per the contract.
