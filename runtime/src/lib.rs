@@ -8,6 +8,7 @@
 pub mod cpu_features;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod erf;
 pub mod gpu;
 pub mod kernels;
 pub mod manifest;

@@ -139,7 +139,8 @@ pub struct LaunchProto {
     /// Resize: output rows (the output's columns follow from the rest).
     #[prost(uint64, tag = "20")]
     pub out_rows: u64,
-    /// Conv: `Activation::code` of the folded activation (0 with `relu` set: ReLU).
+    /// Conv and MatMul: `Activation::code` of the folded activation (for a Conv, 0 with
+    /// `relu` set is a ReLU).
     #[prost(uint32, tag = "21")]
     pub activation: u32,
 }
@@ -324,6 +325,7 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             trans_a,
             trans_b,
             b_packed,
+            activation,
             ..
         } => {
             p.kind = 1;
@@ -337,6 +339,7 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.b_shape = u64s(b_shape);
             p.trans_a = *trans_a;
             p.trans_b = *trans_b;
+            p.activation = activation.code();
         }
         Launch::Conv {
             x,
@@ -430,6 +433,9 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                 trans_a: p.trans_a,
                 trans_b: p.trans_b,
                 b_packed: p.b_packed,
+                activation: Activation::from_code(p.activation).ok_or_else(|| {
+                    format!("launch {}: unknown activation {}", p.name, p.activation)
+                })?,
             }
         }
         2 => {

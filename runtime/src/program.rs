@@ -3,8 +3,9 @@
 //! microkernels, copies).
 
 use crate::kernels::{
-    ConvGeometry, KernelError, MatrixOperand, PoolGeometry, ResizeGeometry, batched_matmul, conv,
-    conv_prepacked, pool2d, prepack_conv_filters, resize2d, skinny_matmul,
+    Activation, ConvGeometry, KernelError, MatrixOperand, PoolGeometry, ResizeGeometry,
+    apply_in_blocks, batched_matmul, conv, conv_prepacked, pool2d, prepack_conv_filters, resize2d,
+    skinny_matmul,
 };
 use crate::tensor::{ElemType, HostTensor};
 use crate::threads::ThreadPool;
@@ -147,6 +148,8 @@ pub enum Launch {
         /// (`kernels::skinny`): every batch of `a` is then a row of one product, and
         /// `b_shape` stays the weight's own shape.
         b_packed: bool,
+        /// The activation that followed the product, applied over the output after it.
+        activation: Activation,
     },
     Conv {
         name: String,
@@ -648,6 +651,7 @@ impl Program {
                 trans_a,
                 trans_b,
                 b_packed,
+                activation,
                 ..
             } => {
                 // One call for either float type: the operands' slices as `$t`.
@@ -675,6 +679,18 @@ impl Program {
                     ElemType::F32 => matmul_as!(f32),
                     ElemType::F64 => matmul_as!(f64),
                     e => return Err(fail(format!("matmul of {}", e.name()))),
+                }
+                if *activation != Activation::None {
+                    if self.buffers[*out].elem != ElemType::F32 {
+                        return Err(fail("a folded activation on other than f32".into()));
+                    }
+                    let n = self.buffers[*out].shape.iter().product::<usize>();
+                    // SAFETY: the output buffer, f32 and aligned, which nothing else
+                    // accesses until this launch ends.
+                    let ov = unsafe {
+                        std::slice::from_raw_parts_mut(self.ptr(mem, *out).cast::<f32>(), n)
+                    };
+                    apply_in_blocks(*activation, ov, pool);
                 }
             }
             Launch::Conv {

@@ -655,3 +655,82 @@ fn silu_after_a_convolution_is_folded_into_the_call() {
         }
     }
 }
+
+/// The exact GELU after an f32 MatMul or Conv, in the orders exporters write it, is
+/// folded into the call and matches the reference; the manifest keeps it; in f64 the
+/// epilogue stays a loop.
+#[test]
+fn gelu_after_a_product_is_folded_into_the_call() {
+    use smelt_runtime::kernels::Activation;
+    use smelt_runtime::program::{Launch, Program};
+    // The GELU of %h, as lines producing %y.
+    let forms = [
+        "  %c = constant {t}[] [1.4142135]\n  %d = div(%h, %c) : {t}[{s}]\n  %e = erf(%d) : {t}[{s}]\n  %one = constant {t}[] [1.0]\n  %p = add(%e, %one) : {t}[{s}]\n  %q = mul(%h, %p) : {t}[{s}]\n  %half = constant {t}[] [0.5]\n  %y = mul(%q, %half) : {t}[{s}]\n",
+        "  %c = constant {t}[] [0.70710677]\n  %d = mul(%h, %c) : {t}[{s}]\n  %e = erf(%d) : {t}[{s}]\n  %one = constant {t}[] [1.0]\n  %p = add(%one, %e) : {t}[{s}]\n  %half = constant {t}[] [0.5]\n  %q = mul(%h, %half) : {t}[{s}]\n  %y = mul(%q, %p) : {t}[{s}]\n",
+    ];
+    let products = [
+        // (input shape, the lines producing %h, the shape of %h)
+        (
+            "4, 24",
+            "  %w = constant {t}[24, 40] [{w960}]\n  %h = matmul(%x, %w) : {t}[4, 40]\n",
+            "4, 40",
+        ),
+        (
+            "1, 6, 5, 5",
+            "  %w = constant {t}[8, 6, 3, 3] [{w432}]\n  %h = conv<strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1>(%x, %w) : {t}[1, 8, 5, 5]\n",
+            "1, 8, 5, 5",
+        ),
+    ];
+    let list = |n: usize| {
+        (0..n)
+            .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (input, product, shape) in products {
+        for form in forms {
+            for dtype in ["f32", "f64"] {
+                let text = format!(
+                    "graph gelu (%x: {dtype}[{input}]) {{\n{}{}  return %y\n}}\n",
+                    product
+                        .replace("{w960}", &list(960))
+                        .replace("{w432}", &list(432)),
+                    form.replace("{s}", shape)
+                )
+                .replace("{t}", dtype);
+                let dims: Vec<usize> = input.split(", ").map(|d| d.parse().unwrap()).collect();
+                let mut x = konst(dims, 9, None);
+                if dtype == "f64" {
+                    x = x.cast(DType::F64);
+                }
+                agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
+                let g = smelt_ir::text::parse_graph(&text).unwrap();
+                let exe = Executable::from_graph(g, false).unwrap();
+                let activation = |p: &Program| {
+                    p.launches.iter().find_map(|l| match l {
+                        Launch::Conv { geometry, .. } => Some(geometry.activation),
+                        Launch::MatMul { activation, .. } => Some(*activation),
+                        _ => None,
+                    })
+                };
+                let want = if dtype == "f32" {
+                    Activation::Gelu
+                } else {
+                    Activation::None
+                };
+                assert_eq!(
+                    activation(&exe.program),
+                    Some(want),
+                    "{text}\n{}",
+                    exe.kernel_text()
+                );
+                let manifest = exe.program.manifest("gelu", "x86-64", &[], 1);
+                let decoded =
+                    smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes())
+                        .unwrap();
+                let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+                assert_eq!(activation(&back), Some(want));
+            }
+        }
+    }
+}

@@ -62,7 +62,7 @@ fn mnist_cnn_fuses_conv_bias_relu_and_softmax() {
         assert!(bias.is_some(), "{}", k.print());
         assert_eq!(
             *activation,
-            smelt_fuse::kernel::ConvActivation::Relu,
+            smelt_fuse::kernel::FoldedActivation::Relu,
             "{}",
             k.print()
         );

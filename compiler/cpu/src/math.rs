@@ -294,78 +294,21 @@ impl Math {
         b.ins().fdiv(one, d)
     }
 
+    /// erf by the coefficients the runtime's folded GELU shares (`smelt_runtime::erf`).
     pub fn erf(&self, b: &mut FunctionBuilder, x: Value) -> Value {
+        use smelt_runtime::erf::{NEAR_ZERO, PIECES};
         let ax = b.ins().fabs(x);
         let x2 = b.ins().fmul(x, x);
-        let p0 = self.poly(
-            b,
-            x2,
-            &[
-                std::f32::consts::FRAC_2_SQRT_PI,
-                -0.376_123_9,
-                0.112_805_79,
-                -0.026_720_89,
-                0.004_927_418,
-                -0.000_566_798_7,
-            ],
-        );
+        let p0 = self.poly(b, x2, &NEAR_ZERO);
         let small = b.ins().fmul(ax, p0);
-        let piece = |m: &Self, b: &mut FunctionBuilder, mid: f32, c: &[f32]| {
-            let midv = m.f(b, mid);
+        let piece = |m: &Self, b: &mut FunctionBuilder, (mid, c): &(f32, [f32; 10])| {
+            let midv = m.f(b, *mid);
             let t = b.ins().fsub(ax, midv);
             m.poly(b, t, c)
         };
-        let p1 = piece(
-            self,
-            b,
-            1.5,
-            &[
-                0.966_105_2,
-                0.118_930_29,
-                -0.178_395_42,
-                0.138_752_2,
-                -0.044_599_45,
-                -0.014_870_81,
-                0.019_333_448,
-                -0.004_701_338,
-                -0.002_401_968_5,
-                0.001_540_724_8,
-            ],
-        );
-        let p2 = piece(
-            self,
-            b,
-            2.5,
-            &[
-                0.999_593,
-                0.002_178_284_3,
-                -0.005_445_737,
-                0.008_350_083,
-                -0.008_621_519,
-                0.006_117_496_6,
-                -0.002_808_214,
-                0.000_541_095_7,
-                0.000_306_316,
-                -0.000_245_428_47,
-            ],
-        );
-        let p3 = piece(
-            self,
-            b,
-            3.5,
-            &[
-                0.999_999_3,
-                5.399_429e-6,
-                -1.889_634_4e-5,
-                4.229_531_6e-5,
-                -6.777_083e-5,
-                8.212_085e-5,
-                -7.714_571e-5,
-                5.814_713e-5,
-                -3.703_743_3e-5,
-                1.554_410_5e-5,
-            ],
-        );
+        let p1 = piece(self, b, &PIECES[0]);
+        let p2 = piece(self, b, &PIECES[1]);
+        let p3 = piece(self, b, &PIECES[2]);
         let one = self.f(b, 1.0);
         let (c1, c2, c3, c4) = (
             self.f(b, 1.0),

@@ -4,7 +4,7 @@
 //! the memory plan from the fusion layout's views and lifetimes.
 
 use crate::SmeltError;
-use smelt_fuse::kernel::{Body, Contraction, ConvActivation, Role};
+use smelt_fuse::kernel::{Body, Contraction, FoldedActivation, Role};
 use smelt_fuse::{Layout, LoweredKernel};
 use smelt_ir::{DType, Graph, Op, PoolKind, ValueId};
 use smelt_runtime::ElemType;
@@ -323,6 +323,7 @@ pub(crate) fn build_program<'g>(
                         bias,
                         trans_a,
                         trans_b,
+                        activation,
                     } => {
                         // Rank-1 operands are matrices of one row (a) or one column (b).
                         let mut a_shape = pshape(*a);
@@ -344,6 +345,7 @@ pub(crate) fn build_program<'g>(
                             trans_a: *trans_a,
                             trans_b: *trans_b,
                             b_packed: packed.contains_key(&lk.args[*b as usize]),
+                            activation: runtime_activation(*activation),
                         }
                     }
                     Contraction::Conv {
@@ -368,11 +370,7 @@ pub(crate) fn build_program<'g>(
                             pads: pads.clone(),
                             dilations: dilations.clone(),
                             group: *group,
-                            activation: match activation {
-                                ConvActivation::None => Activation::None,
-                                ConvActivation::Relu => Activation::Relu,
-                                ConvActivation::Silu => Activation::Silu,
-                            },
+                            activation: runtime_activation(*activation),
                         }
                         .with_useful_strides(),
                     },
@@ -576,4 +574,14 @@ fn resize_geometry(
     let r = input.len();
     let (rows, cols) = (axis(r - 2), axis(r - 1));
     ResizeGeometry { input, rows, cols }
+}
+
+/// The runtime's form of an activation folded into a call.
+fn runtime_activation(a: FoldedActivation) -> Activation {
+    match a {
+        FoldedActivation::None => Activation::None,
+        FoldedActivation::Relu => Activation::Relu,
+        FoldedActivation::Silu => Activation::Silu,
+        FoldedActivation::Gelu => Activation::Gelu,
+    }
 }

@@ -307,20 +307,9 @@ fn conv_paths<T: Float>(
             )?
         };
         // The implicit products fold a ReLU into their registers; any other activation
-        // goes over the output after them, in blocks split over the threads.
-        if !matches!(geo.activation, Activation::None | Activation::Relu) {
-            let block = 16 * 1024;
-            let base = SyncPtr(out.as_mut_ptr());
-            let len = out.len();
-            pool.run(len.div_ceil(block), 1, &|blocks: std::ops::Range<usize>| {
-                for i in blocks {
-                    let r = i * block..((i + 1) * block).min(len);
-                    // SAFETY: block i of `out`, which only this item touches.
-                    let part =
-                        unsafe { std::slice::from_raw_parts_mut(base.get().add(r.start), r.len()) };
-                    geo.activation.apply(part);
-                }
-            });
+        // goes over the output after them.
+        if geo.activation != Activation::Relu {
+            super::activation::apply_in_blocks(geo.activation, out, pool);
         }
         return Ok(());
     }

@@ -646,6 +646,7 @@ mod tests {
                         .iter_mut()
                         .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
                     Activation::Silu => want.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+                    Activation::Gelu => unreachable!("not among the cases"),
                 }
                 let packed = pack_filters(&w, &geo);
                 assert_eq!(packed.len(), packed_len(&geo));

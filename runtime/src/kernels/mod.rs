@@ -21,7 +21,7 @@ mod small_depth;
 mod sparse_taps;
 mod window;
 
-pub use activation::Activation;
+pub use activation::{Activation, apply_in_blocks};
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};
 pub use matmul::{MatrixOperand, batched_matmul};
 pub use pooling::{PoolGeometry, PoolMode, pool2d};
@@ -55,6 +55,9 @@ pub trait Float:
 
     /// `x * sigmoid(x)` of each value, in place.
     fn silu_in_place(values: &mut [Self]);
+
+    /// The exact GELU of each value, in place.
+    fn gelu_in_place(values: &mut [Self]);
 }
 
 impl Float for f32 {
@@ -63,6 +66,10 @@ impl Float for f32 {
 
     fn silu_in_place(values: &mut [f32]) {
         activation::silu_in_place_f32(values);
+    }
+
+    fn gelu_in_place(values: &mut [f32]) {
+        activation::gelu_in_place_f32(values);
     }
 }
 
@@ -74,6 +81,14 @@ impl Float for f64 {
         values
             .iter_mut()
             .for_each(|v| *v = *v * (1.0 / (1.0 + (-*v).exp())));
+    }
+
+    fn gelu_in_place(values: &mut [f64]) {
+        // f64 products never fold a GELU (the compiler folds only f32); by the
+        // f32 formula, for completeness.
+        values
+            .iter_mut()
+            .for_each(|v| *v = activation::gelu_f32(*v as f32) as f64);
     }
 }
 

@@ -517,6 +517,8 @@ pub enum Contraction {
         bias: Option<u32>,
         trans_a: bool,
         trans_b: bool,
+        /// An activation epilogue folded into the call (`Kernel::fold_activation_epilogue`).
+        activation: FoldedActivation,
     },
     /// Convolution of `x` with `w`, plus an optional per-filter bias.
     Conv {
@@ -529,7 +531,7 @@ pub enum Contraction {
         group: usize,
         /// An activation epilogue folded into the call
         /// (`Kernel::fold_activation_epilogue`).
-        activation: ConvActivation,
+        activation: FoldedActivation,
     },
     /// 2-D max or average pooling of an f32 `x: [N, C, H, W]` (dilation 1).
     Pool {
@@ -550,24 +552,27 @@ pub enum Contraction {
     },
 }
 
-/// An activation a convolution call applies to its results.
+/// An activation a Conv or MatMul call applies to its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ConvActivation {
+pub enum FoldedActivation {
     #[default]
     None,
     /// `max(x, 0)`.
     Relu,
     /// `x * sigmoid(x)`, f32 only.
     Silu,
+    /// `(x * (erf(x / sqrt 2) + 1)) * 0.5`, f32 only.
+    Gelu,
 }
 
-impl ConvActivation {
+impl FoldedActivation {
     /// The flag in the text form (none for `None`).
     pub fn name(self) -> Option<&'static str> {
         match self {
-            ConvActivation::None => None,
-            ConvActivation::Relu => Some("relu"),
-            ConvActivation::Silu => Some("silu"),
+            FoldedActivation::None => None,
+            FoldedActivation::Relu => Some("relu"),
+            FoldedActivation::Silu => Some("silu"),
+            FoldedActivation::Gelu => Some("gelu"),
         }
     }
 }
@@ -585,6 +590,89 @@ pub enum Body {
     },
 }
 
+/// An epilogue's expressions, read as an activation of the value it loads in place.
+struct EpilogueShape<'n> {
+    nest: &'n LoopNest,
+    out: u32,
+    index: ExprId,
+}
+
+impl EpilogueShape<'_> {
+    fn node(&self, e: ExprId) -> Option<Expr> {
+        self.nest.nodes.get(e as usize).map(|n| n.expr)
+    }
+
+    /// `out[i]` itself.
+    fn is_x(&self, e: ExprId) -> bool {
+        matches!(self.node(e), Some(Expr::Load { param, index })
+            if param == self.out && index == self.index)
+    }
+
+    /// A float constant equal to `v` in f32.
+    fn is_const(&self, e: ExprId, v: f32) -> bool {
+        matches!(self.node(e), Some(Expr::Const(Const::Float(bits)))
+            if f64::from_bits(bits) as f32 == v)
+    }
+
+    /// `op(p, q)` with `p` and `q` in either order.
+    fn either(
+        &self,
+        e: ExprId,
+        op: BinaryOp,
+        p: impl Fn(ExprId) -> bool,
+        q: impl Fn(ExprId) -> bool,
+    ) -> bool {
+        matches!(self.node(e), Some(Expr::Binary(o, a, b))
+            if o == op && ((p(a) && q(b)) || (q(a) && p(b))))
+    }
+
+    /// `erf(x / sqrt 2)` or `erf(x * (1 / sqrt 2))`.
+    fn is_erf_of_scaled_x(&self, e: ExprId) -> bool {
+        let Some(Expr::Unary(UnaryOp::Erf, t)) = self.node(e) else {
+            return false;
+        };
+        matches!(self.node(t), Some(Expr::Binary(BinaryOp::Div, a, c))
+            if self.is_x(a) && self.is_const(c, std::f32::consts::SQRT_2))
+            || self.either(
+                t,
+                BinaryOp::Mul,
+                |a| self.is_x(a),
+                |c| self.is_const(c, std::f32::consts::FRAC_1_SQRT_2),
+            )
+    }
+
+    /// Which activation `value` computes of `out[i]`, if one the calls apply.
+    fn activation(&self, value: ExprId) -> Option<FoldedActivation> {
+        let x = |e: ExprId| self.is_x(e);
+        if self.either(value, BinaryOp::Max, x, |e| self.is_const(e, 0.0)) {
+            return Some(FoldedActivation::Relu);
+        }
+        let sigmoid =
+            |e: ExprId| matches!(self.node(e), Some(Expr::Unary(UnaryOp::Sigmoid, a)) if x(a));
+        if self.either(value, BinaryOp::Mul, x, sigmoid) {
+            return Some(FoldedActivation::Silu);
+        }
+        // erf(..) + 1, then times x and times 0.5 in either grouping.
+        let s = |e: ExprId| {
+            self.either(
+                e,
+                BinaryOp::Add,
+                |a| self.is_erf_of_scaled_x(a),
+                |c| self.is_const(c, 1.0),
+            )
+        };
+        let half = |e: ExprId| self.is_const(e, 0.5);
+        let x_times_s = |e: ExprId| self.either(e, BinaryOp::Mul, x, s);
+        let half_x = |e: ExprId| self.either(e, BinaryOp::Mul, x, half);
+        if self.either(value, BinaryOp::Mul, x_times_s, half)
+            || self.either(value, BinaryOp::Mul, half_x, s)
+        {
+            return Some(FoldedActivation::Gelu);
+        }
+        None
+    }
+}
+
 /// One kernel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kernel {
@@ -594,14 +682,16 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Folds an epilogue that only applies an activation to the convolution's result in
-    /// place (`out[i] = f(out[i])` over every element) into the call, which applies it
-    /// to each block of results while it is in cache, instead of a second pass over the
-    /// output: a ReLU (`max(out, 0)`), or on f32 a SiLU (`out * sigmoid(out)`).
+    /// Folds an epilogue that only applies an activation to a Conv's or MatMul's result
+    /// in place (`out[i] = f(out[i])` over every element) into the call, instead of a
+    /// generated loop over the output: a ReLU (`max(out, 0)`), or on f32 a SiLU
+    /// (`out * sigmoid(out)`) or the exact GELU (`out * (erf(out / sqrt 2) + 1) * 0.5`,
+    /// in the orders exporters write it). A convolution applies it to each block of
+    /// results while in cache, a MatMul over its output after `gemm`.
     pub fn fold_activation_epilogue(&mut self) {
         let Kernel { params, body, .. } = self;
         let Body::Contraction {
-            call: Contraction::Conv { activation, .. },
+            call: Contraction::Conv { activation, .. } | Contraction::MatMul { activation, .. },
             out,
             epilogue,
         } = body
@@ -612,35 +702,19 @@ impl Kernel {
             return;
         };
         let out_param = &params[*out as usize];
-        let out_len = out_param.len();
-        let node = |e: ExprId| nest.nodes.get(e as usize).map(|n| n.expr);
         let folded = match nest.stores.as_slice() {
-            [store] if store.param == *out && nest.domain == [out_len] => {
-                let in_place = |e: ExprId| {
-                    matches!(node(e), Some(Expr::Load { param, index })
-                        if param == *out && index == store.index)
-                };
-                let zero = |e: ExprId| matches!(node(e), Some(Expr::Const(Const::Float(bits))) if f64::from_bits(bits) == 0.0);
-                let sigmoid_in_place = |e: ExprId| matches!(node(e), Some(Expr::Unary(UnaryOp::Sigmoid, x)) if in_place(x));
-                if node(store.index) != Some(Expr::Var(0)) {
-                    None
-                } else {
-                    match node(store.value) {
-                        Some(Expr::Binary(BinaryOp::Max, a, b))
-                            if (in_place(a) && zero(b)) || (zero(a) && in_place(b)) =>
-                        {
-                            Some(ConvActivation::Relu)
-                        }
-                        Some(Expr::Binary(BinaryOp::Mul, a, b))
-                            if out_param.dtype == DType::F32
-                                && ((in_place(a) && sigmoid_in_place(b))
-                                    || (sigmoid_in_place(a) && in_place(b))) =>
-                        {
-                            Some(ConvActivation::Silu)
-                        }
-                        _ => None,
-                    }
+            [store] if store.param == *out && nest.domain == [out_param.len()] => {
+                let f32_only = out_param.dtype == DType::F32;
+                EpilogueShape {
+                    nest,
+                    out: *out,
+                    index: store.index,
                 }
+                .activation(store.value)
+                .filter(|a| *a == FoldedActivation::Relu || f32_only)
+                .filter(|_| {
+                    nest.nodes.get(store.index as usize).map(|n| n.expr) == Some(Expr::Var(0))
+                })
             }
             _ => None,
         };
@@ -813,13 +887,18 @@ impl Kernel {
                         bias,
                         trans_a,
                         trans_b,
+                        activation,
                     } => {
                         let _ = writeln!(
                             s,
-                            "  p{out} = matmul(p{a}{}, p{b}{}{})",
+                            "  p{out} = matmul(p{a}{}, p{b}{}{}){}",
                             if *trans_a { "ᵀ" } else { "" },
                             if *trans_b { "ᵀ" } else { "" },
-                            opt(bias)
+                            opt(bias),
+                            activation
+                                .name()
+                                .map(|a| format!(" {a}"))
+                                .unwrap_or_default()
                         );
                     }
                     Contraction::Conv {

@@ -6,8 +6,8 @@
 //! printing a parsed kernel gives its text back.
 
 use super::{
-    Body, Combine, Const, Contraction, ConvActivation, Expr, ExprId, Kernel, LoopNest, Node, Param,
-    Role, Store, contiguous_strides,
+    Body, Combine, Const, Contraction, Expr, ExprId, FoldedActivation, Kernel, LoopNest, Node,
+    Param, Role, Store, contiguous_strides,
 };
 use smelt_ir::{BinaryOp, CoordMode, DType, NearestMode, PoolKind, ResizeMode, Sampling, UnaryOp};
 
@@ -224,6 +224,7 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 bias: bias(rest)?,
                 trans_a,
                 trans_b,
+                activation: attrs.activation(),
             }
         }
         "conv" => {
@@ -238,13 +239,7 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 pads: attrs.list("pads")?,
                 dilations: attrs.list("dilations")?,
                 group: attrs.number("group")?,
-                activation: if attrs.flag("relu") {
-                    ConvActivation::Relu
-                } else if attrs.flag("silu") {
-                    ConvActivation::Silu
-                } else {
-                    ConvActivation::None
-                },
+                activation: attrs.activation(),
             }
         }
         "resize" => {
@@ -372,6 +367,18 @@ impl<'a> Attrs<'a> {
             .collect::<Result<_, _>>()?;
         self.rest = self.rest[end + 1..].trim_start();
         Ok(list)
+    }
+
+    /// A folded activation's flag, if any.
+    fn activation(&mut self) -> FoldedActivation {
+        [
+            FoldedActivation::Relu,
+            FoldedActivation::Silu,
+            FoldedActivation::Gelu,
+        ]
+        .into_iter()
+        .find(|a| a.name().is_some_and(|name| self.flag(name)))
+        .unwrap_or_default()
     }
 
     fn flag(&mut self, name: &str) -> bool {

@@ -8,8 +8,8 @@
 //! coordinates is computed once.
 
 use crate::kernel::{
-    Body, Combine, Const, Contraction, ConvActivation, Expr, ExprId, Kernel, KernelError, LoopNest,
-    Node, Param, Role, Store, contiguous_strides,
+    Body, Combine, Const, Contraction, Expr, ExprId, FoldedActivation, Kernel, KernelError,
+    LoopNest, Node, Param, Role, Store, contiguous_strides,
 };
 use crate::plan::{FusionPlan, Group, GroupKind};
 use smelt_ir::{
@@ -289,6 +289,7 @@ fn lower_contraction(
             bias,
             trans_a: *trans_a,
             trans_b: *trans_b,
+            activation: FoldedActivation::None,
         },
         Op::Conv {
             strides,
@@ -303,7 +304,7 @@ fn lower_contraction(
             pads: pads.clone(),
             dilations: dilations.clone(),
             group: *group,
-            activation: ConvActivation::None,
+            activation: FoldedActivation::None,
         },
         _ => unreachable!("runtime_contraction admits only MatMul and Conv"),
     };
