@@ -80,6 +80,18 @@ fn agrees_with_reference(
     }
 }
 
+/// `program` as a deployable carries it: written to a manifest, encoded, decoded and
+/// loaded again with the same constants.
+fn through_manifest(
+    program: &smelt_runtime::program::Program,
+    name: &str,
+) -> smelt_runtime::program::Program {
+    let manifest = program.manifest(name, "x86-64", &[], 1);
+    let decoded =
+        smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes()).unwrap();
+    smelt_runtime::program::Program::from_manifest(&decoded, program.constants.clone()).unwrap()
+}
+
 #[test]
 fn compiled_code_matches_the_reference() {
     let pool = ThreadPool::new(2);
@@ -456,12 +468,7 @@ fn skinny_products_run_on_weights_packed_at_compile_time() {
             })
         };
         assert!(launch_packed(program));
-        let manifest = program.manifest("skinny", "x86-64", &[], 1);
-        let decoded =
-            smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes()).unwrap();
-        let back =
-            smelt_runtime::program::Program::from_manifest(&decoded, program.constants.clone())
-                .unwrap();
+        let back = through_manifest(program, "skinny");
         assert!(launch_packed(&back), "the manifest keeps the packed launch");
     }
 }
@@ -581,10 +588,7 @@ fn inner_axis_resizes_run_the_runtime_kernel() {
             "{input:?} -> {sizes:?} {mode} {coord}:\n{}",
             exe.kernel_text()
         );
-        let manifest = exe.program.manifest("resize", "x86-64", &[], 1);
-        let decoded =
-            smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes()).unwrap();
-        let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+        let back = through_manifest(&exe.program, "resize");
         assert_eq!(
             resize_launch(&back),
             geometry,
@@ -642,11 +646,7 @@ fn silu_after_a_convolution_is_folded_into_the_call() {
                 "{dtype} c={c} m={m} k={k} group={group}:\n{}",
                 exe.kernel_text()
             );
-            let manifest = exe.program.manifest("silu", "x86-64", &[], 1);
-            let decoded =
-                smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes())
-                    .unwrap();
-            let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+            let back = through_manifest(&exe.program, "silu");
             assert_eq!(
                 activation(&back),
                 Some(want),
@@ -724,11 +724,7 @@ fn gelu_after_a_product_is_folded_into_the_call() {
                     "{text}\n{}",
                     exe.kernel_text()
                 );
-                let manifest = exe.program.manifest("gelu", "x86-64", &[], 1);
-                let decoded =
-                    smelt_runtime::manifest::ManifestProto::decode_bytes(&manifest.encode_bytes())
-                        .unwrap();
-                let back = Program::from_manifest(&decoded, exe.program.constants.clone()).unwrap();
+                let back = through_manifest(&exe.program, "gelu");
                 assert_eq!(activation(&back), Some(want));
             }
         }
