@@ -143,6 +143,9 @@ pub struct LaunchProto {
     /// `relu` set is a ReLU).
     #[prost(uint32, tag = "21")]
     pub activation: u32,
+    /// Conv and MatMul: the folded Clip's low and high bounds (`activation` 4).
+    #[prost(float, repeated, tag = "22")]
+    pub clip_bounds: Vec<f32>,
 }
 
 fn u64s(v: &[usize]) -> Vec<u64> {
@@ -340,6 +343,7 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.trans_a = *trans_a;
             p.trans_b = *trans_b;
             p.activation = activation.code();
+            p.clip_bounds = activation.clip_bounds();
         }
         Launch::Conv {
             x,
@@ -363,6 +367,7 @@ fn launch_proto(l: &Launch) -> LaunchProto {
             p.group = geometry.group as u64;
             p.relu = geometry.activation == Activation::Relu;
             p.activation = geometry.activation.code();
+            p.clip_bounds = geometry.activation.clip_bounds();
         }
         Launch::Copy { src, dst, .. } => {
             p.kind = 3;
@@ -433,8 +438,11 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                 trans_a: p.trans_a,
                 trans_b: p.trans_b,
                 b_packed: p.b_packed,
-                activation: Activation::from_code(p.activation).ok_or_else(|| {
-                    format!("launch {}: unknown activation {}", p.name, p.activation)
+                activation: Activation::decode(p.activation, &p.clip_bounds).ok_or_else(|| {
+                    format!(
+                        "launch {}: unknown activation {} (bounds {:?})",
+                        p.name, p.activation, p.clip_bounds
+                    )
                 })?,
             }
         }
@@ -453,13 +461,13 @@ fn launch_from(p: &LaunchProto, nbuf: usize) -> Result<Launch, String> {
                     pads: usizes(&p.pads),
                     dilations: usizes(&p.dilations),
                     group: p.group as usize,
-                    activation: match Activation::from_code(p.activation) {
+                    activation: match Activation::decode(p.activation, &p.clip_bounds) {
                         Some(Activation::None) if p.relu => Activation::Relu,
                         Some(a) => a,
                         None => {
                             return Err(format!(
-                                "launch {}: unknown activation {}",
-                                p.name, p.activation
+                                "launch {}: unknown activation {} (bounds {:?})",
+                                p.name, p.activation, p.clip_bounds
                             ));
                         }
                     },

@@ -730,3 +730,101 @@ fn gelu_after_a_product_is_folded_into_the_call() {
         }
     }
 }
+
+/// A clip to constant bounds after an f32 Conv or MatMul (ReLU6 and the like, in either
+/// nesting) is folded into the call on every convolution path and matches the
+/// reference; the manifest keeps its bounds. In f64, and where the low bound exceeds the
+/// high one (every value is then the high bound), the epilogue stays a loop.
+#[test]
+fn clip_after_a_product_is_folded_into_the_call() {
+    use smelt_runtime::kernels::Activation;
+    use smelt_runtime::program::{Launch, Program};
+    let list = |n: usize| {
+        (0..n)
+            .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // (input shape, the lines producing %h, the shape of %h): implicit or im2col,
+    // pointwise, depthwise, sparse taps, and a MatMul.
+    let conv = |c: usize, m: usize, k: usize, group: usize, pad: usize| {
+        (
+            format!("1, {c}, 7, 7"),
+            format!(
+                "  %w = constant {{t}}[{m}, {}, {k}, {k}] [{}]\n  %h = conv<strides=[1, 1], pads=[{pad}, {pad}, {pad}, {pad}], dilations=[{pad}, {pad}], group={group}>(%x, %w) : {{t}}[1, {m}, 7, 7]\n",
+                c / group,
+                list(m * (c / group) * k * k)
+            )
+            .replace("dilations=[0, 0]", "dilations=[1, 1]"),
+            format!("1, {m}, 7, 7"),
+        )
+    };
+    let products = [
+        conv(4, 6, 3, 1, 1),
+        conv(4, 6, 1, 1, 0),
+        conv(16, 16, 3, 16, 1),
+        conv(4, 6, 3, 1, 6),
+        (
+            "4, 24".to_string(),
+            format!(
+                "  %w = constant {{t}}[24, 40] [{}]\n  %h = matmul(%x, %w) : {{t}}[4, 40]\n",
+                list(960)
+            ),
+            "4, 40".to_string(),
+        ),
+    ];
+    // (low, high, max first)
+    let clips = [
+        (0.0f32, 6.0f32, true),
+        (-0.5, 0.75, false),
+        (0.5, -0.5, true),
+    ];
+    for (input, product, shape) in &products {
+        for (low, high, max_first) in clips {
+            let (first, second) = if max_first {
+                (("max", low), ("min", high))
+            } else {
+                (("min", high), ("max", low))
+            };
+            for dtype in ["f32", "f64"] {
+                let text = format!(
+                    "graph clip (%x: {dtype}[{input}]) {{\n{product}  %a = constant {{t}}[] [{:?}]\n  %m = {}(%h, %a) : {{t}}[{shape}]\n  %b = constant {{t}}[] [{:?}]\n  %y = {}(%b, %m) : {{t}}[{shape}]\n  return %y\n}}\n",
+                    first.1, first.0, second.1, second.0,
+                )
+                .replace("{t}", dtype);
+                let dims: Vec<usize> = input.split(", ").map(|d| d.parse().unwrap()).collect();
+                let mut x = konst(dims, 11, None);
+                if dtype == "f64" {
+                    x = x.cast(DType::F64);
+                }
+                agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
+                let g = smelt_ir::text::parse_graph(&text).unwrap();
+                let exe = Executable::from_graph(g, false).unwrap();
+                let activation = |p: &Program| {
+                    p.launches.iter().find_map(|l| match l {
+                        Launch::Conv { geometry, .. } => Some(geometry.activation),
+                        Launch::MatMul { activation, .. } => Some(*activation),
+                        _ => None,
+                    })
+                };
+                let want = if dtype == "f32" && low <= high {
+                    Activation::Clip { low, high }
+                } else {
+                    Activation::None
+                };
+                assert_eq!(
+                    activation(&exe.program),
+                    Some(want),
+                    "{text}\n{}",
+                    exe.kernel_text()
+                );
+                let back = through_manifest(&exe.program, "clip");
+                assert_eq!(
+                    activation(&back),
+                    Some(want),
+                    "the manifest keeps the bounds"
+                );
+            }
+        }
+    }
+}

@@ -165,6 +165,22 @@ fn lower_files_to_llvm_and_ptx() {
 /// Malformed text is refused with the line at fault and the reason.
 #[test]
 fn malformed_kernel_text_names_the_line() {
+    let conv = |flag: &str| {
+        format!(
+            "kernel k {{\n  p0: out f32[1, 1, 2, 2]  // y\n  p1: in f32[1, 1, 2, 2]  // x\n  p2: in f32[1, 1, 1, 1]  // w\n  p0 = conv(p1, p2) strides [1, 1] pads [0, 0, 0, 0] dilations [1, 1] group 1 {flag}\n}}\n"
+        )
+    };
+    let clips = [
+        (conv("clip(6.0, 0.0)"), "clip bounds 6 > 0"),
+        (conv("clip(1.0)"), "clip takes 2 bounds, not 1"),
+        (conv("clip(0.0, six)"), "clip bound 'six' is not a number"),
+        (conv("clip(0.0, 6.0"), "'clip(' without ')'"),
+    ];
+    for (text, reason) in &clips {
+        let e = Kernel::parse(text).expect_err(text);
+        assert_eq!(e.line, 5, "{e}\n{text}");
+        assert!(e.reason.contains(reason), "{e}\n{text}");
+    }
     let cases: [(&str, usize, &str); 7] = [
         ("kernel k\n", 1, "expected 'kernel NAME {'"),
         (

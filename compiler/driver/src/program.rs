@@ -583,5 +583,6 @@ fn runtime_activation(a: FoldedActivation) -> Activation {
         FoldedActivation::Relu => Activation::Relu,
         FoldedActivation::Silu => Activation::Silu,
         FoldedActivation::Gelu => Activation::Gelu,
+        FoldedActivation::Clip { low, high } => Activation::Clip { low, high },
     }
 }

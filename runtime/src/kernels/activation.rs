@@ -11,7 +11,7 @@ use super::{Float, SyncPtr};
 use crate::threads::ThreadPool;
 
 /// An activation a convolution applies to its outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Activation {
     #[default]
     None,
@@ -21,6 +21,9 @@ pub enum Activation {
     Silu,
     /// `(x * (erf(x / sqrt 2) + 1)) * 0.5`, the exact GELU (f32 only).
     Gelu,
+    /// `min(max(x, low), high)`, ONNX's Clip (ReLU6 is 0 and 6); NaN stays NaN.
+    /// `low <= high`, neither NaN (f32 only).
+    Clip { low: f32, high: f32 },
 }
 
 impl Activation {
@@ -31,19 +34,41 @@ impl Activation {
             Activation::Relu => 1,
             Activation::Silu => 2,
             Activation::Gelu => 3,
+            Activation::Clip { .. } => 4,
         }
     }
 
-    /// Inverse of [`Self::code`].
-    pub fn from_code(code: u32) -> Option<Activation> {
-        [
-            Activation::None,
-            Activation::Relu,
-            Activation::Silu,
-            Activation::Gelu,
-        ]
-        .into_iter()
-        .find(|a| a.code() == code)
+    /// The bounds a [`Activation::Clip`] keeps in the manifest (empty for the others).
+    pub fn clip_bounds(self) -> Vec<f32> {
+        match self {
+            Activation::Clip { low, high } => vec![low, high],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Inverse of [`Self::code`] and [`Self::clip_bounds`]: `None` for an unknown code,
+    /// or a Clip without two ordered bounds.
+    pub fn decode(code: u32, clip_bounds: &[f32]) -> Option<Activation> {
+        match (code, clip_bounds) {
+            (0, []) => Some(Activation::None),
+            (1, []) => Some(Activation::Relu),
+            (2, []) => Some(Activation::Silu),
+            (3, []) => Some(Activation::Gelu),
+            // `<=` is false for NaN.
+            (4, &[low, high]) if low <= high => Some(Activation::Clip { low, high }),
+            _ => None,
+        }
+    }
+
+    /// The bounds `(low, high)` of an activation that only clamps, `max(x, low)` then
+    /// `min(.., high)` with NaN kept (ReLU and Clip): what a micro-kernel applies to its
+    /// register sums before it stores them.
+    pub fn clamp_bounds(self) -> Option<(f32, f32)> {
+        match self {
+            Activation::Relu => Some((0.0, f32::INFINITY)),
+            Activation::Clip { low, high } => Some((low, high)),
+            _ => None,
+        }
     }
 
     /// Applies the activation to `values` in place.
@@ -58,6 +83,14 @@ impl Activation {
             }
             Activation::Silu => T::silu_in_place(values),
             Activation::Gelu => T::gelu_in_place(values),
+            Activation::Clip { low, high } => {
+                let (low, high) = (T::from_f32(low), T::from_f32(high));
+                // Selects that keep NaN, as the reference's max and min.
+                for v in values {
+                    let up = if *v < low { low } else { *v };
+                    *v = if up > high { high } else { up };
+                }
+            }
         }
     }
 }
@@ -218,14 +251,50 @@ mod tests {
         Activation::Relu.apply(&mut v);
         assert_eq!(v[..2], [0.0, 2.0]);
         assert!(v[2].is_nan());
+        let relu6 = Activation::Clip {
+            low: 0.0,
+            high: 6.0,
+        };
         for a in [
             Activation::None,
             Activation::Relu,
             Activation::Silu,
             Activation::Gelu,
+            relu6,
         ] {
-            assert_eq!(Activation::from_code(a.code()), Some(a));
+            assert_eq!(Activation::decode(a.code(), &a.clip_bounds()), Some(a));
         }
-        assert_eq!(Activation::from_code(4), None);
+        assert_eq!(Activation::decode(5, &[]), None);
+        assert_eq!(Activation::decode(4, &[]), None);
+        assert_eq!(Activation::decode(4, &[6.0, 0.0]), None);
+        assert_eq!(Activation::decode(4, &[f32::NAN, 1.0]), None);
+        assert_eq!(Activation::decode(1, &[0.0, 6.0]), None);
+    }
+
+    #[test]
+    fn clip_clamps_and_keeps_nan() {
+        let relu6 = Activation::Clip {
+            low: 0.0,
+            high: 6.0,
+        };
+        let mut v = [
+            -1.0f32,
+            2.5,
+            7.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        relu6.apply(&mut v);
+        assert_eq!(v[..3], [0.0, 2.5, 6.0]);
+        assert!(v[3].is_nan());
+        assert_eq!(v[4..], [6.0, 0.0]);
+        let mut w = [-3.0f64, 0.25, 9.0];
+        Activation::Clip {
+            low: -1.0,
+            high: 0.5,
+        }
+        .apply(&mut w);
+        assert_eq!(w, [-1.0, 0.25, 0.5]);
     }
 }

@@ -306,9 +306,9 @@ fn conv_paths<T: Float>(
                 tile_elements,
             )?
         };
-        // The implicit products fold a ReLU into their registers; any other activation
+        // The implicit products clamp their registers (ReLU, Clip); any other activation
         // goes over the output after them.
-        if geo.activation != Activation::Relu {
+        if geo.activation.clamp_bounds().is_none() {
             super::activation::apply_in_blocks(geo.activation, out, pool);
         }
         return Ok(());
@@ -690,11 +690,11 @@ pub(super) mod tests {
         }
     }
 
-    /// A ReLU folded into the convolution stores exactly what a clamp after it gives,
-    /// NaN kept: on the implicit products (positions and filter lanes), the depthwise
-    /// paths (2-D planes, 1-D taps), the `gemm` path and in f64.
+    /// A ReLU or Clip folded into the convolution stores exactly what a clamp after it
+    /// gives, NaN kept: on the implicit products (positions and filter lanes), the
+    /// depthwise paths (2-D planes, 1-D taps), the `gemm` path and in f64.
     #[test]
-    fn folded_relu_clamps_like_a_pass_after() {
+    fn folded_clamps_match_a_pass_after() {
         let geometries = [
             (
                 vec![1usize, 8, 12, 12],
@@ -704,6 +704,8 @@ pub(super) mod tests {
             ),
             (vec![1, 64, 7, 7], vec![40, 64, 1, 1], 1, vec![0; 4]),
             (vec![1, 256, 7, 7], vec![32, 256, 1, 1], 1, vec![0; 4]),
+            // Short rows: filters as lanes on either instruction set.
+            (vec![1, 64, 7, 7], vec![64, 64, 3, 3], 1, vec![1; 4]),
             (vec![1, 6, 9, 9], vec![6, 1, 3, 3], 6, vec![1; 4]),
             (vec![1, 4, 10], vec![5, 4, 3], 1, vec![1; 2]),
             // Depthwise along one axis: the tap-by-tap loop.
@@ -734,26 +736,40 @@ pub(super) mod tests {
             let pool = ThreadPool::new(2);
             let mut plain = vec![0f32; out_len];
             conv(&x, &w, None, &geo, &mut plain, &pool).unwrap();
-            let folded_geo = ConvGeometry {
-                activation: Activation::Relu,
-                ..geo.clone()
-            };
-            let mut folded = vec![0f32; out_len];
-            conv(&x, &w, None, &folded_geo, &mut folded, &pool).unwrap();
             assert!(plain.iter().any(|v| v.is_nan()) && plain.iter().any(|&v| v < 0.0));
-            for (i, (&p, &f)) in plain.iter().zip(&folded).enumerate() {
-                let want = if p < 0.0 { 0.0 } else { p };
+            let clip = Activation::Clip {
+                low: -0.5,
+                high: 1.5,
+            };
+            for activation in [Activation::Relu, clip] {
+                let (low, high) = activation.clamp_bounds().unwrap();
+                let folded_geo = ConvGeometry {
+                    activation,
+                    ..geo.clone()
+                };
+                let mut folded = vec![0f32; out_len];
+                conv(&x, &w, None, &folded_geo, &mut folded, &pool).unwrap();
+                assert!(plain.iter().any(|&v| v > high) || high.is_infinite());
+                for (i, (&p, &f)) in plain.iter().zip(&folded).enumerate() {
+                    let up = if p < low { low } else { p };
+                    let want = if up > high { high } else { up };
+                    assert!(
+                        (want.is_nan() && f.is_nan()) || want == f,
+                        "{activation:?} {geo:?} [{i}]: {f}, expected {want}"
+                    );
+                }
+                let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+                let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+                let mut folded64 = vec![0f64; out_len];
+                conv(&x64, &w64, None, &folded_geo, &mut folded64, &pool).unwrap();
+                let (low, high) = (f64::from(low), f64::from(high));
                 assert!(
-                    (want.is_nan() && f.is_nan()) || want == f,
-                    "{geo:?} [{i}]: {f}, expected {want}"
+                    folded64
+                        .iter()
+                        .all(|&v| v.is_nan() || (low..=high).contains(&v))
                 );
+                assert!(folded64.iter().any(|v| v.is_nan()));
             }
-            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
-            let mut folded64 = vec![0f64; out_len];
-            conv(&x64, &w64, None, &folded_geo, &mut folded64, &pool).unwrap();
-            assert!(folded64.iter().all(|&v| v.is_nan() || v >= 0.0));
-            assert!(folded64.iter().any(|v| v.is_nan()));
         }
         if implicit::available() {
             assert_eq!(layouts, [true, true], "both implicit layouts");

@@ -620,7 +620,11 @@ mod tests {
             .chain(grouped.iter().map(|c| (c, GROUP_WIDTH)));
         for (&(input, kernel, strides, dilations, pads), width) in all {
             let c = input[1];
-            for activation in [Activation::None, Activation::Relu, Activation::Silu] {
+            let relu6 = Activation::Clip {
+                low: 0.0,
+                high: 6.0,
+            };
+            for activation in [Activation::None, Activation::Relu, Activation::Silu, relu6] {
                 let geo = ConvGeometry {
                     input: input.to_vec(),
                     weight: vec![c, width, kernel[0], kernel[1]],
@@ -646,6 +650,18 @@ mod tests {
                         .iter_mut()
                         .for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }),
                     Activation::Silu => want.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+                    Activation::Clip { low, high } => want.iter_mut().for_each(|v| {
+                        let up = if *v < f64::from(low) {
+                            f64::from(low)
+                        } else {
+                            *v
+                        };
+                        *v = if up > f64::from(high) {
+                            f64::from(high)
+                        } else {
+                            up
+                        };
+                    }),
                     Activation::Gelu => unreachable!("not among the cases"),
                 }
                 let packed = pack_filters(&w, &geo);

@@ -53,6 +53,9 @@ pub trait Float:
     const ZERO: Self;
     const ONE: Self;
 
+    /// `v` in this type (exact: f32 and f64 hold every f32).
+    fn from_f32(v: f32) -> Self;
+
     /// `x * sigmoid(x)` of each value, in place.
     fn silu_in_place(values: &mut [Self]);
 
@@ -63,6 +66,10 @@ pub trait Float:
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
 
     fn silu_in_place(values: &mut [f32]) {
         activation::silu_in_place_f32(values);
@@ -76,6 +83,10 @@ impl Float for f32 {
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+
+    fn from_f32(v: f32) -> f64 {
+        f64::from(v)
+    }
 
     fn silu_in_place(values: &mut [f64]) {
         values

@@ -553,7 +553,7 @@ pub enum Contraction {
 }
 
 /// An activation a Conv or MatMul call applies to its results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum FoldedActivation {
     #[default]
     None,
@@ -563,16 +563,21 @@ pub enum FoldedActivation {
     Silu,
     /// `(x * (erf(x / sqrt 2) + 1)) * 0.5`, f32 only.
     Gelu,
+    /// `min(max(x, low), high)` (ONNX Clip; ReLU6 is 0 and 6), f32 only; `low <= high`,
+    /// neither NaN.
+    Clip { low: f32, high: f32 },
 }
 
 impl FoldedActivation {
-    /// The flag in the text form (none for `None`).
-    pub fn name(self) -> Option<&'static str> {
+    /// The flag in the text form (none for `None`): `relu`, `silu`, `gelu`, or
+    /// `clip(low, high)`.
+    pub fn text(self) -> Option<String> {
         match self {
             FoldedActivation::None => None,
-            FoldedActivation::Relu => Some("relu"),
-            FoldedActivation::Silu => Some("silu"),
-            FoldedActivation::Gelu => Some("gelu"),
+            FoldedActivation::Relu => Some("relu".into()),
+            FoldedActivation::Silu => Some("silu".into()),
+            FoldedActivation::Gelu => Some("gelu".into()),
+            FoldedActivation::Clip { low, high } => Some(format!("clip({low:?}, {high:?})")),
         }
     }
 }
@@ -610,8 +615,42 @@ impl EpilogueShape<'_> {
 
     /// A float constant equal to `v` in f32.
     fn is_const(&self, e: ExprId, v: f32) -> bool {
-        matches!(self.node(e), Some(Expr::Const(Const::Float(bits)))
-            if f64::from_bits(bits) as f32 == v)
+        self.const_f32(e) == Some(v)
+    }
+
+    /// The value of a float constant that f32 holds exactly.
+    fn const_f32(&self, e: ExprId) -> Option<f32> {
+        let Some(Expr::Const(Const::Float(bits))) = self.node(e) else {
+            return None;
+        };
+        let v = f64::from_bits(bits);
+        (f64::from(v as f32) == v).then_some(v as f32)
+    }
+
+    /// `op(a, c)` or `op(c, a)` with `c` a constant: `a` and the constant.
+    fn split_const(&self, e: ExprId, op: BinaryOp) -> Option<(ExprId, f32)> {
+        match self.node(e) {
+            Some(Expr::Binary(o, a, b)) if o == op => self
+                .const_f32(b)
+                .map(|c| (a, c))
+                .or_else(|| self.const_f32(a).map(|c| (b, c))),
+            _ => None,
+        }
+    }
+
+    /// `min(max(x, low), high)` or `max(min(x, high), low)` with constant bounds in
+    /// order: the bounds.
+    fn clip(&self, value: ExprId) -> Option<(f32, f32)> {
+        let nested = |outer: BinaryOp, inner: BinaryOp| {
+            let (inside, a) = self.split_const(value, outer)?;
+            let (x, b) = self.split_const(inside, inner)?;
+            self.is_x(x).then_some((a, b))
+        };
+        let bounds = nested(BinaryOp::Min, BinaryOp::Max)
+            .map(|(high, low)| (low, high))
+            .or_else(|| nested(BinaryOp::Max, BinaryOp::Min));
+        // `<=` is false for NaN.
+        bounds.filter(|(low, high)| low <= high)
     }
 
     /// `op(p, q)` with `p` and `q` in either order.
@@ -646,6 +685,9 @@ impl EpilogueShape<'_> {
         let x = |e: ExprId| self.is_x(e);
         if self.either(value, BinaryOp::Max, x, |e| self.is_const(e, 0.0)) {
             return Some(FoldedActivation::Relu);
+        }
+        if let Some((low, high)) = self.clip(value) {
+            return Some(FoldedActivation::Clip { low, high });
         }
         let sigmoid =
             |e: ExprId| matches!(self.node(e), Some(Expr::Unary(UnaryOp::Sigmoid, a)) if x(a));
@@ -686,8 +728,9 @@ impl Kernel {
     /// in place (`out[i] = f(out[i])` over every element) into the call, instead of a
     /// generated loop over the output: a ReLU (`max(out, 0)`), or on f32 a SiLU
     /// (`out * sigmoid(out)`) or the exact GELU (`out * (erf(out / sqrt 2) + 1) * 0.5`,
-    /// in the orders exporters write it). A convolution applies it to each block of
-    /// results while in cache, a MatMul over its output after `gemm`.
+    /// in the orders exporters write it), or on f32 a clip to constant bounds
+    /// (`min(max(out, low), high)` in either nesting: ReLU6). A convolution applies it to
+    /// each block of results while in cache, a MatMul over its output after `gemm`.
     pub fn fold_activation_epilogue(&mut self) {
         let Kernel { params, body, .. } = self;
         let Body::Contraction {
@@ -896,7 +939,7 @@ impl Kernel {
                             if *trans_b { "ᵀ" } else { "" },
                             opt(bias),
                             activation
-                                .name()
+                                .text()
                                 .map(|a| format!(" {a}"))
                                 .unwrap_or_default()
                         );
@@ -916,7 +959,7 @@ impl Kernel {
                             "  p{out} = conv(p{x}, p{w}{}) strides {strides:?} pads {pads:?} dilations {dilations:?} group {group}{}",
                             opt(bias),
                             activation
-                                .name()
+                                .text()
                                 .map(|a| format!(" {a}"))
                                 .unwrap_or_default()
                         );

@@ -224,7 +224,7 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 bias: bias(rest)?,
                 trans_a,
                 trans_b,
-                activation: attrs.activation(),
+                activation: attrs.activation()?,
             }
         }
         "conv" => {
@@ -239,7 +239,7 @@ fn parse_call(n: usize, line: &str) -> Result<(u32, Contraction), ParseError> {
                 pads: attrs.list("pads")?,
                 dilations: attrs.list("dilations")?,
                 group: attrs.number("group")?,
-                activation: attrs.activation(),
+                activation: attrs.activation()?,
             }
         }
         "resize" => {
@@ -369,16 +369,46 @@ impl<'a> Attrs<'a> {
         Ok(list)
     }
 
-    /// A folded activation's flag, if any.
-    fn activation(&mut self) -> FoldedActivation {
-        [
+    /// A folded activation's flag, if any: `relu`, `silu`, `gelu` or `clip(low, high)`.
+    fn activation(&mut self) -> Result<FoldedActivation, ParseError> {
+        if let Some(a) = [
             FoldedActivation::Relu,
             FoldedActivation::Silu,
             FoldedActivation::Gelu,
         ]
         .into_iter()
-        .find(|a| a.name().is_some_and(|name| self.flag(name)))
-        .unwrap_or_default()
+        .find(|a| a.text().is_some_and(|name| self.flag(&name)))
+        {
+            return Ok(a);
+        }
+        let Some(rest) = self.rest.strip_prefix("clip(") else {
+            return Ok(FoldedActivation::None);
+        };
+        let end = rest
+            .find(')')
+            .ok_or_else(|| err(self.line, "'clip(' without ')'".to_string()))?;
+        let bounds: Vec<f32> = rest[..end]
+            .split(',')
+            .map(|t| {
+                t.trim().parse().map_err(|_| {
+                    err(
+                        self.line,
+                        format!("clip bound '{}' is not a number", t.trim()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let &[low, high] = &bounds[..] else {
+            return Err(err(
+                self.line,
+                format!("clip takes 2 bounds, not {}", bounds.len()),
+            ));
+        };
+        if low.is_nan() || high.is_nan() || low > high {
+            return Err(err(self.line, format!("clip bounds {low} > {high}")));
+        }
+        self.rest = rest[end + 1..].trim_start();
+        Ok(FoldedActivation::Clip { low, high })
     }
 
     fn flag(&mut self, name: &str) -> bool {
