@@ -828,3 +828,63 @@ fn clip_after_a_product_is_folded_into_the_call() {
         }
     }
 }
+
+/// `pow` by a constant whole exponent of 2, 3 or 4 runs as products, and keeps pow's
+/// special values: signed zeros and infinities by the exponent's parity, NaN, overflow;
+/// other exponents still go through log and exp. Against the reference interpreter.
+#[test]
+fn small_whole_powers_keep_pow_special_values() {
+    let values = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        2.5,
+        -2.5,
+        1.0e13,
+        -1.0e13,
+        0.3,
+    ];
+    for exponent in ["2.0", "3.0", "4.0", "0.5", "-1.0"] {
+        let text = format!(
+            "graph p (%x: f32[3, 4]) {{\n  %c = constant f32[] [{exponent}]\n  %y = pow(%x, %c) : f32[3, 4]\n  return %y\n}}\n"
+        );
+        let x = smelt_ir::Tensor::from_f64(
+            DType::F32,
+            vec![3, 4],
+            values.iter().map(|&v| f64::from(v)).collect(),
+        )
+        .unwrap();
+        // Products round once or twice; log and exp a few ulp more.
+        let products = ["2.0", "3.0", "4.0"].contains(&exponent);
+        let rtol = if products { 1e-6 } else { 1e-5 };
+        agrees_with_reference(&text, std::slice::from_ref(&x), false, rtol, 0.0);
+        let g = smelt_ir::text::parse_graph(&text).unwrap();
+        let exe = Executable::from_graph(g, false).unwrap();
+        let host = smelt::to_host_tensor(&x);
+        let got = exe.run(&ThreadPool::new(1), &[&host], None).unwrap();
+        let got = smelt::to_ir_tensor(&got[0]).unwrap().to_f64();
+        if exponent == "3.0" {
+            // Odd: the sign survives, on zeros too.
+            assert!(
+                got[4] == 0.0 && got[4].is_sign_negative(),
+                "(-0)^3 = {}",
+                got[4]
+            );
+            assert_eq!(got[2], f64::NEG_INFINITY);
+            assert_eq!(got[8], -15.625);
+            assert_eq!(got[10], f64::NEG_INFINITY, "(-1e13)^3 overflows f32");
+        }
+        if exponent == "2.0" || exponent == "4.0" {
+            assert!(
+                got[4] == 0.0 && got[4].is_sign_positive(),
+                "(-0)^even = {}",
+                got[4]
+            );
+            assert_eq!(got[2], f64::INFINITY);
+        }
+    }
+}

@@ -226,6 +226,20 @@ impl Math {
         if c == 0.0 {
             return self.f(b, 1.0);
         }
+        // Small whole exponents (GPT-2's GELU cubes its input) are products: exact to a
+        // rounding or two where log and exp lose several ulp, with the same infinities,
+        // NaN and signed zeros as pow.
+        if c == 1.0 {
+            return x;
+        }
+        if c == 2.0 || c == 3.0 || c == 4.0 {
+            let square = b.ins().fmul(x, x);
+            return match c as u32 {
+                2 => square,
+                3 => b.ins().fmul(square, x),
+                _ => b.ins().fmul(square, square),
+            };
+        }
         let ax = b.ins().fabs(x);
         let l = self.log(b, ax);
         let cv = self.f(b, c);

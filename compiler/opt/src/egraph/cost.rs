@@ -9,6 +9,11 @@ pub const PEAK_FLOPS: f64 = 211e9;
 pub const BANDWIDTH: f64 = 20e9;
 /// Fixed cost of launching one kernel, seconds; makes fewer nodes cheaper at equal work.
 pub const LAUNCH_OVERHEAD: f64 = 1e-7;
+/// The cost of a view (a reshape, a unit-step slice): it moves no data, but it ends a
+/// contraction's epilogue and splits loops, so of two equal graphs the one with fewer
+/// views is taken (GPT-2's GELU sits between a reshape and its inverse; with the
+/// reshapes sunk past it and cancelled, it becomes its MatMul's epilogue).
+pub const VIEW_COST: f64 = 1e-10;
 
 fn elems(t: &TensorType) -> f64 {
     t.num_elements().unwrap_or(1) as f64
@@ -65,7 +70,7 @@ pub fn node_cost(op: &Op, inputs: &[&TensorType], out: &TensorType) -> f64 {
         _ => elems(out),
     };
     if is_view(op) {
-        return 0.0;
+        return VIEW_COST;
     }
     let moved: f64 = if is_view(op) {
         0.0

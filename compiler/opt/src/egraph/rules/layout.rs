@@ -54,6 +54,10 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 add_like(eg, root, Op::Reshape { shape }, vec![s[x]])
             },
         ),
+        // reshape(x) = x when x already has the shape
+        rule("reshape-identity", "(reshape ?x)", move |eg, root, s| {
+            (eg[s[x]].data.ty == eg[root].data.ty).then_some(s[x])
+        }),
     ];
     // matmul(transpose(a), b) = matmul<trans_a>(a, b) when the transpose swaps just the
     // last two axes (and likewise for b): the contraction reads the operand transposed
@@ -113,6 +117,60 @@ pub fn rules() -> Vec<Rewrite<ENode, Analysis>> {
                 let p = perms(eg, ch[0], s[x]).into_iter().next()?;
                 let inner = try_add(eg, Op::Unary(u), vec![s[x]])?;
                 add_like(eg, root, Op::Transpose { perm: p }, vec![inner])
+            },
+        ));
+    }
+    // f(reshape(x)) = reshape(f(x)): moves reshapes towards the outputs, where a reshape
+    // back cancels them and a contraction keeps the elementwise ops as its epilogue.
+    for u in UnaryOp::ALL.iter().copied() {
+        let name = format!("reshape-sink-{}", u.name());
+        rules.push(rule(
+            &name,
+            &format!("({} (reshape ?x))", u.name()),
+            move |eg, root, s| {
+                let inner = try_add(eg, Op::Unary(u), vec![s[x]])?;
+                let shape = eg[root].data.ty.shape.clone();
+                add_like(eg, root, Op::Reshape { shape }, vec![inner])
+            },
+        ));
+    }
+    // f(reshape(a), c) = reshape(f(a, c)) for a scalar c (either side), and
+    // f(reshape(a), reshape(b)) = reshape(f(a, b)) when a and b have one shape
+    for bop in BinaryOp::ALL.iter().copied() {
+        let sunk = move |eg: &mut crate::egraph::lang::EGraph, root, args: Vec<egg::Id>| {
+            let inner = try_add(eg, Op::Binary(bop), args)?;
+            let shape = eg[root].data.ty.shape.clone();
+            add_like(eg, root, Op::Reshape { shape }, vec![inner])
+        };
+        let scalar = |eg: &crate::egraph::lang::EGraph, c: egg::Id| eg[c].data.ty.shape.is_empty();
+        rules.push(rule(
+            &format!("reshape-sink-{}-scalar", bop.name()),
+            &format!("({} (reshape ?a) ?b)", bop.name()),
+            move |eg, root, s| {
+                if !scalar(eg, s[b]) {
+                    return None;
+                }
+                sunk(eg, root, vec![s[a], s[b]])
+            },
+        ));
+        rules.push(rule(
+            &format!("reshape-sink-scalar-{}", bop.name()),
+            &format!("({} ?a (reshape ?b))", bop.name()),
+            move |eg, root, s| {
+                if !scalar(eg, s[a]) {
+                    return None;
+                }
+                sunk(eg, root, vec![s[a], s[b]])
+            },
+        ));
+        rules.push(rule(
+            &format!("reshape-sink-{}-both", bop.name()),
+            &format!("({} (reshape ?a) (reshape ?b))", bop.name()),
+            move |eg, root, s| {
+                if eg[s[a]].data.ty.shape != eg[s[b]].data.ty.shape {
+                    return None;
+                }
+                sunk(eg, root, vec![s[a], s[b]])
             },
         ));
     }
