@@ -92,6 +92,27 @@ fn through_manifest(
     smelt_runtime::program::Program::from_manifest(&decoded, program.constants.clone()).unwrap()
 }
 
+/// The activation the first Conv or MatMul launch of `program` folds in.
+fn folded_activation(
+    program: &smelt_runtime::program::Program,
+) -> Option<smelt_runtime::kernels::Activation> {
+    use smelt_runtime::program::Launch;
+    program.launches.iter().find_map(|l| match l {
+        Launch::Conv { geometry, .. } => Some(geometry.activation),
+        Launch::MatMul { activation, .. } => Some(*activation),
+        _ => None,
+    })
+}
+
+/// `n` weights for the activation-folding graphs, as a text list: multiples of 1/16 in
+/// [-0.875, 0.875].
+fn weight_list(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[test]
 fn compiled_code_matches_the_reference() {
     let pool = ThreadPool::new(2);
@@ -603,7 +624,6 @@ fn inner_axis_resizes_run_the_runtime_kernel() {
 #[test]
 fn silu_after_a_convolution_is_folded_into_the_call() {
     use smelt_runtime::kernels::Activation;
-    use smelt_runtime::program::{Launch, Program};
     // (channels in, filters, kernel, group, pads, dilation)
     let cases = [
         (4, 6, 3, 1, 1, 1),
@@ -614,13 +634,10 @@ fn silu_after_a_convolution_is_folded_into_the_call() {
     ];
     for (c, m, k, group, pad, dilation) in cases {
         for dtype in ["f32", "f64"] {
-            let weights: Vec<String> = (0..m * (c / group) * k * k)
-                .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
-                .collect();
             let text = format!(
                 "graph silu (%x: {dtype}[1, {c}, 7, 7]) {{\n  %w = constant {dtype}[{m}, {}, {k}, {k}] [{}]\n  %c = conv<strides=[1, 1], pads=[{pad}, {pad}, {pad}, {pad}], dilations=[{dilation}, {dilation}], group={group}>(%x, %w) : {dtype}[1, {m}, 7, 7]\n  %s = sigmoid(%c) : {dtype}[1, {m}, 7, 7]\n  %y = mul(%c, %s) : {dtype}[1, {m}, 7, 7]\n  return %y\n}}\n",
                 c / group,
-                weights.join(", "),
+                weight_list(m * (c / group) * k * k),
             );
             let mut x = konst(vec![1, c, 7, 7], 3, None);
             if dtype == "f64" {
@@ -629,26 +646,20 @@ fn silu_after_a_convolution_is_folded_into_the_call() {
             agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
             let g = smelt_ir::text::parse_graph(&text).unwrap();
             let exe = Executable::from_graph(g, false).unwrap();
-            let activation = |p: &Program| {
-                p.launches.iter().find_map(|l| match l {
-                    Launch::Conv { geometry, .. } => Some(geometry.activation),
-                    _ => None,
-                })
-            };
             let want = if dtype == "f32" {
                 Activation::Silu
             } else {
                 Activation::None
             };
             assert_eq!(
-                activation(&exe.program),
+                folded_activation(&exe.program),
                 Some(want),
                 "{dtype} c={c} m={m} k={k} group={group}:\n{}",
                 exe.kernel_text()
             );
             let back = through_manifest(&exe.program, "silu");
             assert_eq!(
-                activation(&back),
+                folded_activation(&back),
                 Some(want),
                 "the manifest keeps the activation"
             );
@@ -662,7 +673,6 @@ fn silu_after_a_convolution_is_folded_into_the_call() {
 #[test]
 fn gelu_after_a_product_is_folded_into_the_call() {
     use smelt_runtime::kernels::Activation;
-    use smelt_runtime::program::{Launch, Program};
     // The GELU of %h, as lines producing %y.
     let forms = [
         "  %c = constant {t}[] [1.4142135]\n  %d = div(%h, %c) : {t}[{s}]\n  %e = erf(%d) : {t}[{s}]\n  %one = constant {t}[] [1.0]\n  %p = add(%e, %one) : {t}[{s}]\n  %q = mul(%h, %p) : {t}[{s}]\n  %half = constant {t}[] [0.5]\n  %y = mul(%q, %half) : {t}[{s}]\n",
@@ -681,20 +691,14 @@ fn gelu_after_a_product_is_folded_into_the_call() {
             "1, 8, 5, 5",
         ),
     ];
-    let list = |n: usize| {
-        (0..n)
-            .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     for (input, product, shape) in products {
         for form in forms {
             for dtype in ["f32", "f64"] {
                 let text = format!(
                     "graph gelu (%x: {dtype}[{input}]) {{\n{}{}  return %y\n}}\n",
                     product
-                        .replace("{w960}", &list(960))
-                        .replace("{w432}", &list(432)),
+                        .replace("{w960}", &weight_list(960))
+                        .replace("{w432}", &weight_list(432)),
                     form.replace("{s}", shape)
                 )
                 .replace("{t}", dtype);
@@ -706,26 +710,19 @@ fn gelu_after_a_product_is_folded_into_the_call() {
                 agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
                 let g = smelt_ir::text::parse_graph(&text).unwrap();
                 let exe = Executable::from_graph(g, false).unwrap();
-                let activation = |p: &Program| {
-                    p.launches.iter().find_map(|l| match l {
-                        Launch::Conv { geometry, .. } => Some(geometry.activation),
-                        Launch::MatMul { activation, .. } => Some(*activation),
-                        _ => None,
-                    })
-                };
                 let want = if dtype == "f32" {
                     Activation::Gelu
                 } else {
                     Activation::None
                 };
                 assert_eq!(
-                    activation(&exe.program),
+                    folded_activation(&exe.program),
                     Some(want),
                     "{text}\n{}",
                     exe.kernel_text()
                 );
                 let back = through_manifest(&exe.program, "gelu");
-                assert_eq!(activation(&back), Some(want));
+                assert_eq!(folded_activation(&back), Some(want));
             }
         }
     }
@@ -738,13 +735,6 @@ fn gelu_after_a_product_is_folded_into_the_call() {
 #[test]
 fn clip_after_a_product_is_folded_into_the_call() {
     use smelt_runtime::kernels::Activation;
-    use smelt_runtime::program::{Launch, Program};
-    let list = |n: usize| {
-        (0..n)
-            .map(|i| format!("{:.3}", ((i * 37 + 5) % 29) as f64 / 16.0 - 0.875))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     // (input shape, the lines producing %h, the shape of %h): implicit or im2col,
     // pointwise, depthwise, sparse taps, and a MatMul.
     let conv = |c: usize, m: usize, k: usize, group: usize, pad: usize| {
@@ -753,7 +743,7 @@ fn clip_after_a_product_is_folded_into_the_call() {
             format!(
                 "  %w = constant {{t}}[{m}, {}, {k}, {k}] [{}]\n  %h = conv<strides=[1, 1], pads=[{pad}, {pad}, {pad}, {pad}], dilations=[{pad}, {pad}], group={group}>(%x, %w) : {{t}}[1, {m}, 7, 7]\n",
                 c / group,
-                list(m * (c / group) * k * k)
+                weight_list(m * (c / group) * k * k)
             )
             .replace("dilations=[0, 0]", "dilations=[1, 1]"),
             format!("1, {m}, 7, 7"),
@@ -768,7 +758,7 @@ fn clip_after_a_product_is_folded_into_the_call() {
             "4, 24".to_string(),
             format!(
                 "  %w = constant {{t}}[24, 40] [{}]\n  %h = matmul(%x, %w) : {{t}}[4, 40]\n",
-                list(960)
+                weight_list(960)
             ),
             "4, 40".to_string(),
         ),
@@ -800,27 +790,20 @@ fn clip_after_a_product_is_folded_into_the_call() {
                 agrees_with_reference(&text, std::slice::from_ref(&x), false, 1e-5, 1e-6);
                 let g = smelt_ir::text::parse_graph(&text).unwrap();
                 let exe = Executable::from_graph(g, false).unwrap();
-                let activation = |p: &Program| {
-                    p.launches.iter().find_map(|l| match l {
-                        Launch::Conv { geometry, .. } => Some(geometry.activation),
-                        Launch::MatMul { activation, .. } => Some(*activation),
-                        _ => None,
-                    })
-                };
                 let want = if dtype == "f32" && low <= high {
                     Activation::Clip { low, high }
                 } else {
                     Activation::None
                 };
                 assert_eq!(
-                    activation(&exe.program),
+                    folded_activation(&exe.program),
                     Some(want),
                     "{text}\n{}",
                     exe.kernel_text()
                 );
                 let back = through_manifest(&exe.program, "clip");
                 assert_eq!(
-                    activation(&back),
+                    folded_activation(&back),
                     Some(want),
                     "the manifest keeps the bounds"
                 );

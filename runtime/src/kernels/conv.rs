@@ -105,7 +105,7 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
 
 /// Whether `geo` is a 1x1, unit-stride, unpadded convolution: a MatMul of the input
 /// itself, without an im2col matrix.
-fn pointwise(geo: &ConvGeometry) -> bool {
+pub(super) fn pointwise(geo: &ConvGeometry) -> bool {
     geo.weight[2..].iter().all(|&k| k == 1)
         && geo.strides.iter().all(|&st| st == 1)
         && geo.pads.iter().all(|&p| p == 0)

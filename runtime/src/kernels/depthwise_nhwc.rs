@@ -168,9 +168,10 @@ pub(super) fn conv(
     let per_split = s.out_h.div_ceil(splits);
     let splits = s.out_h.div_ceil(per_split);
     let base = SyncPtr(out.as_mut_ptr());
-    // A ReLU is folded into the stores; another activation goes over each stored row.
-    let relu = geo.activation == Activation::Relu;
-    let after = if relu {
+    // A ReLU or Clip is folded into the stores; another activation goes over each
+    // stored row.
+    let clamp = geo.activation.clamp_bounds();
+    let after = if clamp.is_some() {
         Activation::None
     } else {
         geo.activation
@@ -206,7 +207,7 @@ pub(super) fn conv(
                     block_in(x, &s, b, c0, ys, block);
                     for oy in oy0..oy1 {
                         output_row(&s, block, filters, start, oy, c0, &mut sums);
-                        row_out(&sums, &s, b, oy, c0, base.get(), relu);
+                        row_out(&sums, &s, b, oy, c0, base.get(), clamp);
                         if after != Activation::None {
                             for i in 0..LANES.min(s.channels - c0) {
                                 let at = ((b * s.channels + c0 + i) * s.out_h + oy) * s.out_w;
@@ -426,8 +427,8 @@ unsafe fn group_positions<const P: usize>(
 }
 
 /// Stores the sums of output row `oy` (`[position, 8]`, channels `c0..c0 + 8`) into row
-/// `oy` of those channels' planes of batch `b` at `out` (the channels that exist), with
-/// the folded ReLU: eight positions at a time through a register transpose, a row's last
+/// `oy` of those channels' planes of batch `b` at `out` (the channels that exist),
+/// clamped to the folded ReLU's or Clip's bounds (`clamp`): eight positions at a time through a register transpose, a row's last
 /// positions by four, two and one lanes.
 ///
 /// # Safety
@@ -442,7 +443,7 @@ unsafe fn row_out(
     oy: usize,
     c0: usize,
     out: *mut f32,
-    relu: bool,
+    clamp: Option<(f32, f32)>,
 ) {
     use std::arch::x86_64::*;
     let valid = LANES.min(s.channels - c0);
@@ -460,11 +461,13 @@ unsafe fn row_out(
                 }
             });
             for (i, v) in transpose(rows).iter().take(valid).enumerate() {
-                // NaN stays NaN: max returns its second operand when either is NaN.
-                let v = if relu {
-                    _mm256_max_ps(_mm256_setzero_ps(), *v)
-                } else {
-                    *v
+                // NaN stays NaN: max and min return their second operand when either
+                // is NaN.
+                let v = match clamp {
+                    Some((low, high)) => {
+                        _mm256_min_ps(_mm256_set1_ps(high), _mm256_max_ps(_mm256_set1_ps(low), *v))
+                    }
+                    None => *v,
                 };
                 let dst = out.add(at(i) + x0);
                 if width == LANES {
@@ -575,7 +578,7 @@ unsafe fn row_out(
     _oy: usize,
     _c0: usize,
     _out: *mut f32,
-    _relu: bool,
+    _clamp: Option<(f32, f32)>,
 ) {
     unreachable!("the channels-last depthwise convolution needs x86-64")
 }
@@ -586,8 +589,8 @@ mod tests {
     use crate::kernels::conv::tests::reference;
 
     /// Against the f64 definition: whole and partial channel blocks, rows shorter and
-    /// longer than a vector, strides, dilations, asymmetric pads, batches, the folded ReLU
-    /// and SiLU (with a NaN input, which stays NaN), filters packed once or per call, one and
+    /// longer than a vector, strides, dilations, asymmetric pads, batches, the folded ReLU,
+    /// Clip and SiLU (with a NaN input, which stays NaN), filters packed once or per call, one and
     /// three threads (whose row splits copy only the rows they read); depthwise and in
     /// groups of eight channels.
     #[test]

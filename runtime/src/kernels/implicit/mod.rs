@@ -203,9 +203,7 @@ impl Phased {
 /// convolutions gain (ResNet-18 0.93x).
 pub(crate) fn handles(geo: &ConvGeometry) -> bool {
     let (g, m) = (geo.group.max(1), geo.weight[0]);
-    let pointwise = geo.weight[2..].iter().all(|&k| k == 1)
-        && geo.strides.iter().all(|&s| s == 1)
-        && geo.pads.iter().all(|&p| p == 0);
+    let pointwise = super::conv::pointwise(geo);
     let depthwise = geo.weight[1] == 1 && m == g && !pointwise;
     let runs = match Isa::detect() {
         Some(Isa::Avx512) => true,
