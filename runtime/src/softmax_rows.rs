@@ -138,6 +138,31 @@ pub(crate) fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m25
     _mm256_and_ps(y, keep)
 }
 
+/// The exp of sixteen lanes by the formula above (the same operations as [`exp_avx2`]
+/// and [`exp_scalar`], so every lane agrees bit for bit), on AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let s = _mm512_set1_ps;
+    let shifted = _mm512_fmadd_ps(x, s(LOG2E), s(MAGIC));
+    let n = _mm512_sub_ps(shifted, s(MAGIC));
+    let r = _mm512_fmadd_ps(n, s(LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, s(LN2_LO), r);
+    let p = _mm512_fmadd_ps(s(C5), r, s(C4));
+    let p = _mm512_fmadd_ps(p, r, s(C3));
+    let p = _mm512_fmadd_ps(p, r, s(C2));
+    let p = _mm512_fmadd_ps(p, r, s(1.0));
+    let p = _mm512_fmadd_ps(p, r, s(1.0));
+    let exponent = _mm512_slli_epi32::<23>(_mm512_castps_si512(shifted));
+    let y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), exponent));
+    let over = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, s(HI));
+    let y = _mm512_mask_blend_ps(over, y, _mm512_add_ps(x, s(f32::INFINITY)));
+    let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, s(LO));
+    _mm512_maskz_mov_ps(keep, y)
+}
+
 /// # Safety
 /// As `smelt_rt_exp_shifted_sum_f32`, on a CPU with AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
@@ -168,30 +193,13 @@ unsafe fn exp_sum_avx2(dst: *mut f32, src: *const f32, shift: f32, n: usize) -> 
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_sum_avx512(dst: *mut f32, src: *const f32, shift: f32, n: usize) -> f32 {
     use std::arch::x86_64::*;
-    let s = _mm512_set1_ps;
-    let (log2e, magic, ln2_hi, ln2_lo) = (s(LOG2E), s(MAGIC), s(LN2_HI), s(LN2_LO));
-    let (c2, c3, c4, c5, one) = (s(C2), s(C3), s(C4), s(C5), s(1.0));
-    let (hi, lo, inf, shift_v) = (s(HI), s(LO), s(f32::INFINITY), s(shift));
+    let shift_v = _mm512_set1_ps(shift);
     let mut acc = _mm512_setzero_ps();
     let full = n / 16 * 16;
     for i in (0..full).step_by(16) {
         // SAFETY: i + 16 <= n, per the contract.
         let x = _mm512_sub_ps(unsafe { _mm512_loadu_ps(src.add(i)) }, shift_v);
-        let shifted = _mm512_fmadd_ps(x, log2e, magic);
-        let n = _mm512_sub_ps(shifted, magic);
-        let r = _mm512_fmadd_ps(n, ln2_hi, x);
-        let r = _mm512_fmadd_ps(n, ln2_lo, r);
-        let p = _mm512_fmadd_ps(c5, r, c4);
-        let p = _mm512_fmadd_ps(p, r, c3);
-        let p = _mm512_fmadd_ps(p, r, c2);
-        let p = _mm512_fmadd_ps(p, r, one);
-        let p = _mm512_fmadd_ps(p, r, one);
-        let exponent = _mm512_slli_epi32::<23>(_mm512_castps_si512(shifted));
-        let y = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), exponent));
-        let over = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, hi);
-        let y = _mm512_mask_blend_ps(over, y, _mm512_add_ps(x, inf));
-        let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo);
-        let y = _mm512_maskz_mov_ps(keep, y);
+        let y = exp_avx512(x);
         // SAFETY: i + 16 <= n, per the contract.
         unsafe { _mm512_storeu_ps(dst.add(i), y) };
         acc = _mm512_add_ps(acc, y);

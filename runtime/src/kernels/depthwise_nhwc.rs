@@ -15,7 +15,7 @@
 //! position, a filter column over the group's outputs times one input channel
 //! broadcast. As im2col products of 8 filters by 72 rows they ran at 4-15 GFLOP/s.
 
-use super::{Activation, ConvGeometry, SyncPtr};
+use super::{ConvGeometry, SyncPtr};
 use crate::threads::ThreadPool;
 
 /// Channels in one vector (an AVX2 register of f32), and in one block.
@@ -169,13 +169,9 @@ pub(super) fn conv(
     let splits = s.out_h.div_ceil(per_split);
     let base = SyncPtr(out.as_mut_ptr());
     // A ReLU or Clip is folded into the stores; another activation goes over each
-    // stored row.
+    // row's sums before they are stored.
     let clamp = geo.activation.clamp_bounds();
-    let after = if clamp.is_some() {
-        Activation::None
-    } else {
-        geo.activation
-    };
+    let after = geo.activation.after_stores();
     let body = |items: std::ops::Range<usize>| {
         BLOCK.with(|cell| {
             let (key, block) = &mut *cell.borrow_mut();
@@ -207,16 +203,10 @@ pub(super) fn conv(
                     block_in(x, &s, b, c0, ys, block);
                     for oy in oy0..oy1 {
                         output_row(&s, block, filters, start, oy, c0, &mut sums);
+                        // Over the row's sums, whole vectors of positions by channels:
+                        // per stored row, a 7x7 map's were single short runs.
+                        after.apply(&mut sums);
                         row_out(&sums, &s, b, oy, c0, base.get(), clamp);
-                        if after != Activation::None {
-                            for i in 0..LANES.min(s.channels - c0) {
-                                let at = ((b * s.channels + c0 + i) * s.out_h + oy) * s.out_w;
-                                after.apply(std::slice::from_raw_parts_mut(
-                                    base.get().add(at),
-                                    s.out_w,
-                                ));
-                            }
-                        }
                     }
                 }
             }
@@ -586,6 +576,7 @@ unsafe fn row_out(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Activation;
     use crate::kernels::conv::tests::reference;
 
     /// Against the f64 definition: whole and partial channel blocks, rows shorter and
