@@ -2,18 +2,23 @@
 //! classifier head, a projection at batch 1, a transformer's layers over one sequence):
 //! the compiler packs the weight once into panels of 16 columns (the program's constants
 //! hold only the packed form), and each run streams every panel once, a chunk of depths
-//! at a time that every block of six rows takes while it is in L1, threads taking panels. `gemm` packs the
+//! at a time that every block of rows (24 on AVX-512, 6 on AVX2) takes while it is in
+//! L1, prefetching the next chunk as it goes; threads take panels. `gemm` packs the
 //! whole weight again on every call and splits the work by rows, so with 24 rows each of
 //! two threads packed and streamed all 34 MB of a CTC head's weight.
 
 use super::{KernelError, SyncPtr};
 use crate::threads::ThreadPool;
 
-/// Columns in one packed panel: two 8-lane vectors.
+/// Columns in one packed panel: two 8-lane vectors, or one 16-lane vector.
 const PANEL: usize = 16;
-/// Rows one register block computes: 6 x 2 accumulators, 2 weight vectors and a broadcast
-/// take 15 of the 16 vector registers.
+/// Rows one register block computes on AVX2 (and the portable loop): 6 x 2 accumulators,
+/// 2 weight vectors and a broadcast take 15 of the 16 vector registers.
 const ROW_BLOCK: usize = 6;
+/// Rows one register block computes on AVX-512: one 16-lane vector per row is a panel's
+/// depth, so 24 accumulators and the weight vector take 25 of the 32 registers, and each
+/// weight vector loaded serves 24 rows (four AVX2 blocks read it four times).
+const ROW_BLOCK_WIDE: usize = 24;
 /// Depths of a panel (16 KiB) that all row blocks take in turn while it stays in L1.
 const DEPTH_CHUNK: usize = 256;
 /// Panels that take each chunk of depth in turn (256 columns): the sums of a group's
@@ -38,14 +43,49 @@ pub fn skinny_applies(rows: usize, k: usize, n: usize) -> bool {
         && n >= PANEL
 }
 
-fn has_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::f32_with::<f32>(super::Simd::Avx2Fma)
+/// The micro-kernels of the packed product, each with its block of rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// Plain arrays the compiler vectorizes for the build's baseline (no FMA).
+    Portable,
+    /// 6 rows by two 8-lane vectors.
+    Avx2Fma,
+    /// 24 rows by one 16-lane vector.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    fn detect() -> Kernel {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.supported())
+            .unwrap_or(Kernel::Portable)
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2Fma, Kernel::Portable];
+
+    fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Kernel::Portable => true,
+                Kernel::Avx2Fma => super::f32_with::<f32>(super::Simd::Avx2Fma),
+                Kernel::Avx512 => super::f32_with::<f32>(super::Simd::Avx512),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Kernel::Portable
+        }
+    }
+
+    /// Rows one call of the micro-kernel takes.
+    fn row_block(self) -> usize {
+        match self {
+            Kernel::Avx512 => ROW_BLOCK_WIDE,
+            Kernel::Avx2Fma | Kernel::Portable => ROW_BLOCK,
+        }
     }
 }
 
@@ -124,14 +164,13 @@ pub fn skinny_matmul(
     if bias.is_some_and(|b| b.len() != n) {
         return Err(KernelError::Shape(format!("bias must have {n} values")));
     }
-    skinny_matmul_on(has_fma(), a, [rows, k, n], packed, bias, out, pool);
+    skinny_matmul_on(Kernel::detect(), a, [rows, k, n], packed, bias, out, pool);
     Ok(())
 }
 
-/// [`skinny_matmul`] on the AVX2/FMA kernel (`fma`, which the CPU must have) or the
-/// portable one, on checked operands.
+/// [`skinny_matmul`] on `kernel`, which the CPU must run, on checked operands.
 fn skinny_matmul_on(
-    fma: bool,
+    kernel: Kernel,
     a: &[f32],
     [rows, k, n]: [usize; 3],
     packed: &[f32],
@@ -142,9 +181,10 @@ fn skinny_matmul_on(
     let panels = n.div_ceil(PANEL);
     // Each block of rows interleaved by depth (`[k][block rows]`), so the broadcasts of
     // one depth share a cache line instead of reading rows 4 KiB apart, which alias in L1.
+    let row_block = kernel.row_block();
     let blocks: Vec<(usize, usize)> = (0..rows)
-        .step_by(ROW_BLOCK)
-        .map(|r0| (r0, (rows - r0).min(ROW_BLOCK)))
+        .step_by(row_block)
+        .map(|r0| (r0, (rows - r0).min(row_block)))
         .collect();
     A_PACKED.with(|cell| {
         let mut a_packed = cell.borrow_mut();
@@ -159,7 +199,7 @@ fn skinny_matmul_on(
             }
         }
         let product = Product {
-            fma,
+            kernel,
             k,
             n,
             packed,
@@ -179,17 +219,17 @@ thread_local! {
     /// allocation of a few MiB per call cost its page faults on every run).
     static A_PACKED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each thread's sums of a group of panels, reused likewise.
-    static TILES: std::cell::RefCell<Vec<[[f32; PANEL]; ROW_BLOCK]>> =
+    static TILES: std::cell::RefCell<Vec<[f32; PANEL]>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One packed product's operands, as [`skinny_matmul_on`] set them up.
 struct Product<'a> {
-    fma: bool,
+    kernel: Kernel,
     k: usize,
     n: usize,
     packed: &'a [f32],
-    /// The rows, each block of [`ROW_BLOCK`] interleaved by depth.
+    /// The rows, each block of the kernel's rows interleaved by depth.
     a_packed: &'a [f32],
     /// The blocks of rows, as (first row, rows).
     blocks: &'a [(usize, usize)],
@@ -202,21 +242,22 @@ impl Product<'_> {
     fn panels(&self, panels: std::ops::Range<usize>) {
         TILES.with(|cell| {
             let mut tiles = cell.borrow_mut();
-            tiles.resize(self.blocks.len() * GROUP_PANELS, [[0f32; PANEL]; ROW_BLOCK]);
+            tiles.resize(
+                self.blocks.len() * GROUP_PANELS * self.kernel.row_block(),
+                [0f32; PANEL],
+            );
             self.panels_into(panels, &mut tiles);
         });
     }
 
     /// [`Self::panels`] with `tiles` for the sums of a group.
-    fn panels_into(&self, panels: std::ops::Range<usize>, tiles: &mut [[[f32; PANEL]; ROW_BLOCK]]) {
-        let (k, blocks) = (self.k, self.blocks);
+    fn panels_into(&self, panels: std::ops::Range<usize>, tiles: &mut [[f32; PANEL]]) {
+        let (k, blocks, rb) = (self.k, self.blocks, self.kernel.row_block());
         let mut g0 = panels.start;
         while g0 < panels.end {
             let g1 = (g0 + GROUP_PANELS).min(panels.end);
             let nb = blocks.len();
-            tiles
-                .iter_mut()
-                .for_each(|t| *t = [[0f32; PANEL]; ROW_BLOCK]);
+            tiles.iter_mut().for_each(|t| *t = [0f32; PANEL]);
             // Every block of rows takes a slice of the panel's depth while it is in
             // L1: the panel then comes from memory once, overlapped with all blocks'
             // FMAs, instead of one block waiting on memory and the others reading L2.
@@ -226,8 +267,13 @@ impl Product<'_> {
                 let depth = (k - d0).min(DEPTH_CHUNK);
                 for p in g0..g1 {
                     let w = &self.packed[p * k * PANEL + d0 * PANEL..][..depth * PANEL];
-                    // The weights the next call of this loop reads, fetched a slice
-                    // per block of rows while this slice's blocks compute.
+                    // The weights the next call of this loop reads: each block of rows
+                    // prefetches its share, one line per depth step of its micro-kernel,
+                    // so memory's latency hides behind this slice's multiply-adds. (The
+                    // share as a burst of prefetches before each block left the CTC
+                    // head's 33 MB stream waiting: 6.4 -> 4.7 ms on AVX2 on a Zen 4,
+                    // and 3-6% on a transformer's products; without prefetches the first
+                    // block of each chunk waited on memory.)
                     let next: &[f32] = if p + 1 < g1 {
                         &self.packed[(p + 1) * k * PANEL + d0 * PANEL..][..depth * PANEL]
                     } else if d0 + DEPTH_CHUNK < k {
@@ -239,34 +285,44 @@ impl Product<'_> {
                     };
                     let lines = next.len().div_ceil(16);
                     let per_block = lines.div_ceil(nb);
-                    let group_tiles = &mut tiles[(p - g0) * nb..(p - g0 + 1) * nb];
-                    for (bi, (&(r0, r), tile)) in
-                        blocks.iter().zip(group_tiles.iter_mut()).enumerate()
+                    let group_tiles = &mut tiles[(p - g0) * nb * rb..(p - g0 + 1) * nb * rb];
+                    for (bi, (&(r0, r), tile)) in blocks
+                        .iter()
+                        .zip(group_tiles.chunks_exact_mut(rb))
+                        .enumerate()
                     {
-                        prefetch_lines(next, bi * per_block..((bi + 1) * per_block).min(lines));
+                        // This block's share of the next slice's lines.
+                        let share = &next[(bi * per_block * 16).min(next.len())
+                            ..((bi + 1) * per_block * 16).min(next.len())];
                         let ap = &self.a_packed[r0 * k + d0 * r..r0 * k + (d0 + depth) * r];
-                        if self.fma {
-                            // SAFETY: the CPU has AVX2 and FMA (checked by the caller).
-                            unsafe { block_times_panel(ap, r, depth, w, tile) };
-                        } else {
-                            block_portable(ap, r, depth, w, tile);
+                        match self.kernel {
+                            Kernel::Portable => block_portable(ap, r, depth, w, tile),
+                            // SAFETY: the CPU runs the kernel (checked by the caller).
+                            kernel => unsafe {
+                                block_times_panel(kernel, ap, r, depth, w, tile, share)
+                            },
                         }
                     }
                 }
             }
             for p in g0..g1 {
-                self.store(p, blocks, &tiles[(p - g0) * nb..(p - g0 + 1) * nb]);
+                self.store(
+                    p,
+                    blocks,
+                    &tiles[(p - g0) * nb * rb..(p - g0 + 1) * nb * rb],
+                );
             }
             g0 = g1;
         }
     }
 
     /// Writes the sums of panel `p` for `blocks` of rows (plus the bias).
-    fn store(&self, p: usize, blocks: &[(usize, usize)], tiles: &[[[f32; PANEL]; ROW_BLOCK]]) {
+    fn store(&self, p: usize, blocks: &[(usize, usize)], tiles: &[[f32; PANEL]]) {
         let n = self.n;
         let c0 = p * PANEL;
         let width = (n - c0).min(PANEL);
-        for (&(r0, r), tile) in blocks.iter().zip(tiles) {
+        let rb = self.kernel.row_block();
+        for (&(r0, r), tile) in blocks.iter().zip(tiles.chunks_exact(rb)) {
             for (i, sums) in tile.iter().take(r).enumerate() {
                 // SAFETY: panels cover disjoint columns of `out`, which outlives the run.
                 let row = unsafe {
@@ -285,35 +341,10 @@ impl Product<'_> {
     }
 }
 
-/// Prefetches `lines` (cache lines of 16 floats) of `next` into L1: the weights the next
-/// block call streams, a slice per call so that memory's latency hides behind the
-/// current chunk's multiply-adds (GPT-2's 3072 x 768 products ran 6-8% faster; the
-/// hardware prefetcher alone left the first block of rows of each chunk waiting).
-fn prefetch_lines(next: &[f32], lines: std::ops::Range<usize>) {
-    #[cfg(target_arch = "x86_64")]
-    for line in lines {
-        if let Some(v) = next.get(line * 16) {
-            // SAFETY: a hint at an address inside `next`; it reads nothing.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(v).cast());
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (next, lines);
-}
-
 /// [`block_times_panel`] on any CPU: the same sums in the same order (rounded after each
 /// multiply, as a CPU without FMA must), as plain arrays the compiler vectorizes for the
 /// build's baseline.
-fn block_portable(
-    ap: &[f32],
-    r: usize,
-    k: usize,
-    panel: &[f32],
-    tile: &mut [[f32; PANEL]; ROW_BLOCK],
-) {
+fn block_portable(ap: &[f32], r: usize, k: usize, panel: &[f32], tile: &mut [[f32; PANEL]]) {
     for kk in 0..k {
         let w = &panel[kk * PANEL..(kk + 1) * PANEL];
         for (i, sums) in tile.iter_mut().take(r).enumerate() {
@@ -323,54 +354,108 @@ fn block_portable(
     }
 }
 
-/// Adds `r` (at most [`ROW_BLOCK`]) interleaved rows times `k` depths of a panel to `tile`.
+/// Adds `r` (at most `kernel`'s block of rows) interleaved rows times `k` depths of a
+/// panel to `tile`.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must run `kernel`, which is not the portable one.
 #[cfg(target_arch = "x86_64")]
 unsafe fn block_times_panel(
+    kernel: Kernel,
     ap: &[f32],
     r: usize,
     k: usize,
     panel: &[f32],
-    tile: &mut [[f32; PANEL]; ROW_BLOCK],
+    tile: &mut [[f32; PANEL]],
+    next: &[f32],
 ) {
+    /// The call of `$kernel::<R>` for the row count `r`, one arm per count.
+    macro_rules! by_rows {
+        ($kernel:ident, $($rows:literal)*) => {
+            match r {
+                $($rows => $kernel::<$rows>(ap, k, panel, tile, next),)*
+                _ => unreachable!("{r} rows in one block"),
+            }
+        };
+    }
     // SAFETY: the caller checked the CPU; each call gets its exact row count.
     unsafe {
-        match r {
-            1 => block_fma::<1>(ap, k, panel, tile),
-            2 => block_fma::<2>(ap, k, panel, tile),
-            3 => block_fma::<3>(ap, k, panel, tile),
-            4 => block_fma::<4>(ap, k, panel, tile),
-            5 => block_fma::<5>(ap, k, panel, tile),
-            _ => block_fma::<6>(ap, k, panel, tile),
+        match kernel {
+            Kernel::Avx512 => {
+                by_rows!(block_avx512, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24)
+            }
+            Kernel::Avx2Fma => by_rows!(block_fma, 1 2 3 4 5 6),
+            Kernel::Portable => unreachable!("the portable loop is no micro-kernel"),
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn block_times_panel(
+    _: Kernel,
     _: &[f32],
     _: usize,
     _: usize,
     _: &[f32],
-    _: &mut [[f32; PANEL]; ROW_BLOCK],
+    _: &mut [[f32; PANEL]],
+    _: &[f32],
 ) {
-    unreachable!("has_fma is false off x86-64")
+    unreachable!("only the portable kernel runs off x86-64")
 }
 
-/// [`block_times_panel`] for exactly `R` rows: `R x 2` vector sums (loaded from and
-/// stored back to `tile`) in registers while the depth runs, one broadcast per row and two weight loads per depth.
+/// [`block_times_panel`] for exactly `R` rows on AVX-512: `R` vector sums (loaded from
+/// and stored back to `tile`) in registers while the depth runs, one weight load per depth
+/// and one broadcast per row, which the multiply-add takes from memory; step `kk`
+/// prefetches line `kk` of `next`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn block_avx512<const R: usize>(
+    ap: &[f32],
+    k: usize,
+    panel: &[f32],
+    tile: &mut [[f32; PANEL]],
+    next: &[f32],
+) {
+    use std::arch::x86_64::*;
+    assert!(ap.len() >= k * R && panel.len() >= k * PANEL && tile.len() >= R);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for (sums, row) in acc.iter_mut().zip(tile.iter()) {
+        // SAFETY: each row of the tile holds 16 floats.
+        *sums = unsafe { _mm512_loadu_ps(row.as_ptr()) };
+    }
+    let (a, w) = (ap.as_ptr(), panel.as_ptr());
+    for kk in 0..k {
+        // SAFETY: kk < k, and the lengths were asserted above.
+        unsafe {
+            let wv = _mm512_loadu_ps(w.add(kk * PANEL));
+            if kk * PANEL < next.len() {
+                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(kk * PANEL).cast());
+            }
+            for (i, sums) in acc.iter_mut().enumerate() {
+                *sums = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * R + i)), wv, *sums);
+            }
+        }
+    }
+    for (sums, row) in acc.iter().zip(tile.iter_mut()) {
+        // SAFETY: each row of the tile holds 16 floats.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), *sums) };
+    }
+}
+
+/// [`block_times_panel`] for exactly `R` rows on AVX2: `R x 2` vector sums (loaded from
+/// and stored back to `tile`) in registers while the depth runs, one broadcast per row
+/// and two weight loads per depth; step `kk` prefetches line `kk` of `next`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn block_fma<const R: usize>(
     ap: &[f32],
     k: usize,
     panel: &[f32],
-    tile: &mut [[f32; PANEL]; ROW_BLOCK],
+    tile: &mut [[f32; PANEL]],
+    next: &[f32],
 ) {
     use std::arch::x86_64::*;
-    assert!(ap.len() >= k * R && panel.len() >= k * PANEL);
+    assert!(ap.len() >= k * R && panel.len() >= k * PANEL && tile.len() >= R);
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for (sums, row) in acc.iter_mut().zip(tile.iter()) {
         // SAFETY: each row of the tile holds 16 floats.
@@ -384,6 +469,9 @@ fn block_fma<const R: usize>(
         // SAFETY: kk < k, and the lengths were asserted above.
         unsafe {
             let w0 = _mm256_loadu_ps(w.add(kk * PANEL));
+            if kk * PANEL < next.len() {
+                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(kk * PANEL).cast());
+            }
             let w1 = _mm256_loadu_ps(w.add(kk * PANEL + 8));
             for (i, sums) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*a.add(kk * R + i));
@@ -450,9 +538,11 @@ mod tests {
                     skinny_matmul(&a, [rows, k, n], &packed, bias, &mut got, &pool).unwrap();
                     // Small integers and quarters: both sums are exact.
                     assert_eq!(got, want, "rows {rows} k {k} n {n} transposed {transposed}");
-                    let mut portable = vec![f32::NAN; rows * n];
-                    skinny_matmul_on(false, &a, [rows, k, n], &packed, bias, &mut portable, &pool);
-                    assert_eq!(portable, want, "portable: rows {rows} k {k} n {n}");
+                    for kernel in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+                        let mut each = vec![f32::NAN; rows * n];
+                        skinny_matmul_on(kernel, &a, [rows, k, n], &packed, bias, &mut each, &pool);
+                        assert_eq!(each, want, "{kernel:?}: rows {rows} k {k} n {n}");
+                    }
                 }
             }
         }
