@@ -106,6 +106,10 @@ struct State {
     job: Option<Arc<Job>>,
     generation: u64,
     shutdown: bool,
+    /// Workers waiting on `wake`: `run` wakes them only when there are some, since
+    /// back-to-back launches find the workers still spinning, and the wake-up is a
+    /// system call each time.
+    sleepers: usize,
 }
 
 struct Shared {
@@ -226,13 +230,18 @@ impl ThreadPool {
             in_flight: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
         });
-        {
+        let sleepers = {
             let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
             st.job = Some(job.clone());
             st.generation += 1;
             self.shared.published.store(st.generation, Ordering::SeqCst);
+            // Read under the lock: a worker counts itself in under it before it waits,
+            // and one that comes later sees the new generation instead of waiting.
+            st.sleepers
+        };
+        if sleepers > 0 {
+            self.shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
         job.work();
         // Every chunk is claimed now; wait for the workers still running one.
         let mut spins = 0u32;
@@ -263,7 +272,9 @@ fn worker(shared: &Shared) {
         let job = {
             let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
             while !st.shutdown && st.generation == seen {
+                st.sleepers += 1;
                 st = shared.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.sleepers -= 1;
             }
             if st.shutdown {
                 return;
