@@ -133,13 +133,24 @@ pub fn plan(g: &Graph) -> Result<FusionPlan, FusionError> {
                     })
                 }
                 (GroupKind::Loop, OpClass::Reduction) => {
-                    // Input fusion: the loop computes the reduced operand elementwise.
+                    // Input fusion: the loop computes the reduced operand elementwise,
+                    // unless a transpose in it brings the reduced axes from elsewhere:
+                    // the rows would then be read across the transpose's input, one
+                    // strided element at a time (ConvNeXt's layer norms over channels
+                    // after NCHW -> NHWC took 1.7 ms each at 56x56x96, against 0.3 ms
+                    // for the transpose stored plus a norm over contiguous rows).
                     let operand = &g.ty(node.inputs[0]).shape;
+                    let axes = reduce_axes(&node.op);
                     b.nodes.iter().all(|&n| {
-                        g.nodes[n]
-                            .outputs
-                            .iter()
-                            .all(|&o| &g.ty(o).shape == operand)
+                        let moves_reduced_axes = matches!(
+                            &g.nodes[n].op,
+                            Op::Transpose { perm } if axes.iter().any(|&a| perm.get(a) != Some(&a))
+                        );
+                        !moves_reduced_axes
+                            && g.nodes[n]
+                                .outputs
+                                .iter()
+                                .all(|&o| &g.ty(o).shape == operand)
                     })
                 }
                 (GroupKind::Reduction, OpClass::Reduction) => {
