@@ -206,7 +206,10 @@ fn each_vector_avx2(
     for pair in &mut pairs {
         // SAFETY: sixteen floats.
         unsafe {
-            let (a, b) = (_mm256_loadu_ps(pair.as_ptr()), _mm256_loadu_ps(pair.as_ptr().add(8)));
+            let (a, b) = (
+                _mm256_loadu_ps(pair.as_ptr()),
+                _mm256_loadu_ps(pair.as_ptr().add(8)),
+            );
             let (a, b) = (lanes(a), lanes(b));
             _mm256_storeu_ps(pair.as_mut_ptr(), a);
             _mm256_storeu_ps(pair.as_mut_ptr().add(8), b);
