@@ -308,9 +308,7 @@ fn conv_paths<T: Float>(
         };
         // The implicit products clamp their registers (ReLU, Clip); any other activation
         // goes over the output after them.
-        if geo.activation.clamp_bounds().is_none() {
-            super::activation::apply_in_blocks(geo.activation, out, pool);
-        }
+        super::activation::apply_in_blocks(geo.activation.after_stores(), out, pool);
         return Ok(());
     }
     // A stride along the rows makes every im2col run a strided copy; split the input rows

@@ -418,8 +418,8 @@ unsafe fn group_positions<const P: usize>(
 
 /// Stores the sums of output row `oy` (`[position, 8]`, channels `c0..c0 + 8`) into row
 /// `oy` of those channels' planes of batch `b` at `out` (the channels that exist),
-/// clamped to the folded ReLU's or Clip's bounds (`clamp`): eight positions at a time through a register transpose, a row's last
-/// positions by four, two and one lanes.
+/// clamped to the folded ReLU's or Clip's bounds (`clamp`): eight positions at a time
+/// through a register transpose, a row's last positions by four, two and one lanes.
 ///
 /// # Safety
 /// The CPU must have AVX2; `out` addresses the whole `[n, channels, out_h, out_w]` output

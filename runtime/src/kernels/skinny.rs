@@ -407,6 +407,20 @@ unsafe fn block_times_panel(
     unreachable!("only the portable kernel runs off x86-64")
 }
 
+/// Prefetches line `kk` of `next` (one depth of a panel, 16 floats) into L1, if it has
+/// one: a micro-kernel's depth step `kk` fetches its share of the next slice this way.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_depth(next: &[f32], kk: usize) {
+    if let Some(v) = next.get(kk * PANEL) {
+        // SAFETY: a hint at an address inside `next`; it reads nothing.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(v).cast());
+        }
+    }
+}
+
 /// [`block_times_panel`] for exactly `R` rows on AVX-512: `R` vector sums (loaded from
 /// and stored back to `tile`) in registers while the depth runs, one weight load per depth
 /// and one broadcast per row, which the multiply-add takes from memory; step `kk`
@@ -432,9 +446,7 @@ fn block_avx512<const R: usize>(
         // SAFETY: kk < k, and the lengths were asserted above.
         unsafe {
             let wv = _mm512_loadu_ps(w.add(kk * PANEL));
-            if kk * PANEL < next.len() {
-                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(kk * PANEL).cast());
-            }
+            prefetch_depth(next, kk);
             for (i, sums) in acc.iter_mut().enumerate() {
                 *sums = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk * R + i)), wv, *sums);
             }
@@ -473,9 +485,7 @@ fn block_fma<const R: usize>(
         // SAFETY: kk < k, and the lengths were asserted above.
         unsafe {
             let w0 = _mm256_loadu_ps(w.add(kk * PANEL));
-            if kk * PANEL < next.len() {
-                _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(kk * PANEL).cast());
-            }
+            prefetch_depth(next, kk);
             let w1 = _mm256_loadu_ps(w.add(kk * PANEL + 8));
             for (i, sums) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*a.add(kk * R + i));
