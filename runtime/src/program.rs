@@ -193,16 +193,27 @@ impl Launch {
     }
 }
 
-#[repr(C, align(64))]
-#[derive(Clone, Copy)]
-struct Line([u8; 64]);
+/// The alignment of [`AlignedBytes`].
+const BLOB_ALIGN: usize = 64;
 
-/// Bytes aligned to 64 (so every buffer offset that is a multiple of 64 is too).
-#[derive(Clone)]
+/// Bytes aligned to 64 (so every buffer offset that is a multiple of 64 is too), from
+/// zeroed pages: none counts towards the process's resident memory until written.
+///
+/// The allocation asks the system allocator for 16-byte alignment and 64 spare bytes,
+/// and starts the bytes at the first 64-byte boundary: the system allocator zeroes an
+/// over-aligned request by writing every byte (which made a constant blob resident in
+/// full before the weights it replaces were freed), but a plain one by taking fresh pages.
 pub struct AlignedBytes {
-    lines: Vec<Line>,
+    allocation: std::ptr::NonNull<u8>,
+    /// From `allocation` to the first 64-byte boundary.
+    skip: usize,
     len: usize,
 }
+
+// SAFETY: the bytes are owned, as in a `Vec<u8>`, and shared only through `&self`.
+unsafe impl Send for AlignedBytes {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBytes {}
 
 impl std::fmt::Debug for AlignedBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,9 +222,24 @@ impl std::fmt::Debug for AlignedBytes {
 }
 
 impl AlignedBytes {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len + BLOB_ALIGN, 16)
+            .expect("a blob's size fits memory")
+    }
+
+    /// `len` zero bytes.
     pub fn zeroed(len: usize) -> AlignedBytes {
+        let layout = Self::layout(len);
+        // SAFETY: the layout's size is non-zero.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(allocation) = std::ptr::NonNull::new(raw) else {
+            std::alloc::handle_alloc_error(layout)
+        };
+        let skip = raw.align_offset(BLOB_ALIGN);
+        assert!(skip < BLOB_ALIGN, "a byte pointer can always be aligned");
         AlignedBytes {
-            lines: vec![Line([0; 64]); len.div_ceil(64).max(1)],
+            allocation,
+            skip,
             len,
         }
     }
@@ -227,17 +253,34 @@ impl AlignedBytes {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: the lines are plain bytes, at least `len` of them.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
+        // SAFETY: `len` bytes from `base` lie inside the allocation (64 spare bytes cover
+        // `skip`), initialized (zeroed, then written through `as_mut_slice`).
+        unsafe { std::slice::from_raw_parts(self.base(), self.len) }
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.base(), self.len) }
     }
 
     fn base(&self) -> *mut u8 {
-        self.lines.as_ptr().cast::<u8>().cast_mut()
+        // SAFETY: `skip` is less than the 64 spare bytes of the allocation.
+        unsafe { self.allocation.as_ptr().add(self.skip) }
+    }
+}
+
+impl Clone for AlignedBytes {
+    fn clone(&self) -> AlignedBytes {
+        let mut copy = AlignedBytes::zeroed(self.len);
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout, and freed once.
+        unsafe { std::alloc::dealloc(self.allocation.as_ptr(), Self::layout(self.len)) }
     }
 }
 

@@ -494,6 +494,67 @@ fn skinny_products_run_on_weights_packed_at_compile_time() {
     }
 }
 
+/// A compiled executable holds its weights once: the constants it stores move from its
+/// graph into the program's blob, leaving `program_constant` nodes that still name and
+/// type them (for profiles and plans) but refuse to be evaluated or compiled again.
+#[test]
+fn weights_move_from_the_graph_into_the_program() {
+    let (k, n) = (48usize, 40usize);
+    let list = |len: usize| {
+        (0..len)
+            .map(|i| format!("{:.3}", ((i * 13) % 23) as f64 / 16.0 - 0.7))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "graph weights (%x: f32[64, {k}]) {{\n  %w = constant f32[{k}, {n}] [{}]\n  %y = matmul(%x, %w) : f32[64, {n}]\n  %z = tanh(%y) : f32[64, {n}]\n  return %z\n}}\n",
+        list(k * n)
+    );
+    let x = konst(vec![64, k], 3, None);
+    agrees_with_reference(&text, std::slice::from_ref(&x), true, 1e-4, 1e-5);
+    let g = smelt_ir::text::parse_graph(&text).unwrap();
+    let exe = Executable::from_graph(g, true).unwrap();
+    let weight = exe
+        .graph
+        .nodes
+        .iter()
+        .find(|node| matches!(&node.op, smelt_ir::Op::ProgramConstant(ty) if ty.num_elements() == Some(k * n)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no program_constant holds the weight:\n{}",
+                smelt_ir::text::print_graph(&exe.graph, Default::default())
+            )
+        });
+    let smelt_ir::Op::ProgramConstant(ty) = &weight.op else {
+        unreachable!()
+    };
+    let name = &exe.graph.value(weight.outputs[0]).name;
+    let weight_bytes = k * n * 4;
+    assert!(exe.program.constants.as_slice().len() >= weight_bytes);
+    let left: usize = exe
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|node| match &node.op {
+            smelt_ir::Op::Constant(t) => Some(t.byte_len()),
+            _ => None,
+        })
+        .sum();
+    assert!(left < 64, "{left} bytes of constants stay in the graph");
+    let printed = smelt_ir::text::print_graph(&exe.graph, Default::default());
+    assert!(
+        printed.contains(&format!("%{name} = program_constant {ty}")),
+        "{printed}"
+    );
+    let err = smelt_ir::interp::run(&exe.graph, std::slice::from_ref(&x)).unwrap_err();
+    assert!(err.to_string().contains("program_constant"), "{err}");
+    let err = Executable::from_graph(exe.graph.clone(), false).unwrap_err();
+    assert!(
+        err.to_string().contains("moved into a compiled program"),
+        "{err}"
+    );
+}
+
 /// f32 resizes of the two innermost axes run the runtime's separable kernel (nearest,
 /// linear and cubic sampling, up and down, rank 3 and 4) and match the reference; a
 /// resize of an outer axis and crop-and-resize stay generated loops. A manifest keeps

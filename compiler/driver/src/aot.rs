@@ -147,7 +147,7 @@ impl Model {
         };
         let runtime_library = runtime_library(gpu)?;
         let lowered = lower_graph(
-            &graph,
+            &mut graph,
             &imported.input_names,
             &imported.output_names,
             opts.target.lowering(),

@@ -5,7 +5,7 @@
 use crate::program::{IoNames, build_program};
 use crate::{GpuOptions, SmeltError, Target};
 use smelt_fuse::{FusionPlan, Layout, LoweredKernel};
-use smelt_ir::{Graph, ValueId};
+use smelt_ir::{Graph, Op, ValueId};
 use smelt_runtime::HostTensor;
 use smelt_runtime::program::{AlignedBytes, Launch, Program};
 use std::collections::HashMap;
@@ -37,7 +37,8 @@ pub(crate) struct GpuRun {
 /// Everything compiled for one shape signature.
 #[derive(Debug)]
 pub struct Executable {
-    /// The optimized, shape-specialized graph.
+    /// The optimized, shape-specialized graph, its constants that the program stores
+    /// moved into `program` (each left an `Op::ProgramConstant` of its type).
     pub graph: Graph,
     pub plan: FusionPlan,
     pub kernels: Vec<LoweredKernel>,
@@ -309,13 +310,26 @@ impl Lowered {
     }
 }
 
-/// Plans, lowers and assembles an optimized graph whose shapes are all fixed.
+/// Plans, lowers and assembles an optimized graph whose shapes are all fixed. The
+/// graph's constants move into the program: the nodes that held them are left
+/// `Op::ProgramConstant`s, so the graph can name and describe the program but not be
+/// lowered or run again.
 pub(crate) fn lower_graph(
-    graph: &Graph,
+    graph: &mut Graph,
     input_names: &[String],
     output_names: &[String],
     target: smelt_fuse::LowerTarget,
 ) -> Result<Lowered, SmeltError> {
+    if let Some(n) = graph
+        .nodes
+        .iter()
+        .find(|n| matches!(n.op, Op::ProgramConstant(_)))
+    {
+        return Err(SmeltError::Compile(format!(
+            "node '{}' (program_constant): this graph's constants were moved into a compiled program; compile the model again",
+            n.name
+        )));
+    }
     for v in &graph.values {
         if v.ty.fixed_shape().is_none() {
             return Err(SmeltError::Compile(format!(
@@ -369,14 +383,14 @@ fn shared_functions(kernels: &[LoweredKernel]) -> (Vec<usize>, Vec<usize>) {
 
 /// Compiles an optimized graph whose shapes are all fixed.
 pub(crate) fn compile_graph(
-    graph: Graph,
+    mut graph: Graph,
     input_names: Vec<String>,
     output_names: Vec<String>,
     started: Instant,
     target: Target,
     gpu_options: &GpuOptions,
 ) -> Result<Executable, SmeltError> {
-    let lowered = lower_graph(&graph, &input_names, &output_names, target.lowering())?;
+    let lowered = lower_graph(&mut graph, &input_names, &output_names, target.lowering())?;
     let (code, gpu) = match target {
         Target::Cpu => (
             Code::Cpu(Box::new(smelt_cpu::compile(&lowered.function_kernels())?)),

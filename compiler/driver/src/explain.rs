@@ -123,7 +123,7 @@ impl Model {
         } else {
             Stage::Opt
         };
-        let e = self.explain(graph_stage, shapes)?;
+        let mut e = self.explain(graph_stage, shapes)?;
         if stage == ExplainStage::Fuse {
             // With every shape fixed, the plan, layout and memory plan are those of the
             // program the compiler assembles; otherwise only the plan can be shown.
@@ -132,10 +132,11 @@ impl Model {
                 let names = |ids: &[smelt_ir::ValueId]| -> Vec<String> {
                     ids.iter().map(|&v| e.graph.value(v).name.clone()).collect()
                 };
+                let (inputs, outputs) = (names(&e.graph.inputs), names(&e.graph.outputs));
                 Some(crate::compile::lower_graph(
-                    &e.graph,
-                    &names(&e.graph.inputs),
-                    &names(&e.graph.outputs),
+                    &mut e.graph,
+                    &inputs,
+                    &outputs,
                     opts.target.lowering(),
                 )?)
             } else {

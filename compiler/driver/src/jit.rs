@@ -469,9 +469,9 @@ impl Compiled {
         values: InputValues,
         target: crate::Target,
     ) -> Result<crate::compile::Lowered> {
-        let (graph, imported) = self.optimized(shapes, values)?;
+        let (mut graph, imported) = self.optimized(shapes, values)?;
         crate::compile::lower_graph(
-            &graph,
+            &mut graph,
             &imported.input_names,
             &imported.output_names,
             target.lowering(),

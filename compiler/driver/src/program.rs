@@ -99,59 +99,90 @@ fn intersect_bounds(a: &[(i64, i64)], b: &[(i64, i64)]) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// One constant of the program: a graph constant, or a weight in a packed form.
-enum ConstantPiece<'g> {
-    Tensor(&'g smelt_ir::Tensor),
+/// One constant of the program, by the graph node that holds it: the node's tensor as it
+/// is, or an f32 weight in a packed form.
+enum ConstantPiece {
+    Tensor {
+        node: usize,
+        bytes: usize,
+    },
     /// An f32 weight (`k x n`, or `n x k` when transposed) in `kernels::skinny`'s panels.
     SkinnyPanels {
-        weight: &'g [f32],
+        node: usize,
         k: usize,
         n: usize,
         transposed: bool,
     },
 }
 
-impl ConstantPiece<'_> {
+impl ConstantPiece {
     fn byte_len(&self) -> usize {
         match self {
-            ConstantPiece::Tensor(t) => t.byte_len(),
+            ConstantPiece::Tensor { bytes, .. } => *bytes,
             ConstantPiece::SkinnyPanels { k, n, .. } => skinny_packed_len(*k, *n) * 4,
+        }
+    }
+
+    fn node(&self) -> usize {
+        match self {
+            ConstantPiece::Tensor { node, .. } | ConstantPiece::SkinnyPanels { node, .. } => *node,
         }
     }
 }
 
-/// The program's constants, placed first and written once into a blob of the exact size
-/// (packed forms straight from the graph's tensors): growing a vector and copying it
-/// into the aligned blob held up to three copies of the weights at once.
+/// The program's constants, placed first and then written once into a blob of the exact
+/// size, each graph constant moved out of the graph as soon as it is written: weights are
+/// held once, in the blob, and the process never holds them twice (a graph kept beside
+/// its blob doubled a model's resident memory).
 #[derive(Default)]
-struct ConstantBlob<'g> {
-    pieces: Vec<(usize, ConstantPiece<'g>)>,
+struct ConstantBlob {
+    pieces: Vec<(usize, ConstantPiece)>,
     len: usize,
 }
 
-impl<'g> ConstantBlob<'g> {
+impl ConstantBlob {
     /// The offset of `piece`, on a 64-byte boundary.
-    fn place(&mut self, piece: ConstantPiece<'g>) -> usize {
+    fn place(&mut self, piece: ConstantPiece) -> usize {
         let offset = self.len.div_ceil(64) * 64;
         self.len = offset + piece.byte_len();
         self.pieces.push((offset, piece));
         offset
     }
 
-    fn into_blob(self) -> AlignedBytes {
+    /// The blob, each placed node of `g` left as an `Op::ProgramConstant` of its type once
+    /// its last piece is written (its tensor freed there).
+    fn into_blob(self, g: &mut Graph) -> AlignedBytes {
+        let mut pieces_left: HashMap<usize, usize> = HashMap::new();
+        for (_, piece) in &self.pieces {
+            *pieces_left.entry(piece.node()).or_default() += 1;
+        }
+        // Zeroed pages count towards resident memory only once written, so the blob
+        // grows as the graph's tensors shrink.
         let mut blob = AlignedBytes::zeroed(self.len);
         let bytes = blob.as_mut_slice();
         for (offset, piece) in self.pieces {
+            let node = piece.node();
+            let Op::Constant(t) = &g.nodes[node].op else {
+                unreachable!("pieces are placed from constant nodes, each moved out once")
+            };
             let dst = &mut bytes[offset..offset + piece.byte_len()];
             match piece {
-                ConstantPiece::Tensor(t) => t.write_le_bytes_to(dst),
+                ConstantPiece::Tensor { .. } => t.write_le_bytes_to(dst),
                 ConstantPiece::SkinnyPanels {
-                    weight,
-                    k,
-                    n,
-                    transposed,
-                } => prepack_skinny_weight_le(weight, k, n, transposed, dst)
-                    .expect("sizes checked when placed"),
+                    k, n, transposed, ..
+                } => {
+                    let smelt_ir::Data::F32(weight) = t.data() else {
+                        unreachable!("only f32 weights are packed")
+                    };
+                    prepack_skinny_weight_le(weight, k, n, transposed, dst)
+                        .expect("sizes checked when placed")
+                }
+            }
+            let left = pieces_left.get_mut(&node).expect("counted above");
+            *left -= 1;
+            if *left == 0 {
+                let ty = t.tensor_type();
+                g.nodes[node].op = Op::ProgramConstant(ty);
             }
         }
         blob
@@ -162,12 +193,12 @@ impl<'g> ConstantBlob<'g> {
 /// (`kernels::skinny`), added to `buffers` and `constants`, by value: f32 weights used by
 /// that one kernel alone (a weight shared with another kernel stays plain), whose
 /// products have few rows (`skinny_applies`).
-fn pack_skinny_weights<'g>(
-    g: &'g Graph,
+fn pack_skinny_weights(
+    g: &Graph,
     producer: &[Option<usize>],
     kernels: &[LoweredKernel],
     buffers: &mut Vec<BufferSpec>,
-    constants: &mut ConstantBlob<'g>,
+    constants: &mut ConstantBlob,
 ) -> HashMap<ValueId, usize> {
     let mut uses: HashMap<ValueId, usize> = HashMap::new();
     for &v in kernels.iter().flat_map(|lk| &lk.args).chain(&g.outputs) {
@@ -190,7 +221,10 @@ fn pack_skinny_weights<'g>(
             continue;
         };
         let weight = lk.args[*b as usize];
-        let Some(Op::Constant(t)) = producer[weight.index()].map(|n| &g.nodes[n].op) else {
+        let Some(node) = producer[weight.index()] else {
+            continue;
+        };
+        let Op::Constant(t) = &g.nodes[node].op else {
             continue;
         };
         let smelt_ir::Data::F32(w) = t.data() else {
@@ -227,7 +261,7 @@ fn pack_skinny_weights<'g>(
             shape: vec![skinny_packed_len(k, n)],
             place: Place::Constant {
                 offset: constants.place(ConstantPiece::SkinnyPanels {
-                    weight: w,
+                    node,
                     k,
                     n,
                     transposed: *trans_b,
@@ -239,17 +273,20 @@ fn pack_skinny_weights<'g>(
     packed
 }
 
-pub(crate) fn build_program<'g>(
-    g: &'g Graph,
+/// The program of `kernels`, the graph's constants moved into its blob (each placed
+/// constant node of `graph` is left an `Op::ProgramConstant`).
+pub(crate) fn build_program(
+    graph: &mut Graph,
     names: &IoNames,
     kernels: &[LoweredKernel],
     function_of: &[usize],
     layout: &Layout,
 ) -> Result<Program, SmeltError> {
+    let g: &Graph = graph;
     let producer = g.producers();
     let mut buffers: Vec<BufferSpec> = Vec::new();
     let mut buffer_of: HashMap<ValueId, usize> = HashMap::new();
-    let mut constants: ConstantBlob<'g> = ConstantBlob::default();
+    let mut constants = ConstantBlob::default();
     let shape = |v: ValueId| g.ty(v).fixed_shape().expect("shapes are fixed");
     // Constant weights of skinny products take the packed form in place of their own:
     // the constants then hold each weight once, and no run packs it again.
@@ -258,13 +295,16 @@ pub(crate) fn build_program<'g>(
         buffer_of.insert(v, b);
     }
     let mut buffer =
-        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut ConstantBlob<'g>| -> usize {
+        |v: ValueId, buffers: &mut Vec<BufferSpec>, constants: &mut ConstantBlob| -> usize {
             if let Some(&b) = buffer_of.get(&v) {
                 return b;
             }
-            let place = match producer[v.index()].map(|n| &g.nodes[n].op) {
-                Some(Op::Constant(t)) => Place::Constant {
-                    offset: constants.place(ConstantPiece::Tensor(t)),
+            let place = match producer[v.index()].map(|n| (n, &g.nodes[n].op)) {
+                Some((node, Op::Constant(t))) => Place::Constant {
+                    offset: constants.place(ConstantPiece::Tensor {
+                        node,
+                        bytes: t.byte_len(),
+                    }),
                 },
                 _ => Place::Arena { offset: 0 },
             };
@@ -512,7 +552,7 @@ pub(crate) fn build_program<'g>(
             offset: base + offset,
         };
     }
-    let blob = constants.into_blob();
+    let blob = constants.into_blob(graph);
     Ok(Program {
         inputs,
         outputs,

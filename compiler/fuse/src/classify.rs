@@ -52,7 +52,7 @@ impl OpClass {
 /// The class of a node of `g`.
 pub fn classify(g: &Graph, node: &Node) -> OpClass {
     match &node.op {
-        Op::Constant(_) => OpClass::Constant,
+        Op::Constant(_) | Op::ProgramConstant(_) => OpClass::Constant,
         Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast { .. } => {
             let out = &g.ty(node.outputs[0]).shape;
             if node.inputs.iter().all(|&i| &g.ty(i).shape == out) {

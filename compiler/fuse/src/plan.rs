@@ -386,7 +386,7 @@ impl FusionPlan {
         let mut seen = vec![false; g.nodes.len()];
         let mut available: BTreeSet<ValueId> = g.inputs.iter().copied().collect();
         for n in &g.nodes {
-            if let Op::Constant(_) = n.op {
+            if n.op.is_constant() {
                 available.insert(n.outputs[0]);
             }
         }
@@ -409,7 +409,7 @@ impl FusionPlan {
             }
         }
         for (ni, n) in g.nodes.iter().enumerate() {
-            if !matches!(n.op, Op::Constant(_)) && !seen[ni] {
+            if !n.op.is_constant() && !seen[ni] {
                 return Err(FusionError::Invalid(format!(
                     "node {ni} ({}) is in no group",
                     n.op.mnemonic()

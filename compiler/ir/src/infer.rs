@@ -142,6 +142,7 @@ fn infer_types(op: &Op, inputs: &[&TensorType]) -> InferResult<Vec<TensorType>> 
     let one = |t: TensorType| Ok(vec![t]);
     match op {
         Op::Constant(t) => one(t.tensor_type()),
+        Op::ProgramConstant(ty) => one(ty.clone()),
         Op::Unary(u) => {
             let x = inputs[0];
             match u {

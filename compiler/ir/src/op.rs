@@ -1,7 +1,7 @@
 //! The core op set of the Graph IR: a small, orthogonal set onto which front ends decompose.
 
 use crate::dtype::DType;
-use crate::shape::{Dim, Shape};
+use crate::shape::{Dim, Shape, TensorType};
 use crate::tensor::Tensor;
 
 /// Elementwise ops of one operand.
@@ -153,6 +153,10 @@ pub enum NearestMode {
 pub enum Op {
     /// A constant tensor; no operands.
     Constant(Tensor),
+    /// A constant of this type whose payload a compiled program holds: an executable
+    /// keeps its graph this way, so that weights are held once, in the program. No
+    /// operands; evaluating or lowering it is an error.
+    ProgramConstant(TensorType),
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `(cond, a, b)`: `a` where `cond` else `b`, broadcasting all three.
@@ -375,10 +379,16 @@ impl Op {
         }
     }
 
+    /// Whether the op is a constant: its values in the graph, or in a compiled program.
+    pub fn is_constant(&self) -> bool {
+        matches!(self, Op::Constant(_) | Op::ProgramConstant(_))
+    }
+
     /// The op's name in the text form.
     pub fn mnemonic(&self) -> &'static str {
         match self {
             Op::Constant(_) => "constant",
+            Op::ProgramConstant(_) => "program_constant",
             Op::Unary(u) => u.name(),
             Op::Binary(b) => b.name(),
             Op::Select => "select",
@@ -411,7 +421,7 @@ impl Op {
     /// of their epilogue (added along the last axis for MatMul, per output channel for Conv).
     pub fn arity(&self) -> std::ops::RangeInclusive<usize> {
         match self {
-            Op::Constant(_) => 0..=0,
+            Op::Constant(_) | Op::ProgramConstant(_) => 0..=0,
             Op::Unary(_)
             | Op::Cast { .. }
             | Op::Reduce { .. }
@@ -441,7 +451,12 @@ impl Op {
     /// Attributes in text-form order (the constant's tensor is printed separately).
     pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
         match self {
-            Op::Constant(_) | Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Shape => vec![],
+            Op::Constant(_)
+            | Op::ProgramConstant(_)
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Select
+            | Op::Shape => vec![],
             // Printed only when set, so plain matmuls read `matmul(%a, %b)`.
             Op::MatMul { trans_a, trans_b } => {
                 let mut v = vec![];

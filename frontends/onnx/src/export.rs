@@ -259,6 +259,11 @@ impl Exporter<'_> {
                     self.initializers.push(tensor_to_proto(t, &out));
                 }
             }
+            Op::ProgramConstant(_) => {
+                return Err(self.err(format!(
+                    "constant '{out}' has its values in a compiled program; export the graph before compiling it"
+                )));
+            }
             Op::Unary(u) => self.emit(unary_name(*u), ins, outs, vec![]),
             Op::Binary(b) => self.binary(*b, ins, out, &in_ty(0))?,
             Op::Select => self.emit("Where", ins, outs, vec![]),

@@ -121,6 +121,11 @@ pub fn eval_op(op: &Op, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
     let one = |t: Result<Tensor>| t.map(|t| vec![t]);
     match op {
         Op::Constant(t) => Ok(vec![t.clone()]),
+        Op::ProgramConstant(_) => Err(IrError::invalid(
+            "",
+            op.mnemonic(),
+            "its values were moved into a compiled program",
+        )),
         Op::Unary(u) => one(elementwise::unary(*u, inputs[0])),
         Op::Binary(b) => one(elementwise::binary(*b, inputs[0], inputs[1])),
         Op::Select => one(elementwise::select(inputs[0], inputs[1], inputs[2])),

@@ -115,6 +115,9 @@ pub fn print_graph(g: &Graph, opts: PrintOptions) -> String {
             } else {
                 s.push_str("...");
             }
+        } else if let Op::ProgramConstant(ty) = &node.op {
+            // Like an elided constant, this does not parse back: the values are elsewhere.
+            let _ = write!(s, "program_constant {ty}");
         } else {
             s.push_str(node.op.mnemonic());
             let attrs = node.op.attrs();
