@@ -37,9 +37,12 @@ impl<M: Module> Gen<'_, '_, M> {
                 self.b.ins().brif(cond, then, &[], other, &[]);
                 for (block, pick) in [(then, true), (other, false)] {
                     self.b.switch_to_block(block);
-                    self.known.insert(c, pick);
+                    let decided = self.decided_by(c, pick);
+                    self.known.extend(decided.iter().copied());
                     self.inner_loop_versions(lo, hi, vectorize, splits)?;
-                    self.known.remove(&c);
+                    for (d, _) in decided {
+                        self.known.remove(&d);
+                    }
                     self.b.ins().jump(join, &[]);
                 }
                 self.b.switch_to_block(join);
@@ -52,6 +55,39 @@ impl<M: Module> Gen<'_, '_, M> {
                 r
             }
         }
+    }
+
+    /// `c` known to be `pick`, with the other open per-row select conditions that this
+    /// decides: where `c` is `x < k`, each `x < k2` is true if `x < k` and `k2 >= k`, and
+    /// false if not and `k2 <= k`. A concatenation's chain of selects (`x < end` of each
+    /// part) then needs one split per part, each version reading one part; without this
+    /// the version of `x >= k` still read every part before `k`.
+    fn decided_by(&self, c: ExprId, pick: bool) -> Vec<(ExprId, bool)> {
+        let less_than = |e: ExprId| match self.nest.node(e).expr {
+            Expr::Binary(BinaryOp::Less, x, k) => match self.nest.node(k).expr {
+                Expr::Const(Const::Int(k)) => Some((x, k)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut decided = vec![(c, pick)];
+        let Some((x, k)) = less_than(c) else {
+            return decided;
+        };
+        for &e in &self.row_selects {
+            let Expr::Select(c2, _, _) = self.nest.node(e).expr else {
+                continue;
+            };
+            if c2 == c || self.known.contains_key(&c2) || decided.iter().any(|&(d, _)| d == c2) {
+                continue;
+            }
+            match less_than(c2) {
+                Some((x2, k2)) if x2 == x && pick && k2 >= k => decided.push((c2, true)),
+                Some((x2, k2)) if x2 == x && !pick && k2 <= k => decided.push((c2, false)),
+                _ => {}
+            }
+        }
+        decided
     }
 
     /// The inner-loop expressions the inner stores need when the selects on known

@@ -60,8 +60,9 @@ const ROW_HELPER_MIN: u64 = 64;
 
 const LANES: i64 = 4;
 
-/// Most versions of an inner loop unswitched on per-row select conditions.
-const MAX_VERSIONS: usize = 8;
+/// Most versions of an inner loop unswitched on per-row select conditions: a
+/// concatenation of up to this many parts reads one part per row (decision 62).
+const MAX_VERSIONS: usize = 64;
 
 /// Reductions over at most this many elements unroll...
 const MAX_UNROLL: u64 = 16;
