@@ -517,21 +517,26 @@ pub(crate) fn conv2d_on(
                 column_item % chunks,
             );
             let input = source[(b * c + gi * cg) * plane..].as_ptr();
-            for tile in t * chunk..((t + 1) * chunk).min(tiles) {
-                let q0 = tile * width;
-                let span = TileSpan {
-                    q0,
-                    lanes: width,
-                    q_end,
-                    row: phased.cols,
-                    out_w,
-                };
-                segments(span, &mut segs);
-                if segs.is_empty() {
-                    continue;
-                }
-                let lanes = (q_end - q0).min(width);
-                for (first, height) in block_panels(gi, fb) {
+            // Panel by panel, each over the item's tiles: the stores go to the panel's
+            // few filter planes at a time, in long runs, where taking every panel at each
+            // tile wrote to all the filters' planes at once (96 planes for a 16 -> 96
+            // pointwise expansion at 112x112: 0.75 -> 0.54 ms on one Zen 4 core). The
+            // item's input stays in cache for the panels that read it again.
+            for (first, height) in block_panels(gi, fb) {
+                for tile in t * chunk..((t + 1) * chunk).min(tiles) {
+                    let q0 = tile * width;
+                    let span = TileSpan {
+                        q0,
+                        lanes: width,
+                        q_end,
+                        row: phased.cols,
+                        out_w,
+                    };
+                    segments(span, &mut segs);
+                    if segs.is_empty() {
+                        continue;
+                    }
+                    let lanes = (q_end - q0).min(width);
                     let job = Tile {
                         depth,
                         // SAFETY: the packed filters hold `m * depth` elements (checked
