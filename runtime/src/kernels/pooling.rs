@@ -295,6 +295,23 @@ impl Plane {
         self.sh > 1 && self.sw > 1
     }
 
+    /// Output row `oy`'s window rows of the plane `src` combined element by element into
+    /// the part of `row` (of the padded width) between its borders; the identity where
+    /// the window lies wholly in the padding.
+    #[inline(always)]
+    fn window_rows<const MAX: bool>(&self, oy: usize, row: &mut [f32], src: &[f32]) {
+        let first = (oy * self.sh).max(self.top) - self.top;
+        let last = (oy * self.sh + self.kh).min(self.top + self.h);
+        let last = last.saturating_sub(self.top).max(first);
+        let inner = &mut row[self.left..self.left + self.w];
+        match last - first {
+            0 => inner.fill(identity(MAX)),
+            n => taps::<MAX>(inner, n, |k| {
+                &src[(first + k) * self.w..(first + k + 1) * self.w]
+            }),
+        }
+    }
+
     /// Row by row: each output row's window rows combined into one row of the padded
     /// width (its borders hold the identity from the start), then each output from the
     /// `kw` elements of that row its window covers.
@@ -303,18 +320,9 @@ impl Plane {
         let row = &mut scratch.columns[..self.span];
         let whole = (self.kh * self.kw) as f32;
         for (oy, out) in dst.chunks_exact_mut(self.ow).enumerate() {
-            let first = (oy * self.sh).max(self.top) - self.top;
-            let last = (oy * self.sh + self.kh).min(self.top + self.h);
-            let last = last.saturating_sub(self.top).max(first);
-            let inner = &mut row[self.left..self.left + self.w];
-            match last - first {
-                0 => inner.fill(identity(MAX)),
-                n => taps::<MAX>(inner, n, |k| {
-                    &src[(first + k) * self.w..(first + k + 1) * self.w]
-                }),
-            }
+            self.window_rows::<MAX>(oy, row, src);
             if self.kw == 3 {
-                for (o, w) in out.iter_mut().zip(row.windows(3).step_by(2)) {
+                for (o, w) in out.iter_mut().zip(row.windows(3).step_by(self.sw)) {
                     *o = if MAX {
                         max_nan(max_nan(w[0], w[1]), w[2])
                     } else {
@@ -367,16 +375,7 @@ impl Plane {
             taps::<MAX>(columns, self.kh, |ky| &padded[ky * span..ky * span + flat]);
         } else {
             for (oy, row) in columns.chunks_exact_mut(span).enumerate() {
-                let first = (oy * self.sh).max(self.top) - self.top;
-                let last = (oy * self.sh + self.kh).min(self.top + self.h);
-                let last = last.saturating_sub(self.top).max(first);
-                let inner = &mut row[self.left..self.left + self.w];
-                match last - first {
-                    0 => inner.fill(identity(MAX)),
-                    n => taps::<MAX>(inner, n, |k| {
-                        &src[(first + k) * self.w..(first + k + 1) * self.w]
-                    }),
-                }
+                self.window_rows::<MAX>(oy, row, src);
             }
         }
         // Windows: each output's columns. Rows of `span` (a multiple of the stride) keep
@@ -533,6 +532,7 @@ mod tests {
             ([5, 2], [3, 1], [2, 0, 2, 1]),
             ([3, 3], [1, 1], [0, 0, 0, 0]),
             ([2, 4], [3, 2], [1, 0, 1, 2]),
+            ([3, 3], [3, 3], [0, 1, 2, 1]),
         ];
         for (h, w) in shapes {
             for (kernel, strides, pads) in windows {
