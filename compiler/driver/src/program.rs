@@ -150,12 +150,9 @@ impl ConstantBlob {
     }
 
     /// The blob, each placed node of `g` left as an `Op::ProgramConstant` of its type once
-    /// its last piece is written (its tensor freed there).
+    /// its piece is written (its tensor freed there). A node has one piece: its value gets
+    /// one buffer, packed or plain (`build_program` caches buffers by value).
     fn into_blob(self, g: &mut Graph) -> AlignedBytes {
-        let mut pieces_left: HashMap<usize, usize> = HashMap::new();
-        for (_, piece) in &self.pieces {
-            *pieces_left.entry(piece.node()).or_default() += 1;
-        }
         // Zeroed pages count towards resident memory only once written, so the blob
         // grows as the graph's tensors shrink.
         let mut blob = AlignedBytes::zeroed(self.len);
@@ -163,7 +160,7 @@ impl ConstantBlob {
         for (offset, piece) in self.pieces {
             let node = piece.node();
             let Op::Constant(t) = &g.nodes[node].op else {
-                unreachable!("pieces are placed from constant nodes, each moved out once")
+                unreachable!("pieces are placed from constant nodes, one piece each")
             };
             let dst = &mut bytes[offset..offset + piece.byte_len()];
             match piece {
@@ -178,12 +175,8 @@ impl ConstantBlob {
                         .expect("sizes checked when placed")
                 }
             }
-            let left = pieces_left.get_mut(&node).expect("counted above");
-            *left -= 1;
-            if *left == 0 {
-                let ty = t.tensor_type();
-                g.nodes[node].op = Op::ProgramConstant(ty);
-            }
+            let ty = t.tensor_type();
+            g.nodes[node].op = Op::ProgramConstant(ty);
         }
         blob
     }
