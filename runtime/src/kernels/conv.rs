@@ -9,7 +9,7 @@ use super::{
     Float, KernelError, SERIAL_MACS, StridedMatrix, SyncPtr, as_f32, as_f32_mut, depthwise_nhwc,
     gemm_into, implicit, is_f32, useful_stride, with_scratch,
 };
-use super::{small_depth, sparse_taps};
+use super::{small_depth, sparse_taps, winograd};
 use crate::threads::ThreadPool;
 
 /// The geometry of an N-d convolution: `x: [N, C, spatial..]`, `w: [M, C/group, kernel..]`.
@@ -99,6 +99,12 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
         .is_ok_and(|out_sp| sparse_taps::handles(geo, &out_sp))
     {
         return Some(sparse_taps::pack_filters(w, geo));
+    }
+    if geo
+        .out_spatial()
+        .is_ok_and(|out_sp| winograd::handles(geo, &out_sp))
+    {
+        return Some(winograd::pack_filters(w, geo));
     }
     implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
 }
@@ -288,6 +294,25 @@ fn conv_paths<T: Float>(
             1
         };
         pool.run(n * m, min_items.max(1), &per_channel);
+        return Ok(());
+    }
+    if is_f32::<T>() && winograd::handles(geo, &out_sp) {
+        // SAFETY: T is f32.
+        unsafe {
+            winograd::conv(
+                ConvOperands {
+                    x: as_f32(x),
+                    w: as_f32(w),
+                    prepacked: prepacked.map(|p| as_f32(p)),
+                    bias: bias.map(|b| as_f32(b)),
+                },
+                geo,
+                &out_sp,
+                as_f32_mut(out),
+                pool,
+            )?
+        };
+        super::activation::apply_in_blocks(geo.activation.after_stores(), out, pool);
         return Ok(());
     }
     if is_f32::<T>() && implicit::handles(geo) {

@@ -2,7 +2,8 @@
 //! (`conv`: im2col tiles over the sliding `window`, or a plain MatMul for 1x1 kernels) on
 //! the `gemm` crate (AVX-512 kernels through its `x86-v4` feature) with their bias
 //! epilogue, two-dimensional depthwise convolutions (`depthwise`), 2-D f32 convolutions as
-//! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), products
+//! implicit matrix products of our own where the CPU has AVX-512 (`implicit`), 3x3
+//! convolutions by Winograd's F(4x4, 3x3) on AVX-512 (`winograd`), products
 //! of a few rows with a constant weight packed once (`skinny`), products of a small
 //! depth without packing (`small_depth`, under `gemm_into`), 2-D f32 pooling
 //! (`pooling`) and separable f32 resizing (`resize`). This file holds what they share: the error, the element types,
@@ -20,6 +21,7 @@ mod skinny;
 mod small_depth;
 mod sparse_taps;
 mod window;
+mod winograd;
 
 pub use activation::{Activation, apply_in_blocks};
 pub use conv::{ConvGeometry, conv, conv_prepacked, prepack_conv_filters};

@@ -105,7 +105,7 @@ fn panel_start(rows: usize, most: usize, i: usize) -> usize {
 }
 
 /// The panels of `rows` at up to `most` rows each, as (start, height).
-fn panels(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+pub(super) fn panels(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..panel_count(rows, most))
         .map(move |i| {
             let start = panel_start(rows, most, i);
@@ -117,7 +117,7 @@ fn panels(rows: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
 /// Packs `rows` filters (`a`, row-major, `depth` apart) into the panels of [`panels`]:
 /// panel by panel, depth by depth, the panel's rows side by side. `packed` holds
 /// `rows * depth` elements; a panel starting at row `r` starts at `r * depth`.
-fn pack_rows(a: &[f32], rows: usize, depth: usize, most: usize, packed: &mut [f32]) {
+pub(super) fn pack_rows(a: &[f32], rows: usize, depth: usize, most: usize, packed: &mut [f32]) {
     for (first, height) in panels(rows, most) {
         let panel = &mut packed[first * depth..(first + height) * depth];
         for r in 0..height {

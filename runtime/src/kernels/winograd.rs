@@ -1,0 +1,791 @@
+//! 3x3, unit-stride, undilated, ungrouped f32 convolutions by Winograd's minimal
+//! filtering F(4x4, 3x3) on AVX-512: 36 multiplications per 4x4 output tile and
+//! input-filter channel pair instead of 144, at the price of three transforms.
+//!
+//! Following Lavin and Gray ("Fast Algorithms for Convolutional Neural Networks", 2015),
+//! each 4x4 output tile `Y` of a channel pair is `A^T [(G g G^T) ⊙ (B^T d B)] A` for the
+//! 3x3 filter `g` and the 6x6 input patch `d` the tile reads. Summed over the input
+//! channels, the element-wise products become 36 matrix products, one per point `ξ` of
+//! the 6x6 transformed tile: `M[ξ] = U[ξ] V[ξ]`, with `U[ξ]` the transformed filters
+//! (output channels by input channels, packed once per program for constant weights)
+//! and `V[ξ]` the transformed input (input channels by tiles).
+//!
+//! The tiles of all images are numbered in one sequence and taken in chunks whose
+//! transformed input and products fit in the cache; each chunk runs three passes over
+//! the threads: the input transform (channel by channel, 16 tiles to a vector), the 36
+//! products (a micro-kernel of up to 12 output channels by 32 tiles, its sums in
+//! registers over the whole depth), and the output transform with the bias and a folded
+//! ReLU or Clip (output channel by output channel). The transformed filters are computed
+//! in f64 and rounded once; the input and output transforms round at each step, as a
+//! direct convolution's sums do.
+
+use super::conv::ConvOperands;
+use super::implicit::{pack_rows, panels};
+use super::{ConvGeometry, KernelError, SyncPtr};
+use crate::threads::ThreadPool;
+use std::cell::RefCell;
+
+/// Outputs along each side of a tile.
+const TILE: usize = 4;
+/// Inputs along each side of the patch a tile reads: `TILE + 3 - 1`.
+const ALPHA: usize = 6;
+/// Points of a transformed tile: one matrix product each.
+const POINTS: usize = ALPHA * ALPHA;
+/// Tiles one product micro-kernel call computes (two 16-lane vectors).
+const LANES: usize = 32;
+/// Tiles one transform step handles (one vector).
+const GROUP: usize = 16;
+/// Most output channels one product micro-kernel call computes.
+const MOST_ROWS: usize = 12;
+/// Bytes that a chunk's transformed input and products may take together: about the
+/// second-level cache and a half, so the products read their operands from cache.
+const CHUNK_BYTES: usize = 3 << 20;
+
+/// `G` of F(4x4, 3x3): the filter transform, `U = G g G^T`.
+const G: [[f64; 3]; ALPHA] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+thread_local! {
+    /// The calling thread's transformed input and products, kept between calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether [`conv`] runs the convolution `geo` (output spatial sizes `out_sp`) on this
+/// CPU: one it can run ([`fits`]) with enough work to pay for the transforms ([`pays`]).
+pub(crate) fn handles(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
+    fits(geo, out_sp)
+        && pays(
+            geo.input[1],
+            geo.weight[0],
+            geo.input[0] * out_sp[0].div_ceil(TILE) * out_sp[1].div_ceil(TILE),
+        )
+}
+
+/// Whether F(4x4, 3x3) computes `geo` on this CPU: AVX-512, two spatial axes, a 3x3
+/// window at unit strides and dilations, one group.
+fn fits(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    avx512
+        && geo.input.len() == 4
+        && geo.weight.len() == 4
+        && geo.weight[2..] == [3, 3]
+        && geo.strides == [1, 1]
+        && geo.dilations == [1, 1]
+        && geo.group.max(1) == 1
+        && out_sp.len() == 2
+}
+
+/// Whether `cin -> cout` channels over `tiles` tiles run faster here than as an implicit
+/// product (single-core timings on Zen 4, interleaved): the products' depth is `cin`
+/// and the transforms cost per channel and tile, so few channels leave the transforms
+/// unpaid (16 -> 16 at 56x56 ran 1.08x slower, 24 -> 24 0.77x, 48 -> 16 1.01x, 16 ->
+/// 48 0.85x); a micro-kernel call computes 32 tiles, so under 32 tiles lanes go to
+/// waste, paid back only by wide layers (14x14, 16 tiles: 64 -> 64 1.10x, 128 -> 128
+/// 0.88x; 12x12, 9 tiles: 64 -> 64 1.39x).
+fn pays(cin: usize, cout: usize, tiles: usize) -> bool {
+    let enough_channels = cin >= 16 && cout >= 24 && cin * cout >= 24 * 24;
+    let enough_tiles = tiles >= 32 || (tiles >= 16 && cin >= 128 && cout >= 128);
+    enough_channels && enough_tiles
+}
+
+/// Elements of [`pack_filters`]'s result: 36 transformed filters per channel pair.
+pub(crate) fn packed_len(geo: &ConvGeometry) -> usize {
+    POINTS * geo.weight[0] * geo.weight[1]
+}
+
+/// The transformed filters `U[ξ] = (G g G^T)[ξ]` of `w` (`[M, C, 3, 3]`): point by
+/// point, `M x C` matrices packed in panels of up to 12 output channels, depth (input
+/// channel) by depth.
+pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
+    let (m, c) = (geo.weight[0], geo.weight[1]);
+    let mut points = vec![0.0f32; POINTS * m * c];
+    for (pair, g) in w.chunks_exact(9).enumerate() {
+        // G g (6x3), then (G g) G^T (6x6), in f64.
+        let mut gg = [[0.0f64; 3]; ALPHA];
+        for (a, row) in gg.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = (0..3).map(|i| G[a][i] * f64::from(g[i * 3 + j])).sum();
+            }
+        }
+        for a in 0..ALPHA {
+            for b in 0..ALPHA {
+                let u: f64 = (0..3).map(|j| gg[a][j] * G[b][j]).sum();
+                points[(a * ALPHA + b) * m * c + pair] = u as f32;
+            }
+        }
+    }
+    let mut packed = vec![0.0f32; POINTS * m * c];
+    for (point, packed) in points
+        .chunks_exact(m * c)
+        .zip(packed.chunks_exact_mut(m * c))
+    {
+        pack_rows(point, m, c, MOST_ROWS, packed);
+    }
+    packed
+}
+
+/// Where the tiles lie: per image `rows x cols` tiles of 4x4 outputs.
+#[derive(Clone, Copy)]
+struct Tiling {
+    rows: usize,
+    cols: usize,
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+impl Tiling {
+    /// Where tile `t` lies.
+    fn place(&self, t: usize) -> TilePlace {
+        let per_image = self.rows * self.cols;
+        let (image, row, col) = (t / per_image, t % per_image / self.cols, t % self.cols);
+        let (out_y, out_x) = (row * TILE, col * TILE);
+        let (y0, x0) = (
+            out_y as isize - self.pad_top as isize,
+            out_x as isize - self.pad_left as isize,
+        );
+        TilePlace {
+            image,
+            out_y,
+            out_x,
+            y0,
+            x0,
+            inside: y0 >= 0
+                && x0 >= 0
+                && y0 as usize + ALPHA <= self.in_h
+                && x0 as usize + ALPHA <= self.in_w,
+        }
+    }
+}
+
+/// Where a tile lies: its image, its first output row and column, the input row and
+/// column of its patch's corner, and whether the patch lies inside the input (no
+/// padding read).
+#[derive(Clone, Copy, Debug)]
+struct TilePlace {
+    image: usize,
+    out_y: usize,
+    out_x: usize,
+    y0: isize,
+    x0: isize,
+    inside: bool,
+}
+
+/// The shapes of one call: channels, tiles, and the chunk's padded lane count.
+struct Chunk<'a> {
+    cin: usize,
+    cout: usize,
+    /// The chunk's tile count.
+    tiles: usize,
+    /// `tiles` rounded up to whole micro-kernel calls: the row length of `V` and `M`.
+    stride: usize,
+    /// Where each of the chunk's tiles lies (worked out once, not per channel).
+    places: &'a [TilePlace],
+}
+
+/// The convolution `geo` (which [`handles`] takes, validated by the caller) by F(4x4,
+/// 3x3); `operands.prepacked` are [`pack_filters`]'s for constant weights, packed here
+/// otherwise. Applies a ReLU or Clip of `geo.activation` as it stores; the caller
+/// applies any other activation.
+pub(crate) fn conv(
+    operands: ConvOperands<'_, f32>,
+    geo: &ConvGeometry,
+    out_sp: &[usize],
+    out: &mut [f32],
+    pool: &ThreadPool,
+) -> Result<(), KernelError> {
+    conv_in_chunks(operands, geo, out_sp, out, pool, CHUNK_BYTES)
+}
+
+/// [`conv`] with chunks of transformed input and products of about `chunk_bytes`.
+fn conv_in_chunks(
+    operands: ConvOperands<'_, f32>,
+    geo: &ConvGeometry,
+    out_sp: &[usize],
+    out: &mut [f32],
+    pool: &ThreadPool,
+    chunk_bytes: usize,
+) -> Result<(), KernelError> {
+    if !fits(geo, out_sp) {
+        return Err(KernelError::Shape(
+            "the Winograd convolution needs AVX-512 and a 3x3, unit-stride, ungrouped window"
+                .into(),
+        ));
+    }
+    let ConvOperands {
+        x,
+        w,
+        prepacked,
+        bias,
+    } = operands;
+    let (n, cin, in_h, in_w) = (geo.input[0], geo.input[1], geo.input[2], geo.input[3]);
+    let cout = geo.weight[0];
+    let (out_h, out_w) = (out_sp[0], out_sp[1]);
+    let packed_here;
+    let filters = match prepacked {
+        Some(p) if p.len() == packed_len(geo) => p,
+        Some(_) => {
+            return Err(KernelError::Shape(
+                "the prepacked Winograd filters do not match the convolution".into(),
+            ));
+        }
+        None => {
+            packed_here = pack_filters(w, geo);
+            &packed_here[..]
+        }
+    };
+    if bias.is_some_and(|b| b.len() != cout) {
+        return Err(KernelError::Shape(format!(
+            "{} bias values for {cout} filters",
+            bias.map_or(0, <[f32]>::len)
+        )));
+    }
+    let tiling = Tiling {
+        rows: out_h.div_ceil(TILE),
+        cols: out_w.div_ceil(TILE),
+        in_h,
+        in_w,
+        out_h,
+        out_w,
+        pad_top: geo.pads[0],
+        pad_left: geo.pads[1],
+    };
+    let total = n * tiling.rows * tiling.cols;
+    let per_tile = POINTS * (cin + cout) * std::mem::size_of::<f32>();
+    let chunk_tiles = (chunk_bytes / per_tile / LANES * LANES).max(LANES);
+    let clamp = geo.activation.clamp_bounds();
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let stride = chunk_tiles.min(total).next_multiple_of(LANES);
+        let need = POINTS * (cin + cout) * stride;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let (v, m) = scratch[..need].split_at_mut(POINTS * cin * stride);
+        let (v, m) = (SyncPtr(v.as_mut_ptr()), SyncPtr(m.as_mut_ptr()));
+        let out = SyncPtr(out.as_mut_ptr());
+        let mut places = Vec::with_capacity(chunk_tiles.min(total));
+        for first in (0..total).step_by(chunk_tiles) {
+            let tiles = chunk_tiles.min(total - first);
+            places.clear();
+            places.extend((first..first + tiles).map(|t| tiling.place(t)));
+            let chunk = Chunk {
+                cin,
+                cout,
+                tiles,
+                stride: tiles.next_multiple_of(LANES),
+                places: &places,
+            };
+            pool.run(cin, 1, &|channels| {
+                for ch in channels {
+                    // SAFETY: AVX-512 (handles); each channel's rows of V are written by
+                    // one item, inside the scratch (need).
+                    unsafe { transform_input(x, ch, &tiling, &chunk, v.get()) };
+                }
+            });
+            let row_panels: Vec<(usize, usize)> = panels(cout, MOST_ROWS).collect();
+            pool.run_each(POINTS * row_panels.len(), &|items| {
+                for item in items {
+                    let (point, (first_row, height)) =
+                        (item / row_panels.len(), row_panels[item % row_panels.len()]);
+                    // SAFETY: AVX-512; point `point`'s V rows were written by the pass
+                    // above; each (point, panel) block of M is written by one item.
+                    unsafe {
+                        multiply(
+                            &filters[point * cout * cin + first_row * cin..][..height * cin],
+                            height,
+                            v.get().add(point * cin * chunk.stride),
+                            m.get().add((point * cout + first_row) * chunk.stride),
+                            &chunk,
+                        )
+                    };
+                }
+            });
+            pool.run(cout, 1, &|filters| {
+                for f in filters {
+                    let start = bias.map_or(0.0, |b| b[f]);
+                    // SAFETY: AVX-512; M was written by the pass above; each output
+                    // channel's tiles are stored by one item, inside `out` (validated by
+                    // the caller).
+                    unsafe {
+                        transform_output(m.get(), f, start, clamp, &tiling, &chunk, out.get())
+                    };
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Input channel `ch`'s transformed patches `B^T d B` of the chunk's tiles into `V[ξ][ch]`
+/// (zeros in the lanes past the chunk's last tile).
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` addresses `POINTS * chunk.cin * chunk.stride` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_input(x: &[f32], ch: usize, tiling: &Tiling, chunk: &Chunk, v: *mut f32) {
+    use std::arch::x86_64::*;
+    let plane_len = tiling.in_h * tiling.in_w;
+    let mut patches = [[0.0f32; GROUP]; POINTS];
+    for lane0 in (0..chunk.stride).step_by(GROUP) {
+        for lane in 0..GROUP {
+            let local = lane0 + lane;
+            if local >= chunk.tiles {
+                patches.iter_mut().for_each(|p| p[lane] = 0.0);
+                continue;
+            }
+            let place = chunk.places[local];
+            let plane = &x[(place.image * chunk.cin + ch) * plane_len..][..plane_len];
+            let (y0, x0) = (place.y0, place.x0);
+            if place.inside {
+                let at = y0 as usize * tiling.in_w + x0 as usize;
+                for i in 0..ALPHA {
+                    let row = &plane[at + i * tiling.in_w..][..ALPHA];
+                    for j in 0..ALPHA {
+                        patches[i * ALPHA + j][lane] = row[j];
+                    }
+                }
+            } else {
+                for i in 0..ALPHA {
+                    let y = y0 + i as isize;
+                    for j in 0..ALPHA {
+                        let xx = x0 + j as isize;
+                        let within = (0..tiling.in_h as isize).contains(&y)
+                            && (0..tiling.in_w as isize).contains(&xx);
+                        patches[i * ALPHA + j][lane] = if within {
+                            plane[y as usize * tiling.in_w + xx as usize]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+        // B^T d: down each patch column; then (B^T d) B: along each row.
+        let mut columns = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
+        for j in 0..ALPHA {
+            // SAFETY: each patch point holds GROUP (16) floats.
+            let d: [__m512; ALPHA] = std::array::from_fn(|i| unsafe {
+                _mm512_loadu_ps(patches[i * ALPHA + j].as_ptr())
+            });
+            let t = input_rows(d);
+            for a in 0..ALPHA {
+                columns[a][j] = t[a];
+            }
+        }
+        for (a, row) in columns.iter().enumerate() {
+            let t = input_rows(*row);
+            for (b, value) in t.iter().enumerate() {
+                let point = a * ALPHA + b;
+                // SAFETY: lane0 + 16 <= stride; the row lies inside V (contract).
+                unsafe {
+                    _mm512_storeu_ps(
+                        v.add((point * chunk.cin + ch) * chunk.stride + lane0),
+                        *value,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// `B^T d` for the six values `d` of a patch column (one vector of tiles each).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn input_rows(d: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m512; ALPHA] {
+    use std::arch::x86_64::*;
+    let k = |v: f32| _mm512_set1_ps(v);
+    let d4_d2 = _mm512_sub_ps(d[4], d[2]);
+    [
+        // 4 d0 - 5 d2 + d4
+        _mm512_fmadd_ps(k(4.0), d[0], _mm512_fmadd_ps(k(-5.0), d[2], d[4])),
+        // -4 (d1 + d2) + (d3 + d4)
+        _mm512_fmadd_ps(
+            k(-4.0),
+            _mm512_add_ps(d[1], d[2]),
+            _mm512_add_ps(d[3], d[4]),
+        ),
+        // 4 (d1 - d2) + (d4 - d3)
+        _mm512_fmadd_ps(k(4.0), _mm512_sub_ps(d[1], d[2]), _mm512_sub_ps(d[4], d[3])),
+        // 2 (d3 - d1) + (d4 - d2)
+        _mm512_fmadd_ps(k(2.0), _mm512_sub_ps(d[3], d[1]), d4_d2),
+        // 2 (d1 - d3) + (d4 - d2)
+        _mm512_fmadd_ps(k(2.0), _mm512_sub_ps(d[1], d[3]), d4_d2),
+        // 4 d1 - 5 d3 + d5
+        _mm512_fmadd_ps(k(4.0), d[1], _mm512_fmadd_ps(k(-5.0), d[3], d[5])),
+    ]
+}
+
+/// `A^T m` for the six values `m` of a transformed column (one vector of tiles each).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn output_rows(m: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m512; TILE] {
+    use std::arch::x86_64::*;
+    let k = |v: f32| _mm512_set1_ps(v);
+    let (sum12, diff12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
+    let (sum34, diff34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
+    [
+        // m0 + m1 + m2 + m3 + m4
+        _mm512_add_ps(_mm512_add_ps(m[0], sum12), sum34),
+        // (m1 - m2) + 2 (m3 - m4)
+        _mm512_fmadd_ps(k(2.0), diff34, diff12),
+        // (m1 + m2) + 4 (m3 + m4)
+        _mm512_fmadd_ps(k(4.0), sum34, sum12),
+        // (m1 - m2) + 8 (m3 - m4) + m5
+        _mm512_add_ps(_mm512_fmadd_ps(k(8.0), diff34, diff12), m[5]),
+    ]
+}
+
+/// `M[ξ]` rows `first_row..first_row + height` for one point: the packed filter panel
+/// `panel` (`height` rows, depth by depth) times that point's `V` (`chunk.cin` rows of
+/// `chunk.stride` tiles), 32 tiles per micro-kernel call.
+///
+/// # Safety
+/// The CPU has AVX-512F; `v` addresses `chunk.cin` rows and `m` `height` rows of
+/// `chunk.stride` floats.
+#[cfg(target_arch = "x86_64")]
+unsafe fn multiply(panel: &[f32], height: usize, v: *const f32, m: *mut f32, chunk: &Chunk) {
+    let call = match height {
+        1 => product::<1>,
+        2 => product::<2>,
+        3 => product::<3>,
+        4 => product::<4>,
+        5 => product::<5>,
+        6 => product::<6>,
+        7 => product::<7>,
+        8 => product::<8>,
+        9 => product::<9>,
+        10 => product::<10>,
+        11 => product::<11>,
+        _ => product::<12>,
+    };
+    for lane0 in (0..chunk.stride).step_by(LANES) {
+        // SAFETY: per the contract; lane0 + 32 <= stride.
+        unsafe {
+            call(
+                panel.as_ptr(),
+                v.add(lane0),
+                chunk.stride,
+                chunk.cin,
+                m.add(lane0),
+            )
+        };
+    }
+}
+
+/// The micro-kernel: `H` rows of 32 sums (two vectors each) over the whole depth, each
+/// step two loads of `V` and one broadcast filter value per row.
+///
+/// # Safety
+/// The CPU has AVX-512F; `panel` holds `depth * H` floats, `v` addresses `depth` rows
+/// and `m` `H` rows of 32 floats, `stride` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn product<const H: usize>(
+    panel: *const f32,
+    v: *const f32,
+    stride: usize,
+    depth: usize,
+    m: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 2]; H];
+    let (mut a, mut row) = (panel, v);
+    for _ in 0..depth {
+        // SAFETY: per the contract.
+        unsafe {
+            let lo = _mm512_loadu_ps(row);
+            let hi = _mm512_loadu_ps(row.add(16));
+            for (r, sums) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*a.add(r));
+                sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
+                sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
+            }
+            a = a.add(H);
+            row = row.add(stride);
+        }
+    }
+    for (r, sums) in acc.iter().enumerate() {
+        // SAFETY: per the contract.
+        unsafe {
+            _mm512_storeu_ps(m.add(r * stride), sums[0]);
+            _mm512_storeu_ps(m.add(r * stride + 16), sums[1]);
+        }
+    }
+}
+
+/// Output channel `f`'s tiles of the chunk: `A^T M A` of its 36 products per tile, plus
+/// `start` (its bias), clamped to `clamp`, stored where they fall inside the output.
+///
+/// # Safety
+/// The CPU has AVX-512F; `m` holds the chunk's products (`POINTS * chunk.cout` rows of
+/// `chunk.stride`), `out` the whole output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_output(
+    m: *const f32,
+    f: usize,
+    start: f32,
+    clamp: Option<(f32, f32)>,
+    tiling: &Tiling,
+    chunk: &Chunk,
+    out: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let plane_len = tiling.out_h * tiling.out_w;
+    let mut values = [[0.0f32; GROUP]; TILE * TILE];
+    for lane0 in (0..chunk.tiles).step_by(GROUP) {
+        // A^T m: down each transformed column; then (A^T m) A: along each row.
+        let mut rows = [[_mm512_setzero_ps(); ALPHA]; TILE];
+        for b in 0..ALPHA {
+            // SAFETY: per the contract; lane0 + 16 <= stride.
+            let column: [__m512; ALPHA] = std::array::from_fn(|a| unsafe {
+                _mm512_loadu_ps(m.add(((a * ALPHA + b) * chunk.cout + f) * chunk.stride + lane0))
+            });
+            for (row, value) in rows.iter_mut().zip(output_rows(column)) {
+                row[b] = value;
+            }
+        }
+        let bias = _mm512_set1_ps(start);
+        for (i, row) in rows.iter().enumerate() {
+            let t = output_rows(*row);
+            for (j, value) in t.iter().enumerate() {
+                let mut y = _mm512_add_ps(*value, bias);
+                if let Some((low, high)) = clamp {
+                    // `max(low, y)` and `min(high, ..)` return y when y is NaN, as the
+                    // reference's NaN-propagating max and min.
+                    y = _mm512_min_ps(_mm512_set1_ps(high), _mm512_max_ps(_mm512_set1_ps(low), y));
+                }
+                // SAFETY: 16 floats per stored point.
+                unsafe { _mm512_storeu_ps(values[i * TILE + j].as_mut_ptr(), y) };
+            }
+        }
+        let placed = &chunk.places[lane0..(lane0 + GROUP).min(chunk.tiles)];
+        for (lane, place) in placed.iter().enumerate() {
+            let plane = (place.image * chunk.cout + f) * plane_len;
+            let (y0, x0) = (place.out_y, place.out_x);
+            let (rows_in, cols_in) = (TILE.min(tiling.out_h - y0), TILE.min(tiling.out_w - x0));
+            for i in 0..rows_in {
+                let at = plane + (y0 + i) * tiling.out_w + x0;
+                for j in 0..cols_in {
+                    // SAFETY: inside output channel f's plane of this image.
+                    unsafe { *out.add(at + j) = values[i * TILE + j][lane] };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transform_input(_: &[f32], _: usize, _: &Tiling, _: &Chunk, _: *mut f32) {
+    unreachable!("handles() refuses every convolution without AVX-512")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn multiply(_: &[f32], _: usize, _: *const f32, _: *mut f32, _: &Chunk) {
+    unreachable!("handles() refuses every convolution without AVX-512")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn transform_output(
+    _: *const f32,
+    _: usize,
+    _: f32,
+    _: Option<(f32, f32)>,
+    _: &Tiling,
+    _: &Chunk,
+    _: *mut f32,
+) {
+    unreachable!("handles() refuses every convolution without AVX-512")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Activation;
+    use crate::kernels::conv::tests::reference;
+
+    /// Input, filters, pads (top, left, bottom, right), bias, activation, chunk bytes.
+    struct Case {
+        input: [usize; 4],
+        filters: usize,
+        pads: [usize; 4],
+        bias: bool,
+        activation: Activation,
+        chunk_bytes: usize,
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The largest difference from the definition (in f64), over the largest magnitude
+    /// of its sums.
+    fn relative_error(case: &Case, threads: usize) -> f64 {
+        let [n, c, h, w] = case.input;
+        let geo = ConvGeometry {
+            input: case.input.to_vec(),
+            weight: vec![case.filters, c, 3, 3],
+            strides: vec![1, 1],
+            pads: case.pads.to_vec(),
+            dilations: vec![1, 1],
+            group: 1,
+            activation: case.activation,
+        };
+        let out_sp = geo.out_spatial().unwrap();
+        assert!(fits(&geo, &out_sp), "AVX-512 is detected, so 3x3 runs here");
+        let x = values(n * c * h * w, 1);
+        let filters = values(case.filters * c * 9, 2);
+        let bias = if case.bias {
+            values(case.filters, 3)
+        } else {
+            vec![0.0; case.filters]
+        };
+        let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+        let mut expected = reference(&wide(&x), &wide(&filters), &wide(&bias), &geo);
+        // The scale of the sums, before a clamp.
+        let scale = expected.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        if let Some((low, high)) = case.activation.clamp_bounds() {
+            expected
+                .iter_mut()
+                .for_each(|v| *v = v.max(f64::from(low)).min(f64::from(high)));
+        }
+        let mut got = vec![f32::NAN; expected.len()];
+        let packed = pack_filters(&filters, &geo);
+        let operands = ConvOperands {
+            x: &x,
+            w: &filters,
+            prepacked: Some(&packed),
+            bias: case.bias.then_some(&bias[..]),
+        };
+        let pool = ThreadPool::new(threads);
+        conv_in_chunks(operands, &geo, &out_sp, &mut got, &pool, case.chunk_bytes).unwrap();
+        got.iter()
+            .zip(&expected)
+            .map(|(&g, &e)| (f64::from(g) - e).abs() / scale)
+            .fold(0.0, |a, e| if e.is_nan() || e > a { e } else { a })
+    }
+
+    #[test]
+    fn winograd_matches_the_definition() {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            // The path exists only on AVX-512; `fits` refuses it elsewhere.
+            assert!(!fits(
+                &ConvGeometry {
+                    input: vec![1, 16, 8, 8],
+                    weight: vec![16, 16, 3, 3],
+                    strides: vec![1, 1],
+                    pads: vec![1, 1, 1, 1],
+                    dilations: vec![1, 1],
+                    group: 1,
+                    activation: Activation::None,
+                },
+                &[8, 8]
+            ));
+            return;
+        }
+        let big = CHUNK_BYTES;
+        // Output sides that are and are not multiples of 4, no, symmetric and
+        // asymmetric pads, two images, filter counts that leave short panels, chunks of
+        // one micro-kernel call (tiles split across chunks and images), bias, ReLU and
+        // Clip.
+        #[rustfmt::skip]
+        let cases = [
+            Case { input: [1, 16, 8, 8], filters: 16, pads: [1, 1, 1, 1], bias: false, activation: Activation::None, chunk_bytes: big },
+            Case { input: [1, 17, 13, 11], filters: 25, pads: [1, 1, 1, 1], bias: true, activation: Activation::None, chunk_bytes: big },
+            Case { input: [2, 20, 12, 19], filters: 16, pads: [0, 2, 1, 0], bias: true, activation: Activation::Relu, chunk_bytes: big },
+            Case { input: [2, 16, 30, 22], filters: 40, pads: [1, 1, 1, 1], bias: true, activation: Activation::Clip { low: -0.5, high: 0.75 }, chunk_bytes: 1 },
+            Case { input: [1, 32, 10, 10], filters: 24, pads: [0, 0, 0, 0], bias: false, activation: Activation::None, chunk_bytes: 1 },
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            for threads in [1, 2] {
+                let error = relative_error(case, threads);
+                // Wrong coefficients or tiles are off by the outputs' own size; the
+                // transforms' roundings stay within a few tens of f32's epsilon.
+                eprintln!("case {i} threads {threads}: {error:e}");
+                assert!(
+                    error < 1e-5,
+                    "case {i} at {threads} threads: relative error {error:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_prepacked_filters_are_refused() {
+        let geo = ConvGeometry {
+            input: vec![1, 16, 8, 8],
+            weight: vec![16, 16, 3, 3],
+            strides: vec![1, 1],
+            pads: vec![1, 1, 1, 1],
+            dilations: vec![1, 1],
+            group: 1,
+            activation: Activation::None,
+        };
+        if !fits(&geo, &[8, 8]) {
+            return;
+        }
+        let (x, w) = (vec![0.0; 16 * 64], vec![0.0; 16 * 16 * 9]);
+        let short = vec![0.0; packed_len(&geo) - 1];
+        let operands = ConvOperands {
+            x: &x,
+            w: &w,
+            prepacked: Some(&short),
+            bias: None,
+        };
+        let mut out = vec![0.0; 16 * 64];
+        let err = conv(operands, &geo, &[8, 8], &mut out, &ThreadPool::new(1)).unwrap_err();
+        assert!(
+            err.to_string().contains("prepacked Winograd filters"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_transforms_are_paid_for_on_wide_layers_with_many_tiles() {
+        // (cin, cout, tiles, taken): ResNet-18's 56x56 and 28x28 layers are taken,
+        // its 7x7 layers (4 tiles) and thin layers are not.
+        let decisions = [
+            (64, 64, 196, true),
+            (128, 128, 49, true),
+            (256, 256, 16, true),
+            (64, 64, 16, false),
+            (512, 512, 4, false),
+            (16, 16, 196, false),
+            (48, 16, 196, false),
+            (16, 48, 196, true),
+        ];
+        for (cin, cout, tiles, taken) in decisions {
+            assert_eq!(
+                pays(cin, cout, tiles),
+                taken,
+                "{cin} -> {cout} over {tiles} tiles"
+            );
+        }
+    }
+}
