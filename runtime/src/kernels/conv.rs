@@ -1,7 +1,8 @@
 //! N-d convolution: work items of (output-column tile, filter block), each building only
 //! its tile of the im2col matrix (the `window`) in a per-thread scratch and multiplying
 //! it on `gemm`; a plain MatMul for 1x1 kernels; depthwise convolutions and, where the
-//! CPU has AVX-512, 2-D f32 implicit matrix products handed to their own files.
+//! CPU has AVX-512, 2-D f32 implicit matrix products and 3x3 Winograd products handed
+//! to their own files.
 
 use super::activation::Activation;
 use super::window::Window;

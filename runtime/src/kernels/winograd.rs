@@ -13,7 +13,7 @@
 //! The tiles of all images are numbered in one sequence and taken in chunks whose
 //! transformed input and products fit in the cache; each chunk runs three passes over
 //! the threads: the input transform (channel by channel, 16 tiles to a vector), the 36
-//! products (a micro-kernel of up to 12 output channels by 32 tiles, its sums in
+//! products (a micro-kernel of up to 12 output channels by 32 or 16 tiles, its sums in
 //! registers over the whole depth), and the output transform with the bias and a folded
 //! ReLU or Clip (output channel by output channel). The transformed filters are computed
 //! in f64 and rounded once; the input and output transforms round at each step, as a
@@ -37,9 +37,12 @@ const LANES: usize = 32;
 const GROUP: usize = 16;
 /// Most output channels one product micro-kernel call computes.
 const MOST_ROWS: usize = 12;
-/// Bytes that a chunk's transformed input and products may take together: about the
-/// second-level cache and a half, so the products read their operands from cache.
-const CHUNK_BYTES: usize = 3 << 20;
+/// Bytes per thread that a chunk's transformed input and products may take together.
+/// Each chunk costs three passes over the threads, so chunks are as large as the
+/// caches allow: on Zen 4 (1 MB of L2 per core, 32 MB of L3) 64 -> 64 at 56x56 ran as
+/// fast at 1 and 2 MB on one thread, and at two threads in 0.58 ms at 1 MB a thread,
+/// 0.47 at 2 and 0.43 at 4 (the implicit product: 1.12 ms).
+const CHUNK_BYTES: usize = 2 << 20;
 
 /// `G` of F(4x4, 3x3): the filter transform, `U = G g G^T`.
 const G: [[f64; 3]; ALPHA] = [
@@ -54,6 +57,8 @@ const G: [[f64; 3]; ALPHA] = [
 thread_local! {
     /// The calling thread's transformed input and products, kept between calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's zero-padded input strips for the input transform.
+    static STRIPS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether [`conv`] runs the convolution `geo` (output spatial sizes `out_sp`) on this
@@ -63,6 +68,7 @@ pub(crate) fn handles(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
         && pays(
             geo.input[1],
             geo.weight[0],
+            geo.input[0] * out_sp[0] * out_sp[1],
             geo.input[0] * out_sp[0].div_ceil(TILE) * out_sp[1].div_ceil(TILE),
         )
 }
@@ -84,17 +90,18 @@ fn fits(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
         && out_sp.len() == 2
 }
 
-/// Whether `cin -> cout` channels over `tiles` tiles run faster here than as an implicit
-/// product (single-core timings on Zen 4, interleaved): the products' depth is `cin`
-/// and the transforms cost per channel and tile, so few channels leave the transforms
-/// unpaid (16 -> 16 at 56x56 ran 1.08x slower, 24 -> 24 0.77x, 48 -> 16 1.01x, 16 ->
-/// 48 0.85x); a micro-kernel call computes 32 tiles, so under 32 tiles lanes go to
-/// waste, paid back only by wide layers (14x14, 16 tiles: 64 -> 64 1.10x, 128 -> 128
-/// 0.88x; 12x12, 9 tiles: 64 -> 64 1.39x).
-fn pays(cin: usize, cout: usize, tiles: usize) -> bool {
-    let enough_channels = cin >= 16 && cout >= 24 && cin * cout >= 24 * 24;
-    let enough_tiles = tiles >= 32 || (tiles >= 16 && cin >= 128 && cout >= 128);
-    enough_channels && enough_tiles
+/// Whether `cin -> cout` channels over `outputs` output positions in `tiles` tiles run
+/// faster here than as an implicit product (timings on Zen 4, both paths interleaved in
+/// one process, at one and two threads). The products' depth is `cin` and the transforms
+/// cost per channel and tile, yet even thin layers gain (8 -> 16 at 112x112: 0.89x the
+/// time at one thread, 0.91x at two; 16 -> 16 at 56x56: 0.71x and 0.94x). The tiles are
+/// computed whole, 16 to a vector: where too few of the computed positions are outputs,
+/// the waste eats the saving (64 -> 64 at 10x10, 9 tiles of which 39% are outputs:
+/// 0.82x and 0.96x; at 9x9, 32%: 0.96x and 1.17x; 512 -> 512 at 7x7, 19%: 1.93x).
+fn pays(cin: usize, cout: usize, outputs: usize, tiles: usize) -> bool {
+    let enough_channels = cin >= 8 && cout >= 16;
+    let computed = tiles.next_multiple_of(GROUP) * TILE * TILE;
+    enough_channels && 8 * outputs >= 3 * computed
 }
 
 /// Elements of [`pack_filters`]'s result: 36 transformed filters per channel pair.
@@ -152,35 +159,31 @@ impl Tiling {
         let per_image = self.rows * self.cols;
         let (image, row, col) = (t / per_image, t % per_image / self.cols, t % self.cols);
         let (out_y, out_x) = (row * TILE, col * TILE);
-        let (y0, x0) = (
-            out_y as isize - self.pad_top as isize,
-            out_x as isize - self.pad_left as isize,
-        );
         TilePlace {
             image,
             out_y,
             out_x,
-            y0,
-            x0,
-            inside: y0 >= 0
-                && x0 >= 0
-                && y0 as usize + ALPHA <= self.in_h
-                && x0 as usize + ALPHA <= self.in_w,
+            strip: 0,
         }
     }
 }
 
-/// Where a tile lies: its image, its first output row and column, the input row and
-/// column of its patch's corner, and whether the patch lies inside the input (no
-/// padding read).
+/// Where a tile lies: its image, its first output row and column, and the chunk's strip
+/// of input rows that holds its patch.
 #[derive(Clone, Copy, Debug)]
 struct TilePlace {
     image: usize,
     out_y: usize,
     out_x: usize,
-    y0: isize,
-    x0: isize,
-    inside: bool,
+    strip: usize,
+}
+
+/// Floats from one point's matrix of `rows` rows of `stride` to the next: one cache line
+/// more than the matrix, so the 36 rows that a transform reads or writes for a channel
+/// do not all fall in one set of the first-level cache (at 64 rows of 64 tiles, the
+/// matrices are 16 KB apart, a multiple of the 4 KB that the set index spans).
+fn point_block(rows: usize, stride: usize) -> usize {
+    rows * stride + GROUP
 }
 
 /// The shapes of one call: channels, tiles, and the chunk's padded lane count.
@@ -189,10 +192,16 @@ struct Chunk<'a> {
     cout: usize,
     /// The chunk's tile count.
     tiles: usize,
-    /// `tiles` rounded up to whole micro-kernel calls: the row length of `V` and `M`.
+    /// `tiles` rounded up to whole vectors: the row length of `V` and `M`.
     stride: usize,
+    /// Floats from one point's matrix of `V` (and of `M`) to the next ([`point_block`]).
+    v_block: usize,
+    m_block: usize,
     /// Where each of the chunk's tiles lies (worked out once, not per channel).
     places: &'a [TilePlace],
+    /// The chunk's tile rows, in order: image and first input row (negative in the
+    /// padding) of each strip of six input rows.
+    strips: &'a [(usize, isize)],
 }
 
 /// The convolution `geo` (which [`handles`] takes, validated by the caller) by F(4x4,
@@ -206,7 +215,8 @@ pub(crate) fn conv(
     out: &mut [f32],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
-    conv_in_chunks(operands, geo, out_sp, out, pool, CHUNK_BYTES)
+    let chunk_bytes = CHUNK_BYTES * pool.threads();
+    conv_in_chunks(operands, geo, out_sp, out, pool, chunk_bytes)
 }
 
 /// [`conv`] with chunks of transformed input and products of about `chunk_bytes`.
@@ -268,25 +278,40 @@ fn conv_in_chunks(
     let clamp = geo.activation.clamp_bounds();
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        let stride = chunk_tiles.min(total).next_multiple_of(LANES);
-        let need = POINTS * (cin + cout) * stride;
+        let stride = chunk_tiles.min(total).next_multiple_of(GROUP);
+        let v_len = POINTS * point_block(cin, stride);
+        let need = v_len + POINTS * point_block(cout, stride);
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        let (v, m) = scratch[..need].split_at_mut(POINTS * cin * stride);
+        let (v, m) = scratch[..need].split_at_mut(v_len);
         let (v, m) = (SyncPtr(v.as_mut_ptr()), SyncPtr(m.as_mut_ptr()));
         let out = SyncPtr(out.as_mut_ptr());
         let mut places = Vec::with_capacity(chunk_tiles.min(total));
+        let mut strips = Vec::new();
         for first in (0..total).step_by(chunk_tiles) {
             let tiles = chunk_tiles.min(total - first);
+            let stride = tiles.next_multiple_of(GROUP);
             places.clear();
-            places.extend((first..first + tiles).map(|t| tiling.place(t)));
+            strips.clear();
+            for t in first..first + tiles {
+                let mut place = tiling.place(t);
+                let y0 = place.out_y as isize - tiling.pad_top as isize;
+                if strips.last() != Some(&(place.image, y0)) {
+                    strips.push((place.image, y0));
+                }
+                place.strip = strips.len() - 1;
+                places.push(place);
+            }
             let chunk = Chunk {
                 cin,
                 cout,
                 tiles,
-                stride: tiles.next_multiple_of(LANES),
+                stride,
+                v_block: point_block(cin, stride),
+                m_block: point_block(cout, stride),
                 places: &places,
+                strips: &strips,
             };
             pool.run(cin, 1, &|channels| {
                 for ch in channels {
@@ -306,8 +331,9 @@ fn conv_in_chunks(
                         multiply(
                             &filters[point * cout * cin + first_row * cin..][..height * cin],
                             height,
-                            v.get().add(point * cin * chunk.stride),
-                            m.get().add((point * cout + first_row) * chunk.stride),
+                            v.get().add(point * chunk.v_block),
+                            m.get()
+                                .add(point * chunk.m_block + first_row * chunk.stride),
                             &chunk,
                         )
                     };
@@ -332,74 +358,110 @@ fn conv_in_chunks(
 /// Input channel `ch`'s transformed patches `B^T d B` of the chunk's tiles into `V[ξ][ch]`
 /// (zeros in the lanes past the chunk's last tile).
 ///
+/// The six input rows of each tile row in the chunk are first copied into a strip
+/// `4 * tiling.cols + 2` wide with the padding as zeros, so every patch is six runs of
+/// six floats: each run is read as two 4-float loads (floats 0-3 and 2-5), and a 4x4
+/// transpose in each 128-bit lane of four tiles' loads gives a column of the patch as a
+/// vector of 16 tiles.
+///
 /// # Safety
-/// The CPU has AVX-512F; `v` addresses `POINTS * chunk.cin * chunk.stride` floats.
+/// The CPU has AVX-512F; `v` addresses `POINTS * chunk.v_block` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_input(x: &[f32], ch: usize, tiling: &Tiling, chunk: &Chunk, v: *mut f32) {
     use std::arch::x86_64::*;
     let plane_len = tiling.in_h * tiling.in_w;
-    let mut patches = [[0.0f32; GROUP]; POINTS];
-    for lane0 in (0..chunk.stride).step_by(GROUP) {
-        for lane in 0..GROUP {
-            let local = lane0 + lane;
-            if local >= chunk.tiles {
-                patches.iter_mut().for_each(|p| p[lane] = 0.0);
-                continue;
-            }
-            let place = chunk.places[local];
-            let plane = &x[(place.image * chunk.cin + ch) * plane_len..][..plane_len];
-            let (y0, x0) = (place.y0, place.x0);
-            if place.inside {
-                let at = y0 as usize * tiling.in_w + x0 as usize;
-                for i in 0..ALPHA {
-                    let row = &plane[at + i * tiling.in_w..][..ALPHA];
-                    for j in 0..ALPHA {
-                        patches[i * ALPHA + j][lane] = row[j];
-                    }
-                }
-            } else {
-                for i in 0..ALPHA {
-                    let y = y0 + i as isize;
-                    for j in 0..ALPHA {
-                        let xx = x0 + j as isize;
-                        let within = (0..tiling.in_h as isize).contains(&y)
-                            && (0..tiling.in_w as isize).contains(&xx);
-                        patches[i * ALPHA + j][lane] = if within {
-                            plane[y as usize * tiling.in_w + xx as usize]
-                        } else {
-                            0.0
-                        };
-                    }
+    let width = tiling.cols * TILE + 2;
+    STRIPS.with(|cell| {
+        let mut strips = cell.borrow_mut();
+        // One more strip of zeros, read by the lanes past the chunk's last tile.
+        let len = (chunk.strips.len() + 1) * ALPHA * width;
+        strips.clear();
+        strips.resize(len, 0.0);
+        let copied = tiling.in_w.min(width.saturating_sub(tiling.pad_left));
+        for (strip, &(image, y0)) in chunk.strips.iter().enumerate() {
+            let plane = &x[(image * chunk.cin + ch) * plane_len..][..plane_len];
+            for i in 0..ALPHA {
+                let y = y0 + i as isize;
+                if (0..tiling.in_h as isize).contains(&y) && copied > 0 {
+                    let row = &plane[y as usize * tiling.in_w..][..copied];
+                    let at = (strip * ALPHA + i) * width + tiling.pad_left;
+                    strips[at..at + copied].copy_from_slice(row);
                 }
             }
         }
-        // B^T d: down each patch column; then (B^T d) B: along each row.
-        let mut columns = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
-        for j in 0..ALPHA {
-            // SAFETY: each patch point holds GROUP (16) floats.
-            let d: [__m512; ALPHA] = std::array::from_fn(|i| unsafe {
-                _mm512_loadu_ps(patches[i * ALPHA + j].as_ptr())
+        let zeros = chunk.strips.len() * ALPHA * width;
+        for lane0 in (0..chunk.stride).step_by(GROUP) {
+            let corners: [usize; GROUP] = std::array::from_fn(|lane| {
+                chunk
+                    .places
+                    .get(lane0 + lane)
+                    .map_or(zeros, |place| place.strip * ALPHA * width + place.out_x)
             });
-            let t = input_rows(d);
-            for a in 0..ALPHA {
-                columns[a][j] = t[a];
-            }
-        }
-        for (a, row) in columns.iter().enumerate() {
-            let t = input_rows(*row);
-            for (b, value) in t.iter().enumerate() {
-                let point = a * ALPHA + b;
-                // SAFETY: lane0 + 16 <= stride; the row lies inside V (contract).
-                unsafe {
-                    _mm512_storeu_ps(
-                        v.add((point * chunk.cin + ch) * chunk.stride + lane0),
-                        *value,
-                    )
+            // patch[i][j]: row i, column j of the 16 tiles' patches.
+            let mut patch = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
+            for (i, row) in patch.iter_mut().enumerate() {
+                // SAFETY: each corner's strip holds six rows of `width` floats, and a
+                // patch's columns end at its corner plus 6 <= width.
+                let load = |offset: usize| -> [__m512; 4] {
+                    let runs: [__m128; GROUP] = std::array::from_fn(|lane| unsafe {
+                        _mm_loadu_ps(strips.as_ptr().add(corners[lane] + i * width + offset))
+                    });
+                    transpose_in_lanes(std::array::from_fn(|l| {
+                        let v = _mm512_castps128_ps512(runs[l]);
+                        let v = _mm512_insertf32x4::<1>(v, runs[4 + l]);
+                        let v = _mm512_insertf32x4::<2>(v, runs[8 + l]);
+                        _mm512_insertf32x4::<3>(v, runs[12 + l])
+                    }))
                 };
+                let (first, last) = (load(0), load(2));
+                *row = [first[0], first[1], first[2], first[3], last[2], last[3]];
+            }
+            // B^T d: down each patch column; then (B^T d) B: along each row.
+            let mut columns = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
+            for j in 0..ALPHA {
+                let t = input_rows(std::array::from_fn(|i| patch[i][j]));
+                for (column, value) in columns.iter_mut().zip(t) {
+                    column[j] = value;
+                }
+            }
+            for (a, row) in columns.iter().enumerate() {
+                for (b, value) in input_rows(*row).into_iter().enumerate() {
+                    let point = a * ALPHA + b;
+                    // SAFETY: lane0 + 16 <= stride; the row lies inside V (contract).
+                    unsafe {
+                        _mm512_storeu_ps(
+                            v.add(point * chunk.v_block + ch * chunk.stride + lane0),
+                            value,
+                        )
+                    };
+                }
             }
         }
-    }
+    });
+}
+
+/// A 4x4 transpose within each 128-bit lane of `rows`: float `j` of lane `k` of row `l`
+/// becomes float `l` of lane `k` of row `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose_in_lanes(rows: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_64::__m512; 4] {
+    use std::arch::x86_64::*;
+    let (low01, high01) = (
+        _mm512_unpacklo_ps(rows[0], rows[1]),
+        _mm512_unpackhi_ps(rows[0], rows[1]),
+    );
+    let (low23, high23) = (
+        _mm512_unpacklo_ps(rows[2], rows[3]),
+        _mm512_unpackhi_ps(rows[2], rows[3]),
+    );
+    [
+        _mm512_shuffle_ps::<0x44>(low01, low23),
+        _mm512_shuffle_ps::<0xEE>(low01, low23),
+        _mm512_shuffle_ps::<0x44>(high01, high23),
+        _mm512_shuffle_ps::<0xEE>(high01, high23),
+    ]
 }
 
 /// `B^T d` for the six values `d` of a patch column (one vector of tiles each).
@@ -453,29 +515,24 @@ fn output_rows(m: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m
 
 /// `M[ξ]` rows `first_row..first_row + height` for one point: the packed filter panel
 /// `panel` (`height` rows, depth by depth) times that point's `V` (`chunk.cin` rows of
-/// `chunk.stride` tiles), 32 tiles per micro-kernel call.
+/// `chunk.stride` tiles), 32 tiles per micro-kernel call and 16 for the last where the
+/// stride leaves 16.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `v` addresses `chunk.cin` rows and `m` `height` rows of
 /// `chunk.stride` floats.
 #[cfg(target_arch = "x86_64")]
 unsafe fn multiply(panel: &[f32], height: usize, v: *const f32, m: *mut f32, chunk: &Chunk) {
-    let call = match height {
-        1 => product::<1>,
-        2 => product::<2>,
-        3 => product::<3>,
-        4 => product::<4>,
-        5 => product::<5>,
-        6 => product::<6>,
-        7 => product::<7>,
-        8 => product::<8>,
-        9 => product::<9>,
-        10 => product::<10>,
-        11 => product::<11>,
-        _ => product::<12>,
-    };
-    for lane0 in (0..chunk.stride).step_by(LANES) {
-        // SAFETY: per the contract; lane0 + 32 <= stride.
+    let (wide, narrow) = (kernel::<2>(height), kernel::<1>(height));
+    let mut lane0 = 0;
+    while lane0 < chunk.stride {
+        let call = if lane0 + LANES <= chunk.stride {
+            wide
+        } else {
+            narrow
+        };
+        // SAFETY: per the contract; the stride is a multiple of 16, so a narrow call's 16
+        // lanes lie inside it.
         unsafe {
             call(
                 panel.as_ptr(),
@@ -485,18 +542,46 @@ unsafe fn multiply(panel: &[f32], height: usize, v: *const f32, m: *mut f32, chu
                 m.add(lane0),
             )
         };
+        lane0 += if lane0 + LANES <= chunk.stride {
+            LANES
+        } else {
+            GROUP
+        };
     }
 }
 
-/// The micro-kernel: `H` rows of 32 sums (two vectors each) over the whole depth, each
-/// step two loads of `V` and one broadcast filter value per row.
+/// A micro-kernel call: panel, `V`, stride, depth, `M`.
+#[cfg(target_arch = "x86_64")]
+type Product = unsafe fn(*const f32, *const f32, usize, usize, *mut f32);
+
+/// [`product`] for panels of `height` rows, `VECTORS` vectors of 16 tiles wide.
+#[cfg(target_arch = "x86_64")]
+fn kernel<const VECTORS: usize>(height: usize) -> Product {
+    match height {
+        1 => product::<1, VECTORS>,
+        2 => product::<2, VECTORS>,
+        3 => product::<3, VECTORS>,
+        4 => product::<4, VECTORS>,
+        5 => product::<5, VECTORS>,
+        6 => product::<6, VECTORS>,
+        7 => product::<7, VECTORS>,
+        8 => product::<8, VECTORS>,
+        9 => product::<9, VECTORS>,
+        10 => product::<10, VECTORS>,
+        11 => product::<11, VECTORS>,
+        _ => product::<12, VECTORS>,
+    }
+}
+
+/// The micro-kernel: `H` rows of `16 * VECTORS` sums over the whole depth, each step
+/// `VECTORS` loads of `V` and one broadcast filter value per row.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `panel` holds `depth * H` floats, `v` addresses `depth` rows
-/// and `m` `H` rows of 32 floats, `stride` apart.
+/// and `m` `H` rows of `16 * VECTORS` floats, `stride` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn product<const H: usize>(
+unsafe fn product<const H: usize, const VECTORS: usize>(
     panel: *const f32,
     v: *const f32,
     stride: usize,
@@ -504,27 +589,26 @@ unsafe fn product<const H: usize>(
     m: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; H];
+    let mut acc = [[_mm512_setzero_ps(); VECTORS]; H];
     let (mut a, mut row) = (panel, v);
     for _ in 0..depth {
         // SAFETY: per the contract.
         unsafe {
-            let lo = _mm512_loadu_ps(row);
-            let hi = _mm512_loadu_ps(row.add(16));
+            let x: [__m512; VECTORS] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
             for (r, sums) in acc.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(*a.add(r));
-                sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
-                sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
+                for (sum, x) in sums.iter_mut().zip(x) {
+                    *sum = _mm512_fmadd_ps(w, x, *sum);
+                }
             }
             a = a.add(H);
             row = row.add(stride);
         }
     }
     for (r, sums) in acc.iter().enumerate() {
-        // SAFETY: per the contract.
-        unsafe {
-            _mm512_storeu_ps(m.add(r * stride), sums[0]);
-            _mm512_storeu_ps(m.add(r * stride + 16), sums[1]);
+        for (i, sum) in sums.iter().enumerate() {
+            // SAFETY: per the contract.
+            unsafe { _mm512_storeu_ps(m.add(r * stride + 16 * i), *sum) };
         }
     }
 }
@@ -533,7 +617,7 @@ unsafe fn product<const H: usize>(
 /// `start` (its bias), clamped to `clamp`, stored where they fall inside the output.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `m` holds the chunk's products (`POINTS * chunk.cout` rows of
+/// The CPU has AVX-512F; `m` holds the chunk's products (`POINTS` blocks of `chunk.m_block`, rows of
 /// `chunk.stride`), `out` the whole output.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -548,31 +632,38 @@ unsafe fn transform_output(
 ) {
     use std::arch::x86_64::*;
     let plane_len = tiling.out_h * tiling.out_w;
-    let mut values = [[0.0f32; GROUP]; TILE * TILE];
+    // Row i of tile `4k + l` of the group: floats `4k..4k + 4` of `by_tile[i][l]`.
+    let mut by_tile = [[[0.0f32; GROUP]; 4]; TILE];
     for lane0 in (0..chunk.tiles).step_by(GROUP) {
         // A^T m: down each transformed column; then (A^T m) A: along each row.
         let mut rows = [[_mm512_setzero_ps(); ALPHA]; TILE];
         for b in 0..ALPHA {
             // SAFETY: per the contract; lane0 + 16 <= stride.
             let column: [__m512; ALPHA] = std::array::from_fn(|a| unsafe {
-                _mm512_loadu_ps(m.add(((a * ALPHA + b) * chunk.cout + f) * chunk.stride + lane0))
+                _mm512_loadu_ps(m.add((a * ALPHA + b) * chunk.m_block + f * chunk.stride + lane0))
             });
             for (row, value) in rows.iter_mut().zip(output_rows(column)) {
                 row[b] = value;
             }
         }
         let bias = _mm512_set1_ps(start);
-        for (i, row) in rows.iter().enumerate() {
-            let t = output_rows(*row);
-            for (j, value) in t.iter().enumerate() {
-                let mut y = _mm512_add_ps(*value, bias);
-                if let Some((low, high)) = clamp {
+        for (row, by_tile) in rows.iter().zip(by_tile.iter_mut()) {
+            let y = output_rows(*row).map(|value| {
+                let y = _mm512_add_ps(value, bias);
+                match clamp {
                     // `max(low, y)` and `min(high, ..)` return y when y is NaN, as the
                     // reference's NaN-propagating max and min.
-                    y = _mm512_min_ps(_mm512_set1_ps(high), _mm512_max_ps(_mm512_set1_ps(low), y));
+                    Some((low, high)) => {
+                        _mm512_min_ps(_mm512_set1_ps(high), _mm512_max_ps(_mm512_set1_ps(low), y))
+                    }
+                    None => y,
                 }
-                // SAFETY: 16 floats per stored point.
-                unsafe { _mm512_storeu_ps(values[i * TILE + j].as_mut_ptr(), y) };
+            });
+            // The row's four columns of each tile side by side.
+            let transposed = transpose_in_lanes(y);
+            for (stored, value) in by_tile.iter_mut().zip(transposed) {
+                // SAFETY: 16 floats per row.
+                unsafe { _mm512_storeu_ps(stored.as_mut_ptr(), value) };
             }
         }
         let placed = &chunk.places[lane0..(lane0 + GROUP).min(chunk.tiles)];
@@ -580,11 +671,18 @@ unsafe fn transform_output(
             let plane = (place.image * chunk.cout + f) * plane_len;
             let (y0, x0) = (place.out_y, place.out_x);
             let (rows_in, cols_in) = (TILE.min(tiling.out_h - y0), TILE.min(tiling.out_w - x0));
-            for i in 0..rows_in {
+            let (l, k) = (lane % 4, lane / 4);
+            for (i, by_tile) in by_tile.iter().enumerate().take(rows_in) {
                 let at = plane + (y0 + i) * tiling.out_w + x0;
-                for j in 0..cols_in {
-                    // SAFETY: inside output channel f's plane of this image.
-                    unsafe { *out.add(at + j) = values[i * TILE + j][lane] };
+                let row = &by_tile[l][4 * k..4 * k + 4];
+                if cols_in == TILE {
+                    // SAFETY: the tile's four columns lie inside the output row.
+                    unsafe { _mm_storeu_ps(out.add(at), _mm_loadu_ps(row.as_ptr())) };
+                } else {
+                    for (j, &value) in row.iter().enumerate().take(cols_in) {
+                        // SAFETY: inside output channel f's plane of this image.
+                        unsafe { *out.add(at + j) = value };
+                    }
                 }
             }
         }
@@ -711,8 +809,8 @@ mod tests {
         }
         let big = CHUNK_BYTES;
         // Output sides that are and are not multiples of 4, no, symmetric and
-        // asymmetric pads, two images, filter counts that leave short panels, chunks of
-        // one micro-kernel call (tiles split across chunks and images), bias, ReLU and
+        // asymmetric pads, two images, filter counts that leave short panels, 16-tile
+        // micro-kernel calls (4 and 48 tiles), chunks of one micro-kernel call (tiles split across chunks and images), bias, ReLU and
         // Clip.
         #[rustfmt::skip]
         let cases = [
@@ -720,6 +818,7 @@ mod tests {
             Case { input: [1, 17, 13, 11], filters: 25, pads: [1, 1, 1, 1], bias: true, activation: Activation::None, chunk_bytes: big },
             Case { input: [2, 20, 12, 19], filters: 16, pads: [0, 2, 1, 0], bias: true, activation: Activation::Relu, chunk_bytes: big },
             Case { input: [2, 16, 30, 22], filters: 40, pads: [1, 1, 1, 1], bias: true, activation: Activation::Clip { low: -0.5, high: 0.75 }, chunk_bytes: 1 },
+            Case { input: [1, 24, 24, 32], filters: 30, pads: [1, 1, 1, 1], bias: true, activation: Activation::None, chunk_bytes: big },
             Case { input: [1, 32, 10, 10], filters: 24, pads: [0, 0, 0, 0], bias: false, activation: Activation::None, chunk_bytes: 1 },
         ];
         for (i, case) in cases.iter().enumerate() {
@@ -767,24 +866,26 @@ mod tests {
     }
 
     #[test]
-    fn the_transforms_are_paid_for_on_wide_layers_with_many_tiles() {
-        // (cin, cout, tiles, taken): ResNet-18's 56x56 and 28x28 layers are taken,
-        // its 7x7 layers (4 tiles) and thin layers are not.
-        let decisions = [
-            (64, 64, 196, true),
-            (128, 128, 49, true),
-            (256, 256, 16, true),
-            (64, 64, 16, false),
-            (512, 512, 4, false),
-            (16, 16, 196, false),
-            (48, 16, 196, false),
-            (16, 48, 196, true),
+    fn the_transforms_are_paid_for_where_channels_and_outputs_fill_them() {
+        // (cin, cout, output side, taken): ResNet-18's 56x56, 28x28 and 14x14 layers
+        // are taken, its 7x7 layers and the thinnest layers are not.
+        let decisions: [(usize, usize, usize, bool); 9] = [
+            (64, 64, 56, true),
+            (128, 128, 28, true),
+            (256, 256, 14, true),
+            (64, 64, 10, true),
+            (64, 64, 9, false),
+            (512, 512, 7, false),
+            (8, 16, 112, true),
+            (4, 16, 112, false),
+            (16, 8, 112, false),
         ];
-        for (cin, cout, tiles, taken) in decisions {
+        for (cin, cout, side, taken) in decisions {
+            let tiles = side.div_ceil(TILE) * side.div_ceil(TILE);
             assert_eq!(
-                pays(cin, cout, tiles),
+                pays(cin, cout, side * side, tiles),
                 taken,
-                "{cin} -> {cout} over {tiles} tiles"
+                "{cin} -> {cout} at {side}x{side}"
             );
         }
     }
