@@ -101,11 +101,12 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     {
         return Some(sparse_taps::pack_filters(w, geo));
     }
-    if geo
+    if let Some(minimal) = geo
         .out_spatial()
-        .is_ok_and(|out_sp| winograd::handles(geo, &out_sp))
+        .ok()
+        .and_then(|out_sp| winograd::choose(geo, &out_sp))
     {
-        return Some(winograd::pack_filters(w, geo));
+        return Some(winograd::pack_filters(w, geo, minimal));
     }
     implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
 }

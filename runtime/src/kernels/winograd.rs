@@ -1,6 +1,7 @@
 //! 3x3, unit-stride, undilated, ungrouped f32 convolutions by Winograd's minimal
 //! filtering F(4x4, 3x3) on AVX-512: 36 multiplications per 4x4 output tile and
-//! input-filter channel pair instead of 144, at the price of three transforms.
+//! input-filter channel pair instead of 144, at the price of three transforms; on maps
+//! too small for 4x4 tiles (7x7), F(2x2, 3x3): 16 instead of 36.
 //!
 //! Following Lavin and Gray ("Fast Algorithms for Convolutional Neural Networks", 2015),
 //! each 4x4 output tile `Y` of a channel pair is `A^T [(G g G^T) ⊙ (B^T d B)] A` for the
@@ -8,7 +9,8 @@
 //! channels, the element-wise products become 36 matrix products, one per point `ξ` of
 //! the 6x6 transformed tile: `M[ξ] = U[ξ] V[ξ]`, with `U[ξ]` the transformed filters
 //! (output channels by input channels, packed once per program for constant weights)
-//! and `V[ξ]` the transformed input (input channels by tiles).
+//! and `V[ξ]` the transformed input (input channels by tiles). F(2x2, 3x3) is the same
+//! with 2x2 tiles, 4x4 patches and 16 points.
 //!
 //! The tiles of all images are numbered in one sequence and taken in chunks whose
 //! transformed input and products fit in the cache; each chunk runs three passes over
@@ -25,12 +27,40 @@ use super::{ConvGeometry, KernelError, SyncPtr};
 use crate::threads::ThreadPool;
 use std::cell::RefCell;
 
-/// Outputs along each side of a tile.
-const TILE: usize = 4;
-/// Inputs along each side of the patch a tile reads: `TILE + 3 - 1`.
-const ALPHA: usize = 6;
-/// Points of a transformed tile: one matrix product each.
-const POINTS: usize = ALPHA * ALPHA;
+/// The two algorithms: F(4x4, 3x3) and F(2x2, 3x3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Minimal {
+    F4,
+    F2,
+}
+
+impl Minimal {
+    /// Outputs along each side of a tile.
+    const fn tile(self) -> usize {
+        match self {
+            Minimal::F4 => 4,
+            Minimal::F2 => 2,
+        }
+    }
+
+    /// Inputs along each side of the patch a tile reads: `tile + 3 - 1`.
+    const fn alpha(self) -> usize {
+        self.tile() + 2
+    }
+
+    /// Points of a transformed tile: one matrix product each.
+    const fn points(self) -> usize {
+        self.alpha() * self.alpha()
+    }
+
+    /// `G`, the filter transform `U = G g G^T` (`alpha` rows).
+    fn g(self) -> &'static [[f64; 3]] {
+        match self {
+            Minimal::F4 => &G4,
+            Minimal::F2 => &G2,
+        }
+    }
+}
 /// Tiles one product micro-kernel call computes (two 16-lane vectors).
 const LANES: usize = 32;
 /// Tiles one transform step handles (one vector).
@@ -44,13 +74,21 @@ const MOST_ROWS: usize = 12;
 /// 0.47 at 2 and 0.43 at 4 (the implicit product: 1.12 ms).
 const CHUNK_BYTES: usize = 2 << 20;
 
-/// `G` of F(4x4, 3x3): the filter transform, `U = G g G^T`.
-const G: [[f64; 3]; ALPHA] = [
+/// `G` of F(4x4, 3x3).
+const G4: [[f64; 3]; 6] = [
     [1.0 / 4.0, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
     [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
     [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
     [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G` of F(2x2, 3x3).
+const G2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
     [0.0, 0.0, 1.0],
 ];
 
@@ -62,19 +100,36 @@ thread_local! {
 }
 
 /// Whether [`conv`] runs the convolution `geo` (output spatial sizes `out_sp`) on this
-/// CPU: one it can run ([`fits`]) with enough work to pay for the transforms ([`pays`]).
+/// CPU ([`choose`]).
 pub(crate) fn handles(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
-    fits(geo, out_sp)
-        && pays(
-            geo.input[1],
-            geo.weight[0],
-            geo.input[0] * out_sp[0] * out_sp[1],
-            geo.input[0] * out_sp[0].div_ceil(TILE) * out_sp[1].div_ceil(TILE),
-        )
+    choose(geo, out_sp).is_some()
 }
 
-/// Whether F(4x4, 3x3) computes `geo` on this CPU: AVX-512, two spatial axes, a 3x3
-/// window at unit strides and dilations, one group.
+/// The algorithm for `geo` on this CPU, if any: one it can run ([`fits`]) with enough
+/// work to pay for the transforms ([`pays`]), F(4x4, 3x3) where it pays.
+pub(crate) fn choose(geo: &ConvGeometry, out_sp: &[usize]) -> Option<Minimal> {
+    if !fits(geo, out_sp) {
+        return None;
+    }
+    pick(
+        geo.input[1],
+        geo.weight[0],
+        geo.input[0],
+        [out_sp[0], out_sp[1]],
+    )
+}
+
+/// [`choose`] for `cin -> cout` channels over `images` output maps of `out` positions.
+fn pick(cin: usize, cout: usize, images: usize, out: [usize; 2]) -> Option<Minimal> {
+    [Minimal::F4, Minimal::F2].into_iter().find(|&minimal| {
+        let tile = minimal.tile();
+        let tiles = images * out[0].div_ceil(tile) * out[1].div_ceil(tile);
+        pays(minimal, cin, cout, images * out[0] * out[1], tiles)
+    })
+}
+
+/// Whether the Winograd algorithms compute `geo` on this CPU: AVX-512, two spatial
+/// axes, a 3x3 window at unit strides and dilations, one group.
 fn fits(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
     #[cfg(target_arch = "x86_64")]
     let avx512 = std::arch::is_x86_feature_detected!("avx512f");
@@ -91,46 +146,58 @@ fn fits(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
 }
 
 /// Whether `cin -> cout` channels over `outputs` output positions in `tiles` tiles run
-/// faster here than as an implicit product (timings on Zen 4, both paths interleaved in
-/// one process, at one and two threads). The products' depth is `cin` and the transforms
-/// cost per channel and tile, yet even thin layers gain (8 -> 16 at 112x112: 0.89x the
-/// time at one thread, 0.91x at two; 16 -> 16 at 56x56: 0.71x and 0.94x). The tiles are
-/// computed whole, 16 to a vector: where too few of the computed positions are outputs,
-/// the waste eats the saving (64 -> 64 at 10x10, 9 tiles of which 39% are outputs:
-/// 0.82x and 0.96x; at 9x9, 32%: 0.96x and 1.17x; 512 -> 512 at 7x7, 19%: 1.93x).
-fn pays(cin: usize, cout: usize, outputs: usize, tiles: usize) -> bool {
-    let enough_channels = cin >= 8 && cout >= 16;
-    let computed = tiles.next_multiple_of(GROUP) * TILE * TILE;
-    enough_channels && 8 * outputs >= 3 * computed
+/// faster by `minimal` than as an implicit product (timings on Zen 4, both paths
+/// interleaved in one process, at one and two threads). The products' depth is `cin`
+/// and the transforms cost per channel and tile, yet even thin layers gain from F(4x4,
+/// 3x3) (8 -> 16 at 112x112: 0.89x the time at one thread, 0.91x at two; 16 -> 16 at
+/// 56x56: 0.71x and 0.94x). The tiles are computed whole, 16 to a vector: where too few
+/// of the computed positions are outputs, the waste eats the saving (64 -> 64 at 10x10,
+/// 9 tiles of which 39% are outputs: 0.82x and 0.96x; at 9x9, 32%: 0.96x and 1.17x; 512
+/// -> 512 at 7x7, 19%: 1.93x). F(2x2, 3x3) saves less (16 products instead of 36 per
+/// four outputs) and, on the small maps it is for, has little work to split over the
+/// threads: it pays on wide layers (7x7: 512 -> 512 0.82x and 0.78x, 256 -> 256 0.66x
+/// and 0.93x, 160 -> 320 0.67x and 1.04x; 8x8: 128 -> 128 0.55x and 0.79x) but not thin
+/// ones (7x7: 32 -> 128 0.95x and 1.45x; 9x9: 64 -> 64 0.94x and 1.42x).
+fn pays(minimal: Minimal, cin: usize, cout: usize, outputs: usize, tiles: usize) -> bool {
+    let tile = minimal.tile();
+    let computed = tiles.next_multiple_of(GROUP) * tile * tile;
+    match minimal {
+        Minimal::F4 => cin >= 8 && cout >= 16 && 8 * outputs >= 3 * computed,
+        Minimal::F2 => {
+            cin >= 64 && cout >= 64 && cin * cout >= 128 * 128 && 8 * outputs >= 3 * computed
+        }
+    }
 }
 
-/// Elements of [`pack_filters`]'s result: 36 transformed filters per channel pair.
-pub(crate) fn packed_len(geo: &ConvGeometry) -> usize {
-    POINTS * geo.weight[0] * geo.weight[1]
+/// Elements of [`pack_filters`]'s result: a transformed filter per point and channel
+/// pair.
+pub(crate) fn packed_len(geo: &ConvGeometry, minimal: Minimal) -> usize {
+    minimal.points() * geo.weight[0] * geo.weight[1]
 }
 
 /// The transformed filters `U[ξ] = (G g G^T)[ξ]` of `w` (`[M, C, 3, 3]`): point by
 /// point, `M x C` matrices packed in panels of up to 12 output channels, depth (input
 /// channel) by depth.
-pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
+pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry, minimal: Minimal) -> Vec<f32> {
     let (m, c) = (geo.weight[0], geo.weight[1]);
-    let mut points = vec![0.0f32; POINTS * m * c];
+    let (g_matrix, alpha) = (minimal.g(), minimal.alpha());
+    let mut points = vec![0.0f32; packed_len(geo, minimal)];
     for (pair, g) in w.chunks_exact(9).enumerate() {
-        // G g (6x3), then (G g) G^T (6x6), in f64.
-        let mut gg = [[0.0f64; 3]; ALPHA];
-        for (a, row) in gg.iter_mut().enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = (0..3).map(|i| G[a][i] * f64::from(g[i * 3 + j])).sum();
-            }
-        }
-        for a in 0..ALPHA {
-            for b in 0..ALPHA {
-                let u: f64 = (0..3).map(|j| gg[a][j] * G[b][j]).sum();
-                points[(a * ALPHA + b) * m * c + pair] = u as f32;
+        // G g (alpha x 3), then (G g) G^T (alpha x alpha), in f64.
+        let gg: Vec<[f64; 3]> = g_matrix
+            .iter()
+            .map(|row| {
+                std::array::from_fn(|j| (0..3).map(|i| row[i] * f64::from(g[i * 3 + j])).sum())
+            })
+            .collect();
+        for a in 0..alpha {
+            for b in 0..alpha {
+                let u: f64 = (0..3).map(|j| gg[a][j] * g_matrix[b][j]).sum();
+                points[(a * alpha + b) * m * c + pair] = u as f32;
             }
         }
     }
-    let mut packed = vec![0.0f32; POINTS * m * c];
+    let mut packed = vec![0.0f32; points.len()];
     for (point, packed) in points
         .chunks_exact(m * c)
         .zip(packed.chunks_exact_mut(m * c))
@@ -140,9 +207,10 @@ pub(crate) fn pack_filters(w: &[f32], geo: &ConvGeometry) -> Vec<f32> {
     packed
 }
 
-/// Where the tiles lie: per image `rows x cols` tiles of 4x4 outputs.
+/// Where the tiles lie: per image `rows x cols` tiles of `tile x tile` outputs.
 #[derive(Clone, Copy)]
 struct Tiling {
+    tile: usize,
     rows: usize,
     cols: usize,
     in_h: usize,
@@ -158,7 +226,7 @@ impl Tiling {
     fn place(&self, t: usize) -> TilePlace {
         let per_image = self.rows * self.cols;
         let (image, row, col) = (t / per_image, t % per_image / self.cols, t % self.cols);
-        let (out_y, out_x) = (row * TILE, col * TILE);
+        let (out_y, out_x) = (row * self.tile, col * self.tile);
         TilePlace {
             image,
             out_y,
@@ -200,7 +268,7 @@ struct Chunk<'a> {
     /// Where each of the chunk's tiles lies (worked out once, not per channel).
     places: &'a [TilePlace],
     /// The chunk's tile rows, in order: image and first input row (negative in the
-    /// padding) of each strip of six input rows.
+    /// padding) of each strip of `alpha` input rows.
     strips: &'a [(usize, isize)],
 }
 
@@ -215,8 +283,11 @@ pub(crate) fn conv(
     out: &mut [f32],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
+    let minimal = choose(geo, out_sp).ok_or_else(|| {
+        KernelError::Shape("the Winograd convolution does not take this convolution".into())
+    })?;
     let chunk_bytes = CHUNK_BYTES * pool.threads();
-    conv_in_chunks(operands, geo, out_sp, out, pool, chunk_bytes)
+    conv_in_chunks(operands, geo, out_sp, out, pool, minimal, chunk_bytes)
 }
 
 /// [`conv`] with chunks of transformed input and products of about `chunk_bytes`.
@@ -226,6 +297,7 @@ fn conv_in_chunks(
     out_sp: &[usize],
     out: &mut [f32],
     pool: &ThreadPool,
+    minimal: Minimal,
     chunk_bytes: usize,
 ) -> Result<(), KernelError> {
     if !fits(geo, out_sp) {
@@ -245,14 +317,14 @@ fn conv_in_chunks(
     let (out_h, out_w) = (out_sp[0], out_sp[1]);
     let packed_here;
     let filters = match prepacked {
-        Some(p) if p.len() == packed_len(geo) => p,
+        Some(p) if p.len() == packed_len(geo, minimal) => p,
         Some(_) => {
             return Err(KernelError::Shape(
                 "the prepacked Winograd filters do not match the convolution".into(),
             ));
         }
         None => {
-            packed_here = pack_filters(w, geo);
+            packed_here = pack_filters(w, geo, minimal);
             &packed_here[..]
         }
     };
@@ -263,8 +335,9 @@ fn conv_in_chunks(
         )));
     }
     let tiling = Tiling {
-        rows: out_h.div_ceil(TILE),
-        cols: out_w.div_ceil(TILE),
+        tile: minimal.tile(),
+        rows: out_h.div_ceil(minimal.tile()),
+        cols: out_w.div_ceil(minimal.tile()),
         in_h,
         in_w,
         out_h,
@@ -273,14 +346,15 @@ fn conv_in_chunks(
         pad_left: geo.pads[1],
     };
     let total = n * tiling.rows * tiling.cols;
-    let per_tile = POINTS * (cin + cout) * std::mem::size_of::<f32>();
+    let points = minimal.points();
+    let per_tile = points * (cin + cout) * std::mem::size_of::<f32>();
     let chunk_tiles = (chunk_bytes / per_tile / LANES * LANES).max(LANES);
     let clamp = geo.activation.clamp_bounds();
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         let stride = chunk_tiles.min(total).next_multiple_of(GROUP);
-        let v_len = POINTS * point_block(cin, stride);
-        let need = v_len + POINTS * point_block(cout, stride);
+        let v_len = points * point_block(cin, stride);
+        let need = v_len + points * point_block(cout, stride);
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
@@ -317,11 +391,16 @@ fn conv_in_chunks(
                 for ch in channels {
                     // SAFETY: AVX-512 (handles); each channel's rows of V are written by
                     // one item, inside the scratch (need).
-                    unsafe { transform_input(x, ch, &tiling, &chunk, v.get()) };
+                    unsafe {
+                        match minimal {
+                            Minimal::F4 => transform_input::<6>(x, ch, &tiling, &chunk, v.get()),
+                            Minimal::F2 => transform_input::<4>(x, ch, &tiling, &chunk, v.get()),
+                        }
+                    };
                 }
             });
             let row_panels: Vec<(usize, usize)> = panels(cout, MOST_ROWS).collect();
-            pool.run_each(POINTS * row_panels.len(), &|items| {
+            pool.run_each(points * row_panels.len(), &|items| {
                 for item in items {
                     let (point, (first_row, height)) =
                         (item / row_panels.len(), row_panels[item % row_panels.len()]);
@@ -345,8 +424,16 @@ fn conv_in_chunks(
                     // SAFETY: AVX-512; M was written by the pass above; each output
                     // channel's tiles are stored by one item, inside `out` (validated by
                     // the caller).
+                    let (m, out) = (m.get(), out.get());
                     unsafe {
-                        transform_output(m.get(), f, start, clamp, &tiling, &chunk, out.get())
+                        match minimal {
+                            Minimal::F4 => {
+                                transform_output::<4, 6>(m, f, start, clamp, &tiling, &chunk, out)
+                            }
+                            Minimal::F2 => {
+                                transform_output::<2, 4>(m, f, start, clamp, &tiling, &chunk, out)
+                            }
+                        }
                     };
                 }
             });
@@ -365,44 +452,51 @@ fn conv_in_chunks(
 /// vector of 16 tiles.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `v` addresses `POINTS * chunk.v_block` floats.
+/// The CPU has AVX-512F; `v` addresses `A * A * chunk.v_block` floats; `A` is the
+/// algorithm's patch side (6 or 4).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_input(x: &[f32], ch: usize, tiling: &Tiling, chunk: &Chunk, v: *mut f32) {
+unsafe fn transform_input<const A: usize>(
+    x: &[f32],
+    ch: usize,
+    tiling: &Tiling,
+    chunk: &Chunk,
+    v: *mut f32,
+) {
     use std::arch::x86_64::*;
     let plane_len = tiling.in_h * tiling.in_w;
-    let width = tiling.cols * TILE + 2;
+    let width = tiling.cols * tiling.tile + 2;
     STRIPS.with(|cell| {
         let mut strips = cell.borrow_mut();
         // One more strip of zeros, read by the lanes past the chunk's last tile.
-        let len = (chunk.strips.len() + 1) * ALPHA * width;
+        let len = (chunk.strips.len() + 1) * A * width;
         strips.clear();
         strips.resize(len, 0.0);
         let copied = tiling.in_w.min(width.saturating_sub(tiling.pad_left));
         for (strip, &(image, y0)) in chunk.strips.iter().enumerate() {
             let plane = &x[(image * chunk.cin + ch) * plane_len..][..plane_len];
-            for i in 0..ALPHA {
+            for i in 0..A {
                 let y = y0 + i as isize;
                 if (0..tiling.in_h as isize).contains(&y) && copied > 0 {
                     let row = &plane[y as usize * tiling.in_w..][..copied];
-                    let at = (strip * ALPHA + i) * width + tiling.pad_left;
+                    let at = (strip * A + i) * width + tiling.pad_left;
                     strips[at..at + copied].copy_from_slice(row);
                 }
             }
         }
-        let zeros = chunk.strips.len() * ALPHA * width;
+        let zeros = chunk.strips.len() * A * width;
         for lane0 in (0..chunk.stride).step_by(GROUP) {
             let corners: [usize; GROUP] = std::array::from_fn(|lane| {
                 chunk
                     .places
                     .get(lane0 + lane)
-                    .map_or(zeros, |place| place.strip * ALPHA * width + place.out_x)
+                    .map_or(zeros, |place| place.strip * A * width + place.out_x)
             });
             // patch[i][j]: row i, column j of the 16 tiles' patches.
-            let mut patch = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
+            let mut patch = [[_mm512_setzero_ps(); A]; A];
             for (i, row) in patch.iter_mut().enumerate() {
-                // SAFETY: each corner's strip holds six rows of `width` floats, and a
-                // patch's columns end at its corner plus 6 <= width.
+                // SAFETY: each corner's strip holds A rows of `width` floats, and a
+                // patch's columns end at its corner plus A <= width.
                 let load = |offset: usize| -> [__m512; 4] {
                     let runs: [__m128; GROUP] = std::array::from_fn(|lane| unsafe {
                         _mm_loadu_ps(strips.as_ptr().add(corners[lane] + i * width + offset))
@@ -414,20 +508,22 @@ unsafe fn transform_input(x: &[f32], ch: usize, tiling: &Tiling, chunk: &Chunk, 
                         _mm512_insertf32x4::<3>(v, runs[12 + l])
                     }))
                 };
-                let (first, last) = (load(0), load(2));
-                *row = [first[0], first[1], first[2], first[3], last[2], last[3]];
+                // Columns 0-3, and for six-wide patches 4-5 from the run at 2.
+                let first = load(0);
+                let last = if A > 4 { load(2) } else { first };
+                *row = std::array::from_fn(|j| if j < 4 { first[j] } else { last[j - 2] });
             }
             // B^T d: down each patch column; then (B^T d) B: along each row.
-            let mut columns = [[_mm512_setzero_ps(); ALPHA]; ALPHA];
-            for j in 0..ALPHA {
-                let t = input_rows(std::array::from_fn(|i| patch[i][j]));
+            let mut columns = [[_mm512_setzero_ps(); A]; A];
+            for j in 0..A {
+                let t = input_rows::<A>(std::array::from_fn(|i| patch[i][j]));
                 for (column, value) in columns.iter_mut().zip(t) {
                     column[j] = value;
                 }
             }
             for (a, row) in columns.iter().enumerate() {
-                for (b, value) in input_rows(*row).into_iter().enumerate() {
-                    let point = a * ALPHA + b;
+                for (b, value) in input_rows::<A>(*row).into_iter().enumerate() {
+                    let point = a * A + b;
                     // SAFETY: lane0 + 16 <= stride; the row lies inside V (contract).
                     unsafe {
                         _mm512_storeu_ps(
@@ -464,15 +560,25 @@ fn transpose_in_lanes(rows: [std::arch::x86_64::__m512; 4]) -> [std::arch::x86_6
     ]
 }
 
-/// `B^T d` for the six values `d` of a patch column (one vector of tiles each).
+/// `B^T d` for the `A` values `d` of a patch column (one vector of tiles each).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn input_rows(d: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m512; ALPHA] {
+fn input_rows<const A: usize>(d: [std::arch::x86_64::__m512; A]) -> [std::arch::x86_64::__m512; A] {
     use std::arch::x86_64::*;
+    if A == 4 {
+        // F(2x2, 3x3): d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+        let rows = [
+            _mm512_sub_ps(d[0], d[2]),
+            _mm512_add_ps(d[1], d[2]),
+            _mm512_sub_ps(d[2], d[1]),
+            _mm512_sub_ps(d[1], d[3]),
+        ];
+        return std::array::from_fn(|i| rows[i]);
+    }
     let k = |v: f32| _mm512_set1_ps(v);
     let d4_d2 = _mm512_sub_ps(d[4], d[2]);
-    [
+    let rows = [
         // 4 d0 - 5 d2 + d4
         _mm512_fmadd_ps(k(4.0), d[0], _mm512_fmadd_ps(k(-5.0), d[2], d[4])),
         // -4 (d1 + d2) + (d3 + d4)
@@ -489,19 +595,31 @@ fn input_rows(d: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m5
         _mm512_fmadd_ps(k(2.0), _mm512_sub_ps(d[1], d[3]), d4_d2),
         // 4 d1 - 5 d3 + d5
         _mm512_fmadd_ps(k(4.0), d[1], _mm512_fmadd_ps(k(-5.0), d[3], d[5])),
-    ]
+    ];
+    std::array::from_fn(|i| rows[i])
 }
 
-/// `A^T m` for the six values `m` of a transformed column (one vector of tiles each).
+/// `A^T m` for the `A` values `m` of a transformed column (one vector of tiles each):
+/// `T` outputs.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn output_rows(m: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m512; TILE] {
+fn output_rows<const T: usize, const A: usize>(
+    m: [std::arch::x86_64::__m512; A],
+) -> [std::arch::x86_64::__m512; T] {
     use std::arch::x86_64::*;
+    if A == 4 {
+        // F(2x2, 3x3): m0 + m1 + m2, m1 - m2 - m3.
+        let rows = [
+            _mm512_add_ps(_mm512_add_ps(m[0], m[1]), m[2]),
+            _mm512_sub_ps(_mm512_sub_ps(m[1], m[2]), m[3]),
+        ];
+        return std::array::from_fn(|i| rows[i]);
+    }
     let k = |v: f32| _mm512_set1_ps(v);
     let (sum12, diff12) = (_mm512_add_ps(m[1], m[2]), _mm512_sub_ps(m[1], m[2]));
     let (sum34, diff34) = (_mm512_add_ps(m[3], m[4]), _mm512_sub_ps(m[3], m[4]));
-    [
+    let rows = [
         // m0 + m1 + m2 + m3 + m4
         _mm512_add_ps(_mm512_add_ps(m[0], sum12), sum34),
         // (m1 - m2) + 2 (m3 - m4)
@@ -510,7 +628,8 @@ fn output_rows(m: [std::arch::x86_64::__m512; ALPHA]) -> [std::arch::x86_64::__m
         _mm512_fmadd_ps(k(4.0), sum34, sum12),
         // (m1 - m2) + 8 (m3 - m4) + m5
         _mm512_add_ps(_mm512_fmadd_ps(k(8.0), diff34, diff12), m[5]),
-    ]
+    ];
+    std::array::from_fn(|i| rows[i])
 }
 
 /// `M[ξ]` rows `first_row..first_row + height` for one point: the packed filter panel
@@ -613,15 +732,16 @@ unsafe fn product<const H: usize, const VECTORS: usize>(
     }
 }
 
-/// Output channel `f`'s tiles of the chunk: `A^T M A` of its 36 products per tile, plus
-/// `start` (its bias), clamped to `clamp`, stored where they fall inside the output.
+/// Output channel `f`'s tiles of the chunk: `A^T M A` of its products per tile (`T x T`
+/// outputs from `A x A` points), plus `start` (its bias), clamped to `clamp`, stored
+/// where they fall inside the output.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `m` holds the chunk's products (`POINTS` blocks of `chunk.m_block`, rows of
-/// `chunk.stride`), `out` the whole output.
+/// The CPU has AVX-512F; `m` holds the chunk's products (`A * A` blocks of
+/// `chunk.m_block`, rows of `chunk.stride`), `out` the whole output.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_output(
+unsafe fn transform_output<const T: usize, const A: usize>(
     m: *const f32,
     f: usize,
     start: f32,
@@ -632,23 +752,23 @@ unsafe fn transform_output(
 ) {
     use std::arch::x86_64::*;
     let plane_len = tiling.out_h * tiling.out_w;
-    // Row i of tile `4k + l` of the group: floats `4k..4k + 4` of `by_tile[i][l]`.
-    let mut by_tile = [[[0.0f32; GROUP]; 4]; TILE];
+    // Row i of tile `4k + l` of the group: floats `4k..4k + T` of `by_tile[i][l]`.
+    let mut by_tile = [[[0.0f32; GROUP]; 4]; T];
     for lane0 in (0..chunk.tiles).step_by(GROUP) {
         // A^T m: down each transformed column; then (A^T m) A: along each row.
-        let mut rows = [[_mm512_setzero_ps(); ALPHA]; TILE];
-        for b in 0..ALPHA {
+        let mut rows = [[_mm512_setzero_ps(); A]; T];
+        for b in 0..A {
             // SAFETY: per the contract; lane0 + 16 <= stride.
-            let column: [__m512; ALPHA] = std::array::from_fn(|a| unsafe {
-                _mm512_loadu_ps(m.add((a * ALPHA + b) * chunk.m_block + f * chunk.stride + lane0))
+            let column: [__m512; A] = std::array::from_fn(|a| unsafe {
+                _mm512_loadu_ps(m.add((a * A + b) * chunk.m_block + f * chunk.stride + lane0))
             });
-            for (row, value) in rows.iter_mut().zip(output_rows(column)) {
+            for (row, value) in rows.iter_mut().zip(output_rows::<T, A>(column)) {
                 row[b] = value;
             }
         }
         let bias = _mm512_set1_ps(start);
         for (row, by_tile) in rows.iter().zip(by_tile.iter_mut()) {
-            let y = output_rows(*row).map(|value| {
+            let y = output_rows::<T, A>(*row).map(|value| {
                 let y = _mm512_add_ps(value, bias);
                 match clamp {
                     // `max(low, y)` and `min(high, ..)` return y when y is NaN, as the
@@ -659,8 +779,10 @@ unsafe fn transform_output(
                     None => y,
                 }
             });
-            // The row's four columns of each tile side by side.
-            let transposed = transpose_in_lanes(y);
+            // The row's columns of each tile side by side (zeros past a 2-wide tile's).
+            let transposed = transpose_in_lanes(std::array::from_fn(|j| {
+                if j < T { y[j] } else { _mm512_setzero_ps() }
+            }));
             for (stored, value) in by_tile.iter_mut().zip(transposed) {
                 // SAFETY: 16 floats per row.
                 unsafe { _mm512_storeu_ps(stored.as_mut_ptr(), value) };
@@ -670,12 +792,12 @@ unsafe fn transform_output(
         for (lane, place) in placed.iter().enumerate() {
             let plane = (place.image * chunk.cout + f) * plane_len;
             let (y0, x0) = (place.out_y, place.out_x);
-            let (rows_in, cols_in) = (TILE.min(tiling.out_h - y0), TILE.min(tiling.out_w - x0));
+            let (rows_in, cols_in) = (T.min(tiling.out_h - y0), T.min(tiling.out_w - x0));
             let (l, k) = (lane % 4, lane / 4);
             for (i, by_tile) in by_tile.iter().enumerate().take(rows_in) {
                 let at = plane + (y0 + i) * tiling.out_w + x0;
                 let row = &by_tile[l][4 * k..4 * k + 4];
-                if cols_in == TILE {
+                if cols_in == 4 {
                     // SAFETY: the tile's four columns lie inside the output row.
                     unsafe { _mm_storeu_ps(out.add(at), _mm_loadu_ps(row.as_ptr())) };
                 } else {
@@ -690,7 +812,7 @@ unsafe fn transform_output(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn transform_input(_: &[f32], _: usize, _: &Tiling, _: &Chunk, _: *mut f32) {
+unsafe fn transform_input<const A: usize>(_: &[f32], _: usize, _: &Tiling, _: &Chunk, _: *mut f32) {
     unreachable!("handles() refuses every convolution without AVX-512")
 }
 
@@ -700,8 +822,7 @@ unsafe fn multiply(_: &[f32], _: usize, _: *const f32, _: *mut f32, _: &Chunk) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn transform_output(
+unsafe fn transform_output<const T: usize, const A: usize>(
     _: *const f32,
     _: usize,
     _: f32,
@@ -743,7 +864,7 @@ mod tests {
 
     /// The largest difference from the definition (in f64), over the largest magnitude
     /// of its sums.
-    fn relative_error(case: &Case, threads: usize) -> f64 {
+    fn relative_error(case: &Case, threads: usize, minimal: Minimal) -> f64 {
         let [n, c, h, w] = case.input;
         let geo = ConvGeometry {
             input: case.input.to_vec(),
@@ -773,7 +894,7 @@ mod tests {
                 .for_each(|v| *v = v.max(f64::from(low)).min(f64::from(high)));
         }
         let mut got = vec![f32::NAN; expected.len()];
-        let packed = pack_filters(&filters, &geo);
+        let packed = pack_filters(&filters, &geo, minimal);
         let operands = ConvOperands {
             x: &x,
             w: &filters,
@@ -781,7 +902,16 @@ mod tests {
             bias: case.bias.then_some(&bias[..]),
         };
         let pool = ThreadPool::new(threads);
-        conv_in_chunks(operands, &geo, &out_sp, &mut got, &pool, case.chunk_bytes).unwrap();
+        conv_in_chunks(
+            operands,
+            &geo,
+            &out_sp,
+            &mut got,
+            &pool,
+            minimal,
+            case.chunk_bytes,
+        )
+        .unwrap();
         got.iter()
             .zip(&expected)
             .map(|(&g, &e)| (f64::from(g) - e).abs() / scale)
@@ -822,14 +952,17 @@ mod tests {
             Case { input: [1, 32, 10, 10], filters: 24, pads: [0, 0, 0, 0], bias: false, activation: Activation::None, chunk_bytes: 1 },
         ];
         for (i, case) in cases.iter().enumerate() {
-            for threads in [1, 2] {
-                let error = relative_error(case, threads);
+            for (threads, minimal) in [1, 2]
+                .into_iter()
+                .flat_map(|t| [(t, Minimal::F4), (t, Minimal::F2)])
+            {
+                let error = relative_error(case, threads, minimal);
                 // Wrong coefficients or tiles are off by the outputs' own size; the
                 // transforms' roundings stay within a few tens of f32's epsilon.
-                eprintln!("case {i} threads {threads}: {error:e}");
+                eprintln!("case {i} threads {threads} {minimal:?}: {error:e}");
                 assert!(
                     error < 1e-5,
-                    "case {i} at {threads} threads: relative error {error:e}"
+                    "case {i} at {threads} threads by {minimal:?}: relative error {error:e}"
                 );
             }
         }
@@ -838,7 +971,7 @@ mod tests {
     #[test]
     fn mismatched_prepacked_filters_are_refused() {
         let geo = ConvGeometry {
-            input: vec![1, 16, 8, 8],
+            input: vec![1, 16, 16, 16],
             weight: vec![16, 16, 3, 3],
             strides: vec![1, 1],
             pads: vec![1, 1, 1, 1],
@@ -846,19 +979,23 @@ mod tests {
             group: 1,
             activation: Activation::None,
         };
-        if !fits(&geo, &[8, 8]) {
+        let Some(minimal) = choose(&geo, &[16, 16]) else {
+            assert!(
+                !fits(&geo, &[16, 16]),
+                "16 -> 16 at 16x16 pays where it fits"
+            );
             return;
-        }
-        let (x, w) = (vec![0.0; 16 * 64], vec![0.0; 16 * 16 * 9]);
-        let short = vec![0.0; packed_len(&geo) - 1];
+        };
+        let (x, w) = (vec![0.0; 16 * 256], vec![0.0; 16 * 16 * 9]);
+        let short = vec![0.0; packed_len(&geo, minimal) - 1];
         let operands = ConvOperands {
             x: &x,
             w: &w,
             prepacked: Some(&short),
             bias: None,
         };
-        let mut out = vec![0.0; 16 * 64];
-        let err = conv(operands, &geo, &[8, 8], &mut out, &ThreadPool::new(1)).unwrap_err();
+        let mut out = vec![0.0; 16 * 256];
+        let err = conv(operands, &geo, &[16, 16], &mut out, &ThreadPool::new(1)).unwrap_err();
         assert!(
             err.to_string().contains("prepacked Winograd filters"),
             "{err}"
@@ -867,24 +1004,25 @@ mod tests {
 
     #[test]
     fn the_transforms_are_paid_for_where_channels_and_outputs_fill_them() {
-        // (cin, cout, output side, taken): ResNet-18's 56x56, 28x28 and 14x14 layers
-        // are taken, its 7x7 layers and the thinnest layers are not.
-        let decisions: [(usize, usize, usize, bool); 9] = [
-            (64, 64, 56, true),
-            (128, 128, 28, true),
-            (256, 256, 14, true),
-            (64, 64, 10, true),
-            (64, 64, 9, false),
-            (512, 512, 7, false),
-            (8, 16, 112, true),
-            (4, 16, 112, false),
-            (16, 8, 112, false),
+        // (cin, cout, output side, algorithm): ResNet-18's 56x56, 28x28 and 14x14 layers
+        // take F(4x4, 3x3), its 7x7 layers F(2x2, 3x3), the thinnest layers neither.
+        let decisions = [
+            (64, 64, 56, Some(Minimal::F4)),
+            (128, 128, 28, Some(Minimal::F4)),
+            (256, 256, 14, Some(Minimal::F4)),
+            (64, 64, 10, Some(Minimal::F4)),
+            (512, 512, 7, Some(Minimal::F2)),
+            (128, 128, 8, Some(Minimal::F2)),
+            (64, 64, 9, None),
+            (32, 128, 7, None),
+            (8, 16, 112, Some(Minimal::F4)),
+            (4, 16, 112, None),
+            (16, 8, 112, None),
         ];
-        for (cin, cout, side, taken) in decisions {
-            let tiles = side.div_ceil(TILE) * side.div_ceil(TILE);
+        for (cin, cout, side, minimal) in decisions {
             assert_eq!(
-                pays(cin, cout, side * side, tiles),
-                taken,
+                pick(cin, cout, 1, [side, side]),
+                minimal,
                 "{cin} -> {cout} at {side}x{side}"
             );
         }
