@@ -298,43 +298,27 @@ fn conv_paths<T: Float>(
         pool.run(n * m, min_items.max(1), &per_channel);
         return Ok(());
     }
-    if is_f32::<T>() && winograd::handles(geo, &out_sp) {
+    let winograd = is_f32::<T>() && winograd::handles(geo, &out_sp);
+    if winograd || (is_f32::<T>() && implicit::handles(geo)) {
         // SAFETY: T is f32.
-        unsafe {
-            winograd::conv(
+        let (operands, out) = unsafe {
+            (
                 ConvOperands {
                     x: as_f32(x),
                     w: as_f32(w),
                     prepacked: prepacked.map(|p| as_f32(p)),
                     bias: bias.map(|b| as_f32(b)),
                 },
-                geo,
-                &out_sp,
                 as_f32_mut(out),
-                pool,
-            )?
+            )
         };
-        super::activation::apply_in_blocks(geo.activation.after_stores(), out, pool);
-        return Ok(());
-    }
-    if is_f32::<T>() && implicit::handles(geo) {
-        // SAFETY: T is f32.
-        unsafe {
-            implicit::conv2d(
-                ConvOperands {
-                    x: as_f32(x),
-                    w: as_f32(w),
-                    prepacked: prepacked.map(|p| as_f32(p)),
-                    bias: bias.map(|b| as_f32(b)),
-                },
-                geo,
-                as_f32_mut(out),
-                pool,
-                tile_elements,
-            )?
-        };
-        // The implicit products clamp their registers (ReLU, Clip); any other activation
-        // goes over the output after them.
+        if winograd {
+            winograd::conv(operands, geo, &out_sp, out, pool)?;
+        } else {
+            implicit::conv2d(operands, geo, out, pool, tile_elements)?;
+        }
+        // Both clamp their results for ReLU and Clip; any other activation goes over
+        // the output after them.
         super::activation::apply_in_blocks(geo.activation.after_stores(), out, pool);
         return Ok(());
     }

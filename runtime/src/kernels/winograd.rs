@@ -864,17 +864,27 @@ mod tests {
 
     /// The largest difference from the definition (in f64), over the largest magnitude
     /// of its sums.
-    fn relative_error(case: &Case, threads: usize, minimal: Minimal) -> f64 {
-        let [n, c, h, w] = case.input;
-        let geo = ConvGeometry {
-            input: case.input.to_vec(),
-            weight: vec![case.filters, c, 3, 3],
+    /// A 3x3 unit-stride convolution of `input` by `filters` filters.
+    fn geometry(
+        input: [usize; 4],
+        filters: usize,
+        pads: [usize; 4],
+        activation: Activation,
+    ) -> ConvGeometry {
+        ConvGeometry {
+            input: input.to_vec(),
+            weight: vec![filters, input[1], 3, 3],
             strides: vec![1, 1],
-            pads: case.pads.to_vec(),
+            pads: pads.to_vec(),
             dilations: vec![1, 1],
             group: 1,
-            activation: case.activation,
-        };
+            activation,
+        }
+    }
+
+    fn relative_error(case: &Case, threads: usize, minimal: Minimal) -> f64 {
+        let [n, c, h, w] = case.input;
+        let geo = geometry(case.input, case.filters, case.pads, case.activation);
         let out_sp = geo.out_spatial().unwrap();
         assert!(fits(&geo, &out_sp), "AVX-512 is detected, so 3x3 runs here");
         let x = values(n * c * h * w, 1);
@@ -923,25 +933,15 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if !std::arch::is_x86_feature_detected!("avx512f") {
             // The path exists only on AVX-512; `fits` refuses it elsewhere.
-            assert!(!fits(
-                &ConvGeometry {
-                    input: vec![1, 16, 8, 8],
-                    weight: vec![16, 16, 3, 3],
-                    strides: vec![1, 1],
-                    pads: vec![1, 1, 1, 1],
-                    dilations: vec![1, 1],
-                    group: 1,
-                    activation: Activation::None,
-                },
-                &[8, 8]
-            ));
+            let geo = geometry([1, 16, 8, 8], 16, [1; 4], Activation::None);
+            assert!(!fits(&geo, &[8, 8]));
             return;
         }
         let big = CHUNK_BYTES;
-        // Output sides that are and are not multiples of 4, no, symmetric and
+        // Output sides that are and are not multiples of the tile, no, symmetric and
         // asymmetric pads, two images, filter counts that leave short panels, 16-tile
-        // micro-kernel calls (4 and 48 tiles), chunks of one micro-kernel call (tiles split across chunks and images), bias, ReLU and
-        // Clip.
+        // micro-kernel calls, chunks of one micro-kernel call (tiles split across chunks
+        // and images), bias, ReLU and Clip.
         #[rustfmt::skip]
         let cases = [
             Case { input: [1, 16, 8, 8], filters: 16, pads: [1, 1, 1, 1], bias: false, activation: Activation::None, chunk_bytes: big },
@@ -970,15 +970,7 @@ mod tests {
 
     #[test]
     fn mismatched_prepacked_filters_are_refused() {
-        let geo = ConvGeometry {
-            input: vec![1, 16, 16, 16],
-            weight: vec![16, 16, 3, 3],
-            strides: vec![1, 1],
-            pads: vec![1, 1, 1, 1],
-            dilations: vec![1, 1],
-            group: 1,
-            activation: Activation::None,
-        };
+        let geo = geometry([1, 16, 16, 16], 16, [1; 4], Activation::None);
         let Some(minimal) = choose(&geo, &[16, 16]) else {
             assert!(
                 !fits(&geo, &[16, 16]),
