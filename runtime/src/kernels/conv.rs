@@ -298,8 +298,12 @@ fn conv_paths<T: Float>(
         pool.run(n * m, min_items.max(1), &per_channel);
         return Ok(());
     }
-    let winograd = is_f32::<T>() && winograd::handles(geo, &out_sp);
-    if winograd || (is_f32::<T>() && implicit::handles(geo)) {
+    let winograd = if is_f32::<T>() {
+        winograd::choose(geo, &out_sp)
+    } else {
+        None
+    };
+    if winograd.is_some() || (is_f32::<T>() && implicit::handles(geo)) {
         // SAFETY: T is f32.
         let (operands, out) = unsafe {
             (
@@ -312,8 +316,8 @@ fn conv_paths<T: Float>(
                 as_f32_mut(out),
             )
         };
-        if winograd {
-            winograd::conv(operands, geo, &out_sp, out, pool)?;
+        if let Some(minimal) = winograd {
+            winograd::conv(operands, geo, &out_sp, minimal, out, pool)?;
         } else {
             implicit::conv2d(operands, geo, out, pool, tile_elements)?;
         }

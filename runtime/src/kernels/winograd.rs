@@ -99,13 +99,8 @@ thread_local! {
     static STRIPS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether [`conv`] runs the convolution `geo` (output spatial sizes `out_sp`) on this
-/// CPU ([`choose`]).
-pub(crate) fn handles(geo: &ConvGeometry, out_sp: &[usize]) -> bool {
-    choose(geo, out_sp).is_some()
-}
-
-/// The algorithm for `geo` on this CPU, if any: one it can run ([`fits`]) with enough
+/// The algorithm [`conv`] runs the convolution `geo` (output spatial sizes `out_sp`) by
+/// on this CPU, if any: one it can run ([`fits`]) with enough
 /// work to pay for the transforms ([`pays`]), F(4x4, 3x3) where it pays.
 pub(crate) fn choose(geo: &ConvGeometry, out_sp: &[usize]) -> Option<Minimal> {
     if !fits(geo, out_sp) {
@@ -272,20 +267,18 @@ struct Chunk<'a> {
     strips: &'a [(usize, isize)],
 }
 
-/// The convolution `geo` (which [`handles`] takes, validated by the caller) by F(4x4,
-/// 3x3); `operands.prepacked` are [`pack_filters`]'s for constant weights, packed here
-/// otherwise. Applies a ReLU or Clip of `geo.activation` as it stores; the caller
-/// applies any other activation.
+/// The convolution `geo` (validated by the caller) by `minimal`, the algorithm
+/// [`choose`] gave; `operands.prepacked` are [`pack_filters`]'s for constant weights,
+/// packed here otherwise. Applies a ReLU or Clip of `geo.activation` as it stores; the
+/// caller applies any other activation.
 pub(crate) fn conv(
     operands: ConvOperands<'_, f32>,
     geo: &ConvGeometry,
     out_sp: &[usize],
+    minimal: Minimal,
     out: &mut [f32],
     pool: &ThreadPool,
 ) -> Result<(), KernelError> {
-    let minimal = choose(geo, out_sp).ok_or_else(|| {
-        KernelError::Shape("the Winograd convolution does not take this convolution".into())
-    })?;
     let chunk_bytes = CHUNK_BYTES * pool.threads();
     conv_in_chunks(operands, geo, out_sp, out, pool, minimal, chunk_bytes)
 }
@@ -363,6 +356,7 @@ fn conv_in_chunks(
         let out = SyncPtr(out.as_mut_ptr());
         let mut places = Vec::with_capacity(chunk_tiles.min(total));
         let mut strips = Vec::new();
+        let row_panels: Vec<(usize, usize)> = panels(cout, MOST_ROWS).collect();
         for first in (0..total).step_by(chunk_tiles) {
             let tiles = chunk_tiles.min(total - first);
             let stride = tiles.next_multiple_of(GROUP);
@@ -389,7 +383,7 @@ fn conv_in_chunks(
             };
             pool.run(cin, 1, &|channels| {
                 for ch in channels {
-                    // SAFETY: AVX-512 (handles); each channel's rows of V are written by
+                    // SAFETY: AVX-512 (fits); each channel's rows of V are written by
                     // one item, inside the scratch (need).
                     unsafe {
                         match minimal {
@@ -399,7 +393,6 @@ fn conv_in_chunks(
                     };
                 }
             });
-            let row_panels: Vec<(usize, usize)> = panels(cout, MOST_ROWS).collect();
             pool.run_each(points * row_panels.len(), &|items| {
                 for item in items {
                     let (point, (first_row, height)) =
@@ -445,11 +438,11 @@ fn conv_in_chunks(
 /// Input channel `ch`'s transformed patches `B^T d B` of the chunk's tiles into `V[ξ][ch]`
 /// (zeros in the lanes past the chunk's last tile).
 ///
-/// The six input rows of each tile row in the chunk are first copied into a strip
-/// `4 * tiling.cols + 2` wide with the padding as zeros, so every patch is six runs of
-/// six floats: each run is read as two 4-float loads (floats 0-3 and 2-5), and a 4x4
-/// transpose in each 128-bit lane of four tiles' loads gives a column of the patch as a
-/// vector of 16 tiles.
+/// The `A` input rows of each tile row in the chunk are first copied into a strip
+/// `tile * tiling.cols + 2` wide with the padding as zeros, so every patch is `A` runs of
+/// `A` floats: each run is read as 4-float loads (floats 0-3, and 2-5 for six-wide
+/// patches), and a 4x4 transpose in each 128-bit lane of four tiles' loads gives a
+/// column of the patch as a vector of 16 tiles.
 ///
 /// # Safety
 /// The CPU has AVX-512F; `v` addresses `A * A * chunk.v_block` floats; `A` is the
@@ -813,12 +806,12 @@ unsafe fn transform_output<const T: usize, const A: usize>(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn transform_input<const A: usize>(_: &[f32], _: usize, _: &Tiling, _: &Chunk, _: *mut f32) {
-    unreachable!("handles() refuses every convolution without AVX-512")
+    unreachable!("fits() refuses every convolution without AVX-512")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn multiply(_: &[f32], _: usize, _: *const f32, _: *mut f32, _: &Chunk) {
-    unreachable!("handles() refuses every convolution without AVX-512")
+    unreachable!("fits() refuses every convolution without AVX-512")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -831,7 +824,7 @@ unsafe fn transform_output<const T: usize, const A: usize>(
     _: &Chunk,
     _: *mut f32,
 ) {
-    unreachable!("handles() refuses every convolution without AVX-512")
+    unreachable!("fits() refuses every convolution without AVX-512")
 }
 
 #[cfg(test)]
@@ -987,7 +980,15 @@ mod tests {
             bias: None,
         };
         let mut out = vec![0.0; 16 * 256];
-        let err = conv(operands, &geo, &[16, 16], &mut out, &ThreadPool::new(1)).unwrap_err();
+        let err = conv(
+            operands,
+            &geo,
+            &[16, 16],
+            minimal,
+            &mut out,
+            &ThreadPool::new(1),
+        )
+        .unwrap_err();
         assert!(
             err.to_string().contains("prepacked Winograd filters"),
             "{err}"
