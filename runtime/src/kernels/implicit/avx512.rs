@@ -74,12 +74,15 @@ fn clamp(acc: &mut [[__m512; 2]], low: f32, high: f32) {
 
 /// [`Tile`]'s micro-kernel for panels of `H` rows: `2 * H` sums stay in registers over
 /// the whole depth (each step: one offset, two input loads and one broadcast per row);
-/// `MASKED` loads only the lanes of `load_mask`.
+/// `MASKED` loads only the lanes of `load_mask`; `HALF` (a last tile of at most 16
+/// lanes, whose upper vector has nothing to compute) leaves the upper vector out: a
+/// 14x14 map is six tiles of 32 positions and one of 4.
 ///
 /// # Safety
-/// The CPU has AVX-512F, and `t` addresses memory as [`Tile::run`] requires.
+/// The CPU has AVX-512F, and `t` addresses memory as [`Tile::run`] requires; with `HALF`,
+/// `load_mask` and every segment's mask leave lanes 16 to 31 out.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn tile<const H: usize, const MASKED: bool>(t: &Tile) {
+pub(super) unsafe fn tile<const H: usize, const MASKED: bool, const HALF: bool>(t: &Tile) {
     let mut acc = [[_mm512_setzero_ps(); 2]; H];
     if let Some(bias) = t.bias {
         for (r, sums) in acc.iter_mut().enumerate() {
@@ -94,7 +97,9 @@ pub(super) unsafe fn tile<const H: usize, const MASKED: bool>(t: &Tile) {
         // SAFETY: per `run`'s contract; masked-off lanes read nothing.
         unsafe {
             let at = t.input.wrapping_add(*t.offsets.add(k) as usize);
-            let (lo, hi) = if MASKED {
+            let (lo, hi) = if HALF {
+                (_mm512_maskz_loadu_ps(lo_mask, at), _mm512_setzero_ps())
+            } else if MASKED {
                 (
                     _mm512_maskz_loadu_ps(lo_mask, at),
                     _mm512_maskz_loadu_ps(hi_mask, at.wrapping_add(16)),
@@ -105,7 +110,9 @@ pub(super) unsafe fn tile<const H: usize, const MASKED: bool>(t: &Tile) {
             for (r, sums) in acc.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(*a.add(r));
                 sums[0] = _mm512_fmadd_ps(w, lo, sums[0]);
-                sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
+                if !HALF {
+                    sums[1] = _mm512_fmadd_ps(w, hi, sums[1]);
+                }
             }
             a = a.add(H);
         }
@@ -120,7 +127,9 @@ pub(super) unsafe fn tile<const H: usize, const MASKED: bool>(t: &Tile) {
             // SAFETY: per `run`'s contract; masked-off lanes store nothing.
             unsafe {
                 _mm512_mask_storeu_ps(at, seg.mask as u16, sums[0]);
-                _mm512_mask_storeu_ps(at.wrapping_add(16), (seg.mask >> 16) as u16, sums[1]);
+                if !HALF {
+                    _mm512_mask_storeu_ps(at.wrapping_add(16), (seg.mask >> 16) as u16, sums[1]);
+                }
             }
         }
     }

@@ -801,19 +801,38 @@ impl Tile<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             let masked = self.load_mask != ((1u64 << isa.lanes()) - 1) as u32;
-            macro_rules! by_height {
-                ($isa:ident; $($h:literal)*) => {
-                    match height {
-                        // The last tile's loads are masked; the others need no mask.
-                        $($h if masked => unsafe { $isa::tile::<$h, true>(self) },)*
-                        $($h => unsafe { $isa::tile::<$h, false>(self) },)*
-                        _ => unreachable!("panels hold 1 to {} rows", isa.most_rows()),
-                    }
-                };
-            }
+            // A last tile of at most 16 lanes (AVX-512) computes one vector per row.
+            let half = isa == Isa::Avx512 && self.load_mask >> 16 == 0;
             match isa {
-                Isa::Avx512 => by_height!(avx512; 1 2 3 4 5 6 7 8 9 10 11 12),
-                Isa::Avx2Fma => by_height!(avx2; 1 2 3 4 5 6),
+                Isa::Avx512 => {
+                    macro_rules! by_height {
+                        ($($h:literal)*) => {
+                            match height {
+                                // The last tile's loads are masked; the others need no
+                                // mask.
+                                $($h if half => unsafe { avx512::tile::<$h, true, true>(self) },)*
+                                $($h if masked => unsafe {
+                                    avx512::tile::<$h, true, false>(self)
+                                },)*
+                                $($h => unsafe { avx512::tile::<$h, false, false>(self) },)*
+                                _ => unreachable!("panels hold 1 to 12 rows"),
+                            }
+                        };
+                    }
+                    by_height!(1 2 3 4 5 6 7 8 9 10 11 12)
+                }
+                Isa::Avx2Fma => {
+                    macro_rules! by_height {
+                        ($($h:literal)*) => {
+                            match height {
+                                $($h if masked => unsafe { avx2::tile::<$h, true>(self) },)*
+                                $($h => unsafe { avx2::tile::<$h, false>(self) },)*
+                                _ => unreachable!("panels hold 1 to 6 rows"),
+                            }
+                        };
+                    }
+                    by_height!(1 2 3 4 5 6)
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]

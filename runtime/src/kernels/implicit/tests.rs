@@ -136,6 +136,16 @@ fn both_layouts_match_the_definition() {
             [1, 1],
             1,
         ),
+        // A 14x14 pointwise map: six tiles of 32 positions and a last one of 4, which
+        // the AVX-512 kernel computes as one vector.
+        (
+            vec![1, 24, 14, 14],
+            vec![40, 24, 1, 1],
+            [1, 1],
+            [0, 0, 0, 0],
+            [1, 1],
+            1,
+        ),
         (
             vec![1, 12, 5, 5],
             vec![33, 12, 2, 2],
