@@ -966,3 +966,51 @@ fn small_whole_powers_keep_pow_special_values() {
         }
     }
 }
+
+/// A reduction of large planes to few values (a squeeze-and-excitation block's global
+/// average pool: 8 planes of 64x64 to 8 values) may be split over the threads: its
+/// chunks are sized by the inputs each value reads, not by the values computed (by
+/// those, 16384 values a chunk, it never left one thread). An elementwise kernel of as
+/// few values stays whole, and both agree with the reference on two threads.
+#[test]
+fn reductions_of_large_inputs_split_over_the_threads() {
+    let text = "graph pool (%x: f32[1, 8, 64, 64], %y: f32[8, 64]) {
+  %m = reduce_mean<axes=[2, 3], keep_dims=true>(%x) : f32[1, 8, 1, 1]
+  %r = tanh(%y) : f32[8, 64]
+  return %m, %r
+}";
+    let inputs = [
+        konst(vec![1, 8, 64, 64], 1, None),
+        konst(vec![8, 64], 2, None),
+    ];
+    agrees_with_reference(text, &inputs, false, 1e-5, 1e-6);
+    let g = smelt_ir::text::parse_graph(text).unwrap();
+    let exe = Executable::from_graph(g, false).unwrap();
+    let loops: Vec<(String, usize, usize)> = exe
+        .program
+        .launches
+        .iter()
+        .filter_map(|l| match l {
+            smelt_runtime::program::Launch::Loop {
+                name,
+                extent,
+                min_chunk,
+                ..
+            } => Some((name.clone(), *extent, *min_chunk)),
+            _ => None,
+        })
+        .collect();
+    let find = |op: &str| {
+        loops
+            .iter()
+            .find(|(name, ..)| name.contains(op))
+            .unwrap_or_else(|| panic!("no {op} loop: {loops:?}\n{}", exe.kernel_text()))
+    };
+    let (_, extent, min_chunk) = find("reduce_mean");
+    assert!(
+        min_chunk * 2 <= *extent,
+        "the pool's chunks can split it: {loops:?}"
+    );
+    let (_, extent, min_chunk) = find("tanh");
+    assert!(min_chunk >= extent, "stays whole: {loops:?}");
+}

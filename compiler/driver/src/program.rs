@@ -333,12 +333,25 @@ pub(crate) fn build_program(
             .iter()
             .map(|&v| buffer(v, &mut buffers, &mut constants))
             .collect();
-        let loop_launch = |nest: &smelt_fuse::LoopNest| Launch::Loop {
-            name: k.name.clone(),
-            function: function_of[ki],
-            args: args.clone(),
-            extent: nest.outer_extent(),
-            min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1)),
+        let loop_launch = |nest: &smelt_fuse::LoopNest| {
+            // A reduction reads many inputs per element it computes (a global average
+            // pool of 112x112 planes: 12544), and its work is what makes a split worth
+            // it: counted by elements computed, such kernels never left one thread.
+            // (Only reductions: a slice or gather reads little of its largest input.)
+            let computed = nest.domain.iter().product::<usize>().max(1);
+            let read = k.params.iter().map(|p| p.len()).max().unwrap_or(0);
+            let per_element = if nest.reduces() {
+                (read / computed).max(1)
+            } else {
+                1
+            };
+            Launch::Loop {
+                name: k.name.clone(),
+                function: function_of[ki],
+                args: args.clone(),
+                extent: nest.outer_extent(),
+                min_chunk: MIN_CHUNK_ELEMENTS.div_ceil(nest.inner_extent().max(1) * per_element),
+            }
         };
         match &k.body {
             Body::Loop(nest) => launches.push(loop_launch(nest)),

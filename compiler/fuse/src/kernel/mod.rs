@@ -268,6 +268,13 @@ impl LoopNest {
         ranges
     }
 
+    /// Whether any element is a reduction (a `Reduce` node).
+    pub fn reduces(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.expr, Expr::Reduce { .. }))
+    }
+
     /// The extent of the `[begin, end)` range that the runtime splits.
     pub fn outer_extent(&self) -> usize {
         match self.domain.len() {
