@@ -801,10 +801,10 @@ impl Tile<'_> {
         #[cfg(target_arch = "x86_64")]
         {
             let masked = self.load_mask != ((1u64 << isa.lanes()) - 1) as u32;
-            // A last tile of at most 16 lanes (AVX-512) computes one vector per row.
-            let half = isa == Isa::Avx512 && self.load_mask >> 16 == 0;
             match isa {
                 Isa::Avx512 => {
+                    // A last tile of at most 16 lanes computes one vector per row.
+                    let half = self.load_mask >> 16 == 0;
                     macro_rules! by_height {
                         ($($h:literal)*) => {
                             match height {
