@@ -24,6 +24,8 @@ const TARGET_MS: f64 = 2000.0;
 /// the per-round ratios). On a shared host a burst of noise then hits one round of both
 /// runtimes instead of all of one (single back-to-back runs moved ratios by up to 0.5);
 /// five rounds outvote two slow processes (whole processes ran 1.6x slower at times).
+/// Each round starts once the host is quiet (`quiet`), which covers noise that lasts
+/// longer than all the rounds.
 const ROUNDS: usize = 5;
 
 struct Case {
@@ -318,6 +320,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         })
         .unwrap_or_default();
     let mut rows = Vec::new();
+    let mut host = crate::quiet::QuietHost::new();
     for case in cases(root, flag("--models"))? {
         let check = check_outputs(root, &python, &case);
         println!(
@@ -334,11 +337,19 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 .map_or(5, |ms| (iterations_for(ms) / ROUNDS).max(5));
             let mut smelt_rounds = Vec::new();
             let mut ort_rounds = Vec::new();
+            let (mut waited_s, mut noisy_rounds) = (0.0, 0);
+            let mut settle = || {
+                let wait = host.wait();
+                waited_s += wait.seconds;
+                noisy_rounds += usize::from(!wait.quiet);
+            };
             for _ in 0..ROUNDS {
+                settle();
                 smelt_rounds.push(
                     smelt(root, &case, threads, n)
                         .unwrap_or_else(|e| json!({ "error": format!("{e:#}") })),
                 );
+                settle();
                 ort_rounds.push(
                     ort_capi(root, &ort_lib, &case, threads, n)
                         .unwrap_or_else(|e| json!({ "error": format!("{e:#}") })),
@@ -392,6 +403,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 "rounds": {
                     "smelt_median_ms": smelt_rounds.iter().map(median).collect::<Vec<_>>(),
                     "onnxruntime_median_ms": ort_rounds.iter().map(median).collect::<Vec<_>>(),
+                    "waited_for_quiet_s": waited_s,
+                    "started_while_busy": noisy_rounds,
                 },
                 "smelt_over_tract": s.zip(t).map(|(a, b)| a / b),
                 "gflops": gflops, "share_of_peak": share,

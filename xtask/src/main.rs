@@ -6,6 +6,7 @@ mod data;
 mod disk;
 mod fuzz;
 mod gpu;
+mod quiet;
 
 use anyhow::{Context, Result, bail};
 use smelt_tests::conformance::{self, Runtime};
