@@ -45,6 +45,32 @@ impl ConvGeometry {
         self
     }
 
+    /// A one-axis convolution as the two-axis one it equals, over rows of one position
+    /// (`[N, C, W]` is `[N, C, 1, W]` in memory, the filters likewise), for the
+    /// implicit product, which runs two axes only; `None` for any other rank.
+    pub(super) fn lifted_to_2d(&self) -> Option<ConvGeometry> {
+        if self.weight.len() != 3 || self.input.len() != 3 {
+            return None;
+        }
+        let lift = |v: &[usize], one: usize| -> Vec<usize> {
+            let (head, tail) = v.split_at(v.len() - 1);
+            head.iter()
+                .copied()
+                .chain([one])
+                .chain(tail.iter().copied())
+                .collect()
+        };
+        Some(ConvGeometry {
+            input: lift(&self.input, 1),
+            weight: lift(&self.weight, 1),
+            strides: vec![1, self.strides[0]],
+            pads: vec![0, self.pads[0], 0, self.pads[1]],
+            dilations: vec![1, self.dilations[0]],
+            group: self.group,
+            activation: self.activation,
+        })
+    }
+
     /// The output's spatial sizes.
     pub fn out_spatial(&self) -> Result<Vec<usize>, KernelError> {
         let s = self
@@ -108,7 +134,10 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     {
         return Some(winograd::pack_filters(w, geo, minimal));
     }
-    implicit::handles(geo).then(|| implicit::pack_filters(w, geo))
+    match geo.lifted_to_2d() {
+        Some(lifted) if implicit::handles(&lifted) => Some(implicit::pack_filters(w, &lifted)),
+        _ => implicit::handles(geo).then(|| implicit::pack_filters(w, geo)),
+    }
 }
 
 /// Whether `geo` is a 1x1, unit-stride, unpadded convolution: a MatMul of the input
@@ -303,6 +332,13 @@ fn conv_paths<T: Float>(
     } else {
         None
     };
+    // A one-axis convolution (an audio encoder's) runs on the two-axis implicit product
+    // over rows of one position: the im2col path repacked all its filters for every
+    // tile of columns and ran Whisper's 80 -> 384 stem at 87 GFLOP/s.
+    let lifted = geo
+        .lifted_to_2d()
+        .filter(|l| is_f32::<T>() && implicit::handles(l));
+    let geo = lifted.as_ref().unwrap_or(geo);
     if winograd.is_some() || (is_f32::<T>() && implicit::handles(geo)) {
         // SAFETY: T is f32.
         let (operands, out) = unsafe {
@@ -700,6 +736,71 @@ pub(super) mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Filters packed once (as a program packs its constant weights) give what the
+    /// definition gives on every path the packing chooses: one-axis convolutions lifted
+    /// to the two-axis implicit product among them.
+    #[test]
+    fn prepacked_filters_match_the_definition() {
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            (vec![1, 80, 300], vec![24, 80, 3], vec![1], vec![1, 1], vec![1], 1),
+            (vec![2, 12, 41], vec![20, 12, 3], vec![2], vec![1, 1], vec![1], 1),
+            (vec![1, 5, 40], vec![3, 5, 5], vec![3], vec![4, 2], vec![2], 1),
+            (vec![1, 8, 33], vec![16, 4, 5], vec![1], vec![2, 0], vec![1], 2),
+            (vec![1, 3, 20], vec![3, 1, 4], vec![2], vec![1, 2], vec![1], 3),
+            (vec![1, 6, 11, 12], vec![8, 6, 3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
+        ];
+        let mut lifted = 0;
+        for (input, weight, strides, pads, dilations, group) in cases {
+            let geo = ConvGeometry {
+                input,
+                weight,
+                strides,
+                pads,
+                dilations,
+                group,
+                activation: Activation::None,
+            };
+            lifted += usize::from(geo.lifted_to_2d().is_some_and(|l| implicit::handles(&l)));
+            let numel = |d: &[usize]| d.iter().product::<usize>();
+            let value =
+                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f64 / 50.0 - 2.0;
+            let x: Vec<f64> = (0..numel(&geo.input)).map(|i| value(i, 1)).collect();
+            let w: Vec<f64> = (0..numel(&geo.weight)).map(|i| value(i, 2)).collect();
+            let bias: Vec<f64> = (0..geo.weight[0]).map(|i| value(i, 3)).collect();
+            let want = reference(&x, &w, &bias, &geo);
+            let narrow = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
+            let (x, w, bias) = (narrow(&x), narrow(&w), narrow(&bias));
+            let packed = prepack_conv_filters(&w, &geo);
+            for threads in [1, 2] {
+                let mut got = vec![f32::NAN; want.len()];
+                let pool = ThreadPool::new(threads);
+                match &packed {
+                    Some(p) => conv_prepacked(&x, &w, p, Some(&bias), &geo, &mut got, &pool),
+                    None => conv(&x, &w, Some(&bias), &geo, &mut got, &pool),
+                }
+                .unwrap();
+                for (i, (&a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(a) - b).abs() < 1e-4 * b.abs().max(1.0),
+                        "{geo:?} threads {threads}: [{i}] {a} vs {b}"
+                    );
+                }
+            }
+        }
+        if implicit::handles(&ConvGeometry {
+            input: vec![1, 1, 4, 4],
+            weight: vec![1, 1, 3, 3],
+            strides: vec![1, 1],
+            pads: vec![0; 4],
+            dilations: vec![1, 1],
+            group: 1,
+            activation: Activation::None,
+        }) {
+            assert_eq!(lifted, 4, "the non-depthwise one-axis cases run lifted");
         }
     }
 
