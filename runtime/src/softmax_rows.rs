@@ -1,7 +1,8 @@
 //! Row helpers generated code calls where a whole row is better done at the CPU's full
 //! vector width than at the 128 bits Cranelift emits: exp of a row in place, returning its
-//! sum (a softmax's middle pass), and the max of a row (its first pass), with AVX-512 and
-//! AVX2/FMA twins chosen at run time.
+//! sum (a softmax's middle pass), the max of a row (its first pass), and the sum of a row
+//! and of its squared distances to a value (a normalization's mean and variance passes),
+//! with AVX-512 and AVX2/FMA twins chosen at run time.
 //!
 //! The exp is the generated code's formula (`smelt-cpu`'s `math.rs`): n = round(x log2 e),
 //! r = x - n ln 2 in two steps, a degree-5 polynomial, n added to the exponent field;
@@ -317,6 +318,151 @@ unsafe fn row_max_avx2(src: *const f32, n: usize) -> f32 {
     unsafe { row_max_tail(best, src, full, n) }
 }
 
+/// The sum of `src[0..n]` (0 for an empty row), in an order of its own: a mean's pass
+/// (a layer normalization's first, a global average pool's).
+///
+/// # Safety
+/// `src` points at `n` (>= 0) initialized f32 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smelt_rt_row_sum_f32(src: *const f32, n: i64) -> f32 {
+    // SAFETY: per the contract; with no center the squares are not taken.
+    unsafe { row_sum_dispatch::<false>(src, n, 0.0) }
+}
+
+/// The sum of `(src[i] - center)^2` over `src[0..n]` (0 for an empty row), in an order
+/// of its own: a variance's pass (a layer normalization's second).
+///
+/// # Safety
+/// `src` points at `n` (>= 0) initialized f32 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn smelt_rt_row_sq_dev_sum_f32(src: *const f32, n: i64, center: f32) -> f32 {
+    // SAFETY: per the contract.
+    unsafe { row_sum_dispatch::<true>(src, n, center) }
+}
+
+/// [`smelt_rt_row_sum_f32`] (`SQUARES` false) or [`smelt_rt_row_sq_dev_sum_f32`] on the
+/// widest path this CPU has.
+///
+/// # Safety
+/// As the two helpers.
+unsafe fn row_sum_dispatch<const SQUARES: bool>(src: *const f32, n: i64, center: f32) -> f32 {
+    if n <= 0 {
+        return 0.0;
+    }
+    let n = n as usize;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: per the contract, and the CPU has AVX-512F.
+            return unsafe { row_sum_avx512::<SQUARES>(src, n, center) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: per the contract, and the CPU has AVX2.
+            return unsafe { row_sum_avx2::<SQUARES>(src, n, center) };
+        }
+    }
+    // SAFETY: per the contract.
+    unsafe { row_sum_tail::<SQUARES>(0.0, src, 0, n, center) }
+}
+
+/// `sum` plus the terms of `src[from..n]`.
+///
+/// # Safety
+/// As [`smelt_rt_row_sum_f32`].
+#[inline(always)]
+unsafe fn row_sum_tail<const SQUARES: bool>(
+    mut sum: f32,
+    src: *const f32,
+    from: usize,
+    n: usize,
+    center: f32,
+) -> f32 {
+    for i in from..n {
+        // SAFETY: i < n, per the contract.
+        let x = unsafe { *src.add(i) };
+        sum += if SQUARES {
+            (x - center) * (x - center)
+        } else {
+            x
+        };
+    }
+    sum
+}
+
+/// # Safety
+/// As [`smelt_rt_row_sum_f32`], on a CPU with AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_sum_avx512<const SQUARES: bool>(src: *const f32, n: usize, center: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let c = _mm512_set1_ps(center);
+    let term = |x: __m512| {
+        if SQUARES {
+            let d = _mm512_sub_ps(x, c);
+            _mm512_mul_ps(d, d)
+        } else {
+            x
+        }
+    };
+    // Two accumulators to overlap the add latency; the last vector under a mask.
+    let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let full = n / 32 * 32;
+    for i in (0..full).step_by(32) {
+        // SAFETY: i + 32 <= n, per the contract.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_ps(src.add(i)),
+                _mm512_loadu_ps(src.add(i + 16)),
+            )
+        };
+        a0 = _mm512_add_ps(a0, term(x0));
+        a1 = _mm512_add_ps(a1, term(x1));
+    }
+    let mut i = full;
+    while i < n {
+        let width = (n - i).min(16);
+        let mask = (u32::MAX >> (32 - width)) as __mmask16;
+        // SAFETY: the unmasked lanes are below n, per the contract.
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, src.add(i)) };
+        a0 = _mm512_mask_add_ps(a0, mask, a0, term(x));
+        i += width;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
+}
+
+/// # Safety
+/// As [`smelt_rt_row_sum_f32`], on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_sum_avx2<const SQUARES: bool>(src: *const f32, n: usize, center: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps(center);
+    let term = |x: __m256| {
+        if SQUARES {
+            let d = _mm256_sub_ps(x, c);
+            _mm256_mul_ps(d, d)
+        } else {
+            x
+        }
+    };
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let full = n / 16 * 16;
+    for i in (0..full).step_by(16) {
+        // SAFETY: i + 16 <= n, per the contract.
+        let (x0, x1) = unsafe { (_mm256_loadu_ps(src.add(i)), _mm256_loadu_ps(src.add(i + 8))) };
+        a0 = _mm256_add_ps(a0, term(x0));
+        a1 = _mm256_add_ps(a1, term(x1));
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: eight lanes into eight floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(a0, a1)) };
+    let sum = (lanes[0] + lanes[1])
+        + (lanes[2] + lanes[3])
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    // SAFETY: per the contract.
+    unsafe { row_sum_tail::<SQUARES>(sum, src, full, n, center) }
+}
+
 /// The helpers by symbol name, for a JIT to resolve.
 pub fn symbols() -> Vec<(&'static str, *const u8)> {
     vec![
@@ -326,6 +472,11 @@ pub fn symbols() -> Vec<(&'static str, *const u8)> {
             smelt_rt_exp_shifted_sum_f32 as *const u8,
         ),
         ("smelt_rt_row_max_f32", smelt_rt_row_max_f32 as *const u8),
+        ("smelt_rt_row_sum_f32", smelt_rt_row_sum_f32 as *const u8),
+        (
+            "smelt_rt_row_sq_dev_sum_f32",
+            smelt_rt_row_sq_dev_sum_f32 as *const u8,
+        ),
     ]
 }
 
@@ -404,6 +555,83 @@ mod tests {
             unsafe { smelt_rt_row_max_f32(std::ptr::null(), 0) },
             f32::NEG_INFINITY
         );
+    }
+
+    /// Sums and sums of squared distances to a center, of every length around the
+    /// vector blocks, through each path this CPU has, against f64; NaN and infinities
+    /// propagate, and an empty row sums to 0.
+    #[test]
+    fn row_sums_match_f64() {
+        type RowSum = unsafe fn(*const f32, usize, f32) -> f32;
+        let mut paths: Vec<(&str, RowSum, RowSum)> = vec![(
+            "scalar",
+            |src, n, c| unsafe { row_sum_tail::<false>(0.0, src, 0, n, c) },
+            |src, n, c| unsafe { row_sum_tail::<true>(0.0, src, 0, n, c) },
+        )];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                paths.push((
+                    "avx512",
+                    |src, n, c| unsafe { row_sum_avx512::<false>(src, n, c) },
+                    |src, n, c| unsafe { row_sum_avx512::<true>(src, n, c) },
+                ));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                paths.push((
+                    "avx2",
+                    |src, n, c| unsafe { row_sum_avx2::<false>(src, n, c) },
+                    |src, n, c| unsafe { row_sum_avx2::<true>(src, n, c) },
+                ));
+            }
+        }
+        let center = 0.75f32;
+        for n in [1usize, 7, 15, 16, 17, 31, 32, 33, 47, 96, 100, 768, 1031] {
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let sum: f64 = row.iter().map(|&x| x as f64).sum();
+            let squares: f64 = row
+                .iter()
+                .map(|&x| (x as f64 - center as f64).powi(2))
+                .sum();
+            for (name, plain, sq) in &paths {
+                // SAFETY: the row holds n values.
+                let (got, got_sq) =
+                    unsafe { (plain(row.as_ptr(), n, center), sq(row.as_ptr(), n, center)) };
+                assert!(
+                    (got as f64 - sum).abs() <= 1e-5 * (1.0 + sum.abs()),
+                    "{name} sum n {n}: {got} vs {sum}"
+                );
+                assert!(
+                    (got_sq as f64 - squares).abs() <= 1e-5 * (1.0 + squares),
+                    "{name} squares n {n}: {got_sq} vs {squares}"
+                );
+            }
+            for special in [f32::NAN, f32::INFINITY] {
+                let mut with = row.clone();
+                with[n / 2] = special;
+                for (name, plain, sq) in &paths {
+                    // SAFETY: as above.
+                    let (got, got_sq) = unsafe {
+                        (
+                            plain(with.as_ptr(), n, center),
+                            sq(with.as_ptr(), n, center),
+                        )
+                    };
+                    assert!(
+                        got.is_nan() == special.is_nan() && got_sq.is_nan() == special.is_nan(),
+                        "{name} {special} n {n}: {got} {got_sq}"
+                    );
+                    assert!(special.is_nan() || got_sq == f32::INFINITY, "{name} n {n}");
+                }
+            }
+        }
+        // SAFETY: an empty row reads nothing.
+        unsafe {
+            assert_eq!(smelt_rt_row_sum_f32(std::ptr::null(), 0), 0.0);
+            assert_eq!(smelt_rt_row_sq_dev_sum_f32(std::ptr::null(), 0, 1.0), 0.0);
+        }
     }
 
     /// Every code path (AVX-512, AVX2, scalar tail) against f64, specials included.

@@ -1014,3 +1014,55 @@ fn reductions_of_large_inputs_split_over_the_threads() {
     let (_, extent, min_chunk) = find("tanh");
     assert!(min_chunk >= extent, "stays whole: {loops:?}");
 }
+
+/// A layer normalization's mean and variance passes over rows of at least 64 call the
+/// runtime's full-width row helpers (shorter rows keep the generated loop), and every
+/// length matches the reference, NaN and infinite inputs included.
+#[test]
+fn normalization_rows_match_the_reference() {
+    for n in [63usize, 64, 96, 100, 768, 1031] {
+        for rows in [1usize, 3] {
+            let text = format!(
+                "graph ln (%x: f32[{rows}, {n}]) {{
+  %m = reduce_mean<axes=[1], keep_dims=true>(%x) : f32[{rows}, 1]
+  %d = sub(%x, %m) : f32[{rows}, {n}]
+  %q = mul(%d, %d) : f32[{rows}, {n}]
+  %v = reduce_mean<axes=[1], keep_dims=true>(%q) : f32[{rows}, 1]
+  %eps = constant f32[1] [0.00001]
+  %ve = add(%v, %eps) : f32[{rows}, 1]
+  %s = sqrt(%ve) : f32[{rows}, 1]
+  %y = div(%d, %s) : f32[{rows}, {n}]
+  return %y, %m
+}}
+"
+            );
+            let x = konst(vec![rows, n], 7, None);
+            agrees_with_reference(&text, std::slice::from_ref(&x), true, 1e-4, 1e-5);
+            let mut values = x.to_f64();
+            values[n / 2] = f64::NAN;
+            if rows > 1 {
+                values[n + 1] = f64::INFINITY;
+            }
+            let special =
+                smelt_ir::Tensor::from_f64(smelt_ir::DType::F32, vec![rows, n], values).unwrap();
+            agrees_with_reference(&text, &[special], true, 1e-4, 1e-5);
+            let g = smelt_ir::text::parse_graph(&text).unwrap();
+            let exe = Executable::from_graph(g, true).unwrap();
+            let clif: String = exe
+                .kernels
+                .iter()
+                .map(|k| smelt_cpu::clif(&k.kernel).unwrap())
+                .collect();
+            // CLIF names imported functions by number: the helpers by their signatures,
+            // the sum's (pointer, length) and the squared distances' (pointer, length,
+            // center); this graph calls nothing else.
+            for signature in ["(i64, i64) -> f32", "(i64, i64, f32) -> f32"] {
+                assert_eq!(
+                    clif.contains(signature),
+                    n >= 64,
+                    "a helper {signature} at {rows} x {n}:\n{clif}"
+                );
+            }
+        }
+    }
+}

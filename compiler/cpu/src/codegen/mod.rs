@@ -316,6 +316,11 @@ pub fn build<M: Module>(
 }
 
 impl<M: Module> Gen<'_, '_, M> {
+    /// The value of `e` if it has been emitted in an enclosing scope.
+    pub(super) fn emitted(&self, e: ExprId) -> Option<Val> {
+        self.frames.iter().rev().find_map(|f| f.get(&e).copied())
+    }
+
     pub(super) fn get(&self, e: ExprId) -> Val {
         for f in self.frames.iter().rev() {
             if let Some(&v) = f.get(&e) {
