@@ -657,6 +657,28 @@ pub(super) mod tests {
         usize,
     );
 
+    /// A case's geometry (no activation), its input, filters and bias (fixed values in
+    /// -2..2) and the output by definition.
+    fn case_data(case: Case) -> (ConvGeometry, [Vec<f64>; 3], Vec<f64>) {
+        let (input, weight, strides, pads, dilations, group) = case;
+        let geo = ConvGeometry {
+            input,
+            weight,
+            strides,
+            pads,
+            dilations,
+            group,
+            activation: Activation::None,
+        };
+        let numel = |d: &[usize]| d.iter().product::<usize>();
+        let value = |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f64 / 50.0 - 2.0;
+        let x: Vec<f64> = (0..numel(&geo.input)).map(|i| value(i, 1)).collect();
+        let w: Vec<f64> = (0..numel(&geo.weight)).map(|i| value(i, 2)).collect();
+        let bias: Vec<f64> = (0..geo.weight[0]).map(|i| value(i, 3)).collect();
+        let want = reference(&x, &w, &bias, &geo);
+        (geo, [x, w, bias], want)
+    }
+
     #[test]
     fn tiled_im2col_matches_the_definition() {
         // (input, weight, strides, pads, dilations, group): 1-, 2- and 3-d windows,
@@ -684,23 +706,8 @@ pub(super) mod tests {
             (vec![1, 16, 9, 9], vec![96, 16, 3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
             (vec![1, 64, 7, 7], vec![80, 64, 1, 1], vec![1, 1], vec![0, 0, 0, 0], vec![1, 1], 1),
         ];
-        for (input, weight, strides, pads, dilations, group) in cases {
-            let geo = ConvGeometry {
-                input,
-                weight,
-                strides,
-                pads,
-                dilations,
-                group,
-                activation: Activation::None,
-            };
-            let numel = |d: &[usize]| d.iter().product::<usize>();
-            let value =
-                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f64 / 50.0 - 2.0;
-            let x: Vec<f64> = (0..numel(&geo.input)).map(|i| value(i, 1)).collect();
-            let w: Vec<f64> = (0..numel(&geo.weight)).map(|i| value(i, 2)).collect();
-            let bias: Vec<f64> = (0..geo.weight[0]).map(|i| value(i, 3)).collect();
-            let want = reference(&x, &w, &bias, &geo);
+        for case in cases {
+            let (geo, [x, w, bias], want) = case_data(case);
             for (threads, tile) in [(1, TILE_ELEMENTS), (2, 1), (3, 200)] {
                 let mut got = vec![f64::NAN; want.len()];
                 let pool = ThreadPool::new(threads);
@@ -754,24 +761,9 @@ pub(super) mod tests {
             (vec![1, 6, 11, 12], vec![8, 6, 3, 3], vec![1, 1], vec![1, 1, 1, 1], vec![1, 1], 1),
         ];
         let mut lifted = 0;
-        for (input, weight, strides, pads, dilations, group) in cases {
-            let geo = ConvGeometry {
-                input,
-                weight,
-                strides,
-                pads,
-                dilations,
-                group,
-                activation: Activation::None,
-            };
+        for case in cases {
+            let (geo, [x, w, bias], want) = case_data(case);
             lifted += usize::from(geo.lifted_to_2d().is_some_and(|l| implicit::handles(&l)));
-            let numel = |d: &[usize]| d.iter().product::<usize>();
-            let value =
-                |i: usize, salt: usize| ((i * 7919 + salt * 104_729) % 199) as f64 / 50.0 - 2.0;
-            let x: Vec<f64> = (0..numel(&geo.input)).map(|i| value(i, 1)).collect();
-            let w: Vec<f64> = (0..numel(&geo.weight)).map(|i| value(i, 2)).collect();
-            let bias: Vec<f64> = (0..geo.weight[0]).map(|i| value(i, 3)).collect();
-            let want = reference(&x, &w, &bias, &geo);
             let narrow = |v: &[f64]| v.iter().map(|&e| e as f32).collect::<Vec<f32>>();
             let (x, w, bias) = (narrow(&x), narrow(&w), narrow(&bias));
             let packed = prepack_conv_filters(&w, &geo);
