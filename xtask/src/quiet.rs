@@ -58,17 +58,11 @@ impl QuietHost {
     pub fn wait(&mut self) -> Wait {
         let start = Instant::now();
         loop {
-            let took = self.probe();
-            if took <= SLACK * self.quietest {
+            let quiet = self.probe() <= SLACK * self.quietest;
+            if quiet || start.elapsed() >= MAX_WAIT {
                 return Wait {
                     seconds: start.elapsed().as_secs_f64(),
-                    quiet: true,
-                };
-            }
-            if start.elapsed() >= MAX_WAIT {
-                return Wait {
-                    seconds: start.elapsed().as_secs_f64(),
-                    quiet: false,
+                    quiet,
                 };
             }
             std::thread::sleep(PAUSE);

@@ -134,9 +134,16 @@ pub fn prepack_conv_filters(w: &[f32], geo: &ConvGeometry) -> Option<Vec<f32>> {
     {
         return Some(winograd::pack_filters(w, geo, minimal));
     }
+    implicit_geometry(geo).map(|g| implicit::pack_filters(w, &g))
+}
+
+/// The geometry the implicit product runs `geo` as, if it runs it: a one-axis
+/// convolution lifted to two axes over rows of one position (the implicit product runs
+/// two axes only), any other as it is.
+fn implicit_geometry(geo: &ConvGeometry) -> Option<std::borrow::Cow<'_, ConvGeometry>> {
     match geo.lifted_to_2d() {
-        Some(lifted) if implicit::handles(&lifted) => Some(implicit::pack_filters(w, &lifted)),
-        _ => implicit::handles(geo).then(|| implicit::pack_filters(w, geo)),
+        Some(lifted) => implicit::handles(&lifted).then_some(std::borrow::Cow::Owned(lifted)),
+        None => implicit::handles(geo).then_some(std::borrow::Cow::Borrowed(geo)),
     }
 }
 
@@ -335,11 +342,13 @@ fn conv_paths<T: Float>(
     // A one-axis convolution (an audio encoder's) runs on the two-axis implicit product
     // over rows of one position: the im2col path repacked all its filters for every
     // tile of columns and ran Whisper's 80 -> 384 stem at 87 GFLOP/s.
-    let lifted = geo
-        .lifted_to_2d()
-        .filter(|l| is_f32::<T>() && implicit::handles(l));
-    let geo = lifted.as_ref().unwrap_or(geo);
-    if winograd.is_some() || (is_f32::<T>() && implicit::handles(geo)) {
+    let implicit = if is_f32::<T>() {
+        implicit_geometry(geo)
+    } else {
+        None
+    };
+    if winograd.is_some() || implicit.is_some() {
+        let geo = implicit.as_deref().unwrap_or(geo);
         // SAFETY: T is f32.
         let (operands, out) = unsafe {
             (

@@ -130,24 +130,25 @@ impl<M: Module> Gen<'_, '_, M> {
             && extent >= ROW_HELPER_MIN
             && let Some((param, index)) = self.contiguous_f32_row(body, var)
         {
-            let src = self.row_start(param, index, var)?;
-            let n = self.b.ins().iconst(types::I64, extent as i64);
-            return self.call("smelt_rt_row_max_f32", &[src, n], types::F32);
+            return self.call_row_helper("smelt_rt_row_max_f32", (param, index), var, extent, &[]);
         }
         // The sum of a contiguous, in-bounds f32 row, or of its squared distances to a
         // value fixed along the row (a normalization's mean and variance passes): the
         // runtime's helpers at the CPU's full vector width (ConvNeXt's layer norms over
         // rows of 96 ran at about 4 cycles an element here).
         if !stash && combine == Combine::Sum && extent >= ROW_HELPER_MIN {
-            if let Some((param, index)) = self.contiguous_f32_row(body, var) {
-                let src = self.row_start(param, index, var)?;
-                let n = self.b.ins().iconst(types::I64, extent as i64);
-                return self.call("smelt_rt_row_sum_f32", &[src, n], types::F32);
+            if let Some(row) = self.contiguous_f32_row(body, var) {
+                return self.call_row_helper("smelt_rt_row_sum_f32", row, var, extent, &[]);
             }
             if let Some((param, index, center)) = self.squared_distances_row(body, var) {
-                let src = self.row_start(param, index, var)?;
-                let n = self.b.ins().iconst(types::I64, extent as i64);
-                return self.call("smelt_rt_row_sq_dev_sum_f32", &[src, n, center], types::F32);
+                let row = (param, index);
+                return self.call_row_helper(
+                    "smelt_rt_row_sq_dev_sum_f32",
+                    row,
+                    var,
+                    extent,
+                    &[center],
+                );
             }
         }
         let scope = Scope::Reduce(var);
@@ -280,12 +281,23 @@ impl<M: Module> Gen<'_, '_, M> {
         .then_some((param, index))
     }
 
-    /// The address of a contiguous row's first element: `index` of `param` at step 0 of
-    /// reduction `var` (see [`Self::contiguous_f32_row`]).
-    fn row_start(&mut self, param: u32, index: ExprId, var: u32) -> Result<Value, CpuError> {
+    /// Calls row helper `name` (an f32 result) on the contiguous row `(param, index)` of
+    /// reduction `var` ([`Self::contiguous_f32_row`]): its first element's address, its
+    /// `extent`, then `extra`.
+    fn call_row_helper(
+        &mut self,
+        name: &str,
+        (param, index): (u32, ExprId),
+        var: u32,
+        extent: u64,
+        extra: &[Value],
+    ) -> Result<Value, CpuError> {
         let zero = self.b.ins().iconst(types::I64, 0);
         let start = self.reduce_step(var, zero, index)?;
-        Ok(self.address(param, start, true).0)
+        let (src, _) = self.address(param, start, true);
+        let n = self.b.ins().iconst(types::I64, extent as i64);
+        let args: Vec<Value> = [src, n].into_iter().chain(extra.iter().copied()).collect();
+        self.call(name, &args, types::F32)
     }
 
     /// `expr` as `(x - c) * (x - c)` with `x` a contiguous f32 row along reduction `var`
